@@ -1,0 +1,62 @@
+"""zoo.peft: every PEFT method, on any torch backbone.
+
+>>> import zoo.peft as zp
+>>> model = zp.apply(model, "lora", r=8, lora_alpha=16)      # freezes the rest
+>>> print(zp.parameter_report(model))
+>>> zp.save_adapter(model, "runs/adapter")
+"""
+
+from zoo.peft.config import ConfigError, MethodConfig
+from zoo.peft.engine import (
+    DEFAULT_ADAPTER,
+    active_adapter,
+    apply,
+    delete_adapter,
+    disable_adapters,
+    disabled,
+    enable_adapters,
+    list_adapters,
+    merge,
+    merge_and_unload,
+    set_active_adapter,
+    unload,
+    unmerge,
+)
+from zoo.peft.io import AdapterFileError, adapter_size_bytes, load_adapter, read_adapter_dir, save_adapter
+from zoo.peft.registry import MethodSpec, get_method, list_methods, register_method
+from zoo.peft.report import ParameterReport, parameter_report
+from zoo.peft.structure import Structure, detect_structure, get_structure, list_structures, register_structure
+
+__all__ = [
+    "AdapterFileError",
+    "ConfigError",
+    "DEFAULT_ADAPTER",
+    "MethodConfig",
+    "MethodSpec",
+    "ParameterReport",
+    "Structure",
+    "active_adapter",
+    "adapter_size_bytes",
+    "apply",
+    "delete_adapter",
+    "detect_structure",
+    "disable_adapters",
+    "disabled",
+    "enable_adapters",
+    "get_method",
+    "get_structure",
+    "list_adapters",
+    "list_methods",
+    "list_structures",
+    "load_adapter",
+    "merge",
+    "merge_and_unload",
+    "parameter_report",
+    "read_adapter_dir",
+    "register_method",
+    "register_structure",
+    "save_adapter",
+    "set_active_adapter",
+    "unload",
+    "unmerge",
+]

@@ -1,0 +1,287 @@
+"""LoRA: low-rank adaptation (Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large
+Language Models", arXiv:2106.09685).
+
+    h = W x + (lora_alpha / r) * B A x,    A in R^{r x in}, B in R^{out x r}, B = 0 at init
+
+so the adapted model starts equal to the base. Trainable: A and B of every targeted
+layer (plus ``modules_to_save``). ``use_rslora`` scales by lora_alpha / sqrt(r) instead
+(Kalajdzievski 2023).
+
+Targets: ``nn.Linear``, ``nn.Conv2d`` (A is a conv with the base kernel, B a 1x1 conv),
+slices of a fused q/k/v ``nn.Linear`` (timm's ``qkv``: ``"qkv[q,v]"``), and slices of
+``nn.MultiheadAttention.in_proj_weight`` (open_clip: ``"attn[q,v]"``), where the update
+is added to the projection weight because the module never calls a Linear for it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from zoo.peft.config import ConfigError, MethodConfig, option, require_int_positive, require_positive, require_probability
+from zoo.peft.engine import InjectionContext, adapter_modules
+from zoo.peft.layers import WrappedLayer, logical_path
+from zoo.peft.registry import register_method
+from zoo.peft.targeting import FUSED_SLICE_NAMES, base_of
+
+
+@dataclass
+class LoraConfig(MethodConfig):
+    r: int = option(8, help="Rank of the update B A.")
+    lora_alpha: float = option(8, help="Scale numerator: the update is multiplied by lora_alpha / r.")
+    lora_dropout: float = option(0.0, help="Dropout on the input of the low-rank branch.")
+    use_rslora: bool = option(False, help="Scale by lora_alpha / sqrt(r) (rank-stabilised LoRA).")
+
+    def validate(self) -> None:
+        super().validate()
+        require_int_positive(self, "r")
+        require_positive(self, "lora_alpha")
+        require_probability(self, "lora_dropout")
+
+    @property
+    def scaling(self) -> float:
+        return self.lora_alpha / (math.sqrt(self.r) if self.use_rslora else self.r)
+
+
+def _slice_bounds(out_features: int, slices: tuple[str, ...] | None) -> dict[str, tuple[int, int]]:
+    if slices is None:
+        return {}
+    if out_features % len(FUSED_SLICE_NAMES):
+        raise ConfigError(f"a fused q/k/v projection needs out_features divisible by 3, got {out_features}")
+    size = out_features // len(FUSED_SLICE_NAMES)
+    return {s: (i * size, (i + 1) * size) for i, s in enumerate(FUSED_SLICE_NAMES) if s in slices}
+
+
+def _init_pair(a: nn.Module, b: nn.Module) -> None:
+    # As in the reference implementation: A like a default Linear, B zero so the update starts at 0.
+    nn.init.kaiming_uniform_(a.weight, a=math.sqrt(5))
+    nn.init.zeros_(b.weight)
+
+
+class LoraLayer(WrappedLayer):
+    """LoRA on a Linear or Conv2d, optionally restricted to slices of a fused q/k/v output."""
+
+    adapter_groups = ("lora_A", "lora_B")
+
+    def __init__(self, base_layer: nn.Module) -> None:
+        super().__init__(base_layer)
+        self.lora_A = nn.ModuleDict()
+        self.lora_B = nn.ModuleDict()
+        self.lora_dropout = nn.ModuleDict()
+        self.scaling: dict[str, float] = {}
+        self.slices: dict[str, dict[str, tuple[int, int]]] = {}
+
+    def _make_pair(self, r: int) -> tuple[nn.Module, nn.Module]:
+        base = base_of(self.base_layer)
+        if isinstance(base, nn.Conv2d):
+            if base.groups != 1:
+                raise ConfigError(f"lora on a grouped Conv2d (groups={base.groups}) is not supported; target another layer")
+            a = nn.Conv2d(base.in_channels, r, base.kernel_size, base.stride, base.padding, base.dilation, bias=False)
+            b = nn.Conv2d(r, base.out_channels, 1, bias=False)
+        else:
+            a = nn.Linear(base.in_features, r, bias=False)
+            b = nn.Linear(r, base.out_features, bias=False)
+        _init_pair(a, b)
+        weight = base.weight
+        return a.to(weight.device, weight.dtype), b.to(weight.device, weight.dtype)
+
+    def add_adapter(self, name: str, config: LoraConfig, slices: tuple[str, ...] | None) -> None:
+        base = base_of(self.base_layer)
+        self.slices[name] = _slice_bounds(base.weight.shape[0], slices)
+        if self.slices[name]:
+            if isinstance(base, nn.Conv2d):
+                raise ConfigError("slice selectors like 'qkv[q,v]' apply to a fused Linear, not a Conv2d")
+            pairs = {}
+            for slice_name, (start, end) in self.slices[name].items():
+                a = nn.Linear(base.in_features, config.r, bias=False)
+                b = nn.Linear(config.r, end - start, bias=False)
+                _init_pair(a, b)
+                pairs[slice_name] = (a.to(base.weight.device, base.weight.dtype), b.to(base.weight.device, base.weight.dtype))
+            self.lora_A[name] = nn.ModuleDict({s: p[0] for s, p in pairs.items()})
+            self.lora_B[name] = nn.ModuleDict({s: p[1] for s, p in pairs.items()})
+        else:
+            self.lora_A[name], self.lora_B[name] = self._make_pair(config.r)
+        self.lora_dropout[name] = nn.Dropout(config.lora_dropout) if config.lora_dropout else nn.Identity()
+        self.scaling[name] = config.scaling
+
+    def delete_adapter(self, name: str) -> None:
+        super().delete_adapter(name)
+        if name in self.lora_dropout:
+            del self.lora_dropout[name]
+        self.scaling.pop(name, None)
+        self.slices.pop(name, None)
+
+    def delta_weight(self, name: str) -> torch.Tensor:
+        """The dense update (lora_alpha / r) B A, shaped like the base weight."""
+        base = base_of(self.base_layer)
+        weight = base.weight
+        if self.slices[name]:
+            delta = torch.zeros_like(weight)
+            for slice_name, (start, end) in self.slices[name].items():
+                delta[start:end] = self.lora_B[name][slice_name].weight @ self.lora_A[name][slice_name].weight
+            return delta * self.scaling[name]
+        a, b = self.lora_A[name].weight, self.lora_B[name].weight
+        if isinstance(base, nn.Conv2d):
+            delta = (b.flatten(1) @ a.flatten(1)).view(weight.shape)
+        else:
+            delta = b @ a
+        return delta * self.scaling[name]
+
+    def merge(self, name: str) -> None:
+        with torch.no_grad():
+            weight = self._keep_original("base_layer.weight")
+            weight += self.delta_weight(name).to(weight.dtype)
+        self.merged_adapter = name
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        out = self.base_layer(x, *args, **kwargs)
+        name = self.active
+        if name is None:
+            return out
+        dropped = self.lora_dropout[name](x)
+        scaling = self.scaling[name]
+        if not self.slices[name]:
+            return out + self.lora_B[name](self.lora_A[name](dropped)) * scaling
+        for slice_name, (start, end) in self.slices[name].items():
+            update = self.lora_B[name][slice_name](self.lora_A[name][slice_name](dropped)) * scaling
+            out[..., start:end] = out[..., start:end] + update
+        return out
+
+
+class LoraMultiheadAttention(LoraLayer):
+    """LoRA on slices of ``nn.MultiheadAttention.in_proj_weight``.
+
+    The module multiplies by ``in_proj_weight`` inside ``F.multi_head_attention_forward``,
+    so the update is added to that weight and the module is called with the sum.
+    """
+
+    def add_adapter(self, name: str, config: LoraConfig, slices: tuple[str, ...] | None) -> None:
+        base = base_of(self.base_layer)
+        if not base._qkv_same_embed_dim:
+            raise ConfigError("lora on nn.MultiheadAttention needs q, k and v of the same size (kdim == vdim == embed_dim)")
+        embed = base.embed_dim
+        slices = slices or FUSED_SLICE_NAMES
+        self.slices[name] = _slice_bounds(3 * embed, slices)
+        device, dtype = base.in_proj_weight.device, base.in_proj_weight.dtype
+        pairs = {}
+        for slice_name in self.slices[name]:
+            a, b = nn.Linear(embed, config.r, bias=False), nn.Linear(config.r, embed, bias=False)
+            _init_pair(a, b)
+            pairs[slice_name] = (a.to(device, dtype), b.to(device, dtype))
+        self.lora_A[name] = nn.ModuleDict({s: p[0] for s, p in pairs.items()})
+        self.lora_B[name] = nn.ModuleDict({s: p[1] for s, p in pairs.items()})
+        self.lora_dropout[name] = nn.Identity()
+        if config.lora_dropout:
+            raise ConfigError("lora_dropout is not supported on nn.MultiheadAttention targets (the update is applied to the weight); use 0")
+        self.scaling[name] = config.scaling
+
+    def delta_weight(self, name: str) -> torch.Tensor:
+        weight = base_of(self.base_layer).in_proj_weight
+        delta = torch.zeros_like(weight)
+        for slice_name, (start, end) in self.slices[name].items():
+            delta[start:end] = self.lora_B[name][slice_name].weight @ self.lora_A[name][slice_name].weight
+        return delta * self.scaling[name]
+
+    def merge(self, name: str) -> None:
+        with torch.no_grad():
+            weight = self._keep_original("base_layer.in_proj_weight")
+            weight += self.delta_weight(name).to(weight.dtype)
+        self.merged_adapter = name
+
+    def forward(self, *args, **kwargs):
+        name = self.active
+        if name is None:
+            return self.base_layer(*args, **kwargs)
+        base = base_of(self.base_layer)
+        weight = base.in_proj_weight + self.delta_weight(name)
+        return functional_call(self.base_layer, {_param_path(self.base_layer, base, "in_proj_weight"): weight}, args, kwargs)
+
+
+def _param_path(outer: nn.Module, inner: nn.Module, parameter: str) -> str:
+    path = []
+    module = outer
+    while module is not inner:
+        path.append("base_layer")
+        module = module.base_layer
+    return ".".join(path + [parameter])
+
+
+def _check_target(context: InjectionContext, name: str) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = base_of(context.model.get_submodule(parent_name)) if parent_name else None
+    if isinstance(parent, nn.MultiheadAttention):
+        raise ConfigError(
+            f"{context.method}: {name!r} is read as a weight by nn.MultiheadAttention, never called, so it "
+            f"cannot be wrapped; target the attention module itself with slices, e.g. '{parent_name}[q,v]'"
+        )
+
+
+def inject_lora_layers(context: InjectionContext, config: LoraConfig, linear_class=LoraLayer, mha_class=LoraMultiheadAttention) -> None:
+    """Shared by lora and dora: wrap every target and add the adapter to it."""
+    for target in context.targets(config, allowed=(nn.Linear, nn.Conv2d, nn.MultiheadAttention)):
+        _check_target(context, target.name)
+        base = base_of(target.module)
+        layer_class = mha_class if isinstance(base, nn.MultiheadAttention) else linear_class
+        if layer_class is None:
+            raise ConfigError(f"{context.method} does not support {type(base).__name__} targets ({target.name})")
+        layer = context.wrap(target.name, layer_class, layer_class)
+        layer.add_adapter(context.adapter_name, config, target.slices)
+
+
+def lora_to_peft(config: LoraConfig, model: nn.Module, adapter_name: str, use_dora: bool = False) -> dict | None:
+    layers = [(n, m) for n, m in adapter_modules(model) if isinstance(m, LoraLayer) and m.has_adapter(adapter_name)]
+    if any(m.slices.get(adapter_name) or isinstance(m, LoraMultiheadAttention) for _, m in layers):
+        return None  # fused-slice targets have no peft equivalent
+    return {
+        "r": config.r,
+        "lora_alpha": config.lora_alpha,
+        "lora_dropout": config.lora_dropout,
+        "use_rslora": config.use_rslora,
+        "use_dora": use_dora,
+        "target_modules": sorted(logical_path(n) for n, _ in layers),
+        "modules_to_save": config.modules_to_save or None,
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "init_lora_weights": True,
+        "inference_mode": True,
+        "task_type": None,
+        "base_model_name_or_path": None,
+    }
+
+
+_UNSUPPORTED_PEFT_OPTIONS = {"bias": "none", "fan_in_fan_out": False, "rank_pattern": {}, "alpha_pattern": {}, "layers_to_transform": None}
+
+
+def lora_from_peft(peft_config: dict, use_dora: bool = False) -> dict | None:
+    if bool(peft_config.get("use_dora", False)) != use_dora:
+        return None
+    for key, neutral in _UNSUPPORTED_PEFT_OPTIONS.items():
+        value = peft_config.get(key, neutral)
+        if value not in (neutral, None) and value != neutral:
+            raise ConfigError(f"peft adapter uses {key}={value!r}, which zoo does not support; allowed: {neutral!r}")
+    targets = peft_config.get("target_modules")
+    return {
+        "r": peft_config["r"],
+        "lora_alpha": peft_config.get("lora_alpha", 8),
+        "lora_dropout": peft_config.get("lora_dropout", 0.0),
+        "use_rslora": peft_config.get("use_rslora", False),
+        "target_modules": sorted(targets) if isinstance(targets, (list, set, tuple)) else targets,
+        "modules_to_save": peft_config.get("modules_to_save") or [],
+    }
+
+
+@register_method(
+    "lora",
+    LoraConfig,
+    mergeable=True,
+    peft_type="LORA",
+    to_peft=lora_to_peft,
+    from_peft=lora_from_peft,
+)
+def inject_lora(context: InjectionContext, config: LoraConfig) -> None:
+    inject_lora_layers(context, config)

@@ -1,0 +1,109 @@
+"""The method registry: one decorator per PEFT method file.
+
+A method is an injection function ``inject(context, config)`` that adds the method's
+modules for one named adapter, registered with its config class::
+
+    @register_method("lora", LoraConfig, mergeable=True, peft_type="LORA")
+    def inject_lora(context, config): ...
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+from zoo.peft.config import ConfigError, MethodConfig
+
+if TYPE_CHECKING:
+    from zoo.peft.engine import InjectionContext
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    config_class: type[MethodConfig]
+    inject: Callable[["InjectionContext", MethodConfig], None]
+    mergeable: bool = False
+    """Reparameterisation methods whose update can be folded into the base weights."""
+    trains_base: bool = False
+    """Full fine-tuning: base weights are trained in place (no separate adapter tensors)."""
+    needs_structure: bool = False
+    """Needs a description of blocks, attention and FFN (see :mod:`zoo.peft.structure`)."""
+    peft_type: str | None = None
+    """The ``peft_type`` HF PEFT uses for this method, when HF PEFT has it."""
+    to_peft: Callable[[MethodConfig, Any, str], dict[str, Any] | None] | None = None
+    """``(config, model, adapter_name) -> peft config fields``, or None when this adapter uses
+    something peft cannot express (e.g. fused-slice targets)."""
+    from_peft: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    peft_key_prefix: str = "base_model.model."
+    """Prefix HF PEFT puts before module paths in ``adapter_model.safetensors``."""
+    export_keys: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    """Renames saved tensors where HF PEFT's names are not module paths (prefix tuning)."""
+    import_keys: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    """The inverse of ``export_keys``, applied when loading."""
+
+
+_METHODS: dict[str, MethodSpec] = {}
+
+# Method files, imported on first use so that registering is the only edit a new method needs.
+_METHOD_MODULES = (
+    "full",
+    "linear",
+    "bitfit",
+    "lora",
+    "dora",
+    "ia3",
+    "loreft",
+    "prefix",
+    "vpt",
+    "adapter",
+    "adaptformer",
+    "kadaptation",
+    "sparse",
+)
+_loaded = False
+
+
+def register_method(
+    name: str, config_class: type[MethodConfig], **spec_options: Any
+) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    if name != name.lower() or not name.isidentifier():
+        raise ValueError(f"method name {name!r} must be a lowercase identifier")
+
+    def decorator(inject: Callable[..., None]) -> Callable[..., None]:
+        if name in _METHODS:
+            raise ValueError(f"method {name!r} is already registered")
+        config_class.method = name
+        _METHODS[name] = MethodSpec(name=name, config_class=config_class, inject=inject, **spec_options)
+        return inject
+
+    return decorator
+
+
+def _load_all() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for module in _METHOD_MODULES:
+        try:
+            importlib.import_module(f"zoo.peft.{module}")
+        except ModuleNotFoundError as error:
+            if error.name != f"zoo.peft.{module}":
+                raise
+
+
+def list_methods() -> list[str]:
+    _load_all()
+    return sorted(_METHODS)
+
+
+def get_method(name: str) -> MethodSpec:
+    _load_all()
+    if not isinstance(name, str) or name not in _METHODS:
+        close = difflib.get_close_matches(str(name), sorted(_METHODS), n=2)
+        hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
+        raise ConfigError(f"unknown PEFT method {name!r}.{hint} Known methods: {', '.join(sorted(_METHODS))}")
+    return _METHODS[name]

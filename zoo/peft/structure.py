@@ -1,0 +1,163 @@
+"""Where the blocks, attention and FFN of a backbone are.
+
+Methods that insert new computation at a place in the network (prefix, vpt, loreft,
+bottleneck adapters, AdaptFormer) and the default targets of the others read a
+:class:`Structure`. Paths are relative to each block; ``blocks`` is a regular expression
+over full module names that matches each transformer block. zoo ships descriptions of
+a generic HF BERT-style encoder and a timm ViT; domain packages register their own with
+:func:`register_structure`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from zoo.peft.config import ConfigError
+
+
+@dataclass(frozen=True)
+class Structure:
+    name: str
+    blocks: str
+    """Regex (full match) over module names selecting every transformer block, in order."""
+    attention: str
+    """The self-attention module of a block."""
+    attention_kind: str
+    """How attention computes q, k, v: ``"separate"`` (q/k/v Linears, HF style), ``"fused_qkv"``
+    (one Linear producing q, k, v, timm style) or ``"mha"`` (``nn.MultiheadAttention``)."""
+    attention_out: str
+    """Output projection of attention (its output is added to the residual stream)."""
+    ffn_in: str
+    """First Linear of the feed-forward network."""
+    ffn_out: str
+    """Last Linear of the feed-forward network."""
+    query: str | None = None
+    key: str | None = None
+    value: str | None = None
+    qkv: str | None = None
+    """Fused q/k/v projection (``fused_qkv``) or the ``nn.MultiheadAttention`` (``mha``)."""
+    heads: tuple[str, ...] = ("classifier", "head", "score", "fc")
+    """Names of task-head modules, tried in order, matched as the last name segment of a
+    module outside the blocks."""
+    cls_tokens: int = 1
+    """Leading special tokens (e.g. [CLS]) that visual prompts are inserted after."""
+    default_targets: dict[str, list[str] | str] = field(default_factory=dict)
+    """Per-method default ``target_modules`` overriding the generic ones below."""
+
+    # -- helpers -----------------------------------------------------------------
+    def block_names(self, model: nn.Module) -> list[str]:
+        regex = re.compile(self.blocks)
+        return [n for n, _ in model.named_modules() if n and regex.fullmatch(n) and "zoo_" not in n]
+
+    def submodule(self, model: nn.Module, block: str, relative: str | None) -> nn.Module:
+        if relative is None:
+            raise ConfigError(f"structure {self.name!r} has no such part in block {block!r}")
+        return model.get_submodule(f"{block}.{relative}")
+
+    def matches(self, model: nn.Module) -> bool:
+        blocks = self.block_names(model)
+        if not blocks:
+            return False
+        parts = [self.attention, self.attention_out, self.ffn_in, self.ffn_out]
+        parts += [p for p in (self.query, self.key, self.value, self.qkv) if p]
+        try:
+            for part in parts:
+                model.get_submodule(f"{blocks[0]}.{part}")
+        except AttributeError:
+            return False
+        return True
+
+    def targets_for(self, method: str) -> list[str] | str | None:
+        """Default ``target_modules`` for a reparameterisation method on this backbone."""
+        if method in self.default_targets:
+            return self.default_targets[method]
+        escape = re.escape
+        if self.attention_kind == "separate":
+            qv = [self.query, self.value]
+            kv_ffn = [self.key, self.value, self.ffn_out]
+            to_regex = lambda rels: rf"{self.blocks}\.(" + "|".join(escape(r) for r in rels) + ")"
+            if method in ("lora", "dora", "kadaptation"):
+                return to_regex(qv)
+            if method == "ia3":
+                return to_regex(kv_ffn)
+        else:
+            fused = f"{self.qkv}[q,v]"
+            if method in ("lora", "dora", "kadaptation"):
+                return [fused]
+            if method == "ia3":
+                return [f"{self.qkv}[k,v]", self.ffn_out]
+        if method in ("sparse",):
+            return rf"{self.blocks}\..*"
+        return None
+
+    def head_names(self, model: nn.Module) -> list[str]:
+        """The task head: the first of ``heads`` found outside the blocks."""
+        regex = re.compile(self.blocks + r"(\..*)?")
+        for head in self.heads:
+            for name, module in model.named_modules():
+                if name and name.rsplit(".", 1)[-1] == head and not regex.fullmatch(name) and "zoo_" not in name:
+                    if any(p.requires_grad is not None for p in module.parameters()):
+                        return [name]
+        return []
+
+
+_STRUCTURES: dict[str, Structure] = {}
+
+
+def register_structure(structure: Structure) -> Structure:
+    if structure.name in _STRUCTURES:
+        raise ValueError(f"structure {structure.name!r} is already registered")
+    _STRUCTURES[structure.name] = structure
+    return structure
+
+
+def list_structures() -> list[str]:
+    return list(_STRUCTURES)
+
+
+def get_structure(name: str) -> Structure:
+    if name not in _STRUCTURES:
+        raise ConfigError(f"unknown structure {name!r}; known: {', '.join(_STRUCTURES)}")
+    return _STRUCTURES[name]
+
+
+def detect_structure(model: nn.Module) -> Structure | None:
+    """The first registered structure that fits ``model``, or None."""
+    for structure in reversed(list(_STRUCTURES.values())):  # later (more specific) registrations win
+        if structure.matches(model):
+            return structure
+    return None
+
+
+BERT_STYLE = register_structure(
+    Structure(
+        name="hf-bert",
+        blocks=r"(.*\.)?encoder\.layer\.\d+",
+        attention="attention.self",
+        attention_kind="separate",
+        query="attention.self.query",
+        key="attention.self.key",
+        value="attention.self.value",
+        attention_out="attention.output.dense",
+        ffn_in="intermediate.dense",
+        ffn_out="output.dense",
+        heads=("classifier", "score", "qa_outputs"),
+    )
+)
+
+VIT_STYLE = register_structure(
+    Structure(
+        name="timm-vit",
+        blocks=r"(.*\.)?blocks\.\d+",
+        attention="attn",
+        attention_kind="fused_qkv",
+        qkv="attn.qkv",
+        attention_out="attn.proj",
+        ffn_in="mlp.fc1",
+        ffn_out="mlp.fc2",
+        heads=("head",),
+    )
+)
