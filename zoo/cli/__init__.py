@@ -1,0 +1,1 @@
+"""The ``zoo`` command line: one file per subcommand."""
