@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save, save_file
 from torch import nn
 
@@ -76,13 +76,23 @@ def adapter_config(model: nn.Module, adapter_name: str | None = None) -> dict[st
         if peft_fields is not None:
             config.update(peft_fields)
             config["peft_type"] = spec.peft_type
-    config["zoo"] = {
+    if "peft_type" not in config:
+        config["zoo"] = zoo_section(model, name)
+    return config
+
+
+def zoo_section(model: nn.Module, adapter_name: str | None = None) -> dict[str, Any]:
+    """zoo's own description of an adapter. peft-loadable adapters carry it in the safetensors
+    metadata rather than in ``adapter_config.json``, where peft would warn about an unknown key."""
+    state = _state_or_error(model)
+    name = adapter_name or state.active
+    record = state.adapters[name]
+    return {
         "format_version": FORMAT_VERSION,
         "method": record.method,
         "config": record.config.to_dict(),
         "structure": state.structure.name if state.structure else None,
     }
-    return config
 
 
 def save_adapter(model: nn.Module, adapter_dir: str | os.PathLike, adapter_name: str | None = None) -> Path:
@@ -93,7 +103,8 @@ def save_adapter(model: nn.Module, adapter_dir: str | os.PathLike, adapter_name:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        save_file(tensors, staging / WEIGHTS_NAME, metadata={"format": "pt"})
+        metadata = {"format": "pt", "zoo": json.dumps(zoo_section(model, adapter_name), default=str)}
+        save_file(tensors, staging / WEIGHTS_NAME, metadata=metadata)
         (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
         if target.exists():
             backup = target.parent / f".{target.name}.old-{os.getpid()}"
@@ -111,7 +122,8 @@ def adapter_size_bytes(model: nn.Module, adapter_name: str | None = None) -> int
     """Bytes the adapter takes on disk (tensors and config), without writing it."""
     tensors = adapter_tensors(model, adapter_name)
     config = json.dumps(adapter_config(model, adapter_name), indent=2, sort_keys=True, default=str)
-    return len(save(tensors, metadata={"format": "pt"})) + len(config) + 1
+    metadata = {"format": "pt", "zoo": json.dumps(zoo_section(model, adapter_name), default=str)}
+    return len(save(tensors, metadata=metadata)) + len(config) + 1
 
 
 def read_adapter_dir(adapter_dir: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -133,6 +145,10 @@ def read_adapter_dir(adapter_dir: str | os.PathLike) -> tuple[dict[str, Any], di
     if weights_path.is_file():
         try:
             tensors = load_file(weights_path)
+            with safe_open(weights_path, "pt") as handle:
+                metadata = handle.metadata() or {}
+            if "zoo" in metadata and "zoo" not in config:
+                config["zoo"] = json.loads(metadata["zoo"])
         except (SafetensorError, OSError, ValueError) as error:
             raise AdapterFileError(f"{weights_path} is not a readable safetensors file ({error}); the file is corrupt") from None
     elif (directory / "adapter_model.bin").is_file():
