@@ -1,0 +1,126 @@
+"""Backbone registry: pretrained sources, tiny test configurations, structure descriptions.
+
+A backbone is a function registered with :func:`register_backbone`. It builds an
+``nn.Module`` that maps a collated batch to token features ``(batch, tokens, hidden)``
+(see :class:`Backbone`), from pretrained weights (by ecosystem name, or a local file or
+folder) or at a tiny size with random weights for tests. Pretrained weights never fall
+back silently to random ones: when they cannot be had, :class:`PretrainedUnavailable`
+says what was needed and how to pass a local checkpoint instead.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import torch
+from torch import nn
+
+from zoo.peft.structure import Structure
+from zoo.registry import Registry
+
+
+class PretrainedUnavailable(RuntimeError):
+    """Pretrained weights could not be loaded (offline, missing file, wrong format)."""
+
+
+@dataclass(frozen=True)
+class PretrainedWeights:
+    source: str
+    """Ecosystem name or URL: ``hf-hub:sentence-transformers/all-MiniLM-L6-v2``, ``timm:vit_base_patch16_224.augreg_in21k``,
+    ``esm:esm2_t6_8M_UR50D`` (fair-esm), ``torchaudio:WAV2VEC2_BASE``, ``open_clip:ViT-B-32/laion2b_s34b_b79k``."""
+    licence: str
+    local_format: str
+    """What a local checkpoint must be, for the error message (e.g. 'a transformers model folder')."""
+    sha256: str | None = None
+    url: str | None = None
+
+
+class Backbone(Protocol):
+    hidden_size: int
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor: ...
+
+    def pool(self, features: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor: ...
+
+    def collate(self, examples: list[Any]) -> dict[str, torch.Tensor]: ...
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str
+    domain: str
+    build: Callable[..., nn.Module]
+    """``build(pretrained: bool | Path, tiny: bool, **options) -> nn.Module``."""
+    weights: PretrainedWeights | None
+    structure: Structure | None
+    description: str = ""
+    default_targets: dict[str, Any] = field(default_factory=dict)
+
+
+BACKBONES: Registry[BackboneSpec] = Registry("backbone")
+
+
+def register_backbone(
+    name: str,
+    *,
+    domain: str,
+    weights: PretrainedWeights | None,
+    structure: Structure | None,
+    description: str = "",
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    def decorator(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        doc = description or (build.__doc__ or "").strip().split("\n")[0]
+        BACKBONES.add(name, BackboneSpec(name, domain, build, weights, structure, doc))
+        return build
+
+    return decorator
+
+
+def create_backbone(
+    name: str,
+    pretrained: bool | str | os.PathLike = False,
+    scale: str = "default",
+    **options: Any,
+) -> nn.Module:
+    """Build backbone ``name``. ``pretrained``: False (random), True (by ecosystem name) or a local path."""
+    spec = BACKBONES.get(name)
+    if scale not in ("default", "tiny"):
+        raise ValueError(f"scale={scale!r} is not allowed; use 'default' or 'tiny'")
+    tiny = scale == "tiny"
+    if tiny and pretrained:
+        raise ValueError(
+            f"backbone {name}: scale=tiny builds a small random-weight model for smoke runs and cannot load "
+            f"pretrained weights; drop pretrained or use scale=default"
+        )
+    checkpoint: bool | Path = pretrained
+    if isinstance(pretrained, (str, os.PathLike)):
+        checkpoint = Path(pretrained).expanduser()
+        if not checkpoint.exists():
+            raise PretrainedUnavailable(
+                f"backbone {name}: local checkpoint {checkpoint} does not exist"
+                + (f"; expected {spec.weights.local_format}" if spec.weights else "")
+            )
+    if checkpoint is True and spec.weights is None:
+        raise PretrainedUnavailable(f"backbone {name} has no pretrained weights; use pretrained=False")
+    try:
+        return spec.build(pretrained=checkpoint, tiny=tiny, **options)
+    except PretrainedUnavailable:
+        raise
+    except Exception as error:
+        if checkpoint is False:
+            raise
+        raise unavailable(spec, checkpoint, error) from error
+
+
+def unavailable(spec: BackboneSpec, checkpoint: bool | Path, error: BaseException) -> PretrainedUnavailable:
+    """The error for pretrained weights that could not be loaded, saying what to do instead."""
+    weights = spec.weights
+    what = f"local checkpoint {checkpoint}" if isinstance(checkpoint, Path) else f"pretrained weights {weights.source}"
+    return PretrainedUnavailable(
+        f"backbone {spec.name}: could not load {what} ({type(error).__name__}: {str(error)[:300]}). "
+        f"Without network access, pass a local checkpoint with pretrained=/path/to/it "
+        f"({weights.local_format}; licence {weights.licence}), or use scale=tiny for a smoke run with random weights"
+    )

@@ -1,0 +1,113 @@
+"""Dataset registry, data roots and local layouts.
+
+Every dataset has a canonical source (URL + sha256 per file), a folder under the data
+root, a loader for that layout and a tiny synthetic fixture in the same layout for tests.
+The data root is, in order: the ``root`` argument (config key ``data.root``), the
+environment variable ``ZOO_DATA_DIR``, then ``~/.cache/zoo/data``. An existing local copy
+is always read as is; a missing file is downloaded and verified.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from torch.utils.data import Dataset
+
+from zoo.download import check_local_copy, download
+from zoo.registry import Registry
+
+TASK_KINDS = ("classification", "regression", "per_residue", "retrieval", "generation")
+
+
+class DataError(ValueError):
+    """Data that is missing, corrupt or out of range; the message names the file."""
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    path: str
+    """Where the file lives under the dataset folder."""
+    url: str
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    domain: str
+    task: str
+    """One of TASK_KINDS."""
+    load: Callable[..., Dataset]
+    """``load(dataset_dir, split, **options) -> Dataset``."""
+    make_fixture: Callable[[Path], None]
+    """Writes a tiny synthetic copy in the same layout into the given folder."""
+    folder: str | None
+    """Folder under the data root; None for generic formats where ``root`` is the data itself."""
+    files: tuple[RemoteFile, ...] = ()
+    splits: tuple[str, ...] = ("train", "val", "test")
+    num_classes: int | None = None
+    licence: str = ""
+    description: str = ""
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+DATASETS: Registry[DatasetSpec] = Registry("dataset")
+
+
+def register_dataset(spec: DatasetSpec) -> DatasetSpec:
+    if spec.task not in TASK_KINDS:
+        raise ValueError(f"dataset {spec.name!r}: task {spec.task!r} must be one of {TASK_KINDS}")
+    return DATASETS.add(spec.name, spec)
+
+
+def data_root(root: str | os.PathLike | None = None) -> Path:
+    if root is not None:
+        return Path(root).expanduser()
+    if os.environ.get("ZOO_DATA_DIR"):
+        return Path(os.environ["ZOO_DATA_DIR"]).expanduser()
+    return Path.home() / ".cache" / "zoo" / "data"
+
+
+def dataset_dir(spec: DatasetSpec, root: str | os.PathLike | None = None) -> Path:
+    base = data_root(root)
+    return base / spec.folder if spec.folder else base
+
+
+def ensure_files(spec: DatasetSpec, root: str | os.PathLike | None = None, allow_download: bool = True) -> Path:
+    """The dataset folder with every canonical file present (downloaded and verified if missing)."""
+    directory = dataset_dir(spec, root)
+    for remote in spec.files:
+        path = directory / remote.path
+        if path.exists():
+            check_local_copy(path, remote.sha256, f"dataset {spec.name}")
+        elif allow_download:
+            download(remote.url, path, remote.sha256, f"dataset {spec.name}")
+        else:
+            raise DataError(
+                f"dataset {spec.name}: {path} is missing. Download {remote.url} to that path, or set data.root / "
+                f"ZOO_DATA_DIR to a folder holding {spec.folder}/{remote.path}"
+            )
+    return directory
+
+
+def load_dataset(
+    name: str,
+    split: str = "train",
+    root: str | os.PathLike | None = None,
+    allow_download: bool = True,
+    **options: Any,
+) -> Dataset:
+    spec = DATASETS.get(name)
+    if split not in spec.splits:
+        raise DataError(f"dataset {name}: unknown split {split!r}; available: {', '.join(spec.splits)}")
+    if spec.folder is None and root is None:
+        raise DataError(
+            f"dataset {name} reads your own files: pass root=<folder> (config key data.root) pointing at them"
+        )
+    directory = ensure_files(spec, root, allow_download) if spec.files else dataset_dir(spec, root)
+    if not directory.exists():
+        raise DataError(f"dataset {name}: folder {directory} does not exist; set data.root / ZOO_DATA_DIR correctly")
+    return spec.load(directory, split, **options)

@@ -1,0 +1,79 @@
+"""Fetching files by URL with checksum verification, and reading local copies.
+
+Downloads go to a temporary file next to the destination and are renamed into place
+only after their sha256 matches, so an interrupted or corrupt download never leaves a
+file that looks complete. A local copy the user supplied is trusted with a warning when
+its checksum differs (e.g. a subset of the official file); a download that differs is an
+error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import requests
+
+
+class DownloadError(RuntimeError):
+    """A file could not be fetched or did not match its checksum."""
+
+
+class ChecksumWarning(UserWarning):
+    """A local copy differs from the canonical file."""
+
+
+def sha256_of(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(chunk_size), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_local_copy(path: Path, sha256: str | None, what: str) -> Path:
+    """Accept a user-supplied file, warning if it is not the canonical one."""
+    if sha256:
+        actual = sha256_of(path)
+        if actual != sha256:
+            warnings.warn(
+                f"{what}: local file {path} has sha256 {actual[:12]}..., not the canonical {sha256[:12]}...; "
+                f"using it as given (a subset or another version of the official file)",
+                ChecksumWarning,
+                stacklevel=3,
+            )
+    return path
+
+
+def download(url: str, destination: Path, sha256: str | None, what: str, timeout: float = 30.0) -> Path:
+    """Fetch ``url`` to ``destination`` (atomically), verifying ``sha256`` when given."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".part", dir=destination.parent)
+    try:
+        digest = hashlib.sha256()
+        try:
+            with requests.get(url, stream=True, timeout=timeout) as response:
+                response.raise_for_status()
+                with os.fdopen(handle, "wb") as out:
+                    for chunk in response.iter_content(1 << 20):
+                        out.write(chunk)
+                        digest.update(chunk)
+        except requests.RequestException as error:
+            raise DownloadError(
+                f"{what}: could not download {url} ({type(error).__name__}: {error}). Without network access, "
+                f"fetch the file elsewhere and put it at {destination}, or point the data root "
+                f"(data.root=... or ZOO_DATA_DIR) at a folder that has it"
+            ) from None
+        if sha256 and digest.hexdigest() != sha256:
+            raise DownloadError(
+                f"{what}: the file downloaded from {url} has sha256 {digest.hexdigest()}, expected {sha256}; "
+                f"it was not saved. Try again; if it persists the file upstream changed"
+            )
+        os.replace(temporary, destination)
+        return destination
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)

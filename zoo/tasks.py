@@ -1,0 +1,84 @@
+"""Task heads, losses and metrics on top of any registered backbone.
+
+A :class:`TaskModel` is ``head(pool(backbone(batch)))`` (or per token for per-residue
+tasks). The head is an attribute named ``head`` so PEFT methods train it as the task
+head (``modules_to_save``) and a linear probe finds it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zoo import metrics
+
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    per_token: bool
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    evaluate: Callable[[torch.Tensor, torch.Tensor], dict[str, float]]
+    """``evaluate(outputs, labels)`` over a whole split."""
+    main_metric: str
+
+
+def _classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    probabilities = logits.float().softmax(-1)
+    predictions = probabilities.argmax(-1)
+    results = {"accuracy": metrics.accuracy(labels, predictions), "macro_f1": metrics.macro_f1(labels, predictions)}
+    if len(torch.unique(labels)) == probabilities.shape[-1]:
+        results["auroc"] = metrics.auroc(labels, probabilities)
+    return results
+
+
+def _per_residue_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    return {"q3_accuracy": metrics.q3_accuracy(labels, logits.argmax(-1), IGNORE_INDEX)}
+
+
+TASKS: dict[str, TaskSpec] = {
+    "classification": TaskSpec(
+        "classification", False, lambda out, y: F.cross_entropy(out, y), _classification_metrics, "accuracy"
+    ),
+    "regression": TaskSpec(
+        "regression",
+        False,
+        lambda out, y: F.mse_loss(out.squeeze(-1), y.float()),
+        lambda out, y: {"spearman": metrics.spearman(y, out.squeeze(-1)), "mse": F.mse_loss(out.squeeze(-1).float(), y.float()).item()},
+        "spearman",
+    ),
+    "per_residue": TaskSpec(
+        "per_residue",
+        True,
+        lambda out, y: F.cross_entropy(out.flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX),
+        _per_residue_metrics,
+        "q3_accuracy",
+    ),
+}
+
+
+class TaskModel(nn.Module):
+    """A backbone with a linear head for classification, regression or per-token labels."""
+
+    def __init__(self, backbone: nn.Module, task: str, num_outputs: int) -> None:
+        super().__init__()
+        if task not in TASKS:
+            raise ValueError(f"task {task!r} is not allowed; choose one of {', '.join(TASKS)}")
+        self.backbone = backbone
+        self.task = TASKS[task]
+        self.head = nn.Linear(backbone.hidden_size, num_outputs)
+
+    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+        features = self.backbone(batch)
+        if self.task.per_token:
+            return self.head(features)
+        return self.head(self.backbone.pool(features, batch))
+
+    def loss(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.task.loss(outputs, labels)
