@@ -47,6 +47,10 @@ class Backbone(Protocol):
 
     def collate(self, examples: list[Any]) -> dict[str, torch.Tensor]: ...
 
+    def example_inputs(self, count: int) -> list[Any]:
+        """``count`` raw inputs of the kind the domain's datasets yield, for smoke tests."""
+        ...
+
 
 @dataclass(frozen=True)
 class BackboneSpec:

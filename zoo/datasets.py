@@ -32,6 +32,8 @@ class RemoteFile:
     """Where the file lives under the dataset folder."""
     url: str
     sha256: str | None = None
+    md5: str | None = None
+    """Where upstream publishes only an MD5 (MedMNIST), that is verified instead."""
 
 
 @dataclass(frozen=True)
@@ -82,9 +84,9 @@ def ensure_files(spec: DatasetSpec, root: str | os.PathLike | None = None, allow
     for remote in spec.files:
         path = directory / remote.path
         if path.exists():
-            check_local_copy(path, remote.sha256, f"dataset {spec.name}")
+            check_local_copy(path, remote.sha256, f"dataset {spec.name}", md5=remote.md5)
         elif allow_download:
-            download(remote.url, path, remote.sha256, f"dataset {spec.name}")
+            download(remote.url, path, remote.sha256, f"dataset {spec.name}", md5=remote.md5)
         else:
             raise DataError(
                 f"dataset {spec.name}: {path} is missing. Download {remote.url} to that path, or set data.root / "

@@ -26,21 +26,22 @@ class ChecksumWarning(UserWarning):
     """A local copy differs from the canonical file."""
 
 
-def sha256_of(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
+def sha256_of(path: str | os.PathLike, chunk_size: int = 1 << 20, algorithm: str = "sha256") -> str:
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(chunk_size), b""):
             digest.update(chunk)
     return digest.hexdigest()
 
 
-def check_local_copy(path: Path, sha256: str | None, what: str) -> Path:
+def check_local_copy(path: Path, sha256: str | None, what: str, md5: str | None = None) -> Path:
     """Accept a user-supplied file, warning if it is not the canonical one."""
-    if sha256:
-        actual = sha256_of(path)
-        if actual != sha256:
+    expected, algorithm = (sha256, "sha256") if sha256 else (md5, "md5")
+    if expected:
+        actual = sha256_of(path, algorithm=algorithm)
+        if actual != expected:
             warnings.warn(
-                f"{what}: local file {path} has sha256 {actual[:12]}..., not the canonical {sha256[:12]}...; "
+                f"{what}: local file {path} has {algorithm} {actual[:12]}..., not the canonical {expected[:12]}...; "
                 f"using it as given (a subset or another version of the official file)",
                 ChecksumWarning,
                 stacklevel=3,
@@ -48,12 +49,15 @@ def check_local_copy(path: Path, sha256: str | None, what: str) -> Path:
     return path
 
 
-def download(url: str, destination: Path, sha256: str | None, what: str, timeout: float = 30.0) -> Path:
-    """Fetch ``url`` to ``destination`` (atomically), verifying ``sha256`` when given."""
+def download(
+    url: str, destination: Path, sha256: str | None, what: str, timeout: float = 30.0, md5: str | None = None
+) -> Path:
+    """Fetch ``url`` to ``destination`` (atomically), verifying ``sha256`` (or ``md5``) when given."""
+    expected, algorithm = (sha256, "sha256") if sha256 else (md5, "md5")
     destination.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".part", dir=destination.parent)
     try:
-        digest = hashlib.sha256()
+        digest = hashlib.new(algorithm)
         try:
             with requests.get(url, stream=True, timeout=timeout) as response:
                 response.raise_for_status()
@@ -67,9 +71,9 @@ def download(url: str, destination: Path, sha256: str | None, what: str, timeout
                 f"fetch the file elsewhere and put it at {destination}, or point the data root "
                 f"(data.root=... or ZOO_DATA_DIR) at a folder that has it"
             ) from None
-        if sha256 and digest.hexdigest() != sha256:
+        if expected and digest.hexdigest() != expected:
             raise DownloadError(
-                f"{what}: the file downloaded from {url} has sha256 {digest.hexdigest()}, expected {sha256}; "
+                f"{what}: the file downloaded from {url} has {algorithm} {digest.hexdigest()}, expected {expected}; "
                 f"it was not saved. Try again; if it persists the file upstream changed"
             )
         os.replace(temporary, destination)

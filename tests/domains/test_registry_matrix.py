@@ -1,0 +1,96 @@
+"""Registry-driven checks over every domain: backbones, PEFT methods on them, datasets.
+
+Everything registered is covered without a hand-kept list: a new backbone, dataset or
+PEFT method is tested here by registering it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import zoo.peft as zp
+from zoo.backbones import BACKBONES, create_backbone
+from zoo.datasets import DATASETS, dataset_dir
+from zoo.peft.config import ConfigError
+from zoo.tasks import TaskModel
+
+SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+# Options that keep structural methods small on tiny backbones.
+METHOD_OPTIONS = {"prefix": {"num_virtual_tokens": 2}, "vpt": {"num_prompts": 2}, "sparse": {"density": 0.2}}
+
+
+def tiny(name: str):
+    return create_backbone(name, scale="tiny")
+
+
+@pytest.mark.parametrize("name", BACKBONES.names())
+def test_backbone_builds_tiny_and_runs(name):
+    backbone = tiny(name).eval()
+    batch = backbone.collate(backbone.example_inputs(2))
+    with torch.no_grad():
+        features = backbone(batch)
+        pooled = backbone.pool(features, batch)
+    assert features.ndim == 3 and features.shape[0] == 2 and features.shape[-1] == backbone.hidden_size
+    assert pooled.shape == (2, backbone.hidden_size)
+    assert torch.isfinite(features).all()
+
+
+@pytest.mark.parametrize("name", BACKBONES.names())
+def test_backbone_structure_matches(name):
+    spec = BACKBONES.get(name)
+    model = TaskModel(tiny(name), "classification", 2)
+    if spec.structure is not None:
+        assert spec.structure.matches(model), f"{name}: structure {spec.structure.name} does not fit its own model"
+        assert spec.structure.block_names(model)
+
+
+@pytest.mark.parametrize("method", zp.list_methods())
+@pytest.mark.parametrize("name", BACKBONES.names())
+def test_every_method_on_every_backbone(name, method):
+    spec = BACKBONES.get(name)
+    backbone = tiny(name)
+    model = TaskModel(backbone, "classification", 2)
+    batch = backbone.collate(backbone.example_inputs(2))
+    try:
+        zp.apply(model, method, structure=spec.structure, **METHOD_OPTIONS.get(method, {}))
+    except ConfigError as error:
+        # A method that cannot apply must say why, naming itself.
+        assert method in str(error) and len(str(error)) > 40, str(error)
+        return
+    model.train()
+    loss = model.loss(model(batch), torch.tensor([0, 1]))
+    loss.backward()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert trainable and any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainable)
+
+
+@pytest.mark.parametrize("name", DATASETS.names())
+def test_dataset_reads_its_fixture(name, tmp_path):
+    spec = DATASETS.get(name)
+    folder = tmp_path / (spec.folder or "data")
+    spec.make_fixture(folder)
+    split = spec.splits[0]
+    dataset = spec.load(folder, split)
+    assert len(dataset) > 0
+    item = dataset[0]
+    assert item is not None
+
+
+@pytest.mark.parametrize("name", DATASETS.names())
+def test_dataset_reads_the_real_shared_copy(name):
+    spec = DATASETS.get(name)
+    if spec.folder is None or not (SHARED_DATA / spec.folder).exists():
+        pytest.skip(f"no real copy of {name} under {SHARED_DATA}")
+    directory = dataset_dir(spec, SHARED_DATA)
+    if spec.files and not all((directory / f.path).exists() for f in spec.files):
+        pytest.skip(f"the shared copy of {spec.folder} lacks the files of {name}")
+    for split in spec.splits:
+        try:
+            dataset = spec.load(directory, split)
+        except FileNotFoundError as error:
+            pytest.skip(f"{name}: shared copy has no {split} split ({error})")
+        assert len(dataset) > 0
+        dataset[len(dataset) - 1]
