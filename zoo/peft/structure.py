@@ -98,9 +98,10 @@ class Structure:
         regex = re.compile(self.blocks + r"(\..*)?")
         for head in self.heads:
             for name, module in model.named_modules():
-                if name and name.rsplit(".", 1)[-1] == head and not regex.fullmatch(name) and "zoo_" not in name:
-                    if any(p.requires_grad is not None for p in module.parameters()):
-                        return [name]
+                outside_blocks = not regex.fullmatch(name) and "zoo_" not in name
+                has_parameters = next(module.parameters(), None) is not None
+                if name and name.rsplit(".", 1)[-1] == head and outside_blocks and has_parameters:
+                    return [name]
         return []
 
 
