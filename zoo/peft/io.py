@@ -210,7 +210,10 @@ def load_adapter(
 
 
 def _copy_into_adapter(model: nn.Module, adapter_name: str, tensors: dict[str, torch.Tensor], adapter_dir: Any) -> None:
+    spec = get_method(peft_state(model).adapters[adapter_name].method)
     expected = adapter_tensors(model, adapter_name)
+    if spec.import_keys is not None:  # ``tensors`` already went through import_keys: compare like with like
+        expected = spec.import_keys(expected)
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:
@@ -229,7 +232,6 @@ def _copy_into_adapter(model: nn.Module, adapter_name: str, tensors: dict[str, t
                 f"tensor {key} has shape {tuple(tensor.shape)} in {adapter_dir} but {tuple(expected[key].shape)} "
                 f"in the model: the adapter was made for a backbone of another size"
             )
-    spec = get_method(peft_state(model).adapters[adapter_name].method)
     prefix = spec.peft_key_prefix
     for module_name, module in adapter_modules(model):
         if not module.has_adapter(adapter_name):

@@ -1,0 +1,296 @@
+"""Prefix tuning (Li and Liang 2021, "Prefix-Tuning: Optimizing Continuous Prompts for
+Generation", arXiv:2101.00190).
+
+Every attention layer i gets P trainable key and value vectors that are prepended to the
+keys and values its tokens compute; queries attend to [prefix; tokens]:
+
+    head_i = softmax(q [K_prefix,i; K]^T / sqrt(d_head)) [V_prefix,i; V]
+
+The attention mask is extended so that the prefixes are always attended. Trainable: the
+prefixes (plus ``modules_to_save``). The model does not start equal to the base.
+
+Storage and file format follow HF PEFT (``PrefixTuningConfig`` without projection): one
+tensor ``prompt_embeddings`` of shape (P, num_layers * 2 * hidden); viewed as
+(P, num_layers * 2, hidden), layer i's keys are ``[:, 2i]`` and its values ``[:, 2i + 1]``.
+An adapter saved here loads with ``peft.PeftModel.from_pretrained`` and vice versa.
+
+How the prefix gets in: HF attention modules take a key/value cache (``past_key_values``)
+and call ``cache.update(k, v)``; a forward pre-hook passes a stand-in cache that returns
+[prefix; k] and [prefix; v], and extends the attention mask. timm's ``Attention`` reshapes
+with the token count of its input, so its forward is replaced by an equivalent one that
+concatenates the prefixes (and restored on unload).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zoo.peft.config import ConfigError, MethodConfig, option, require_int_positive
+from zoo.peft.engine import InjectionContext
+from zoo.peft.layers import AdapterModule
+from zoo.peft.registry import register_method
+from zoo.peft.targeting import base_of
+
+ROOT_NAME = "zoo_prefix"
+PEFT_KEY = "prompt_embeddings"
+ZOO_KEY = f"base_model.{ROOT_NAME}.prompt_embeddings"
+
+
+@dataclass
+class PrefixTuningConfig(MethodConfig):
+    num_virtual_tokens: int = option(20, help="Number of prefix key/value vectors P per attention layer.")
+    prefix_projection: bool = option(False, help="Reparameterise prefixes with an MLP (HF PEFT); only False is supported.")
+
+    def validate(self) -> None:
+        super().validate()
+        require_int_positive(self, "num_virtual_tokens")
+        if self.prefix_projection is not False:
+            raise ConfigError(
+                f"prefix: prefix_projection={self.prefix_projection!r} is not supported; only False "
+                f"(prefixes trained directly, as HF PEFT's default) is allowed"
+            )
+        if self.target_modules is not None:
+            raise ConfigError(
+                f"prefix: target_modules={self.target_modules!r} is not used; prefixes go into every attention "
+                f"layer the structure describes; leave it unset"
+            )
+
+
+def prepend_attended(mask: torch.Tensor | None, count: int) -> torch.Tensor | None:
+    """Extend the key axis (last) of an attention mask by ``count`` always-attended positions in front."""
+    if mask is None:
+        return None
+    if not torch.is_tensor(mask):
+        raise TypeError(
+            f"prefix tuning cannot extend an attention mask of type {type(mask).__name__}; "
+            f"use attn_implementation 'sdpa' or 'eager'"
+        )
+    # bool: True attends; float: additive bias, 0 attends; integer (1/0 padding masks): 1 attends.
+    fill = True if mask.dtype == torch.bool else (0.0 if mask.is_floating_point() else 1)
+    return torch.cat([mask.new_full((*mask.shape[:-1], count), fill), mask], dim=-1)
+
+
+def join_prefix(prefix: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+    """[prefix; states] along the token axis: prefix (P, hidden), states (batch, heads, tokens, head_dim)."""
+    batch, heads, _, head_dim = states.shape
+    prefix = prefix.to(states.dtype).view(-1, heads, head_dim).transpose(0, 1)
+    return torch.cat([prefix.unsqueeze(0).expand(batch, -1, -1, -1), states], dim=2)
+
+
+class _PrefixKeyValues:
+    """Stands in for a transformers key/value cache: ``update`` returns [prefix; keys], [prefix; values]."""
+
+    def __init__(self, key: torch.Tensor, value: torch.Tensor) -> None:
+        self.key, self.value = key, value  # (P, hidden)
+
+    def update(self, key_states, value_states, layer_idx=None, cache_kwargs=None):
+        return join_prefix(self.key, key_states), join_prefix(self.value, value_states)
+
+
+def _timm_attention_class():
+    try:
+        from timm.layers.attention import Attention
+    except ImportError:
+        return None
+    return Attention
+
+
+class PrefixTuning(AdapterModule):
+    """All layers' prefixes of every adapter, attached to the model root; hooks put them in."""
+
+    adapter_groups = ("prompt_embeddings",)
+
+    def __init__(self, model: nn.Module, attentions: list[nn.Module], hidden: int) -> None:
+        super().__init__()
+        self.prompt_embeddings = nn.ParameterDict()
+        self.num_virtual_tokens: dict[str, int] = {}
+        self.num_layers, self.hidden = len(attentions), hidden
+        self._handles: list = []
+        self._patched: list[nn.Module] = []
+        timm_attention = _timm_attention_class()
+        for index, attention in enumerate(attentions):
+            parameters = inspect.signature(attention.forward).parameters
+            if "past_key_values" in parameters:
+                names = [n for n, p in parameters.items() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+                mask_index = names.index("attention_mask") if "attention_mask" in names else None
+                hook = functools.partial(self._cache_hook, index, mask_index)
+                self._handles.append(attention.register_forward_pre_hook(hook, with_kwargs=True))
+            elif timm_attention is not None and type(attention).forward is timm_attention.forward:
+                attention.forward = functools.partial(self._timm_forward, index, attention)
+                self._patched.append(attention)
+            else:
+                self.remove_hooks()
+                raise ConfigError(
+                    f"prefix: cannot insert prefixes into {type(attention).__name__}: it neither takes a key/value "
+                    f"cache (past_key_values, as HF attention does) nor is timm's Attention"
+                )
+        if not self._patched:
+            # HF PEFT runs the model with a P-long cache, so BERT-style embeddings number the tokens
+            # from P (position_ids = P .. P+T-1). Reproduce that shift so outputs equal peft's.
+            for name, module in model.named_modules():
+                if "zoo_" not in name and "past_key_values_length" in inspect.signature(module.forward).parameters:
+                    self._handles.append(module.register_forward_pre_hook(self._position_hook, with_kwargs=True))
+
+    def add_adapter(self, name: str, config: PrefixTuningConfig, reference: torch.Tensor) -> None:
+        shape = (config.num_virtual_tokens, self.num_layers * 2 * self.hidden)
+        # N(0, 1), as HF PEFT's nn.Embedding initialises its prompt table.
+        self.prompt_embeddings[name] = nn.Parameter(torch.randn(shape, device=reference.device, dtype=reference.dtype))
+        self.num_virtual_tokens[name] = config.num_virtual_tokens
+
+    def delete_adapter(self, name: str) -> None:
+        super().delete_adapter(name)
+        self.num_virtual_tokens.pop(name, None)
+
+    def layer_prefix(self, name: str, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values (each (P, hidden)) of layer ``index``."""
+        table = self.prompt_embeddings[name].view(self.num_virtual_tokens[name], self.num_layers * 2, self.hidden)
+        return table[:, 2 * index], table[:, 2 * index + 1]
+
+    # -- HF attention -------------------------------------------------------------
+    def _cache_hook(self, index, mask_index, module, args, kwargs):
+        name = self.active
+        if name is None:
+            return None
+        if kwargs.get("past_key_values") is not None:
+            raise RuntimeError("prefix tuning supplies the attention's past keys/values itself; call the model without a cache (use_cache=False)")
+        kwargs["past_key_values"] = _PrefixKeyValues(*self.layer_prefix(name, index))
+        count = self.num_virtual_tokens[name]
+        if "attention_mask" in kwargs or mask_index is None or len(args) <= mask_index:
+            kwargs["attention_mask"] = prepend_attended(kwargs.get("attention_mask"), count)
+        else:
+            args = (*args[:mask_index], prepend_attended(args[mask_index], count), *args[mask_index + 1 :])
+        return args, kwargs
+
+    def _position_hook(self, module, args, kwargs):
+        if self.active is not None:
+            kwargs["past_key_values_length"] = self.num_virtual_tokens[self.active]
+            return args, kwargs
+        return None
+
+    # -- timm Attention -------------------------------------------------------------
+    def _timm_forward(self, index, attn, x, attn_mask=None, is_causal=False):
+        name = self.active
+        if name is None:
+            return type(attn).forward(attn, x, attn_mask=attn_mask, is_causal=is_causal)
+        batch, tokens, _ = x.shape
+        gate = attn.gate(x).sigmoid() if getattr(attn, "gate", None) is not None else None
+        qkv = attn.qkv(x).reshape(batch, tokens, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        q, k = attn.q_norm(q), attn.k_norm(k)
+        prefix_k, prefix_v = self.layer_prefix(name, index)
+        k = join_prefix(prefix_k, k)
+        v = join_prefix(prefix_v, v)
+        count = self.num_virtual_tokens[name]
+        if is_causal:  # tokens see every prefix and the tokens before them
+            attn_mask = torch.ones(tokens, tokens, dtype=torch.bool, device=x.device).tril()
+        attn_mask = prepend_attended(attn_mask, count)
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=attn.attn_drop.p if attn.training else 0.0)
+        x = attn.norm(x.transpose(1, 2).reshape(batch, tokens, -1))
+        if gate is not None:
+            x = x * gate
+        return attn.proj_drop(attn.proj(x))
+
+    # -- removal --------------------------------------------------------------------
+    def remove_hooks(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        for attention in self._patched:
+            attention.__dict__.pop("forward", None)
+        self._patched.clear()
+
+    def unwrap(self) -> nn.Module | None:
+        return None
+
+
+def _hidden_size(structure, model: nn.Module, block: str) -> int:
+    if structure.attention_kind == "separate":
+        return base_of(structure.submodule(model, block, structure.key)).out_features
+    if structure.attention_kind == "fused_qkv":
+        return base_of(structure.submodule(model, block, structure.qkv)).out_features // 3
+    raise ConfigError(f"prefix: attention of kind {structure.attention_kind!r} is not supported (separate or fused_qkv)")
+
+
+def _task_type(model: nn.Module) -> str | None:
+    suffixes = {"ForSequenceClassification": "SEQ_CLS", "ForTokenClassification": "TOKEN_CLS", "ForQuestionAnswering": "QUESTION_ANS"}
+    for suffix, task in suffixes.items():
+        if type(model).__name__.endswith(suffix):
+            return task
+    return "FEATURE_EXTRACTION" if "past_key_values" in inspect.signature(model.forward).parameters else None
+
+
+def prefix_to_peft(config: PrefixTuningConfig, model: nn.Module, adapter_name: str) -> dict | None:
+    hf_config = getattr(model, "config", None)
+    root = getattr(model, ROOT_NAME, None)
+    if not hasattr(hf_config, "num_attention_heads") or root is None or root._patched:
+        return None  # peft's prefix tuning runs HF transformers models only
+    task = _task_type(model)
+    if task is None:
+        return None
+    return {
+        "task_type": task,
+        "num_virtual_tokens": config.num_virtual_tokens,
+        "token_dim": root.hidden,
+        "num_layers": root.num_layers,
+        "num_attention_heads": hf_config.num_attention_heads,
+        "num_transformer_submodules": 1,
+        "encoder_hidden_size": root.hidden,
+        "prefix_projection": False,
+        "modules_to_save": config.modules_to_save or None,
+        "inference_mode": True,
+        "base_model_name_or_path": None,
+        "revision": None,
+    }
+
+
+def prefix_from_peft(peft_config: dict) -> dict:
+    if peft_config.get("prefix_projection"):
+        raise ConfigError("peft adapter uses prefix_projection=True, which zoo does not support; allowed: False")
+    if peft_config.get("num_transformer_submodules", 1) not in (1, None):
+        raise ConfigError(
+            f"peft adapter has num_transformer_submodules={peft_config['num_transformer_submodules']!r} "
+            f"(encoder-decoder); zoo's prefix tuning supports 1"
+        )
+    heads = list(dict.fromkeys(peft_config.get("modules_to_save") or []))
+    return {"num_virtual_tokens": peft_config["num_virtual_tokens"], "modules_to_save": heads}
+
+
+def export_keys(tensors: dict) -> dict:
+    return {PEFT_KEY if key == ZOO_KEY else key: value for key, value in tensors.items()}
+
+
+def import_keys(tensors: dict) -> dict:
+    return {ZOO_KEY if key == PEFT_KEY else key: value for key, value in tensors.items()}
+
+
+@register_method(
+    "prefix",
+    PrefixTuningConfig,
+    needs_structure=True,
+    peft_type="PREFIX_TUNING",
+    to_peft=prefix_to_peft,
+    from_peft=prefix_from_peft,
+    peft_key_prefix="base_model.",
+    export_keys=export_keys,
+    import_keys=import_keys,
+)
+def inject_prefix(context: InjectionContext, config: PrefixTuningConfig) -> None:
+    structure = context.require_structure()
+    model = context.model
+    blocks = context.block_names()
+    sizes = {_hidden_size(structure, model, block) for block in blocks}
+    if len(sizes) != 1:
+        raise ConfigError(f"prefix: attention layers differ in width ({sorted(sizes)}); one prefix table needs equal widths")
+    root = getattr(model, ROOT_NAME, None)
+    if root is None:
+        attentions = [structure.submodule(model, block, structure.attention) for block in blocks]
+        root = PrefixTuning(model, attentions, sizes.pop())
+        setattr(model, ROOT_NAME, root)
+    reference = next(p for p in model.parameters() if p.is_floating_point())
+    root.add_adapter(context.adapter_name, config, reference)
