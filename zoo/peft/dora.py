@@ -1,0 +1,149 @@
+"""DoRA: weight-decomposed low-rank adaptation (Liu et al. 2024, "DoRA: Weight-Decomposed
+Low-Rank Adaptation", arXiv:2402.09353).
+
+The adapted weight is split into a magnitude and a direction, and LoRA adapts the direction:
+
+    y = m * (W + dW) x / ||W + dW||_c + bias,    dW = (lora_alpha / r) B A
+
+where ``||.||_c`` is the norm of each output row of the ``(out, in)`` weight (each output
+channel of a conv kernel) and ``m`` starts at ``||W||_c``, so the adapted model starts
+equal to the base. As the paper suggests (sec. 4.3) and HF PEFT does, the norm is treated
+as a constant in the backward pass. Trainable: A, B and m of every targeted layer.
+
+The base matmul is computed once: with ``scale = m / ||W + dW||_c``,
+
+    y = scale * (base_layer(x) - bias + (lora_alpha / r) B A x) + bias
+
+and ``||W + dW||_c`` costs one ``out x r x in`` product per step, without gradient.
+Dropout (``lora_dropout``) applies to the low-rank branch only; HF PEFT also recomputes
+``W dropout(x)`` for the magnitude term in training, which this formulation avoids.
+
+Targets: ``nn.Linear`` and ``nn.Conv2d``, and slices of a fused q/k/v Linear (``"qkv[q,v]"``,
+with one magnitude entry per adapted row). Tensors are saved under HF PEFT's names
+(``lora_A.weight``, ``lora_B.weight``, ``lora_magnitude_vector``) and ``peft_type="LORA"``
+with ``use_dora=True``, so adapters load in ``peft`` and back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from zoo.peft.config import MethodConfig
+from zoo.peft.engine import InjectionContext
+from zoo.peft.lora import LoraConfig, LoraLayer, inject_lora_layers, lora_from_peft, lora_to_peft
+from zoo.peft.registry import register_method
+from zoo.peft.targeting import base_of
+
+
+@dataclass
+class DoraConfig(LoraConfig):
+    """LoRA's options (r, lora_alpha, lora_dropout, use_rslora); the magnitude has none."""
+
+
+class DoraLayer(LoraLayer):
+    """LoRA plus a learned magnitude per output row; plain LoRA adapters may share the layer."""
+
+    adapter_groups = ("lora_A", "lora_B", "lora_magnitude_vector")
+
+    def __init__(self, base_layer: nn.Module) -> None:
+        super().__init__(base_layer)
+        self.lora_magnitude_vector = nn.ParameterDict()
+
+    def add_adapter(self, name: str, config: LoraConfig, slices: tuple[str, ...] | None) -> None:
+        super().add_adapter(name, config, slices)
+        if isinstance(config, DoraConfig):
+            with torch.no_grad():
+                magnitude = self.weight_norm(name).clone()
+            self.lora_magnitude_vector[name] = nn.Parameter(magnitude)
+
+    def weight_norm(self, name: str) -> torch.Tensor:
+        """``||W + dW||_c`` without gradient, shaped like the magnitude of adapter ``name``."""
+        base = base_of(self.base_layer)
+        with torch.no_grad():
+            weight = base.weight
+            if isinstance(base, nn.Conv2d):
+                a, b = self.lora_A[name].weight, self.lora_B[name].weight
+                adapted = weight + (b.flatten(1) @ a.flatten(1)).view(weight.shape) * self.scaling[name]
+                return adapted.flatten(1).norm(dim=1).view(1, -1, 1, 1)
+            if not self.slices[name]:
+                # addmm computes W + s * B A in one kernel; with B = 0 it returns W bit for bit.
+                adapted = torch.addmm(weight, self.lora_B[name].weight, self.lora_A[name].weight, alpha=self.scaling[name])
+                return adapted.norm(dim=1)
+            norms = []
+            for slice_name, (start, end) in self.slices[name].items():
+                a, b = self.lora_A[name][slice_name].weight, self.lora_B[name][slice_name].weight
+                norms.append(torch.addmm(weight[start:end], b, a, alpha=self.scaling[name]).norm(dim=1))
+            return torch.cat(norms)
+
+    def dora_scale(self, name: str) -> torch.Tensor:
+        """``m / ||W + dW||_c``: gradient reaches m, not the norm."""
+        return self.lora_magnitude_vector[name] / self.weight_norm(name)
+
+    def merge(self, name: str) -> None:
+        if name not in self.lora_magnitude_vector:
+            return super().merge(name)
+        base = base_of(self.base_layer)
+        with torch.no_grad():
+            scale = self.dora_scale(name)
+            delta = self.delta_weight(name)
+            weight = self._keep_original("base_layer.weight")
+            if isinstance(base, nn.Conv2d):
+                weight.copy_((scale.view(-1, 1, 1, 1) * (weight + delta)).to(weight.dtype))
+            elif not self.slices[name]:
+                weight.copy_((scale[:, None] * (weight + delta)).to(weight.dtype))
+            else:
+                offset = 0
+                for start, end in self.slices[name].values():
+                    rows = scale[offset : offset + end - start, None]
+                    weight[start:end] = (rows * (weight[start:end] + delta[start:end])).to(weight.dtype)
+                    offset += end - start
+        self.merged_adapter = name
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        name = self.active
+        if name is None or name not in self.lora_magnitude_vector:
+            return super().forward(x, *args, **kwargs)
+        out = self.base_layer(x, *args, **kwargs)
+        base = base_of(self.base_layer)
+        bias = base.bias
+        scale = self.dora_scale(name)
+        dropped = self.lora_dropout[name](x)
+        scaling = self.scaling[name]
+        if isinstance(base, nn.Conv2d):
+            scale = scale.view(-1, 1, 1)
+            bias = bias.view(-1, 1, 1) if bias is not None else None
+        if not self.slices[name]:
+            update = self.lora_B[name](self.lora_A[name](dropped))
+            return _rescale(out, update, scaling, scale, bias)
+        offset = 0
+        for slice_name, (start, end) in self.slices[name].items():
+            update = self.lora_B[name][slice_name](self.lora_A[name][slice_name](dropped))
+            rows = scale[offset : offset + end - start]
+            part_bias = bias[start:end] if bias is not None else None
+            out[..., start:end] = _rescale(out[..., start:end], update, scaling, rows, part_bias)
+            offset += end - start
+        return out
+
+
+def _rescale(out: torch.Tensor, update: torch.Tensor, scaling: float, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    # scale * (out - bias + s * update) + bias == (out + s * update) * scale + (1 - scale) * bias: two fused kernels.
+    summed = torch.add(out, update, alpha=scaling)
+    if bias is None:
+        return summed * scale
+    return torch.addcmul(bias * (1 - scale), summed, scale)
+
+
+def dora_to_peft(config: MethodConfig, model: nn.Module, adapter_name: str) -> dict | None:
+    return lora_to_peft(config, model, adapter_name, use_dora=True)
+
+
+def dora_from_peft(peft_config: dict) -> dict | None:
+    return lora_from_peft(peft_config, use_dora=True)
+
+
+@register_method("dora", DoraConfig, mergeable=True, peft_type="LORA", to_peft=dora_to_peft, from_peft=dora_from_peft)
+def inject_dora(context: InjectionContext, config: DoraConfig) -> None:
+    inject_lora_layers(context, config, linear_class=DoraLayer, mha_class=None)
