@@ -1,0 +1,173 @@
+"""(IA)^3: infused adapter by inhibiting and amplifying inner activations (Liu et al. 2022,
+"Few-Shot Parameter-Efficient Fine-Tuning is Better and Cheaper than In-Context Learning",
+arXiv:2205.05638).
+
+Learned vectors rescale the keys, the values and the FFN's inner activations:
+
+    k = l_k * (W_k x + b_k),    v = l_v * (W_v x + b_v),    ffn_out(h) = W_out (l_ff * h) + b_out
+
+l starts at ones, so the adapted model starts equal to the base. Trainable: the vectors
+(``ia3_l``; shape ``(out, 1)`` for output scaling and ``(1, in)`` for the input scaling of
+``feedforward_modules``, as in HF PEFT), plus ``modules_to_save``.
+
+Targets: ``nn.Linear``, and slices of a fused q/k/v Linear (timm's ``"attn.qkv[k,v]"``:
+only the k and v rows are rescaled; the vector holds the selected slices in q, k, v
+order). Adapters without fused slices are saved as HF PEFT's ``IA3`` and load in ``peft``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from zoo.peft.config import ConfigError, MethodConfig, option
+from zoo.peft.engine import InjectionContext, adapter_modules
+from zoo.peft.layers import WrappedLayer, logical_path
+from zoo.peft.lora import _slice_bounds
+from zoo.peft.registry import register_method
+from zoo.peft.targeting import base_of, match_modules
+
+
+@dataclass
+class IA3Config(MethodConfig):
+    feedforward_modules: list[str] | str | None = option(
+        None,
+        help="Targets whose input (not output) is rescaled, as names, suffixes or a regex; only targets count. "
+        "None uses the backbone's FFN output projection.",
+    )
+    init_ia3_weights: bool = option(True, help="Start the vectors at ones (identity); False draws them from N(0, 1) as peft does.")
+
+    def validate(self) -> None:
+        super().validate()
+        value = self.feedforward_modules
+        if value is not None and not isinstance(value, (str, list, tuple)):
+            raise ConfigError(f"ia3: feedforward_modules={value!r} is not allowed; give a list of module names or a regex string")
+        if isinstance(value, tuple):
+            self.feedforward_modules = list(value)
+        if not isinstance(self.init_ia3_weights, bool):
+            raise ConfigError(f"ia3: init_ia3_weights={self.init_ia3_weights!r} is not allowed; use True or False")
+
+
+class IA3Layer(WrappedLayer):
+    """Rescales the output rows (or, for a feed-forward layer, the input) of a Linear."""
+
+    adapter_groups = ("ia3_l",)
+
+    def __init__(self, base_layer: nn.Module) -> None:
+        super().__init__(base_layer)
+        self.ia3_l = nn.ParameterDict()
+        self.is_feedforward: dict[str, bool] = {}
+        self.slices: dict[str, dict[str, tuple[int, int]]] = {}
+
+    def add_adapter(self, name: str, config: IA3Config, slices: tuple[str, ...] | None, feedforward: bool) -> None:
+        weight = base_of(self.base_layer).weight
+        out_features, in_features = weight.shape
+        bounds = _slice_bounds(out_features, slices)
+        if bounds and feedforward:
+            raise ConfigError("ia3: a fused q/k/v slice target scales outputs; it cannot also be in feedforward_modules")
+        if feedforward:
+            shape = (1, in_features)
+        else:
+            shape = (sum(end - start for start, end in bounds.values()) if bounds else out_features, 1)
+        vector = torch.ones(shape) if config.init_ia3_weights else torch.randn(shape)
+        self.ia3_l[name] = nn.Parameter(vector.to(weight.device, weight.dtype))
+        self.is_feedforward[name] = feedforward
+        self.slices[name] = bounds
+
+    def delete_adapter(self, name: str) -> None:
+        super().delete_adapter(name)
+        self.is_feedforward.pop(name, None)
+        self.slices.pop(name, None)
+
+    def scale_vector(self, name: str) -> torch.Tensor:
+        """The factor per output row (input column for feed-forward layers); 1 outside adapted slices."""
+        vector = self.ia3_l[name].flatten()
+        if not self.slices[name]:
+            return vector
+        out_features = base_of(self.base_layer).weight.shape[0]
+        pieces, offset, position = [], 0, 0
+        for start, end in self.slices[name].values():
+            if start > position:
+                pieces.append(vector.new_ones(start - position))
+            pieces.append(vector[offset : offset + end - start])
+            offset, position = offset + end - start, end
+        if position < out_features:
+            pieces.append(vector.new_ones(out_features - position))
+        return torch.cat(pieces)
+
+    def merge(self, name: str) -> None:
+        base = base_of(self.base_layer)
+        with torch.no_grad():
+            scale = self.scale_vector(name)
+            weight = self._keep_original("base_layer.weight")
+            if self.is_feedforward[name]:
+                weight.mul_(scale.to(weight.dtype)[None, :])
+            else:
+                weight.mul_(scale.to(weight.dtype)[:, None])
+                if base.bias is not None:
+                    self._keep_original("base_layer.bias").mul_(scale.to(base.bias.dtype))
+        self.merged_adapter = name
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        name = self.active
+        if name is None:
+            return self.base_layer(x, *args, **kwargs)
+        scale = self.scale_vector(name)
+        if self.is_feedforward[name]:
+            return self.base_layer(x * scale, *args, **kwargs)
+        return self.base_layer(x, *args, **kwargs) * scale
+
+
+def _feedforward_names(context: InjectionContext, config: IA3Config) -> set[str]:
+    patterns = config.feedforward_modules
+    if patterns is None:
+        structure = context.structure
+        if structure is None:
+            return set()
+        patterns = rf"{structure.blocks}\.{re.escape(structure.ffn_out)}"
+    if isinstance(patterns, list) and not patterns:
+        return set()
+    return {target.name for target in match_modules(context.model, patterns)}
+
+
+def ia3_to_peft(config: IA3Config, model: nn.Module, adapter_name: str) -> dict | None:
+    layers = [(n, m) for n, m in adapter_modules(model) if isinstance(m, IA3Layer) and m.has_adapter(adapter_name)]
+    if any(m.slices[adapter_name] for _, m in layers):
+        return None  # fused-slice targets have no peft equivalent
+    return {
+        "target_modules": sorted(logical_path(n) for n, _ in layers),
+        "feedforward_modules": sorted(logical_path(n) for n, m in layers if m.is_feedforward[adapter_name]),
+        "init_ia3_weights": config.init_ia3_weights,
+        "modules_to_save": config.modules_to_save or None,
+        "fan_in_fan_out": False,
+        "exclude_modules": None,
+        "inference_mode": True,
+        "task_type": None,
+        "base_model_name_or_path": None,
+    }
+
+
+def ia3_from_peft(peft_config: dict) -> dict:
+    for key in ("fan_in_fan_out", "exclude_modules"):
+        if peft_config.get(key):
+            raise ConfigError(f"peft adapter uses {key}={peft_config[key]!r}, which zoo's ia3 does not support")
+    targets = peft_config.get("target_modules")
+    feedforward = peft_config.get("feedforward_modules")
+    as_option = lambda value: sorted(value) if isinstance(value, (list, set, tuple)) else value
+    return {
+        "target_modules": as_option(targets),
+        "feedforward_modules": as_option(feedforward) if feedforward is not None else [],  # None means none in peft
+        "init_ia3_weights": peft_config.get("init_ia3_weights", True),
+        "modules_to_save": peft_config.get("modules_to_save") or [],
+    }
+
+
+@register_method("ia3", IA3Config, mergeable=True, peft_type="IA3", to_peft=ia3_to_peft, from_peft=ia3_from_peft)
+def inject_ia3(context: InjectionContext, config: IA3Config) -> None:
+    feedforward = _feedforward_names(context, config)
+    for target in context.targets(config, allowed=(nn.Linear,)):
+        layer = context.wrap(target.name, IA3Layer, IA3Layer)
+        layer.add_adapter(context.adapter_name, config, target.slices, feedforward=target.name in feedforward)
