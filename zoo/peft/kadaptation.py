@@ -1,0 +1,177 @@
+"""KAdaptation: Kronecker adaptation (He et al. 2023, "Parameter-efficient Model Adaptation
+for Vision Transformers", arXiv:2203.16329).
+
+The update of each targeted weight is a sum of Kronecker products,
+
+    h = W x + (alpha / r) * sum_{i=1..n} (A_i kron u_i v_i^T) x,
+    A_i in R^{n x n},  u_i in R^{(out/n) x r},  v_i in R^{(in/n) x r}
+
+where the "slow weights" A_1..A_n are shared by every targeted layer of an adapter and the
+"fast weights" u_i, v_i belong to each layer. v starts at zero, so the adapted model starts
+equal to the base. Trainable: the shared A (one ``(n, n, n)`` tensor per adapter, kept and
+saved once, in a ``zoo_kadaptation`` module inside the adapter's first layer; the other
+layers hold a reference), and u, v of each layer.
+
+The update is applied without forming it: with x reshaped to ``(n, in/n)``, term i is
+``A_i X v_i u_i^T``, a few products of size ``n x in x r``. Targets: ``nn.Linear`` (in and
+out features divisible by n) and slices of a fused q/k/v Linear (``"qkv[q,v]"``), each slice
+with its own u, v; ``u`` and ``v`` are stored as ``(slices, n, out/n or in/n, r)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from zoo.peft.config import ConfigError, MethodConfig, option, require_int_positive, require_positive
+from zoo.peft.engine import InjectionContext
+from zoo.peft.layers import AdapterModule, WrappedLayer
+from zoo.peft.lora import _slice_bounds
+from zoo.peft.registry import register_method
+from zoo.peft.targeting import base_of
+
+SHARED_NAME = "zoo_kadaptation"
+
+
+@dataclass
+class KAdaptationConfig(MethodConfig):
+    n: int = option(4, help="Size of the shared n x n factors A_i and number of Kronecker terms; must divide in and out features.")
+    r: int = option(1, help="Rank of each fast-weight product u_i v_i^T.")
+    alpha: float = option(1.0, help="Scale numerator: the update is multiplied by alpha / r.")
+
+    def validate(self) -> None:
+        super().validate()
+        require_int_positive(self, "n")
+        require_int_positive(self, "r")
+        require_positive(self, "alpha")
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / self.r
+
+
+class SharedKroneckerFactors(AdapterModule):
+    """The slow weights A_1..A_n of each adapter, shared by all its layers."""
+
+    adapter_groups = ("kadaptation_A",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kadaptation_A = nn.ParameterDict()
+
+    def add_adapter(self, name: str, n: int, like: torch.Tensor) -> None:
+        factors = torch.empty(n, n, n)
+        for factor in factors:
+            nn.init.xavier_uniform_(factor)
+        self.kadaptation_A[name] = nn.Parameter(factors.to(like.device, like.dtype))
+
+    def merge(self, name: str) -> None:
+        self.merged_adapter = name  # the layers fold A into their weights; nothing to change here
+
+    def unwrap(self) -> None:
+        return None
+
+
+class KAdaptationLayer(WrappedLayer):
+    adapter_groups = ("kadaptation_u", "kadaptation_v")
+
+    def __init__(self, base_layer: nn.Module) -> None:
+        super().__init__(base_layer)
+        self.kadaptation_u = nn.ParameterDict()
+        self.kadaptation_v = nn.ParameterDict()
+        self.scaling: dict[str, float] = {}
+        self.slices: dict[str, dict[str, tuple[int, int]]] = {}
+        # References, not children: each adapter's A is registered (and saved) once, in its first layer.
+        self.shared: dict[str, SharedKroneckerFactors] = {}
+
+    def add_adapter(self, name: str, config: KAdaptationConfig, slices, shared: SharedKroneckerFactors, where: str) -> None:
+        weight = base_of(self.base_layer).weight
+        out_features, in_features = weight.shape
+        bounds = _slice_bounds(out_features, slices)
+        rows = next(iter(bounds.values()))[1] - next(iter(bounds.values()))[0] if bounds else out_features
+        n = config.n
+        for label, size in (("in_features", in_features), ("out_features" + (" per slice" if bounds else ""), rows)):
+            if size % n:
+                divisors = [d for d in range(1, min(in_features, rows) + 1) if in_features % d == 0 and rows % d == 0]
+                raise ConfigError(
+                    f"kadaptation: n={n} does not divide {label}={size} of {where!r}; n must divide both "
+                    f"in_features and out_features, e.g. one of {divisors[-6:]}"
+                )
+        count = max(len(bounds), 1)
+        u = torch.empty(count, n, rows // n, config.r)
+        nn.init.uniform_(u, -1 / math.sqrt(rows // n), 1 / math.sqrt(rows // n))
+        v = torch.zeros(count, n, in_features // n, config.r)
+        self.kadaptation_u[name] = nn.Parameter(u.to(weight.device, weight.dtype))
+        self.kadaptation_v[name] = nn.Parameter(v.to(weight.device, weight.dtype))
+        self.scaling[name] = config.scaling
+        self.slices[name] = bounds
+        self.shared[name] = shared
+
+    def delete_adapter(self, name: str) -> None:
+        super().delete_adapter(name)
+        self.scaling.pop(name, None)
+        self.slices.pop(name, None)
+        self.shared.pop(name, None)
+
+    def update(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """The update for every slice, ``(..., slices, rows)``, computed without forming dW."""
+        factors = self.shared[name].kadaptation_A[name]
+        u, v = self.kadaptation_u[name], self.kadaptation_v[name]
+        n = factors.shape[0]
+        blocks = x.reshape(-1, n, x.shape[-1] // n)  # (N, b, in/n)
+        projected = torch.einsum("Nbl,silr->Nsibr", blocks, v)
+        mixed = torch.einsum("iab,Nsibr->Nsair", factors, projected)
+        out = torch.einsum("Nsair,sipr->Nsap", mixed, u) * self.scaling[name]
+        return out.reshape(*x.shape[:-1], u.shape[0], n * u.shape[2])
+
+    def delta_weight(self, name: str) -> torch.Tensor:
+        factors = self.shared[name].kadaptation_A[name]
+        u, v = self.kadaptation_u[name], self.kadaptation_v[name]
+        n = factors.shape[0]
+        # dW[a*p + k, b*q + l] = sum_i A_i[a, b] (u_i v_i^T)[k, l]
+        dense = torch.einsum("iab,sikr,silr->sakbl", factors, u, v)
+        dense = dense.reshape(u.shape[0], n * u.shape[2], n * v.shape[2]) * self.scaling[name]
+        if not self.slices[name]:
+            return dense[0]
+        weight = base_of(self.base_layer).weight
+        delta = torch.zeros_like(weight)
+        for index, (start, end) in enumerate(self.slices[name].values()):
+            delta[start:end] = dense[index]
+        return delta
+
+    def merge(self, name: str) -> None:
+        with torch.no_grad():
+            weight = self._keep_original("base_layer.weight")
+            weight += self.delta_weight(name).to(weight.dtype)
+        self.merged_adapter = name
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        out = self.base_layer(x, *args, **kwargs)
+        name = self.active
+        if name is None:
+            return out
+        update = self.update(name, x)
+        if not self.slices[name]:
+            return out + update[..., 0, :]
+        for index, (start, end) in enumerate(self.slices[name].values()):
+            out[..., start:end] = out[..., start:end] + update[..., index, :]
+        return out
+
+
+@register_method("kadaptation", KAdaptationConfig, mergeable=True)
+def inject_kadaptation(context: InjectionContext, config: KAdaptationConfig) -> None:
+    targets = context.targets(config, allowed=(nn.Linear,))
+    # The shared factors live in the first layer rather than on the model root, where a root
+    # that calls its children in turn (nn.Sequential) would call them too.
+    first = context.wrap(targets[0].name, KAdaptationLayer, KAdaptationLayer)
+    shared = first._modules.get(SHARED_NAME)
+    if shared is None:
+        shared = SharedKroneckerFactors()
+        first.add_module(SHARED_NAME, shared)
+    shared.add_adapter(context.adapter_name, config.n, like=base_of(first).weight)
+    for target in targets:
+        layer = context.wrap(target.name, KAdaptationLayer, KAdaptationLayer)
+        layer.add_adapter(context.adapter_name, config, target.slices, shared, target.name)
