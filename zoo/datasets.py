@@ -10,6 +10,10 @@ is always read as is; a missing file is downloaded and verified.
 from __future__ import annotations
 
 import os
+import shutil
+import tarfile
+import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -34,6 +38,10 @@ class RemoteFile:
     sha256: str | None = None
     md5: str | None = None
     """Where upstream publishes only an MD5 (MedMNIST), that is verified instead."""
+    unpack: str | None = None
+    """When ``url`` is an archive (.tar.gz, .tgz, .tar, .zip): its folder to unpack into the dataset
+    folder (``""`` for the archive's root); ``path`` is then what exists once it is unpacked. The
+    checksums are the archive's, so an unpacked local copy is used as is."""
 
 
 @dataclass(frozen=True)
@@ -84,7 +92,10 @@ def ensure_files(spec: DatasetSpec, root: str | os.PathLike | None = None, allow
     for remote in spec.files:
         path = directory / remote.path
         if path.exists():
-            check_local_copy(path, remote.sha256, f"dataset {spec.name}", md5=remote.md5)
+            if remote.unpack is None:
+                check_local_copy(path, remote.sha256, f"dataset {spec.name}", md5=remote.md5)
+        elif allow_download and remote.unpack is not None:
+            _download_and_unpack(remote, directory, f"dataset {spec.name}")
         elif allow_download:
             download(remote.url, path, remote.sha256, f"dataset {spec.name}", md5=remote.md5)
         else:
@@ -93,6 +104,26 @@ def ensure_files(spec: DatasetSpec, root: str | os.PathLike | None = None, allow
                 f"ZOO_DATA_DIR to a folder holding {spec.folder}/{remote.path}"
             )
     return directory
+
+
+def _download_and_unpack(remote: RemoteFile, directory: Path, what: str) -> None:
+    """Fetch an archive (verified), unpack its folder ``remote.unpack`` into ``directory``, drop the archive."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".unpack-", dir=directory) as scratch:
+        archive = download(remote.url, Path(scratch) / remote.url.rsplit("/", 1)[-1], remote.sha256, what, md5=remote.md5)
+        unpacked = Path(scratch) / "unpacked"
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as handle:
+                handle.extractall(unpacked)
+        else:
+            with tarfile.open(archive) as handle:
+                handle.extractall(unpacked, filter="data")  # refuses absolute paths and links out of the folder
+        source = unpacked / remote.unpack
+        if not (source / remote.path).exists():
+            raise DataError(f"{what}: the archive {remote.url} has no {remote.unpack}/{remote.path}; it was not used")
+        for child in source.iterdir():
+            if not (directory / child.name).exists():
+                shutil.move(str(child), directory / child.name)
 
 
 def load_dataset(
