@@ -160,7 +160,9 @@ class WrappedLayer(AdapterModule):
         try:
             return super().__getattr__(name)
         except AttributeError:
-            if name == "base_layer":
+            # Never forward special names: copy.deepcopy looks ``__deepcopy__`` up on the instance and
+            # would otherwise copy only the wrapped layer when it defines one (parametrized modules do).
+            if name == "base_layer" or _is_special(name):
                 raise
             return getattr(self.base_layer, name)
 
@@ -207,9 +209,13 @@ class HeadCopy(AdapterModule):
         try:
             return super().__getattr__(name)
         except AttributeError:
-            if name in ("original_module", "modules_to_save"):
+            if name in ("original_module", "modules_to_save") or _is_special(name):
                 raise
             return getattr(self.original_module, name)
+
+
+def _is_special(name: str) -> bool:
+    return name.startswith("__") and name.endswith("__")
 
 
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
