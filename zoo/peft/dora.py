@@ -12,9 +12,10 @@ as a constant in the backward pass. Trainable: A, B and m of every targeted laye
 
 The base matmul is computed once: with ``scale = m / ||W + dW||_c``,
 
-    y = scale * (base_layer(x) - bias + (lora_alpha / r) B A x) + bias
+    y = scale * (W x + (lora_alpha / r) B A x) + bias
 
-and ``||W + dW||_c`` costs one ``out x r x in`` product per step, without gradient.
+(for a wrapped layer other than a plain Linear/Conv2d, ``W x = base_layer(x) - bias``) and
+``||W + dW||_c`` costs one ``out x r x in`` product per step, without gradient.
 Dropout (``lora_dropout``) applies to the low-rank branch only; HF PEFT also recomputes
 ``W dropout(x)`` for the magnitude term in training, which this formulation avoids.
 
@@ -29,6 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from zoo.peft.config import MethodConfig
@@ -106,9 +108,20 @@ class DoraLayer(LoraLayer):
         name = self.active
         if name is None or name not in self.lora_magnitude_vector:
             return super().forward(x, *args, **kwargs)
-        out = self.base_layer(x, *args, **kwargs)
         base = base_of(self.base_layer)
         bias = base.bias
+        forward = type(self.base_layer).forward
+        if bias is not None and not args and not kwargs and forward in (nn.Linear.forward, nn.Conv2d.forward):
+            # The base product without its bias: the bias is then added back as a constant, so
+            # the backward pass skips reducing the gradient of (1 - scale) * bias over the batch.
+            if forward is nn.Linear.forward:
+                out = F.linear(x, base.weight)
+            else:
+                out = base._conv_forward(x, base.weight, None)
+            bias_free = True
+        else:
+            out = self.base_layer(x, *args, **kwargs)
+            bias_free = False
         scale = self.dora_scale(name)
         dropped = self.lora_dropout[name](x)
         scaling = self.scaling[name]
@@ -117,22 +130,27 @@ class DoraLayer(LoraLayer):
             bias = bias.view(-1, 1, 1) if bias is not None else None
         if not self.slices[name]:
             update = self.lora_B[name](self.lora_A[name](dropped))
-            return _rescale(out, update, scaling, scale, bias)
+            return _rescale(out, update, scaling, scale, bias, bias_free)
+        result = out + bias if bias_free else out  # the rows outside the slices, as the base computes them
         offset = 0
         for slice_name, (start, end) in self.slices[name].items():
             update = self.lora_B[name][slice_name](self.lora_A[name][slice_name](dropped))
             rows = scale[offset : offset + end - start]
             part_bias = bias[start:end] if bias is not None else None
-            out[..., start:end] = _rescale(out[..., start:end], update, scaling, rows, part_bias)
+            result[..., start:end] = _rescale(out[..., start:end], update, scaling, rows, part_bias, bias_free)
             offset += end - start
-        return out
+        return result
 
 
-def _rescale(out: torch.Tensor, update: torch.Tensor, scaling: float, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    # scale * (out - bias + s * update) + bias == (out + s * update) * scale + (1 - scale) * bias: two fused kernels.
+def _rescale(
+    out: torch.Tensor, update: torch.Tensor, scaling: float, scale: torch.Tensor, bias: torch.Tensor | None, bias_free: bool
+) -> torch.Tensor:
+    """``scale * (out - bias + s * update) + bias`` in two fused kernels; ``bias_free``: out has no bias yet."""
     summed = torch.add(out, update, alpha=scaling)
     if bias is None:
         return summed * scale
+    if bias_free:
+        return torch.addcmul(bias, summed, scale)
     return torch.addcmul(bias * (1 - scale), summed, scale)
 
 
