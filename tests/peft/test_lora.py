@@ -111,10 +111,12 @@ def test_multihead_attention_in_proj_slices():
     assert torch.equal(model.attn.base_layer.in_proj_weight, base.attn.in_proj_weight)
 
 
-def test_out_proj_of_multihead_attention_is_refused():
+@pytest.mark.parametrize("method", ["lora", "dora", "ia3", "kadaptation"])
+def test_out_proj_of_multihead_attention_is_refused(method):
+    # nn.MultiheadAttention reads out_proj.weight without calling out_proj: a wrapper would never run.
     model = nn.Sequential(nn.MultiheadAttention(8, 2))
-    with pytest.raises(ConfigError, match=r"\[q,v\]"):
-        zp.apply(model, "lora", target_modules=["out_proj"], modules_to_save=[])
+    with pytest.raises(ConfigError, match=r"never called.*\[q,v\]"):
+        zp.apply(model, method, target_modules=["out_proj"], modules_to_save=[])
 
 
 def test_identity_at_init_and_default_targets(bert, token_batch):

@@ -211,20 +211,9 @@ def _param_path(outer: nn.Module, inner: nn.Module, parameter: str) -> str:
     return ".".join(path + [parameter])
 
 
-def _check_target(context: InjectionContext, name: str) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = base_of(context.model.get_submodule(parent_name)) if parent_name else None
-    if isinstance(parent, nn.MultiheadAttention):
-        raise ConfigError(
-            f"{context.method}: {name!r} is read as a weight by nn.MultiheadAttention, never called, so it "
-            f"cannot be wrapped; target the attention module itself with slices, e.g. '{parent_name}[q,v]'"
-        )
-
-
 def inject_lora_layers(context: InjectionContext, config: LoraConfig, linear_class=LoraLayer, mha_class=LoraMultiheadAttention) -> None:
     """Shared by lora and dora: wrap every target and add the adapter to it."""
     for target in context.targets(config, allowed=(nn.Linear, nn.Conv2d, nn.MultiheadAttention)):
-        _check_target(context, target.name)
         base = base_of(target.module)
         layer_class = mha_class if isinstance(base, nn.MultiheadAttention) else linear_class
         if layer_class is None:

@@ -73,8 +73,9 @@ def match_modules(model: nn.Module, patterns: list[str] | str) -> list[Target]:
 def candidate_names(model: nn.Module, kinds: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d, nn.MultiheadAttention)) -> list[str]:
     """Distinct last name segments of modules that could be targeted, for error messages."""
     names: dict[str, None] = {}
+    uncalled = {f"{n}.out_proj" for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)}
     for name, module in model.named_modules():
-        if name and isinstance(module, kinds) and not _skip(name):
+        if name and isinstance(module, kinds) and not _skip(name) and name not in uncalled:
             names[name.rsplit(".", 1)[-1]] = None
     return list(names)
 
@@ -97,6 +98,8 @@ def resolve_targets(
             f"{method}: target_modules={patterns!r} matches no module of {type(model).__name__}; "
             f"candidate names: {', '.join(candidate_names(model, allowed)) or '(none)'}"
         )
+    for target in targets:
+        _refuse_uncalled(model, target.name, method)
     wrong = [t for t in targets if not isinstance(t.module, allowed) and not _is_wrapped(t.module, allowed)]
     if wrong:
         kinds = ", ".join(k.__name__ for k in allowed)
@@ -105,6 +108,18 @@ def resolve_targets(
             f"{method} applies to {kinds}. Narrow target_modules (candidates: {', '.join(candidate_names(model, allowed))})"
         )
     return targets
+
+
+def _refuse_uncalled(model: nn.Module, name: str, method: str) -> None:
+    """``nn.MultiheadAttention`` reads ``out_proj.weight`` directly and never calls the module,
+    so a wrapper or hook there would silently do nothing."""
+    parent_name, _, _ = name.rpartition(".")
+    parent = base_of(model.get_submodule(parent_name)) if parent_name else None
+    if isinstance(parent, nn.MultiheadAttention):
+        raise ConfigError(
+            f"{method}: {name!r} is read as a weight by nn.MultiheadAttention, never called, so it "
+            f"cannot be adapted; target the attention module itself with slices, e.g. '{parent_name}[q,v]'"
+        )
 
 
 def _is_wrapped(module: nn.Module, allowed: tuple[type[nn.Module], ...]) -> bool:
