@@ -42,6 +42,8 @@ class RemoteFile:
     """When ``url`` is an archive (.tar.gz, .tgz, .tar, .zip): its folder to unpack into the dataset
     folder (``""`` for the archive's root); ``path`` is then what exists once it is unpacked. The
     checksums are the archive's, so an unpacked local copy is used as is."""
+    split: str | None = None
+    """The split that needs this file; None: every split does."""
 
 
 @dataclass(frozen=True)
@@ -86,10 +88,15 @@ def dataset_dir(spec: DatasetSpec, root: str | os.PathLike | None = None) -> Pat
     return base / spec.folder if spec.folder else base
 
 
-def ensure_files(spec: DatasetSpec, root: str | os.PathLike | None = None, allow_download: bool = True) -> Path:
-    """The dataset folder with every canonical file present (downloaded and verified if missing)."""
+def ensure_files(
+    spec: DatasetSpec, root: str | os.PathLike | None = None, allow_download: bool = True, split: str | None = None
+) -> Path:
+    """The dataset folder with every canonical file present (downloaded and verified if missing);
+    with ``split``, only the files that split needs."""
     directory = dataset_dir(spec, root)
     for remote in spec.files:
+        if split is not None and remote.split not in (None, split):
+            continue
         path = directory / remote.path
         if path.exists():
             if remote.unpack is None:
@@ -140,7 +147,7 @@ def load_dataset(
         raise DataError(
             f"dataset {name} reads your own files: pass root=<folder> (config key data.root) pointing at them"
         )
-    directory = ensure_files(spec, root, allow_download) if spec.files else dataset_dir(spec, root)
+    directory = ensure_files(spec, root, allow_download, split) if spec.files else dataset_dir(spec, root)
     if not directory.exists():
         raise DataError(f"dataset {name}: folder {directory} does not exist; set data.root / ZOO_DATA_DIR correctly")
     return spec.load(directory, split, **options)
