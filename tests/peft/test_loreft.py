@@ -129,3 +129,26 @@ def test_train_save_load_disable(kind, bert, vit, token_batch, image_batch, tmp_
 def test_bad_options(bert, options, option_name):
     with pytest.raises(ConfigError, match=option_name):
         zp.apply(bert, "loreft", **options)
+
+
+def test_mask_inside_a_batch_dict_is_used(bert):
+    """Models called with one batch dict (zoo's TaskModel) carry the attention mask inside it."""
+
+    class DictModel(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, batch):
+            return self.inner(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+    base = copy.deepcopy(bert)
+    model = DictModel(bert)
+    zp.apply(model, "loreft", positions="l1", structure="hf-bert", modules_to_save=[])
+    perturb_trainable(model, std=0.3)
+    batch = {"input_ids": torch.randint(0, 100, (2, 5), generator=torch.Generator().manual_seed(0)),
+             "attention_mask": torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])}
+    selected = torch.tensor([[False, False, True, False, False], [False, False, False, False, True]])
+    expected = reference_logits(base, base.bert.encoder.layer, bert.bert.encoder.layer, selected, lambda m: logits(m, batch))
+    with torch.no_grad():
+        torch.testing.assert_close(model(batch), expected, atol=1e-5, rtol=1e-4)

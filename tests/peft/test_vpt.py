@@ -109,3 +109,27 @@ def test_prompt_dropout_only_in_training(vit, image_batch):
 def test_bad_options(vit, options, option_name):
     with pytest.raises(ConfigError, match=option_name):
         zp.apply(vit, "vpt", **options)
+
+
+def test_sequence_first_blocks_and_several_stacks_are_refused():
+    from torch import nn
+
+    from zoo.peft.structure import Structure
+
+    class Block(nn.Module):
+        def __init__(self, batch_first):
+            super().__init__()
+            self.attn = nn.MultiheadAttention(8, 2, batch_first=batch_first)
+            self.fc1, self.fc2 = nn.Linear(8, 16), nn.Linear(16, 8)
+
+    def structure(blocks):
+        return Structure(name="toy", blocks=blocks, attention="attn", attention_kind="mha", qkv="attn",
+                         attention_out="attn.out_proj", ffn_in="fc1", ffn_out="fc2")
+
+    model = nn.Module()
+    model.blocks = nn.Sequential(Block(batch_first=False))
+    with pytest.raises(ConfigError, match=r"vpt: .*\(tokens, batch, dim\)"):
+        zp.apply(model, "vpt", structure=structure(r"blocks\.\d+"), modules_to_save=[])
+    model.encoder, model.decoder = nn.Sequential(Block(True)), nn.Sequential(Block(True))
+    with pytest.raises(ConfigError, match="vpt: .*several stacks"):
+        zp.apply(model, "vpt", structure=structure(r"(encoder|decoder)\.\d+"), modules_to_save=[])

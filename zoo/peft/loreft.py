@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import inspect
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -32,8 +33,9 @@ from torch.nn.utils import parametrize
 
 from zoo.peft.config import ConfigError, MethodConfig, option, require_int_positive
 from zoo.peft.engine import InjectionContext
-from zoo.peft.registry import register_method
 from zoo.peft.layers import AdapterModule
+from zoo.peft.registry import register_method
+from zoo.peft.structure import sequence_first
 from zoo.peft.targeting import base_of
 
 CHILD_NAME = "zoo_loreft"
@@ -78,7 +80,10 @@ def position_mask(span: tuple[int, int], batch: int, tokens: int, attention_mask
     index = torch.arange(tokens, device=device).unsqueeze(0)
     if attention_mask is not None:
         if tuple(attention_mask.shape) != (batch, tokens):
-            raise RuntimeError(f"loreft: attention_mask of shape {tuple(attention_mask.shape)} does not cover the {tokens} tokens")
+            raise RuntimeError(
+                f"loreft: the model's attention_mask has shape {tuple(attention_mask.shape)} but the intervened block "
+                f"sees {batch} x {tokens} tokens, so 'first'/'last' positions cannot be placed; use positions='all'"
+            )
         valid = attention_mask.to(device).bool().int()
         start = valid.argmax(dim=1, keepdim=True)
         end = tokens - 1 - valid.flip(1).argmax(dim=1, keepdim=True)
@@ -135,6 +140,8 @@ class LoreftIntervention(AdapterModule):
         mask = kwargs.get("attention_mask")
         if mask is None and self._mask_index is not None and len(args) > self._mask_index:
             mask = args[self._mask_index]
+        if mask is None:  # models called with one batch dict (zoo's TaskModel) carry the mask inside it
+            mask = next((a["attention_mask"] for a in args if isinstance(a, Mapping) and "attention_mask" in a), None)
         self._attention_mask = mask if torch.is_tensor(mask) and mask.dim() == 2 else None
 
     def intervene(self, name: str, hidden: torch.Tensor) -> torch.Tensor:
@@ -168,9 +175,16 @@ class LoreftIntervention(AdapterModule):
 def inject_loreft(context: InjectionContext, config: LoreftConfig) -> None:
     structure = context.require_structure()
     blocks = context.block_names()
-    indices = range(len(blocks)) if config.layers == "all" else config.layers
+    indices = list(range(len(blocks))) if config.layers == "all" else config.layers
     if indices and max(indices) >= len(blocks):
         raise ConfigError(f"loreft: layers={config.layers!r} is not allowed; {type(context.model).__name__} has blocks 0..{len(blocks) - 1}")
+    first_block = blocks[indices[0]] if indices else None
+    attention = structure.submodule(context.model, first_block, structure.attention) if first_block else None
+    if config.positions != "all" and attention is not None and sequence_first(context.model.get_submodule(first_block), attention):
+        raise ConfigError(
+            f"loreft: positions={config.positions!r} needs batch-first blocks, but {type(attention).__name__} takes "
+            f"(tokens, batch, dim); use positions='all'"
+        )
     reference = next(p for p in context.model.parameters() if p.is_floating_point())
     for index in indices:
         block = context.model.get_submodule(blocks[index])

@@ -116,7 +116,7 @@ class PrefixTuning(AdapterModule):
         timm_attention = _timm_attention_class()
         for index, attention in enumerate(attentions):
             parameters = inspect.signature(attention.forward).parameters
-            if "past_key_values" in parameters:
+            if "past_key_values" in parameters and "attention_mask" in parameters:
                 names = [n for n, p in parameters.items() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
                 mask_index = names.index("attention_mask") if "attention_mask" in names else None
                 hook = functools.partial(self._cache_hook, index, mask_index)
@@ -127,8 +127,8 @@ class PrefixTuning(AdapterModule):
             else:
                 self.remove_hooks()
                 raise ConfigError(
-                    f"prefix: cannot insert prefixes into {type(attention).__name__}: it neither takes a key/value "
-                    f"cache (past_key_values, as HF attention does) nor is timm's Attention"
+                    f"prefix: cannot insert prefixes into {type(attention).__name__}: it is neither an HF attention "
+                    f"taking attention_mask and a key/value cache (past_key_values) nor timm's Attention"
                 )
         if not self._patched:
             # HF PEFT runs the model with a P-long cache, so BERT-style embeddings number the tokens
@@ -284,6 +284,11 @@ def inject_prefix(context: InjectionContext, config: PrefixTuningConfig) -> None
     structure = context.require_structure()
     model = context.model
     blocks = context.block_names()
+    if len({name.rpartition(".")[0] for name in blocks}) > 1:
+        raise ConfigError(
+            f"prefix: the blocks of {type(model).__name__} lie in several stacks (e.g. encoder and decoder); zoo's "
+            f"prefix tuning supports one stack (HF PEFT's num_transformer_submodules=1)"
+        )
     sizes = {_hidden_size(structure, model, block) for block in blocks}
     if len(sizes) != 1:
         raise ConfigError(f"prefix: attention layers differ in width ({sorted(sizes)}); one prefix table needs equal widths")

@@ -10,6 +10,7 @@ a generic HF BERT-style encoder and a timm ViT; domain packages register their o
 
 from __future__ import annotations
 
+import inspect
 import re
 from dataclasses import dataclass, field
 
@@ -103,6 +104,19 @@ class Structure:
                 if name and name.rsplit(".", 1)[-1] == head and outside_blocks and has_parameters:
                     return [name]
         return []
+
+
+def sequence_first(block: nn.Module, attention: nn.Module) -> bool:
+    """Whether a block takes (tokens, batch, dim) rather than (batch, tokens, dim): one whose
+    attention is an ``nn.MultiheadAttention`` without ``batch_first``, or a fairseq-style layer
+    (``forward(x, self_attn_padding_mask=...)``, e.g. fair-esm's), documented as "Time x Batch x
+    Channel". Methods that index token positions (vpt, loreft positions) need to know."""
+    if isinstance(block, nn.TransformerEncoderLayer | nn.TransformerDecoderLayer):
+        return not block.self_attn.batch_first
+    if isinstance(attention, nn.MultiheadAttention):
+        return not attention.batch_first
+    parameters = inspect.signature(block.forward).parameters
+    return "self_attn_padding_mask" in parameters or "encoder_padding_mask" in parameters
 
 
 _STRUCTURES: dict[str, Structure] = {}

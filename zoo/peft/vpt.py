@@ -29,6 +29,7 @@ from zoo.peft.config import ConfigError, MethodConfig, option, require_choice, r
 from zoo.peft.engine import InjectionContext
 from zoo.peft.layers import AdapterModule
 from zoo.peft.registry import register_method
+from zoo.peft.structure import sequence_first
 
 ROOT_NAME = "zoo_vpt"
 INITS = ("xavier", "normal")
@@ -185,6 +186,17 @@ def inject_vpt(context: InjectionContext, config: VptConfig) -> None:
     structure = context.require_structure()
     model = context.model
     blocks = context.block_names()
+    if len({name.rpartition(".")[0] for name in blocks}) > 1:
+        raise ConfigError(
+            f"vpt: the blocks of {type(model).__name__} lie in several stacks (e.g. encoder and decoder); prompts "
+            f"are inserted before the first block and removed after the last, so vpt needs one stack of blocks"
+        )
+    attention = structure.submodule(model, blocks[0], structure.attention)
+    if sequence_first(model.get_submodule(blocks[0]), attention):
+        raise ConfigError(
+            f"vpt: the blocks of {type(model).__name__} take (tokens, batch, dim) ({type(attention).__name__}); "
+            f"vpt inserts prompts along the token axis of batch-first blocks only"
+        )
     dim = _width(structure, model, blocks[0])
     root = getattr(model, ROOT_NAME, None)
     if root is None:
