@@ -91,9 +91,9 @@ class KAdaptationLayer(WrappedLayer):
         weight = base_of(self.base_layer).weight
         out_features, in_features = weight.shape
         bounds = _slice_bounds(out_features, slices)
-        rows = next(iter(bounds.values()))[1] - next(iter(bounds.values()))[0] if bounds else out_features
+        rows = out_features // 3 if bounds else out_features  # q, k and v slices have equal size
         n = config.n
-        for label, size in (("in_features", in_features), ("out_features" + (" per slice" if bounds else ""), rows)):
+        for label, size in (("in_features", in_features), ("out_features per slice" if bounds else "out_features", rows)):
             if size % n:
                 divisors = [d for d in range(1, min(in_features, rows) + 1) if in_features % d == 0 and rows % d == 0]
                 raise ConfigError(
@@ -101,6 +101,7 @@ class KAdaptationLayer(WrappedLayer):
                     f"in_features and out_features, e.g. one of {divisors[-6:]}"
                 )
         count = max(len(bounds), 1)
+        # u uniform in +-1/sqrt(out/n) (as LoRA initialises A), v zero so that the update starts at 0.
         u = torch.empty(count, n, rows // n, config.r)
         nn.init.uniform_(u, -1 / math.sqrt(rows // n), 1 / math.sqrt(rows // n))
         v = torch.zeros(count, n, in_features // n, config.r)
