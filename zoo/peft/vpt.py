@@ -30,6 +30,7 @@ from zoo.peft.engine import InjectionContext
 from zoo.peft.layers import AdapterModule
 from zoo.peft.registry import register_method
 from zoo.peft.structure import sequence_first
+from zoo.peft.targeting import base_of
 
 ROOT_NAME = "zoo_vpt"
 INITS = ("xavier", "normal")
@@ -42,9 +43,9 @@ class VptConfig(MethodConfig):
     prompt_dropout: float = option(0.0, help="Dropout on the prompt tokens during training.")
     init: str = option(
         "xavier",
-        help="'xavier': uniform(-v, v), v = sqrt(6 / (fan_in + dim)) with fan_in the patch embedding's "
-        "input size (3 * patch area, as in the paper) or dim when the model has no patch embedding; "
-        "'normal': N(0, 0.02).",
+        help="'xavier': uniform(-v, v), v = sqrt(6 / (fan_in + dim)), fan_in = in_channels * kernel area of "
+        "the model's first Conv2d (a ViT's patch embedding: 3 * patch area, as in the paper), or dim when "
+        "the model has no Conv2d; 'normal': N(0, 0.02).",
     )
 
     def validate(self) -> None:
@@ -176,8 +177,6 @@ def _fan_in(model: nn.Module, dim: int) -> int:
 
 
 def _width(structure, model: nn.Module, block: str) -> int:
-    from zoo.peft.targeting import base_of
-
     return base_of(structure.submodule(model, block, structure.ffn_out)).out_features
 
 
