@@ -370,3 +370,14 @@ def test_ffn_methods_reach_the_decoder_ffn_of_seq2seq(method):
     model.loss(model(batch), batch["labels"]).backward()
     decoder_grads = [p.grad for n, p in model.named_parameters() if p.requires_grad and ".decoder." in n]
     assert decoder_grads and any(g is not None and g.abs().sum() > 0 for g in decoder_grads)  # zero-initialised parts get none yet
+
+
+def test_ia3_scales_the_input_of_t5_ffn_outputs_and_the_output_of_k_v():
+    """(IA)^3 rescales the FFN activations (input of wo) and the k/v outputs, as in the paper and HF peft."""
+    model = Seq2SeqModel(create_backbone("flan_t5_small", scale="tiny", encoder_only=False))
+    zp.apply(model, "ia3")
+    for stack, index in (("encoder", 1), ("decoder", 2)):
+        block = f"backbone.model.{stack}.block.0"
+        assert model.get_submodule(f"{block}.layer.{index}.DenseReluDense.wo").is_feedforward["default"]
+        assert not model.get_submodule(f"{block}.layer.0.SelfAttention.k").is_feedforward["default"]
+        assert not model.get_submodule(f"{block}.layer.0.SelfAttention.v").is_feedforward["default"]

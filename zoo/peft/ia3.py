@@ -127,7 +127,9 @@ def _feedforward_names(context: InjectionContext, config: IA3Config) -> set[str]
         structure = context.structure
         if structure is None:
             return set()
-        patterns = rf"{structure.blocks}\.{re.escape(structure.ffn_out)}"
+        # Compare modules, not names: a structure may reach the FFN through an alias (T5's ``ffn``).
+        ffn_outs = {id(base_of(structure.submodule(context.model, block, structure.ffn_out))) for block in structure.block_names(context.model)}
+        return {name for name, module in context.model.named_modules() if name and id(base_of(module)) in ffn_outs}
     if isinstance(patterns, list) and not patterns:
         return set()
     return {target.name for target in match_modules(context.model, patterns)}
