@@ -15,7 +15,6 @@ with ``encoder_only=False`` the whole model is, for generation with
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -36,10 +35,8 @@ EXAMPLE_SENTENCES = (
     "The team won the final 3-1 in extra time.",
 )
 
-# zoo task models call their head `head`; otherwise the layout is HF's BERT (RoBERTa and MiniLM share it).
-BERT_TASK_STRUCTURE = register_structure(
-    replace(BERT_STYLE, name="hf-bert-task", heads=("head", "classifier", "score", "qa_outputs"))
-)
+# RoBERTa and MiniLM share HF's BERT layout, whose structure also finds zoo task models' `head`.
+BERT_TASK_STRUCTURE = BERT_STYLE
 
 # T5 blocks are `layer = [self-attention, (cross-attention,) feed-forward]`: the FFN is layer.1 in the
 # encoder and layer.2 in the decoder. Structure paths must be the same in every block, so each block

@@ -141,7 +141,7 @@ def test_real_minilm_embeddings_are_sane_and_match_sentence_transformers():
 def test_bert_style_encoders_share_the_structure_and_its_head(name):
     model = TaskModel(create_backbone(name, scale="tiny"), "classification", 2)
     structure = zp.detect_structure(model)
-    assert structure.name == "hf-bert-task"
+    assert structure.name == "hf-bert"
     assert structure.block_names(model) == [f"backbone.model.encoder.layer.{i}" for i in range(2)]
     assert structure.head_names(model) == ["head"]
 

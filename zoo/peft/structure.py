@@ -159,7 +159,7 @@ BERT_STYLE = register_structure(
         attention_out="attention.output.dense",
         ffn_in="intermediate.dense",
         ffn_out="output.dense",
-        heads=("classifier", "score", "qa_outputs"),
+        heads=("classifier", "score", "qa_outputs", "head"),
     )
 )
 
