@@ -1,0 +1,37 @@
+"""What the trainer needs to know about a task: how to batch, score and evaluate it.
+
+The trainer is agnostic of domains and model kinds; a :class:`TrainTask` supplies the
+pieces that differ. Composition, not inheritance: any object with these members works.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, Sequence, runtime_checkable
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+
+@runtime_checkable
+class TrainTask(Protocol):
+    main_metric: str
+    """Key of ``evaluate``'s result that early stopping and the best checkpoint follow."""
+    greater_is_better: bool
+
+    def collate(self, examples: Sequence[Any]) -> tuple[Any, Any]:
+        """A list of dataset items -> ``(batch, labels)``; tensors anywhere inside are moved to the device."""
+        ...
+
+    def loss(self, model: nn.Module, batch: Any, labels: Any) -> torch.Tensor:
+        """The scalar training loss (mean over the batch).
+
+        ``model`` may be a DistributedDataParallel wrapper: compute the outputs by CALLING
+        it (``model(batch)``) so that gradients are synchronised; its other attributes
+        (e.g. ``model.loss``) are forwarded to the wrapped model.
+        """
+        ...
+
+    def evaluate(self, model: nn.Module, dataset: Dataset, batch_size: int) -> dict[str, float]:
+        """Metrics over the whole ``dataset`` (the model is in eval mode, gradients off)."""
+        ...
