@@ -15,6 +15,8 @@ from typing import Sequence
 
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from zoo.peft.config import ConfigError
 
@@ -70,3 +72,63 @@ def launch(nproc: int, argv: Sequence[str], module: str = "zoo.cli.main") -> int
         "-m", module, *argv,
     ]
     return subprocess.call(command)
+
+
+class DistributedModel(DistributedDataParallel):
+    """DDP whose unknown attributes come from the wrapped model, so a task may call ``model.loss``."""
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.module, name)
+
+
+def wrap_ddp(model: nn.Module, device: torch.device) -> DistributedModel:
+    return DistributedModel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def shard_fsdp(model: nn.Module) -> str:
+    """Shard ``model`` in place with FSDP (one unit per block, then the rest); returns how, for the log."""
+    from torch.distributed.fsdp import fully_shard
+
+    from zoo.peft.engine import peft_state
+    from zoo.peft.structure import detect_structure
+
+    state = peft_state(model)
+    structure = state.structure if state is not None and state.structure is not None else detect_structure(model)
+    blocks = structure.block_names(model) if structure is not None else []
+    for name in blocks:
+        fully_shard(model.get_submodule(name))
+    fully_shard(model)
+    return f"FSDP over {len(blocks)} blocks + root" if blocks else "FSDP over the whole model as one unit"
+
+
+def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
+    if world_size() > 1 and dist.is_initialized():
+        value = value.clone()
+        dist.all_reduce(value)
+        value /= world_size()
+    return value
+
+
+def barrier() -> None:
+    if world_size() > 1 and dist.is_initialized():
+        dist.barrier()
+
+
+def broadcast_object(value, source: int = 0):
+    if world_size() > 1 and dist.is_initialized():
+        holder = [value]
+        dist.broadcast_object_list(holder, src=source)
+        return holder[0]
+    return value
+
+
+def gather_objects(value) -> list:
+    """``value`` from every rank, on every rank (rank order)."""
+    if world_size() > 1 and dist.is_initialized():
+        gathered = [None] * world_size()
+        dist.all_gather_object(gathered, value)
+        return gathered
+    return [value]

@@ -1,18 +1,45 @@
-"""The training loop (work in progress: the signatures are final)."""
+"""The training loop: one screenful of forward, backward and step, with the bookkeeping around it.
+
+Every unusual line says why it is there. What the loop guarantees:
+
+- the same settings and seed give the same weights, whether the run went through in one go
+  or was killed and resumed (``fit(resume=True)``) any number of times (bit for bit on CPU);
+- the same global batch gives the same updates whatever the number of processes (DDP),
+  up to floating-point summation order;
+- checkpoints are written atomically: a kill at any moment leaves a loadable one.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import logging
+import math
 import os
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
+from zoo.peft.config import ConfigError
+from zoo.train import checkpoint as ckpt
+from zoo.train import distributed as dist_utils
+from zoo.train.recompute import enable_gradient_checkpointing
+from zoo.train.reporting import RunReporter
 from zoo.train.result import TrainResult
+from zoo.train.sampler import ResumableDistributedSampler
+from zoo.train.schedule import warmup_cosine
 from zoo.train.settings import TrainSettings
 from zoo.train.task import TrainTask
+
+logger = logging.getLogger("zoo.train")
+
+# Settings that may differ between a run and its resume without changing what it computes.
+RESUME_MAY_CHANGE = frozenset({"log_every", "num_workers", "eval_batch_size", "checkpoint_every", "device", "load_best_at_end"})
 
 
 def move_to_device(value: Any, device: torch.device | str) -> Any:
@@ -21,12 +48,37 @@ def move_to_device(value: Any, device: torch.device | str) -> Any:
         return value.to(device, non_blocking=True)
     if isinstance(value, dict):
         return {key: move_to_device(item, device) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
         return type(value)(move_to_device(item, device) for item in value)
     return value
 
 
+@dataclass
+class _Progress:
+    """Where the run is; saved in every checkpoint."""
+
+    step: int = 0
+    epoch: int = 0
+    micro: int = 0
+    """Micro-batches of the current epoch already consumed (by each process)."""
+    best_metric: float | None = None
+    best_step: int | None = None
+    best_metrics: dict[str, float] = field(default_factory=dict)
+    evals_without_improvement: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    stopped_early: bool = False
+    train_loss: float | None = None
+    window_micro: int = 0
+    """Micro-batches in the current logging window (their summed loss is per process, saved with the RNG)."""
+
+
 class Trainer:
+    """Trains ``model``'s trainable parameters on ``train_set`` for ``task``; see the module docstring.
+
+    ``callbacks`` are called as ``callback(trainer, step)`` after every optimizer step, once the
+    step's logging, evaluation and checkpoint are done.
+    """
+
     def __init__(
         self,
         model: nn.Module,
@@ -38,16 +90,381 @@ class Trainer:
         *,
         callbacks: Sequence[Callable[["Trainer", int], None]] = (),
     ) -> None:
-        self.model = model
-        self.task = task
-        self.train_set = train_set
-        self.val_set = val_set
+        missing = [name for name in ("collate", "loss", "evaluate", "main_metric", "greater_is_better") if not hasattr(task, name)]
+        if missing:
+            raise TypeError(f"task {type(task).__name__} lacks {', '.join(missing)} (see zoo.train.TrainTask)")
+        settings.validate()
+        if len(train_set) == 0:
+            raise ConfigError("the training set is empty")
+        self.model, self.task, self.train_set, self.val_set = model, task, train_set, val_set
         self.settings = settings
         self.run_dir = Path(run_dir)
         self.callbacks = list(callbacks)
 
-    def fit(self, resume: bool = False) -> TrainResult:
-        raise NotImplementedError
+        self.device = _resolve_device(settings.device)
+        self.distributed = dist_utils.init_distributed(self.device.type)
+        self.world_size, self.rank = dist_utils.world_size(), dist_utils.rank()
+        self.is_main = self.rank == 0
+        if settings.batch_size % self.world_size:
+            raise ConfigError(
+                f"train.batch_size={settings.batch_size} must be a multiple of the number of processes ({self.world_size})"
+            )
+        self.local_batch_size = settings.batch_size // self.world_size
+        if settings.precision == "bf16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ConfigError("train.precision=bf16: this GPU does not support bfloat16; use fp32")
+        self.sampler = ResumableDistributedSampler(len(train_set), self.world_size, self.rank, seed=settings.seed)
+        self.micro_batches_per_epoch = self.sampler.batches_per_epoch(self.local_batch_size)
+        self.steps_per_epoch = math.ceil(self.micro_batches_per_epoch / settings.grad_accum)
+        self.total_steps = settings.max_steps or settings.epochs * self.steps_per_epoch
+        self.fsdp = self.distributed and settings.strategy == "fsdp"
+        self.progress = _Progress()
+        self.window_loss = torch.zeros((), device=self.device)
+        self.training_model: nn.Module = model
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.checkpoint_dir = self.run_dir / ckpt.CHECKPOINT_DIR
 
+    # -- set-up -----------------------------------------------------------------------------------
+    def _prepare(self) -> None:
+        if self.optimizer is not None:
+            return
+        self.model.to(self.device)
+        if self.settings.gradient_checkpointing:
+            logger.info("gradient checkpointing: %s", enable_gradient_checkpointing(self.model))
+        if not any(p.requires_grad for p in self.model.parameters()):
+            raise ConfigError("the model has no trainable parameters; add a PEFT method (zoo.peft.apply) or unfreeze some")
+        if self.fsdp:
+            logger.info(dist_utils.shard_fsdp(self.model))  # swaps parameters for sharded ones in place
+        elif self.distributed:
+            self.training_model = dist_utils.wrap_ddp(self.model, self.device)
+        # Collected after sharding, which replaces the parameter objects.
+        self.trainable = [(name, p) for name, p in self.model.named_parameters() if p.requires_grad]
+        # No decay on vectors: biases, norms and multiplicative scales ((IA)^3, DoRA magnitudes)
+        # would be pulled towards 0, which for a scale initialised at 1 is a wrong prior.
+        groups = [
+            {"params": [p for _, p in self.trainable if p.ndim >= 2], "weight_decay": self.settings.weight_decay},
+            {"params": [p for _, p in self.trainable if p.ndim < 2], "weight_decay": 0.0},
+        ]
+        self.optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=self.settings.lr)
+        self.scheduler = warmup_cosine(self.optimizer, self.total_steps, self.settings.warmup_ratio)
+
+    def _loader(self, epoch: int) -> DataLoader:
+        # Own generator: worker seeds come from it instead of the global RNG, which would
+        # otherwise be advanced once per epoch and make a mid-epoch resume diverge.
+        generator = torch.Generator().manual_seed(self.settings.seed * 1_000_003 + epoch)
+        return DataLoader(
+            self.train_set,
+            batch_size=self.local_batch_size,
+            sampler=self.sampler,
+            collate_fn=self.task.collate,
+            num_workers=self.settings.num_workers,
+            pin_memory=self.device.type == "cuda",
+            generator=generator,
+        )
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.settings.precision == "bf16")
+
+    @contextlib.contextmanager
+    def _gradient_sync(self, enabled: bool) -> Iterator[None]:
+        """Skip the all-reduce on micro-batches whose gradients are only accumulated."""
+        if self.fsdp:
+            self.model.set_requires_gradient_sync(enabled)
+            yield
+        elif self.distributed and not enabled:
+            with self.training_model.no_sync():
+                yield
+        else:
+            yield
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> TrainResult:
+        """Train to ``max_steps`` / ``epochs`` or early stopping; ``resume`` continues from the last checkpoint."""
+        started = time.perf_counter()
+        self._prepare()
+        last = self.checkpoint_dir / ckpt.LAST_NAME
+        resumed = resume and last.exists()
+        if resumed:
+            self._restore(ckpt.load(last))
+            logger.info("resuming %s at step %d of %d", self.run_dir, self.progress.step, self.total_steps)
+        else:
+            if resume:
+                logger.warning("no checkpoint in %s: training from the start", self.checkpoint_dir)
+            self.progress = _Progress()
+            self.window_loss.zero_()
+            ckpt.seed_everything(self.settings.seed + self.rank)  # ranks differ in dropout, agree in data order
+            if self.is_main:  # a fresh run must not leave an older run's checkpoints to resume from
+                for name in (ckpt.LAST_NAME, ckpt.BEST_NAME):
+                    (self.checkpoint_dir / name).unlink(missing_ok=True)
+        reporter = RunReporter(self.run_dir, self.is_main, self.total_steps, self.progress.step, resumed)
+        logger.info(
+            "training %d trainable tensors for %d steps (%d per epoch), global batch %d x %d accumulation, %d process(es) on %s",
+            len(self.trainable), self.total_steps, self.steps_per_epoch, self.settings.batch_size,
+            self.settings.grad_accum, self.world_size, self.device,
+        )
+        try:
+            self._train(reporter)
+        finally:
+            reporter.close()
+        if self.settings.load_best_at_end and self.progress.best_step is not None:
+            dist_utils.barrier()  # rank 0 wrote best.pt; every rank reads it
+            self._load_trainable(ckpt.load(self.checkpoint_dir / ckpt.BEST_NAME)["trainable"])
+        return self._result(time.perf_counter() - started)
+
+    def _train(self, reporter: RunReporter) -> None:
+        settings, progress, task = self.settings, self.progress, self.task
+        model = self.training_model
+        model.train()
+        window_start = time.perf_counter()
+        while progress.step < self.total_steps and not progress.stopped_early:
+            self.sampler.set_epoch(progress.epoch)
+            self.sampler.set_start(progress.micro * self.local_batch_size)  # resume mid-epoch: skip what was seen
+            batches = iter(self._loader(progress.epoch))
+            while True:
+                # The last group of an epoch may be short; its loss is averaged over what it has.
+                group = min(settings.grad_accum, self.micro_batches_per_epoch - progress.micro)
+                for index in range(group):
+                    batch, labels = next(batches)
+                    batch, labels = move_to_device(batch, self.device), move_to_device(labels, self.device)
+                    with self._gradient_sync(index == group - 1):
+                        with self._autocast():
+                            loss = task.loss(model, batch, labels)
+                        (loss / group).backward()
+                    self.window_loss += loss.detach().float()  # no .item() here: it would wait for the GPU every step
+                progress.window_micro += group
+                progress.micro += group
+                if settings.max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_([p for _, p in self.trainable], settings.max_grad_norm)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                progress.step += 1
+                epoch_done = progress.micro >= self.micro_batches_per_epoch
+                if epoch_done:
+                    progress.epoch, progress.micro = progress.epoch + 1, 0
+                reporter.advance()
+                finished = progress.step >= self.total_steps
+                if progress.step % settings.log_every == 0 or finished:
+                    mean_loss = dist_utils.all_reduce_mean(self.window_loss / progress.window_micro).item()
+                    if not math.isfinite(mean_loss):
+                        raise FloatingPointError(
+                            f"training loss is {mean_loss} at step {progress.step}; lower train.lr or use precision=fp32 "
+                            f"(the last checkpoint in {self.checkpoint_dir} is untouched)"
+                        )
+                    elapsed = time.perf_counter() - window_start
+                    reporter.log_train(progress.step, self._epochs_done(), mean_loss, self.scheduler.get_last_lr()[0],
+                                       progress.window_micro * settings.batch_size / max(elapsed, 1e-9))
+                    progress.train_loss = mean_loss
+                    self.window_loss.zero_()
+                    progress.window_micro, window_start = 0, time.perf_counter()
+                every = settings.eval_every
+                if self.val_set is not None and ((every and progress.step % every == 0) or (every is None and epoch_done) or finished):
+                    self._validate(reporter)
+                    model.train()
+                every = settings.checkpoint_every
+                if (every and progress.step % every == 0) or epoch_done or finished or progress.stopped_early:
+                    self._save_last()
+                for callback in self.callbacks:
+                    callback(self, progress.step)
+                if epoch_done or finished or progress.stopped_early:
+                    break
+
+    def _epochs_done(self) -> float:
+        return self.progress.epoch + self.progress.micro / self.micro_batches_per_epoch
+
+    # -- evaluation -------------------------------------------------------------------------------
     def evaluate(self, dataset: Dataset) -> dict[str, float]:
-        raise NotImplementedError
+        """``task.evaluate`` on ``dataset`` in eval mode without gradients; every process computes it whole."""
+        self._prepare()
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad(), self._autocast():
+                metrics = self.task.evaluate(self.model, dataset, self.settings.eval_batch_size)
+        finally:
+            self.model.train(was_training)
+        return {name: float(value) for name, value in metrics.items()}
+
+    def _validate(self, reporter: RunReporter) -> None:
+        progress, name = self.progress, self.task.main_metric
+        metrics = self.evaluate(self.val_set)
+        if name not in metrics:
+            raise ConfigError(f"the task's evaluate() gave {', '.join(metrics) or 'nothing'} but not its main metric {name!r}")
+        value = metrics[name]
+        best = progress.best_metric
+        improved = math.isfinite(value) and (
+            best is None or (value > best if self.task.greater_is_better else value < best)
+        )
+        progress.history.append({"step": progress.step, "epoch": self._epochs_done(), **metrics})
+        if improved:
+            progress.best_metric, progress.best_step, progress.best_metrics = value, progress.step, metrics
+            progress.evals_without_improvement = 0
+            self._save_best(metrics)
+        else:
+            progress.evals_without_improvement += 1
+            patience = self.settings.early_stopping_patience
+            if patience is not None and progress.evals_without_improvement >= patience:
+                progress.stopped_early = True
+                logger.info("early stopping at step %d: %s has not improved for %d evaluations", progress.step, name, patience)
+        reporter.log_eval(progress.step, self._epochs_done(), metrics, name, improved)
+
+    @contextlib.contextmanager
+    def full_weights(self) -> Iterator[nn.Module]:
+        """The model with whole (unsharded) trainable tensors on rank 0, e.g. to save the adapter.
+
+        A no-op unless strategy=fsdp; then a collective: EVERY process must enter it. Inside,
+        rank 0's trainable parameters are plain CPU tensors (for reading, not for forward);
+        on leaving, the sharded ones are put back.
+        """
+        if not self.fsdp:
+            yield self.model
+            return
+        state = self._trainable_state()
+        swapped: list[tuple[nn.Module, str, nn.Parameter]] = []
+        if self.is_main:
+            for name, _ in self.trainable:
+                owner_name, _, attribute = name.rpartition(".")
+                owner = self.model.get_submodule(owner_name)
+                swapped.append((owner, attribute, owner._parameters[attribute]))
+                owner._parameters[attribute] = nn.Parameter(state[name], requires_grad=True)
+        try:
+            yield self.model
+        finally:
+            for owner, attribute, parameter in swapped:
+                owner._parameters[attribute] = parameter
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def _trainable_state(self) -> dict[str, torch.Tensor]:
+        """Full (unsharded) trainable tensors on CPU; under FSDP a collective, and only rank 0 gets them."""
+        if self.fsdp:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+            return get_model_state_dict(self.model, options=options)
+        return {name: p.detach().to("cpu", copy=True) for name, p in self.trainable}
+
+    def _load_trainable(self, state: dict[str, torch.Tensor]) -> None:
+        names = [name for name, _ in self.trainable]
+        missing, unexpected = sorted(set(names) - set(state)), sorted(set(state) - set(names))
+        if missing or unexpected:
+            raise ckpt.CheckpointError(
+                f"the checkpoint does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
+        if self.fsdp:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+            set_model_state_dict(self.model, state, options=StateDictOptions(full_state_dict=True, strict=False))
+            return
+        with torch.no_grad():
+            for name, parameter in self.trainable:
+                if state[name].shape != parameter.shape:
+                    raise ckpt.CheckpointError(
+                        f"checkpoint tensor {name} has shape {tuple(state[name].shape)}, the model {tuple(parameter.shape)}"
+                    )
+                parameter.copy_(state[name])
+
+    def _optimizer_state(self) -> dict[str, Any]:
+        if self.fsdp:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+            options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            return get_optimizer_state_dict(self.model, self.optimizer, options=options)
+        return self.optimizer.state_dict()
+
+    def _load_optimizer(self, state: dict[str, Any]) -> None:
+        if self.fsdp:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+            set_optimizer_state_dict(self.model, self.optimizer, state, options=StateDictOptions(full_state_dict=True))
+        else:
+            self.optimizer.load_state_dict(state)
+
+    def _save_last(self) -> None:
+        trainable, optimizer = self._trainable_state(), self._optimizer_state()
+        # every rank's own: its dropout stream and its share of the logging window's loss
+        per_process = dist_utils.gather_objects({"rng": ckpt.capture_rng_state(), "window_loss": self.window_loss.item()})
+        if not self.is_main:
+            return
+        ckpt.atomic_save(
+            {
+                "format": ckpt.FORMAT_VERSION,
+                "progress": dataclasses.asdict(self.progress),
+                "settings": self.settings.to_dict(),
+                "world_size": self.world_size,
+                "strategy": "fsdp" if self.fsdp else "ddp",
+                "trainable_names": [name for name, _ in self.trainable],
+                "trainable": trainable,
+                "optimizer": optimizer,
+                "scheduler": self.scheduler.state_dict(),
+                "per_process": per_process,
+            },
+            self.checkpoint_dir / ckpt.LAST_NAME,
+        )
+
+    def _save_best(self, metrics: dict[str, float]) -> None:
+        trainable = self._trainable_state()
+        if self.is_main:
+            ckpt.atomic_save(
+                {"format": ckpt.FORMAT_VERSION, "step": self.progress.step, "main_metric": self.task.main_metric,
+                 "metrics": metrics, "trainable": trainable},
+                self.checkpoint_dir / ckpt.BEST_NAME,
+            )
+
+    def _restore(self, payload: dict[str, Any]) -> None:
+        saved = payload["settings"]
+        changed = [
+            f"{name}: {saved.get(name)!r} -> {value!r}"
+            for name, value in self.settings.to_dict().items()
+            if name not in RESUME_MAY_CHANGE and saved.get(name) != value
+        ]
+        if changed:
+            raise ckpt.CheckpointError(
+                f"cannot resume {self.checkpoint_dir}: these settings differ from the checkpoint's ({'; '.join(changed)}); "
+                f"put them back, or start a new run"
+            )
+        if payload["strategy"] != ("fsdp" if self.fsdp else "ddp"):
+            raise ckpt.CheckpointError(f"cannot resume: the checkpoint was written with strategy {payload['strategy']}")
+        if payload["trainable_names"] != [name for name, _ in self.trainable]:
+            raise ckpt.CheckpointError("cannot resume: the model's trainable parameters differ from the checkpoint's")
+        self._load_trainable(payload["trainable"])
+        self._load_optimizer(payload["optimizer"])
+        self.scheduler.load_state_dict(payload["scheduler"])
+        self.progress = _Progress(**payload["progress"])
+        per_process = payload["per_process"]
+        if len(per_process) == self.world_size:
+            ckpt.restore_rng_state(per_process[self.rank]["rng"])
+            self.window_loss.fill_(per_process[self.rank]["window_loss"])
+        else:  # another process count: the data order still matches, the dropout streams cannot
+            logger.warning("resuming with %d processes, the checkpoint had %d: dropout will not replay exactly",
+                           self.world_size, len(per_process))
+            ckpt.seed_everything(self.settings.seed + self.rank + 7919 * self.progress.step)
+            self.window_loss.fill_(sum(p["window_loss"] for p in per_process) / len(per_process))
+
+    def _result(self, seconds: float) -> TrainResult:
+        progress = self.progress
+        final = {k: v for k, v in progress.history[-1].items() if k not in ("step", "epoch")} if progress.history else {}
+        best_path = self.checkpoint_dir / ckpt.BEST_NAME
+        return TrainResult(
+            best_metric=progress.best_metric,
+            best_step=progress.best_step,
+            steps=progress.step,
+            history=list(progress.history),
+            main_metric=self.task.main_metric,
+            best_metrics=dict(progress.best_metrics),
+            final_metrics=final,
+            train_loss=progress.train_loss,
+            stopped_early=progress.stopped_early,
+            epochs=self._epochs_done(),
+            best_checkpoint=best_path if progress.best_step is not None else None,
+            run_dir=self.run_dir,
+            train_seconds=seconds,
+        )
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ConfigError("train.device=cuda but no CUDA device is available; use device=auto or cpu")
+    index = dist_utils.local_rank() if dist_utils.launched_by_torchrun() else torch.cuda.current_device()
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
