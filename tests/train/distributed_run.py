@@ -1,6 +1,7 @@
 """Run by the distributed tests under torchrun: train a tiny BERT + LoRA, save the adapter.
 
-``python -m tests.train.distributed_run OUT_DIR STRATEGY`` (one or several processes).
+``python -m tests.train.distributed_run OUT_DIR STRATEGY...`` (one or several processes) trains once per
+strategy into ``OUT_DIR/<strategy>``; several strategies share one launch (its start-up is the slow part).
 """
 
 from __future__ import annotations
@@ -68,4 +69,5 @@ def train(out_dir: str, strategy: str) -> None:
 
 
 if __name__ == "__main__":
-    train(sys.argv[1], sys.argv[2])
+    for name in sys.argv[2:]:
+        train(f"{sys.argv[1]}/{name}", name)

@@ -339,7 +339,8 @@ class Trainer:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
             options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
-            return get_model_state_dict(self.model, options=options)
+            state = get_model_state_dict(self.model, options=options)
+            return {name: state[name] for name, _ in self.trainable if name in state}  # no buffers
         return {name: p.detach().to("cpu", copy=True) for name, p in self.trainable}
 
     def _load_trainable(self, state: dict[str, torch.Tensor]) -> None:
