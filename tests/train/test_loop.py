@@ -1,7 +1,9 @@
 """The training loop against a hand-written reference loop, and what a run leaves in its folder."""
 
+import io
 import json
 import math
+import sys
 
 import pytest
 import torch
@@ -180,3 +182,21 @@ def test_metrics_file_is_json_lines(tmp_path):
     Trainer(TinyClassifier(), PointsTask(), PointsDataset(32), PointsDataset(8), settings, tmp_path).fit()
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["split"] for line in lines] == ["train", "train", "val"]
+
+
+def test_progress_bar_on_a_terminal_only(tmp_path, monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    settings = TrainSettings(max_steps=4, batch_size=16, log_every=2, device="cpu")
+    for terminal in (True, False):
+        stream = Terminal() if terminal else io.StringIO()
+        monkeypatch.setattr(sys, "stderr", stream)
+        Trainer(TinyClassifier(), PointsTask(), PointsDataset(64), PointsDataset(8), settings, tmp_path).fit()
+        monkeypatch.undo()
+        text = stream.getvalue()
+        if terminal:  # total, rate/ETA and the live loss and validation metric
+            assert "4/4" in text and "loss=" in text and "val_accuracy=" in text and ("step/s" in text or "s/step" in text)
+        else:
+            assert "loss=" not in text

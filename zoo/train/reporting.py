@@ -37,16 +37,10 @@ class RunReporter:
         else:
             self.metrics_path.write_text("")
         self.writer = _summary_writer(run_dir / TENSORBOARD_DIR, purge_step=start_step + 1 if resumed else None)
-        from tqdm.auto import tqdm
+        if sys.stderr.isatty():  # a bar only where someone watches it; logs and CI get JSON and logger lines
+            from tqdm.auto import tqdm
 
-        self.bar = tqdm(
-            total=total_steps,
-            initial=start_step,
-            unit="step",
-            dynamic_ncols=True,
-            # a bar only where someone watches it; logs and CI get the JSON lines and logger lines
-            disable=not sys.stderr.isatty(),
-        )
+            self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
 
     def log_train(self, step: int, epoch: float, loss: float, lr: float, examples_per_second: float) -> None:
         if not self.enabled:
