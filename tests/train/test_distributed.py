@@ -66,3 +66,12 @@ def test_ddp_wrapper_forwards_model_attributes(tmp_path):
     finally:
         dist.destroy_process_group()
     assert "WORLD_SIZE" not in os.environ
+
+
+def test_launch_module_command_line(monkeypatch, capfd):
+    from zoo.train.launch import main
+
+    assert main(["--nproc", "0", "ls"]) == 2
+    assert "--nproc=0" in capfd.readouterr().err
+    monkeypatch.chdir(REPO)
+    assert main(["--nproc", "1", "--module", "platform", "--"]) == 0

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 CHECKPOINT_DIR = "checkpoints"
 LAST_NAME = "last.pt"
@@ -103,3 +104,57 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)  # seeds every CUDA device too
+
+
+# -- trainable tensors and optimizer state, whole, for plain, DDP and FSDP models ---------------------
+# Under FSDP these are collectives (every process calls them) and only rank 0 gets the tensors.
+
+
+def gather_trainable(model: nn.Module, trainable: list[tuple[str, nn.Parameter]], fsdp: bool) -> dict[str, torch.Tensor]:
+    """Whole trainable tensors on CPU, by parameter name."""
+    if fsdp:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+        state = get_model_state_dict(model, options=options)
+        return {name: state[name] for name, _ in trainable if name in state}  # no buffers
+    return {name: parameter.detach().to("cpu", copy=True) for name, parameter in trainable}
+
+
+def load_trainable(
+    model: nn.Module, trainable: list[tuple[str, nn.Parameter]], state: dict[str, torch.Tensor], fsdp: bool
+) -> None:
+    names = [name for name, _ in trainable]
+    missing, unexpected = sorted(set(names) - set(state)), sorted(set(state) - set(names))
+    if missing or unexpected:
+        raise CheckpointError(f"the checkpoint does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    if fsdp:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=False))
+        return
+    with torch.no_grad():
+        for name, parameter in trainable:
+            if state[name].shape != parameter.shape:
+                raise CheckpointError(
+                    f"checkpoint tensor {name} has shape {tuple(state[name].shape)}, the model {tuple(parameter.shape)}"
+                )
+            parameter.copy_(state[name])
+
+
+def gather_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, fsdp: bool) -> dict[str, Any]:
+    if fsdp:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_optimizer_state_dict(model, optimizer, options=options)
+    return optimizer.state_dict()
+
+
+def load_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any], fsdp: bool) -> None:
+    if fsdp:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+    else:
+        optimizer.load_state_dict(state)

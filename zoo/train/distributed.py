@@ -46,6 +46,16 @@ def launched_by_torchrun() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ or "LOCAL_RANK" in os.environ
 
 
+def resolve_device(name: str) -> torch.device:
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ConfigError("train.device=cuda but no CUDA device is available; use device=auto or cpu")
+    index = local_rank() if launched_by_torchrun() else torch.cuda.current_device()
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
+
+
 def init_distributed(device_type: str) -> bool:
     """Join the process group when started by torchrun with several processes; True if distributed."""
     if world_size() <= 1:

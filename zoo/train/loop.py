@@ -101,7 +101,7 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.callbacks = list(callbacks)
 
-        self.device = _resolve_device(settings.device)
+        self.device = dist_utils.resolve_device(settings.device)
         self.distributed = dist_utils.init_distributed(self.device.type)
         self.world_size, self.rank = dist_utils.world_size(), dist_utils.rank()
         self.is_main = self.rank == 0
@@ -207,7 +207,8 @@ class Trainer:
             reporter.close()
         if self.settings.load_best_at_end and self.progress.best_step is not None:
             dist_utils.barrier()  # rank 0 wrote best.pt; every rank reads it
-            self._load_trainable(ckpt.load(self.checkpoint_dir / ckpt.BEST_NAME)["trainable"])
+            best = ckpt.load(self.checkpoint_dir / ckpt.BEST_NAME)["trainable"]
+            ckpt.load_trainable(self.model, self.trainable, best, self.fsdp)
         return self._result(time.perf_counter() - started)
 
     def _train(self, reporter: RunReporter) -> None:
@@ -318,7 +319,7 @@ class Trainer:
         if not self.fsdp:
             yield self.model
             return
-        state = self._trainable_state()
+        state = ckpt.gather_trainable(self.model, self.trainable, self.fsdp)
         swapped: list[tuple[nn.Module, str, nn.Parameter]] = []
         if self.is_main:
             for name, _ in self.trainable:
@@ -333,54 +334,8 @@ class Trainer:
                 owner._parameters[attribute] = parameter
 
     # -- checkpoints ------------------------------------------------------------------------------
-    def _trainable_state(self) -> dict[str, torch.Tensor]:
-        """Full (unsharded) trainable tensors on CPU; under FSDP a collective, and only rank 0 gets them."""
-        if self.fsdp:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-            options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
-            state = get_model_state_dict(self.model, options=options)
-            return {name: state[name] for name, _ in self.trainable if name in state}  # no buffers
-        return {name: p.detach().to("cpu", copy=True) for name, p in self.trainable}
-
-    def _load_trainable(self, state: dict[str, torch.Tensor]) -> None:
-        names = [name for name, _ in self.trainable]
-        missing, unexpected = sorted(set(names) - set(state)), sorted(set(state) - set(names))
-        if missing or unexpected:
-            raise ckpt.CheckpointError(
-                f"the checkpoint does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}"
-            )
-        if self.fsdp:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
-            set_model_state_dict(self.model, state, options=StateDictOptions(full_state_dict=True, strict=False))
-            return
-        with torch.no_grad():
-            for name, parameter in self.trainable:
-                if state[name].shape != parameter.shape:
-                    raise ckpt.CheckpointError(
-                        f"checkpoint tensor {name} has shape {tuple(state[name].shape)}, the model {tuple(parameter.shape)}"
-                    )
-                parameter.copy_(state[name])
-
-    def _optimizer_state(self) -> dict[str, Any]:
-        if self.fsdp:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
-            options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-            return get_optimizer_state_dict(self.model, self.optimizer, options=options)
-        return self.optimizer.state_dict()
-
-    def _load_optimizer(self, state: dict[str, Any]) -> None:
-        if self.fsdp:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
-            set_optimizer_state_dict(self.model, self.optimizer, state, options=StateDictOptions(full_state_dict=True))
-        else:
-            self.optimizer.load_state_dict(state)
-
     def _save_last(self) -> None:
-        trainable, optimizer = self._trainable_state(), self._optimizer_state()
+        trainable, optimizer = ckpt.gather_trainable(self.model, self.trainable, self.fsdp), ckpt.gather_optimizer(self.model, self.optimizer, self.fsdp)
         # every rank's own: its dropout stream and its share of the logging window's loss
         per_process = dist_utils.gather_objects({"rng": ckpt.capture_rng_state(), "window_loss": self.window_loss.item()})
         if not self.is_main:
@@ -402,7 +357,7 @@ class Trainer:
         )
 
     def _save_best(self, metrics: dict[str, float]) -> None:
-        trainable = self._trainable_state()
+        trainable = ckpt.gather_trainable(self.model, self.trainable, self.fsdp)
         if self.is_main:
             ckpt.atomic_save(
                 {"format": ckpt.FORMAT_VERSION, "step": self.progress.step, "main_metric": self.task.main_metric,
@@ -426,8 +381,8 @@ class Trainer:
             raise ckpt.CheckpointError(f"cannot resume: the checkpoint was written with strategy {payload['strategy']}")
         if payload["trainable_names"] != [name for name, _ in self.trainable]:
             raise ckpt.CheckpointError("cannot resume: the model's trainable parameters differ from the checkpoint's")
-        self._load_trainable(payload["trainable"])
-        self._load_optimizer(payload["optimizer"])
+        ckpt.load_trainable(self.model, self.trainable, payload["trainable"], self.fsdp)
+        ckpt.load_optimizer(self.model, self.optimizer, payload["optimizer"], self.fsdp)
         self.scheduler.load_state_dict(payload["scheduler"])
         self.progress = _Progress(**payload["progress"])
         per_process = payload["per_process"]
@@ -460,12 +415,3 @@ class Trainer:
             train_seconds=seconds,
         )
 
-
-def _resolve_device(name: str) -> torch.device:
-    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise ConfigError("train.device=cuda but no CUDA device is available; use device=auto or cpu")
-    index = dist_utils.local_rank() if dist_utils.launched_by_torchrun() else torch.cuda.current_device()
-    torch.cuda.set_device(index)
-    return torch.device("cuda", index)
