@@ -20,7 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo import metrics
+from zoo.peft.config import ConfigError
 from zoo.tasks import IGNORE_INDEX
+from zoo.train_tasks import TaskRequest, register_task_builder, unwrap
 
 
 class Seq2SeqModel(nn.Module):
@@ -93,3 +95,42 @@ class Seq2SeqModel(nn.Module):
             predictions += self.generate([source for source, _ in chunk], max_new_tokens, num_beams)
         self.train(was_training)
         return {"rougeL": metrics.rouge_l([target for _, target in pairs], predictions)}
+
+
+# -- recipes: the "generation" task kind ------------------------------------------------------
+GENERATION_OPTIONS = ("max_target_length", "max_new_tokens", "num_beams")
+
+
+class GenerationTask:
+    """TrainTask for :class:`Seq2SeqModel`: teacher-forced cross-entropy, ROUGE-L of greedy (or beam) outputs."""
+
+    main_metric = "rougeL"
+    greater_is_better = True
+
+    def __init__(self, model: Seq2SeqModel, max_new_tokens: int = 64, num_beams: int = 1) -> None:
+        self.model, self.max_new_tokens, self.num_beams = model, max_new_tokens, num_beams
+
+    def collate(self, examples: Sequence[tuple[str, str]]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        batch = self.model.collate(list(examples))
+        return batch, batch["labels"]
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+        return unwrap(model).loss(model(batch), labels)
+
+    def evaluate(self, model: nn.Module, dataset, batch_size: int) -> dict[str, float]:
+        return unwrap(model).evaluate(dataset, batch_size, self.max_new_tokens, self.num_beams)
+
+
+@register_task_builder(
+    "generation",
+    "sequence-to-sequence generation (FLAN-T5): teacher-forced cross-entropy; ROUGE-L",
+    backbone_options={"encoder_only": False},
+)
+def build_generation(backbone: nn.Module, request: TaskRequest) -> tuple[Seq2SeqModel, GenerationTask]:
+    unknown = sorted(set(request.options) - set(GENERATION_OPTIONS))
+    if unknown:
+        valid = ", ".join(f"task.options.{name}" for name in GENERATION_OPTIONS)
+        raise ConfigError(f"task generation: unknown task.options {', '.join(unknown)}; valid: {valid}")
+    options = dict(request.options)
+    model = Seq2SeqModel(backbone, max_target_length=options.pop("max_target_length", 128))
+    return model, GenerationTask(model, **options)

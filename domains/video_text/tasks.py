@@ -27,7 +27,9 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from zoo import metrics
+from zoo.peft.config import ConfigError
 from zoo.tasks import TaskSpec
+from zoo.train_tasks import ModelTask, TaskRequest, register_task_builder
 
 MAX_LOGIT_SCALE = math.log(100.0)
 
@@ -112,3 +114,19 @@ class RetrievalModel(nn.Module):
         if not outputs:
             raise ValueError("evaluate got an empty dataset")
         return retrieval_evaluate(torch.cat(outputs))
+
+
+# -- recipes: the "retrieval" task kind -------------------------------------------------------
+@register_task_builder(
+    "retrieval",
+    "text-to-video retrieval: symmetric InfoNCE over the batch; R@1/5/10 and median rank",
+    backbone_options={"text_tower": True},
+)
+def build_retrieval(backbone: nn.Module, request: TaskRequest) -> tuple[RetrievalModel, ModelTask]:
+    """A :class:`RetrievalModel`; ``task.options.logit_scale`` sets the starting log-temperature
+    (default: the backbone's own)."""
+    unknown = sorted(set(request.options) - {"logit_scale"})
+    if unknown:
+        raise ConfigError(f"task retrieval: unknown task.options {', '.join(unknown)}; valid: task.options.logit_scale")
+    model = RetrievalModel(backbone, logit_scale=request.options.get("logit_scale"))
+    return model, ModelTask(backbone.collate, model.task, request.main_metric or "")

@@ -1,28 +1,88 @@
-"""``zoo ls methods|structures``: what this installation provides."""
+"""``zoo ls [recipes|methods|backbones|datasets|tasks|structures] [PATTERN]``: what this installation provides."""
 
 from __future__ import annotations
 
 import argparse
 
+KINDS = ("recipes", "methods", "backbones", "datasets", "tasks", "structures")
+
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("ls", help="list PEFT methods or backbone structures")
-    parser.add_argument("what", choices=("methods", "structures"), nargs="?", default="methods")
+    parser = commands.add_parser("ls", help="list recipes, PEFT methods, backbones, datasets, task kinds or structures")
+    parser.add_argument("what", choices=KINDS, nargs="?", default="recipes")
+    parser.add_argument("pattern", nargs="?", default="*", help="shell-style filter on names, e.g. 'vision/*' or 'esm*'")
     parser.set_defaults(run=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from zoo.peft import get_method, list_methods, list_structures
+def _short(text: str, width: int = 100) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 3] + "..."
 
-    if args.what == "methods":
-        for name in list_methods():
-            spec = get_method(name)
-            doc = (__import__(spec.inject.__module__, fromlist=["_"]).__doc__ or "").strip().split("\n\n")[0]
-            doc = " ".join(doc.split())
-            doc = doc if len(doc) <= 100 else doc[:97] + "..."
-            flags = ", ".join(f for f, on in (("mergeable", spec.mergeable), (f"peft:{spec.peft_type}", spec.peft_type)) if on)
-            print(f"{name:<12} {doc}" + (f"  [{flags}]" if flags else ""))
-    else:
-        for name in list_structures():
+
+def _recipes(pattern: str) -> None:
+    from zoo.recipes import list_recipes, recipe_summary, recipes_root
+
+    names = list_recipes(pattern)
+    if not names:
+        print(f"no recipes matching {pattern!r} under {recipes_root()}")
+        return
+    width = max(len(n) for n in names)
+    for name in names:
+        summary = recipe_summary(name)
+        what = f"{summary['method']} on {summary['backbone']}, {summary['dataset']}"
+        print(f"{name:<{width}}  {what:<42} {_short(summary['description'], 70)}")
+
+
+def _methods(pattern: str) -> None:
+    import fnmatch
+
+    from zoo.peft import get_method, list_methods
+
+    for name in list_methods():
+        if not fnmatch.fnmatch(name, pattern):
+            continue
+        spec = get_method(name)
+        doc = (__import__(spec.inject.__module__, fromlist=["_"]).__doc__ or "").strip().split("\n\n")[0]
+        flags = ", ".join(f for f, on in (("mergeable", spec.mergeable), (f"peft:{spec.peft_type}", spec.peft_type)) if on)
+        print(f"{name:<12} {_short(doc)}" + (f"  [{flags}]" if flags else ""))
+
+
+def _backbones(pattern: str) -> None:
+    from zoo.backbones import BACKBONES
+
+    for name in BACKBONES.names(pattern):
+        spec = BACKBONES.get(name)
+        source = spec.weights.source if spec.weights else "no pretrained weights"
+        print(f"{name:<22} {spec.domain:<11} {_short(spec.description, 80)}  [{source}]")
+
+
+def _datasets(pattern: str) -> None:
+    from zoo.datasets import DATASETS
+
+    for name in DATASETS.names(pattern):
+        spec = DATASETS.get(name)
+        classes = f", {spec.num_classes} classes" if spec.num_classes else ""
+        print(f"{name:<26} {spec.domain:<11} {spec.task + classes:<26} {_short(spec.description, 80)}")
+
+
+def _tasks(pattern: str) -> None:
+    from zoo.train_tasks import TASK_BUILDERS
+
+    for name in TASK_BUILDERS.names(pattern):
+        print(f"{name:<16} {TASK_BUILDERS.get(name).description}")
+
+
+def _structures(pattern: str) -> None:
+    import fnmatch
+
+    from zoo.peft import list_structures
+
+    for name in list_structures():
+        if fnmatch.fnmatch(name, pattern):
             print(name)
+
+
+def run(args: argparse.Namespace) -> int:
+    {"recipes": _recipes, "methods": _methods, "backbones": _backbones, "datasets": _datasets, "tasks": _tasks,
+     "structures": _structures}[args.what](args.pattern)
     return 0

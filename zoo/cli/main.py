@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 import sys
+import warnings
 
 from zoo import __version__
-from zoo.cli import demo, ls
-from zoo.peft.config import ConfigError
+from zoo.cli import cp, demo, eval, info, ls, train, validate
 
-SUBCOMMANDS = (ls, demo)
+SUBCOMMANDS = (ls, train, eval, validate, cp, info, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,12 +23,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _errors() -> tuple[type[BaseException], ...]:
+    """What a user's input can cause: reported as one clear line, without a traceback."""
+    from zoo.backbones import PretrainedUnavailable
+    from zoo.download import DownloadError
+    from zoo.peft.config import ConfigError
+    from zoo.registry import UnknownNameError
+    from zoo.train.checkpoint import CheckpointError
+
+    return (
+        ConfigError, ValueError, FileNotFoundError, PretrainedUnavailable, DownloadError, UnknownNameError,
+        CheckpointError, FloatingPointError,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Overrides may come after options (`zoo train R --out d train.lr=1e-3`): collect the leftovers.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not getattr(args, "accepts_overrides", False) or any(item.startswith("-") for item in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = list(args.overrides) + extra
+    args.argv = argv
+    # One line per warning (e.g. a local data copy that differs from the canonical file), no source line.
+    warnings.formatwarning = lambda message, category, *_, **__: f"zoo: {category.__name__}: {message}\n"
+    typed = "zoo " + shlex.join(argv)
+    # Under torchrun (zoo train --nproc N) the parent passes the command as the user typed it.
+    args.command_line = os.environ.get("ZOO_COMMAND", typed) if "LOCAL_RANK" in os.environ else typed
     try:
         return int(args.run(args) or 0)
-    except (ConfigError, ValueError, FileNotFoundError) as error:
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stdout = open(os.devnull, "w")
+        return 0
+    except _errors() as error:
         print(f"zoo {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,93 @@
+"""Every recipe: it validates, it names the real backbone and data at default scale, it builds at
+scale=tiny and takes a training step; the recipes cover every method that applies to each domain.
+Five of them (END_TO_END) are also trained through the CLI in test_train.py."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+import zoo.peft as zp
+from zoo.build import build_run, check_method_applies, resolve
+from zoo.config import load_config
+from zoo.datasets import DATASETS
+from zoo.peft.config import ConfigError
+from zoo.recipes import list_recipes, recipe_summary, recipes_root
+
+RECIPES = list_recipes()
+END_TO_END = ("vision/medical-lora", "text/sst2-dora", "protein/gb1-ia3", "speech/digits-adapter", "video_text/retrieval-vpt")
+VISION_REQUIRED = ("lora", "dora", "adaptformer", "kadaptation", "vpt", "bitfit", "adapter", "full", "linear")
+DOMAINS = {"vision": "medical", "text": "sst2", "protein": "gb1", "speech": "digits", "video_text": "retrieval"}
+
+
+def exclusions() -> list[tuple[str, str]]:
+    """(domain, method) rows of the table 'Methods left out, and why' in recipes/README.md."""
+    text = (recipes_root() / "README.md").read_text()
+    section = text.split("## Methods left out, and why", 1)[1]
+    rows = re.findall(r"^\| (\w+) \| (\w+) \| .+ \|$", section, flags=re.MULTILINE)
+    return [(domain, method) for domain, method in rows if domain != "domain"]
+
+
+def test_recipe_list_comes_from_the_folder():
+    files = {p.relative_to(recipes_root()).with_suffix("").as_posix()
+             for p in recipes_root().glob("*/*.yaml") if not p.name.startswith("_")}
+    assert set(RECIPES) == files and len(RECIPES) >= 50
+
+
+def test_required_vision_recipes_and_one_domain_each():
+    for method in VISION_REQUIRED:
+        assert f"vision/medical-{method}" in RECIPES
+    for recipe in END_TO_END:
+        assert recipe in RECIPES
+
+
+def test_recipes_cover_every_method_that_applies():
+    excluded = exclusions()
+    assert excluded, "recipes/README.md lists no exclusions"
+    for domain, task in DOMAINS.items():
+        methods = {recipe_summary(r)["method"] for r in RECIPES if r.startswith(f"{domain}/")}
+        expected = set(zp.list_methods()) - {m for d, m in excluded if d == domain}
+        assert methods == expected, f"{domain}: recipes for {sorted(methods)}, expected {sorted(expected)}"
+        assert all(r == f"{domain}/{task}-{recipe_summary(r)['method']}" for r in RECIPES if r.startswith(f"{domain}/"))
+
+
+@pytest.mark.parametrize(("domain", "method"), exclusions())
+def test_excluded_methods_really_do_not_apply(domain, method):
+    config = load_config(f"{domain}/{DOMAINS[domain]}-bitfit", ["scale=tiny", f"method.name={method}"])
+    with pytest.raises(ConfigError, match=method):
+        check_method_applies(config)
+
+
+@pytest.mark.parametrize("recipe", END_TO_END)
+def test_zoo_validate_checks_a_recipe_without_loading_weights(zoo, recipe):
+    code, out, err = zoo("validate", recipe)
+    assert code == 0, err
+    assert f"{recipe}: valid" in out and "on the tiny variant: trainable" in out
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_recipe_validates_builds_tiny_and_takes_a_training_step(recipe):
+    """What `zoo validate` checks (config, names, method options, the method on the tiny backbone),
+    plus the data at tiny scale and one training step."""
+    config = load_config(recipe)
+    assert config.scale == "default" and config.backbone.pretrained is True, "default scale: pretrained weights"
+    spec = DATASETS.get(config.data.name)
+    assert spec.folder is not None and (spec.files or "canonical" in spec.extras), "default scale: a real dataset"
+    assert config.description
+    resolve(config)
+
+    config = load_config(recipe, ["scale=tiny"])
+    assert config.train.max_steps is not None and config.train.max_steps <= 10, "scale=tiny must stay a few steps"
+    built = build_run(config)
+    train = built.datasets["train"]
+    batch, labels = built.task.collate([train[i] for i in range(min(len(train), config.train.batch_size))])
+    built.model.train()
+    loss = built.task.loss(built.model, batch, labels)
+    loss.backward()
+    assert torch.isfinite(loss)
+    trainable = [p for p in built.model.parameters() if p.requires_grad]
+    assert trainable and any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainable)
+    assert not Path(built.data_dir).is_relative_to(Path.home() / ".cache" / "zoo")  # the test cache, not the user's

@@ -1,0 +1,137 @@
+"""``zoo train`` end to end at scale=tiny: the run directory, the model card, ``zoo eval`` and
+``zoo info`` on it, and an interrupted run carried on by ``--resume`` to the same adapter."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from zoo.config import load_config, read_yaml, validate
+from zoo.train import Trainer
+from zoo.train.checkpoint import BEST_NAME, CHECKPOINT_DIR, LAST_NAME
+from zoo.train.reporting import METRICS_NAME, TENSORBOARD_DIR
+
+from tests.cli.test_recipes import END_TO_END
+
+
+def adapter_tensors(run_dir) -> dict[str, torch.Tensor]:
+    return load_file(run_dir / "adapter" / "adapter_model.safetensors")
+
+
+@pytest.mark.parametrize("recipe", END_TO_END)
+def test_recipe_trains_end_to_end_through_the_cli(zoo, tmp_path, recipe):
+    code, out, err = zoo("train", recipe, "scale=tiny")
+    assert code == 0, err
+    run_dir = tmp_path / "runs" / "tiny" / recipe
+    assert f"done: runs/tiny/{recipe}" in out
+
+    # the resolved configuration, as the recipe and overrides give it
+    saved = read_yaml(run_dir / "config.yaml")
+    assert validate(saved).to_dict() == load_config(recipe, ["scale=tiny"]).to_dict()
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "complete" and record["command"] == f"zoo train {recipe} scale=tiny"
+    # the trainer's logs and checkpoints
+    lines = [json.loads(line) for line in (run_dir / METRICS_NAME).read_text().splitlines()]
+    assert lines and any(record["main_metric"] in line for line in lines)
+    assert any(p.name.startswith("events.out.tfevents") for p in (run_dir / TENSORBOARD_DIR).iterdir())
+    assert (run_dir / CHECKPOINT_DIR / BEST_NAME).is_file() and (run_dir / CHECKPOINT_DIR / LAST_NAME).is_file()
+    # the adapter in the core's format, evaluation results, the model card
+    assert (run_dir / "adapter" / "adapter_config.json").is_file() and adapter_tensors(run_dir)
+    results = json.loads((run_dir / "eval_results.json").read_text())
+    config = load_config(recipe, ["scale=tiny"])
+    assert "val" in results and ("test" in results) == (config.data.test_split is not None)
+    card = (run_dir / "README.md").read_text()
+    assert f"zoo train {recipe} scale=tiny" in card
+    assert f"{record['trainable_parameters']:,} of {record['total_parameters']:,}" in card
+    main_value = results["val"]["metrics"][record["main_metric"]]
+    assert f"{main_value:.4f}" in card and "Smoke run" in card
+
+    # zoo eval rebuilds the model from config.yaml + adapter/ and gets the same numbers
+    split = "test" if "test" in results else "val"
+    code, out, err = zoo("eval", run_dir, "--split", split)
+    assert code == 0, err
+    again = json.loads((run_dir / "eval_results.json").read_text())[split]["metrics"]
+    if split == "test":  # the val entry is the trainer's number at the best step, so compare test only
+        assert again == pytest.approx(results["test"]["metrics"], abs=1e-5)
+    assert record["main_metric"] in out
+
+    code, out, _ = zoo("info", run_dir)
+    assert code == 0 and "(complete)" in out and "adapter/" in out and f"zoo train {recipe} scale=tiny" in out
+
+
+def test_model_card_reports_the_parameters_of_the_trained_model(zoo, tmp_path):
+    import zoo.peft as zp
+    from zoo.build import load_run
+
+    assert zoo("train", "vision/medical-bitfit", "scale=tiny", "--out", "card")[0] == 0
+    run = load_run(tmp_path / "card")
+    report = zp.parameter_report(run.model)
+    card = (tmp_path / "card" / "README.md").read_text()
+    assert f"| Trainable parameters | {report.trainable:,} of {report.total:,}" in card
+    assert "`bitfit`" in card and "zoo train vision/medical-bitfit scale=tiny --out card" in card
+
+
+class Interrupting(Trainer):
+    """A trainer whose process is 'killed' (Ctrl-C) after step 3, once that step's checkpoint is written."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+
+        def stop(trainer, step):
+            if step == 3:
+                raise KeyboardInterrupt
+
+        self.callbacks.append(stop)
+
+
+def test_interrupted_run_resumes_to_the_same_adapter(zoo, tmp_path):
+    # dropout on (lora_dropout 0.1) so that the RNG state must be carried over exactly too
+    args = ("train", "vision/medical-lora", "scale=tiny", "train.max_steps=6", "train.checkpoint_every=1")
+    assert zoo(*args, "--out", "whole")[0] == 0
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("zoo.train.Trainer", Interrupting)  # zoo train looks the trainer up when it runs
+        code, out, _ = zoo(*args, "--out", "cut")
+    assert code == 130 and "--resume" in out
+    cut = tmp_path / "cut"
+    assert json.loads((cut / "run.json").read_text())["status"] == "interrupted"
+    assert (cut / CHECKPOINT_DIR / LAST_NAME).is_file() and (cut / "config.yaml").is_file()
+    for final in ("adapter", "README.md", "eval_results.json"):
+        assert not (cut / final).exists(), f"{final} written by an unfinished run"
+    code, out, _ = zoo("info", cut)
+    assert "(interrupted)" in out and "--resume" in out
+
+    # as after `kill -9`: run.json still says running; refused while that process lives, resumed once it is gone
+    record = json.loads((cut / "run.json").read_text())
+    with subprocess.Popen(["sleep", "30"]) as alive:
+        (cut / "run.json").write_text(json.dumps({**record, "status": "running", "pid": alive.pid}))
+        code, _, err = zoo(*args, "--out", "cut", "--resume")
+        alive.kill()
+    assert code == 2 and f"still being trained by process {alive.pid}" in err
+
+    code, out, err = zoo("train", "vision/medical-lora", "scale=tiny", "train.max_steps=7", "train.checkpoint_every=1",
+                         "--out", "cut", "--resume")
+    assert code == 2 and "train.max_steps: 6 in the run, 7 now" in err  # resuming with other settings is refused
+    code, out, err = zoo(*args, "--out", "cut", "--resume")
+    assert code == 0, err
+    record = json.loads((cut / "run.json").read_text())
+    assert record["status"] == "complete" and len(record["resumes"]) == 1
+    whole, resumed = adapter_tensors(tmp_path / "whole"), adapter_tensors(cut)
+    assert whole.keys() == resumed.keys()
+    for key in whole:
+        assert torch.equal(whole[key], resumed[key]), key
+    code, out, _ = zoo(*args, "--out", "cut", "--resume")
+    assert code == 0 and "already complete" in out
+
+
+def test_default_run_directories_do_not_overwrite(zoo, tmp_path):
+    args = ("train", "vision/medical-linear", "scale=tiny", "train.max_steps=1")
+    assert zoo(*args)[0] == 0 and zoo(*args)[0] == 0
+    assert (tmp_path / "runs/tiny/vision/medical-linear/run.json").is_file()
+    assert (tmp_path / "runs/tiny/vision/medical-linear-2/run.json").is_file()
+    code, _, err = zoo(*args, "--out", "runs/tiny/vision/medical-linear")
+    assert code == 2 and "already holds a complete run" in err
