@@ -17,7 +17,6 @@ from domains.protein import backbones as protein_backbones
 from domains.protein import data as protein_data
 from zoo.backbones import BACKBONES, PretrainedUnavailable, create_backbone
 from zoo.datasets import DATASETS, DataError, load_dataset
-from zoo.peft.config import ConfigError
 from zoo.registry import UnknownNameError
 from zoo.tasks import IGNORE_INDEX, TaskModel
 
@@ -222,9 +221,15 @@ def test_prompts_on_esm_blocks_respect_padding():
     torch.testing.assert_close(features[1, : len(SEQUENCES[1]) + 2], alone[0], rtol=1e-5, atol=1e-5)
 
 
-def test_prefix_tuning_explains_why_it_cannot_apply():
-    with pytest.raises(ConfigError, match="prefix.*MultiheadAttention"):
-        zp.apply(tiny_task(), "prefix", structure=BACKBONES.get("esm2_t6_8m").structure, num_virtual_tokens=2)
+def test_prefix_tuning_replaces_the_attention_forward_until_unload():
+    """fair-esm's attention takes no key/value cache: prefix tuning gives it a forward that prepends
+    unrotated prefix keys (checked against a dense reference in test_peft_attention.py)."""
+    model = tiny_task()
+    zp.apply(model, "prefix", structure=BACKBONES.get("esm2_t6_8m").structure, num_virtual_tokens=2)
+    attentions = [layer.self_attn for layer in model.backbone.layers]
+    assert all("forward" in attention.__dict__ for attention in attentions)
+    zp.unload(model)
+    assert not any("forward" in attention.__dict__ for attention in attentions)
 
 
 def test_per_residue_labels_align_with_tokens_and_train(tmp_path):

@@ -20,7 +20,6 @@ from domains.speech import backbones as speech
 from domains.speech import data
 from zoo.backbones import BACKBONES, PretrainedUnavailable, create_backbone
 from zoo.datasets import DATASETS, DataError, load_dataset
-from zoo.peft.config import ConfigError
 from zoo.peft.structure import detect_structure
 from zoo.tasks import TaskModel
 
@@ -168,16 +167,20 @@ def test_collate_rejects_bad_examples(example, message):
         backbone.collate([(torch.ones(400), 16000), example])
 
 
-def test_structure_defaults_and_prefix_refusal():
+def test_structure_defaults_and_prefix_placement():
     model = TaskModel(create_backbone("wav2vec2_base", scale="tiny"), "classification", 2)
     assert detect_structure(model) is speech.TORCHAUDIO_WAV2VEC2
     zp.apply(model, "lora")
     wrapped = sorted(n.split("layers.")[1] for n, m in model.named_modules() if hasattr(m, "base_layer"))
     assert wrapped == ["0.attention.q_proj", "0.attention.v_proj", "1.attention.q_proj", "1.attention.v_proj"]
     other = TaskModel(create_backbone("hubert_base", scale="tiny"), "classification", 2)
-    # torchaudio's SelfAttention takes no key/value cache, so prefixes have nowhere to go.
-    with pytest.raises(ConfigError, match="prefix.*SelfAttention"):
-        zp.apply(other, "prefix", num_virtual_tokens=2)
+    # torchaudio's SelfAttention takes no key/value cache: prefix tuning gives each one a forward that
+    # prepends the prefixes (checked against a dense reference in test_peft_attention.py), undone on unload.
+    zp.apply(other, "prefix", num_virtual_tokens=2)
+    attentions = [layer.attention for layer in other.backbone.model.encoder.transformer.layers]
+    assert all("forward" in attention.__dict__ for attention in attentions)
+    zp.unload(other)
+    assert not any("forward" in attention.__dict__ for attention in attentions)
 
 
 # -- datasets -----------------------------------------------------------------------------------

@@ -127,19 +127,45 @@ def test_bad_options(bert, options, option_name):
         zp.apply(bert, "prefix", **options)
 
 
-def test_unsupported_attention_is_refused():
-    class Block(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
-            self.fc1, self.fc2 = nn.Linear(8, 16), nn.Linear(16, 8)
+class CustomAttention(nn.Module):
+    """An attention of unknown form: nothing tells where its keys and values are made."""
 
+    def __init__(self):
+        super().__init__()
+        self.qkv = nn.Linear(8, 24)
+
+    def forward(self, x):
+        return x
+
+
+def blocks_of(*attentions):
     model = nn.Sequential()
-    model.blocks = nn.Sequential(Block())
+    model.blocks = nn.Sequential()
+    for attention in attentions:
+        block = nn.Module()
+        block.attn, block.fc1, block.fc2 = attention, nn.Linear(8, 16), nn.Linear(16, 8)
+        model.blocks.append(block)
+    return model
+
+
+def test_unknown_attention_is_refused():
+    model = blocks_of(CustomAttention(), CustomAttention())
     structure = Structure(
-        name="test-mha", blocks=r"blocks\.\d+", attention="attn", attention_kind="mha", qkv="attn",
-        attention_out="attn.out_proj", ffn_in="fc1", ffn_out="fc2",
+        name="test-custom", blocks=r"blocks\.\d+", attention="attn", attention_kind="fused_qkv", qkv="attn.qkv",
+        attention_out="fc1", ffn_in="fc1", ffn_out="fc2",
     )
-    with pytest.raises(ConfigError, match="prefix"):
+    with pytest.raises(ConfigError, match="prefix: cannot insert prefixes into CustomAttention"):
         zp.apply(model, "prefix", structure=structure, modules_to_save=[])
     assert not hasattr(model, "zoo_prefix")
+
+
+def test_unsupported_multihead_attention_setting_is_refused_and_nothing_stays_patched():
+    model = blocks_of(nn.MultiheadAttention(8, 2, batch_first=True), nn.MultiheadAttention(8, 2, batch_first=True, add_bias_kv=True))
+    structure = Structure(
+        name="test-mha", blocks=r"blocks\.\d+", attention="attn", attention_kind="mha", qkv="attn",
+        attention_out="fc1", ffn_in="fc1", ffn_out="fc2",
+    )
+    with pytest.raises(ConfigError, match="prefix.*add_bias_kv"):
+        zp.apply(model, "prefix", structure=structure, modules_to_save=[])
+    assert not hasattr(model, "zoo_prefix")
+    assert all("forward" not in block.attn.__dict__ for block in model.blocks)  # the first block's patch is undone

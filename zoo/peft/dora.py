@@ -19,10 +19,13 @@ The base matmul is computed once: with ``scale = m / ||W + dW||_c``,
 Dropout (``lora_dropout``) applies to the low-rank branch only; HF PEFT also recomputes
 ``W dropout(x)`` for the magnitude term in training, which this formulation avoids.
 
-Targets: ``nn.Linear`` and ``nn.Conv2d``, and slices of a fused q/k/v Linear (``"qkv[q,v]"``,
-with one magnitude entry per adapted row). Tensors are saved under HF PEFT's names
-(``lora_A.weight``, ``lora_B.weight``, ``lora_magnitude_vector``) and ``peft_type="LORA"``
-with ``use_dora=True``, so adapters load in ``peft`` and back.
+Targets: ``nn.Linear`` and ``nn.Conv2d``, slices of a fused q/k/v Linear (``"qkv[q,v]"``,
+with one magnitude entry per adapted row), and slices of ``nn.MultiheadAttention``'s
+``in_proj_weight`` (open_clip: ``"attn[q,v]"``), where the module is called with the adapted
+weight ``m * (W + dW) / ||W + dW||_c`` in the adapted rows (its bias unchanged), as LoRA
+does there. Tensors are saved under HF PEFT's names (``lora_A.weight``, ``lora_B.weight``,
+``lora_magnitude_vector``) and, without fused slices, as ``peft_type="LORA"`` with
+``use_dora=True``, so those adapters load in ``peft`` and back.
 """
 
 from __future__ import annotations
@@ -32,10 +35,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 
 from zoo.peft.config import MethodConfig
 from zoo.peft.engine import InjectionContext
-from zoo.peft.lora import LoraConfig, LoraLayer, inject_lora_layers, lora_from_peft, lora_to_peft
+from zoo.peft.lora import (
+    LoraConfig, LoraLayer, LoraMultiheadAttention, _param_path, inject_lora_layers, lora_from_peft, lora_to_peft,
+)
 from zoo.peft.registry import register_method
 from zoo.peft.targeting import base_of
 
@@ -142,6 +148,55 @@ class DoraLayer(LoraLayer):
         return result
 
 
+class DoraMultiheadAttention(LoraMultiheadAttention):
+    """DoRA on slices of ``nn.MultiheadAttention.in_proj_weight``: the module multiplies by that
+    weight inside ``F.multi_head_attention_forward``, so it is called with the adapted weight."""
+
+    adapter_groups = DoraLayer.adapter_groups
+
+    def __init__(self, base_layer: nn.Module) -> None:
+        super().__init__(base_layer)
+        self.lora_magnitude_vector = nn.ParameterDict()
+
+    def add_adapter(self, name: str, config: LoraConfig, slices: tuple[str, ...] | None) -> None:
+        super().add_adapter(name, config, slices)
+        if isinstance(config, DoraConfig):
+            self.lora_magnitude_vector[name] = nn.Parameter(self.weight_norm(name).clone())
+
+    def weight_norm(self, name: str) -> torch.Tensor:
+        """``||W + dW||_c`` of the adapted rows, in slice order, without gradient."""
+        with torch.no_grad():
+            adapted = base_of(self.base_layer).in_proj_weight + self.delta_weight(name)
+            return torch.cat([adapted[start:end].norm(dim=1) for start, end in self.slices[name].values()])
+
+    def adapted_weight(self, name: str) -> torch.Tensor:
+        """``in_proj_weight`` with each adapted row replaced by ``m * (W + dW) / ||W + dW||_c``."""
+        weight = base_of(self.base_layer).in_proj_weight
+        adapted = weight + self.delta_weight(name)
+        scale = self.lora_magnitude_vector[name] / self.weight_norm(name)
+        rows, offset, position = [], 0, 0
+        for start, end in self.slices[name].values():
+            rows += [weight[position:start], adapted[start:end] * scale[offset : offset + end - start, None]]
+            offset, position = offset + end - start, end
+        rows.append(weight[position:])
+        return torch.cat(rows)
+
+    def merge(self, name: str) -> None:
+        if name not in self.lora_magnitude_vector:
+            return super().merge(name)
+        with torch.no_grad():
+            adapted = self.adapted_weight(name)
+            self._keep_original("base_layer.in_proj_weight").copy_(adapted)
+        self.merged_adapter = name
+
+    def forward(self, *args, **kwargs):
+        name = self.active
+        if name is None or name not in self.lora_magnitude_vector:
+            return super().forward(*args, **kwargs)
+        path = _param_path(self.base_layer, base_of(self.base_layer), "in_proj_weight")
+        return functional_call(self.base_layer, {path: self.adapted_weight(name)}, args, kwargs)
+
+
 def _rescale(
     out: torch.Tensor, update: torch.Tensor, scaling: float, scale: torch.Tensor, bias: torch.Tensor | None, bias_free: bool
 ) -> torch.Tensor:
@@ -164,4 +219,4 @@ def dora_from_peft(peft_config: dict) -> dict | None:
 
 @register_method("dora", DoraConfig, mergeable=True, peft_type="LORA", to_peft=dora_to_peft, from_peft=dora_from_peft)
 def inject_dora(context: InjectionContext, config: DoraConfig) -> None:
-    inject_lora_layers(context, config, linear_class=DoraLayer, mha_class=None)
+    inject_lora_layers(context, config, linear_class=DoraLayer, mha_class=DoraMultiheadAttention)

@@ -10,9 +10,12 @@ l starts at ones, so the adapted model starts equal to the base. Trainable: the 
 (``ia3_l``; shape ``(out, 1)`` for output scaling and ``(1, in)`` for the input scaling of
 ``feedforward_modules``, as in HF PEFT), plus ``modules_to_save``.
 
-Targets: ``nn.Linear``, and slices of a fused q/k/v Linear (timm's ``"attn.qkv[k,v]"``:
+Targets: ``nn.Linear``, slices of a fused q/k/v Linear (timm's ``"attn.qkv[k,v]"``:
 only the k and v rows are rescaled; the vector holds the selected slices in q, k, v
-order). Adapters without fused slices are saved as HF PEFT's ``IA3`` and load in ``peft``.
+order), and slices of ``nn.MultiheadAttention`` (open_clip's ``"attn[k,v]"``): the k and v
+rows of ``in_proj_weight`` and ``in_proj_bias`` are rescaled, which is the same as rescaling
+the k and v projections' outputs, and the module is called with the rescaled tensors.
+Adapters without fused slices are saved as HF PEFT's ``IA3`` and load in ``peft``.
 """
 
 from __future__ import annotations
@@ -22,13 +25,14 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.func import functional_call
 
 from zoo.peft.config import ConfigError, MethodConfig, option
 from zoo.peft.engine import InjectionContext, adapter_modules
 from zoo.peft.layers import WrappedLayer, logical_path
-from zoo.peft.lora import _slice_bounds
+from zoo.peft.lora import _param_path, _slice_bounds
 from zoo.peft.registry import register_method
-from zoo.peft.targeting import base_of, match_modules
+from zoo.peft.targeting import FUSED_SLICE_NAMES, base_of, match_modules
 
 
 @dataclass
@@ -55,6 +59,8 @@ class IA3Layer(WrappedLayer):
     """Rescales the output rows (or, for a feed-forward layer, the input) of a Linear."""
 
     adapter_groups = ("ia3_l",)
+    weight_name, bias_name = "weight", "bias"
+    """The base module's attributes holding the rescaled weight and bias."""
 
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__(base_layer)
@@ -63,7 +69,7 @@ class IA3Layer(WrappedLayer):
         self.slices: dict[str, dict[str, tuple[int, int]]] = {}
 
     def add_adapter(self, name: str, config: IA3Config, slices: tuple[str, ...] | None, feedforward: bool) -> None:
-        weight = base_of(self.base_layer).weight
+        weight = getattr(base_of(self.base_layer), self.weight_name)
         out_features, in_features = weight.shape
         bounds = _slice_bounds(out_features, slices)
         if bounds and feedforward:
@@ -87,7 +93,7 @@ class IA3Layer(WrappedLayer):
         vector = self.ia3_l[name].flatten()
         if not self.slices[name]:
             return vector
-        out_features = base_of(self.base_layer).weight.shape[0]
+        out_features = getattr(base_of(self.base_layer), self.weight_name).shape[0]
         pieces, offset, position = [], 0, 0
         for start, end in self.slices[name].values():
             if start > position:
@@ -99,16 +105,16 @@ class IA3Layer(WrappedLayer):
         return torch.cat(pieces)
 
     def merge(self, name: str) -> None:
-        base = base_of(self.base_layer)
+        bias = getattr(base_of(self.base_layer), self.bias_name)
         with torch.no_grad():
             scale = self.scale_vector(name)
-            weight = self._keep_original("base_layer.weight")
+            weight = self._keep_original(f"base_layer.{self.weight_name}")
             if self.is_feedforward[name]:
                 weight.mul_(scale.to(weight.dtype)[None, :])
             else:
                 weight.mul_(scale.to(weight.dtype)[:, None])
-                if base.bias is not None:
-                    self._keep_original("base_layer.bias").mul_(scale.to(base.bias.dtype))
+                if bias is not None:
+                    self._keep_original(f"base_layer.{self.bias_name}").mul_(scale.to(bias.dtype))
         self.merged_adapter = name
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
@@ -119,6 +125,37 @@ class IA3Layer(WrappedLayer):
         if self.is_feedforward[name]:
             return self.base_layer(x * scale, *args, **kwargs)
         return self.base_layer(x, *args, **kwargs) * scale
+
+
+class IA3MultiheadAttention(IA3Layer):
+    """Rescales rows of ``nn.MultiheadAttention``'s ``in_proj_weight`` and ``in_proj_bias``.
+
+    The module multiplies by them inside ``F.multi_head_attention_forward`` and never calls a
+    Linear for q, k or v, so it is called with the rescaled tensors instead.
+    """
+
+    weight_name, bias_name = "in_proj_weight", "in_proj_bias"
+
+    def add_adapter(self, name: str, config: IA3Config, slices: tuple[str, ...] | None, feedforward: bool) -> None:
+        base = base_of(self.base_layer)
+        if feedforward:
+            raise ConfigError(
+                "ia3: an nn.MultiheadAttention target rescales its k/v projections; it cannot be in feedforward_modules"
+            )
+        if not base._qkv_same_embed_dim:
+            raise ConfigError("ia3 on nn.MultiheadAttention needs q, k and v of the same size (kdim == vdim == embed_dim)")
+        super().add_adapter(name, config, slices or FUSED_SLICE_NAMES, feedforward=False)
+
+    def forward(self, *args, **kwargs):
+        name = self.active
+        if name is None:
+            return self.base_layer(*args, **kwargs)
+        base = base_of(self.base_layer)
+        scale = self.scale_vector(name)
+        tensors = {_param_path(self.base_layer, base, "in_proj_weight"): base.in_proj_weight * scale[:, None]}
+        if base.in_proj_bias is not None:
+            tensors[_param_path(self.base_layer, base, "in_proj_bias")] = base.in_proj_bias * scale
+        return functional_call(self.base_layer, tensors, args, kwargs)
 
 
 def _feedforward_names(context: InjectionContext, config: IA3Config) -> set[str]:
@@ -170,6 +207,7 @@ def ia3_from_peft(peft_config: dict) -> dict:
 @register_method("ia3", IA3Config, mergeable=True, peft_type="IA3", to_peft=ia3_to_peft, from_peft=ia3_from_peft)
 def inject_ia3(context: InjectionContext, config: IA3Config) -> None:
     feedforward = _feedforward_names(context, config)
-    for target in context.targets(config, allowed=(nn.Linear,)):
-        layer = context.wrap(target.name, IA3Layer, IA3Layer)
+    for target in context.targets(config, allowed=(nn.Linear, nn.MultiheadAttention)):
+        layer_class = IA3MultiheadAttention if isinstance(base_of(target.module), nn.MultiheadAttention) else IA3Layer
+        layer = context.wrap(target.name, layer_class, layer_class)
         layer.add_adapter(context.adapter_name, config, target.slices, feedforward=target.name in feedforward)

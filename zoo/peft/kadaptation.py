@@ -14,8 +14,11 @@ layers hold a reference), and u, v of each layer.
 
 The update is applied without forming it: with x reshaped to ``(n, in/n)``, term i is
 ``A_i X v_i u_i^T``, a few products of size ``n x in x r``. Targets: ``nn.Linear`` (in and
-out features divisible by n) and slices of a fused q/k/v Linear (``"qkv[q,v]"``), each slice
-with its own u, v; ``u`` and ``v`` are stored as ``(slices, n, out/n or in/n, r)``.
+out features divisible by n), slices of a fused q/k/v Linear (``"qkv[q,v]"``), each slice
+with its own u, v, and slices of ``nn.MultiheadAttention.in_proj_weight`` (open_clip's
+``"attn[q,v]"``; all three without a selector), where the dense update is added to that
+weight and the module called with the sum, as LoRA does there. ``u`` and ``v`` are stored
+as ``(slices, n, out/n or in/n, r)``.
 """
 
 from __future__ import annotations
@@ -25,13 +28,14 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.func import functional_call
 
 from zoo.peft.config import ConfigError, MethodConfig, option, require_int_positive, require_positive
 from zoo.peft.engine import InjectionContext
 from zoo.peft.layers import AdapterModule, WrappedLayer
-from zoo.peft.lora import _slice_bounds
+from zoo.peft.lora import _param_path, _slice_bounds
 from zoo.peft.registry import register_method
-from zoo.peft.targeting import base_of
+from zoo.peft.targeting import FUSED_SLICE_NAMES, base_of
 
 SHARED_NAME = "zoo_kadaptation"
 
@@ -77,6 +81,8 @@ class SharedKroneckerFactors(AdapterModule):
 
 class KAdaptationLayer(WrappedLayer):
     adapter_groups = ("kadaptation_u", "kadaptation_v")
+    weight_name = "weight"
+    """The base module's attribute holding the adapted weight."""
 
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__(base_layer)
@@ -87,8 +93,11 @@ class KAdaptationLayer(WrappedLayer):
         # References, not children: each adapter's A is registered (and saved) once, in its first layer.
         self.shared: dict[str, SharedKroneckerFactors] = {}
 
+    def projection_weight(self) -> torch.Tensor:
+        return getattr(base_of(self.base_layer), self.weight_name)
+
     def add_adapter(self, name: str, config: KAdaptationConfig, slices, shared: SharedKroneckerFactors, where: str) -> None:
-        weight = base_of(self.base_layer).weight
+        weight = self.projection_weight()
         out_features, in_features = weight.shape
         bounds = _slice_bounds(out_features, slices)
         rows = out_features // 3 if bounds else out_features  # q, k and v slices have equal size
@@ -137,15 +146,14 @@ class KAdaptationLayer(WrappedLayer):
         dense = dense.reshape(u.shape[0], n * u.shape[2], n * v.shape[2]) * self.scaling[name]
         if not self.slices[name]:
             return dense[0]
-        weight = base_of(self.base_layer).weight
-        delta = torch.zeros_like(weight)
+        delta = torch.zeros_like(self.projection_weight())
         for index, (start, end) in enumerate(self.slices[name].values()):
             delta[start:end] = dense[index]
         return delta
 
     def merge(self, name: str) -> None:
         with torch.no_grad():
-            weight = self._keep_original("base_layer.weight")
+            weight = self._keep_original(f"base_layer.{self.weight_name}")
             weight += self.delta_weight(name).to(weight.dtype)
         self.merged_adapter = name
 
@@ -162,17 +170,46 @@ class KAdaptationLayer(WrappedLayer):
         return out
 
 
+class KAdaptationMultiheadAttention(KAdaptationLayer):
+    """KAdaptation on slices of ``nn.MultiheadAttention.in_proj_weight``: the module multiplies by
+    that weight inside ``F.multi_head_attention_forward``, so it is called with ``W + dW``."""
+
+    weight_name = "in_proj_weight"
+
+    def __init__(self, base_layer: nn.Module) -> None:
+        if not base_of(base_layer)._qkv_same_embed_dim:  # then q, k and v have separate weights, no in_proj_weight
+            raise ConfigError("kadaptation on nn.MultiheadAttention needs q, k and v of the same size (kdim == vdim == embed_dim)")
+        super().__init__(base_layer)
+
+    def add_adapter(self, name: str, config: KAdaptationConfig, slices, shared: SharedKroneckerFactors, where: str) -> None:
+        super().add_adapter(name, config, slices or FUSED_SLICE_NAMES, shared, where)
+
+    def forward(self, *args, **kwargs):
+        name = self.active
+        if name is None:
+            return self.base_layer(*args, **kwargs)
+        weight = self.projection_weight() + self.delta_weight(name)
+        path = _param_path(self.base_layer, base_of(self.base_layer), self.weight_name)
+        return functional_call(self.base_layer, {path: weight}, args, kwargs)
+
+
+def _layer_class(module: nn.Module) -> type[KAdaptationLayer]:
+    return KAdaptationMultiheadAttention if isinstance(base_of(module), nn.MultiheadAttention) else KAdaptationLayer
+
+
 @register_method("kadaptation", KAdaptationConfig, mergeable=True)
 def inject_kadaptation(context: InjectionContext, config: KAdaptationConfig) -> None:
-    targets = context.targets(config, allowed=(nn.Linear,))
+    targets = context.targets(config, allowed=(nn.Linear, nn.MultiheadAttention))
     # The shared factors live in the first layer rather than on the model root, where a root
     # that calls its children in turn (nn.Sequential) would call them too.
-    first = context.wrap(targets[0].name, KAdaptationLayer, KAdaptationLayer)
+    first_class = _layer_class(targets[0].module)
+    first = context.wrap(targets[0].name, first_class, first_class)
     shared = first._modules.get(SHARED_NAME)
     if shared is None:
         shared = SharedKroneckerFactors()
         first.add_module(SHARED_NAME, shared)
-    shared.add_adapter(context.adapter_name, config.n, like=base_of(first).weight)
+    shared.add_adapter(context.adapter_name, config.n, like=first.projection_weight())
     for target in targets:
-        layer = context.wrap(target.name, KAdaptationLayer, KAdaptationLayer)
+        layer_class = _layer_class(target.module)
+        layer = context.wrap(target.name, layer_class, layer_class)
         layer.add_adapter(context.adapter_name, config, target.slices, shared, target.name)

@@ -16,9 +16,12 @@ An adapter saved here loads with ``peft.PeftModel.from_pretrained`` and vice ver
 
 How the prefix gets in: HF attention modules take a key/value cache (``past_key_values``)
 and call ``cache.update(k, v)``; a forward pre-hook passes a stand-in cache that returns
-[prefix; k] and [prefix; v], and extends the attention mask. timm's ``Attention`` reshapes
-with the token count of its input, so its forward is replaced by an equivalent one that
-concatenates the prefixes (and restored on unload).
+[prefix; k] and [prefix; v], and extends the attention mask. Attention modules that take
+no cache (timm's ``Attention``, torch's ``nn.MultiheadAttention`` as in open_clip,
+torchaudio's wav2vec2/HuBERT ``SelfAttention``, fair-esm's rotary ``MultiheadAttention``)
+get an equivalent forward that concatenates the prefixes, restored on unload; see
+:mod:`zoo.peft.prefix_attention`, which also says why prefix keys are not rotated on
+rotary models.
 """
 
 from __future__ import annotations
@@ -28,12 +31,12 @@ import inspect
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from zoo.peft.config import ConfigError, MethodConfig, option, require_int_positive
 from zoo.peft.engine import InjectionContext
 from zoo.peft.layers import AdapterModule
+from zoo.peft.prefix_attention import SUPPORTED, join_prefix, prefix_forward, prepend_attended
 from zoo.peft.registry import register_method
 from zoo.peft.targeting import base_of
 
@@ -62,27 +65,6 @@ class PrefixTuningConfig(MethodConfig):
             )
 
 
-def prepend_attended(mask: torch.Tensor | None, count: int) -> torch.Tensor | None:
-    """Extend the key axis (last) of an attention mask by ``count`` always-attended positions in front."""
-    if mask is None:
-        return None
-    if not torch.is_tensor(mask):
-        raise TypeError(
-            f"prefix tuning cannot extend an attention mask of type {type(mask).__name__}; "
-            f"use attn_implementation 'sdpa' or 'eager'"
-        )
-    # bool: True attends; float: additive bias, 0 attends; integer (1/0 padding masks): 1 attends.
-    fill = True if mask.dtype == torch.bool else (0.0 if mask.is_floating_point() else 1)
-    return torch.cat([mask.new_full((*mask.shape[:-1], count), fill), mask], dim=-1)
-
-
-def join_prefix(prefix: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
-    """[prefix; states] along the token axis: prefix (P, hidden), states (batch, heads, tokens, head_dim)."""
-    batch, heads, _, head_dim = states.shape
-    prefix = prefix.to(states.dtype).view(-1, heads, head_dim).transpose(0, 1)
-    return torch.cat([prefix.unsqueeze(0).expand(batch, -1, -1, -1), states], dim=2)
-
-
 class _PrefixKeyValues:
     """Stands in for a transformers key/value cache: ``update`` returns [prefix; keys], [prefix; values]."""
 
@@ -91,14 +73,6 @@ class _PrefixKeyValues:
 
     def update(self, key_states, value_states, layer_idx=None, cache_kwargs=None):
         return join_prefix(self.key, key_states), join_prefix(self.value, value_states)
-
-
-def _timm_attention_class():
-    try:
-        from timm.layers.attention import Attention
-    except ImportError:
-        return None
-    return Attention
 
 
 class PrefixTuning(AdapterModule):
@@ -113,29 +87,37 @@ class PrefixTuning(AdapterModule):
         self.num_layers, self.hidden = len(attentions), hidden
         self._handles: list = []
         self._patched: list[nn.Module] = []
-        timm_attention = _timm_attention_class()
-        for index, attention in enumerate(attentions):
-            parameters = inspect.signature(attention.forward).parameters
-            if "past_key_values" in parameters and "attention_mask" in parameters:
-                names = [n for n, p in parameters.items() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-                mask_index = names.index("attention_mask") if "attention_mask" in names else None
-                hook = functools.partial(self._cache_hook, index, mask_index)
-                self._handles.append(attention.register_forward_pre_hook(hook, with_kwargs=True))
-            elif timm_attention is not None and type(attention).forward is timm_attention.forward:
-                attention.forward = functools.partial(self._timm_forward, index, attention)
-                self._patched.append(attention)
-            else:
-                self.remove_hooks()
-                raise ConfigError(
-                    f"prefix: cannot insert prefixes into {type(attention).__name__}: it is neither an HF attention "
-                    f"taking attention_mask and a key/value cache (past_key_values) nor timm's Attention"
-                )
+        try:
+            for index, attention in enumerate(attentions):
+                self._attach(index, attention)
+        except ConfigError:
+            self.remove_hooks()
+            raise
         if not self._patched:
             # HF PEFT runs the model with a P-long cache, so BERT-style embeddings number the tokens
             # from P (position_ids = P .. P+T-1). Reproduce that shift so outputs equal peft's.
             for name, module in model.named_modules():
                 if "zoo_" not in name and "past_key_values_length" in inspect.signature(module.forward).parameters:
                     self._handles.append(module.register_forward_pre_hook(self._position_hook, with_kwargs=True))
+
+    def _attach(self, index: int, attention: nn.Module) -> None:
+        parameters = inspect.signature(attention.forward).parameters
+        if "past_key_values" in parameters and "attention_mask" in parameters:
+            names = [n for n, p in parameters.items() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+            mask_index = names.index("attention_mask") if "attention_mask" in names else None
+            hook = functools.partial(self._cache_hook, index, mask_index)
+            self._handles.append(attention.register_forward_pre_hook(hook, with_kwargs=True))
+            return
+        # The module itself, under any wrapper (LoRA on nn.MultiheadAttention calls it with its own weight).
+        attention = base_of(attention)
+        forward = prefix_forward(attention)
+        if forward is None:
+            raise ConfigError(
+                f"prefix: cannot insert prefixes into {type(attention).__name__}: it is neither an HF attention "
+                f"taking attention_mask and a key/value cache (past_key_values) nor {SUPPORTED}"
+            )
+        attention.forward = functools.partial(forward, self, index, attention)
+        self._patched.append(attention)
 
     def add_adapter(self, name: str, config: PrefixTuningConfig, reference: torch.Tensor) -> None:
         shape = (config.num_virtual_tokens, self.num_layers * 2 * self.hidden)
@@ -151,6 +133,11 @@ class PrefixTuning(AdapterModule):
         """Keys and values (each (P, hidden)) of layer ``index``."""
         table = self.prompt_embeddings[name].view(self.num_virtual_tokens[name], self.num_layers * 2, self.hidden)
         return table[:, 2 * index], table[:, 2 * index + 1]
+
+    def current_prefix(self, index: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Keys and values of layer ``index`` for the active adapter; None when none is active."""
+        name = self.active
+        return None if name is None else self.layer_prefix(name, index)
 
     # -- HF attention -------------------------------------------------------------
     def _cache_hook(self, index, mask_index, module, args, kwargs):
@@ -173,29 +160,6 @@ class PrefixTuning(AdapterModule):
             return args, kwargs
         return None
 
-    # -- timm Attention -------------------------------------------------------------
-    def _timm_forward(self, index, attn, x, attn_mask=None, is_causal=False):
-        name = self.active
-        if name is None:
-            return type(attn).forward(attn, x, attn_mask=attn_mask, is_causal=is_causal)
-        batch, tokens, _ = x.shape
-        gate = attn.gate(x).sigmoid() if getattr(attn, "gate", None) is not None else None
-        qkv = attn.qkv(x).reshape(batch, tokens, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        q, k = attn.q_norm(q), attn.k_norm(k)
-        prefix_k, prefix_v = self.layer_prefix(name, index)
-        k = join_prefix(prefix_k, k)
-        v = join_prefix(prefix_v, v)
-        count = self.num_virtual_tokens[name]
-        if is_causal:  # tokens see every prefix and the tokens before them
-            attn_mask = torch.ones(tokens, tokens, dtype=torch.bool, device=x.device).tril()
-        attn_mask = prepend_attended(attn_mask, count)
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=attn.attn_drop.p if attn.training else 0.0)
-        x = attn.norm(x.transpose(1, 2).reshape(batch, tokens, -1))
-        if gate is not None:
-            x = x * gate
-        return attn.proj_drop(attn.proj(x))
-
     # -- removal --------------------------------------------------------------------
     def remove_hooks(self) -> None:
         for handle in self._handles:
@@ -214,7 +178,9 @@ def _hidden_size(structure, model: nn.Module, block: str) -> int:
         return base_of(structure.submodule(model, block, structure.key)).out_features
     if structure.attention_kind == "fused_qkv":
         return base_of(structure.submodule(model, block, structure.qkv)).out_features // 3
-    raise ConfigError(f"prefix: attention of kind {structure.attention_kind!r} is not supported (separate or fused_qkv)")
+    if structure.attention_kind == "mha":
+        return base_of(structure.submodule(model, block, structure.qkv)).embed_dim
+    raise ConfigError(f"prefix: attention of kind {structure.attention_kind!r} is not supported (separate, fused_qkv or mha)")
 
 
 def _task_type(model: nn.Module) -> str | None:

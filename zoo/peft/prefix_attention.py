@@ -1,0 +1,252 @@
+"""Prefix keys and values for attention modules that take no key/value cache.
+
+HF attention modules accept a cache, through which :mod:`zoo.peft.prefix` hands them the
+prefixes. The modules below compute q, k and v inside their own forward, so prefix tuning
+replaces that forward, on the instance, by an equivalent one that prepends the layer's P
+prefix keys and values (and restores the class's forward on unload). Each forward here
+computes exactly what the original does, plus the prefixes:
+
+- timm's ``Attention`` (ViT): fused ``qkv`` Linear, ``F.scaled_dot_product_attention``.
+- torch's ``nn.MultiheadAttention`` (open_clip): q, k, v from ``in_proj_weight``/``in_proj_bias``;
+  ``attn_mask`` and ``key_padding_mask`` (bool: True = masked, or additive floats) are
+  extended so that every query attends to every prefix.
+- torchaudio's wav2vec2/HuBERT ``SelfAttention``: its additive ``attention_mask``
+  ``(batch, 1, frames, frames)`` is extended; ``position_bias`` and ``key_padding_mask`` are
+  unused there, as in the original.
+- fair-esm's ``MultiheadAttention`` (ESM-2), sequence-first, with rotary position embeddings.
+  Prefixes have no position: token queries and keys are rotated as before (positions 0..T-1)
+  and the prefix keys are used unrotated. A prefix key is a free parameter, so any fixed
+  rotation of it could be learned into it; this is what prefix tuning does on rotary models
+  in HF PEFT (LLaMA's cached past keys are not rotated again) and in LLaMA-Adapter.
+
+Every forward takes the owning :class:`~zoo.peft.prefix.PrefixTuning` (``prefixes``) and the
+layer index; ``prefixes.current_prefix(index)`` gives (keys, values), each (P, hidden), or
+None when no prefix adapter is active, in which case the original forward runs unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zoo.peft.config import ConfigError
+
+
+def prepend_attended(mask: torch.Tensor | None, count: int) -> torch.Tensor | None:
+    """Extend the key axis (last) of an attention mask by ``count`` always-attended positions in front.
+
+    For masks where True or 1 means "attend" and additive float masks (0 attends).
+    """
+    if mask is None:
+        return None
+    if not torch.is_tensor(mask):
+        raise TypeError(
+            f"prefix tuning cannot extend an attention mask of type {type(mask).__name__}; "
+            f"use attn_implementation 'sdpa' or 'eager'"
+        )
+    # bool: True attends; float: additive bias, 0 attends; integer (1/0 padding masks): 1 attends.
+    fill = True if mask.dtype == torch.bool else (0.0 if mask.is_floating_point() else 1)
+    return torch.cat([mask.new_full((*mask.shape[:-1], count), fill), mask], dim=-1)
+
+
+def join_prefix(prefix: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+    """[prefix; states] along the token axis: prefix (P, hidden), states (batch, heads, tokens, head_dim)."""
+    batch, heads, _, head_dim = states.shape
+    prefix = prefix.to(states.dtype).view(-1, heads, head_dim).transpose(0, 1)
+    return torch.cat([prefix.unsqueeze(0).expand(batch, -1, -1, -1), states], dim=2)
+
+
+# -- timm Attention ---------------------------------------------------------------------
+def timm_forward(prefixes, index, attn, x, attn_mask=None, is_causal=False):
+    prefix = prefixes.current_prefix(index)
+    if prefix is None:
+        return type(attn).forward(attn, x, attn_mask=attn_mask, is_causal=is_causal)
+    batch, tokens, _ = x.shape
+    gate = attn.gate(x).sigmoid() if getattr(attn, "gate", None) is not None else None
+    qkv = attn.qkv(x).reshape(batch, tokens, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    k, v = join_prefix(prefix[0], k), join_prefix(prefix[1], v)
+    if is_causal:  # tokens see every prefix and the tokens before them
+        attn_mask = torch.ones(tokens, tokens, dtype=torch.bool, device=x.device).tril()
+    attn_mask = prepend_attended(attn_mask, prefix[0].shape[0])
+    x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=attn.attn_drop.p if attn.training else 0.0)
+    x = attn.norm(x.transpose(1, 2).reshape(batch, tokens, -1))
+    if gate is not None:
+        x = x * gate
+    return attn.proj_drop(attn.proj(x))
+
+
+# -- torch nn.MultiheadAttention --------------------------------------------------------
+def _additive(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """nn.MultiheadAttention's masks (bool: True = do not attend; float: added) as additive floats."""
+    if mask is None:
+        return None
+    if mask.dtype == torch.bool:
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(mask, float("-inf"))
+    return mask.to(dtype)
+
+
+def multihead_forward(
+    prefixes, index, attn, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
+    average_attn_weights=True, is_causal=False,
+):
+    prefix = prefixes.current_prefix(index)
+    if prefix is None:
+        return type(attn).forward(
+            attn, query, key, value, key_padding_mask=key_padding_mask, need_weights=need_weights,
+            attn_mask=attn_mask, average_attn_weights=average_attn_weights, is_causal=is_causal,
+        )
+    if is_causal and attn_mask is None:  # as nn.MultiheadAttention: is_causal only hints that attn_mask is causal
+        raise RuntimeError("Need attn_mask if specifying the is_causal hint")
+    unbatched = query.dim() == 2
+    if unbatched:
+        query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
+        key_padding_mask = key_padding_mask.unsqueeze(0) if key_padding_mask is not None else None
+    elif not attn.batch_first:
+        query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
+    batch, tokens, _ = query.shape
+    heads, head_dim = attn.num_heads, attn.head_dim
+    weights = attn.in_proj_weight.chunk(3)
+    biases = attn.in_proj_bias.chunk(3) if attn.in_proj_bias is not None else (None, None, None)
+    split = lambda states: states.reshape(batch, states.shape[1], heads, head_dim).transpose(1, 2)
+    q, k, v = (split(F.linear(x, w, b)) for x, w, b in zip((query, key, value), weights, biases))
+    k, v = join_prefix(prefix[0], k), join_prefix(prefix[1], v)
+    mask = None
+    if attn_mask is not None:  # (tokens, keys) or (batch * heads, tokens, keys)
+        mask = _additive(attn_mask, q.dtype)
+        mask = mask.view(batch, heads, tokens, -1) if attn_mask.dim() == 3 else mask.view(1, 1, tokens, -1)
+    if key_padding_mask is not None:  # (batch, keys)
+        padding = _additive(key_padding_mask, q.dtype)[:, None, None, :]
+        mask = padding if mask is None else mask + padding
+    mask = prepend_attended(mask, prefix[0].shape[0])
+    dropout = attn.dropout if attn.training else 0.0
+    if need_weights:
+        scores = q @ k.transpose(-1, -2) * head_dim**-0.5
+        probabilities = (scores if mask is None else scores + mask).softmax(-1)
+        probabilities = F.dropout(probabilities, dropout) if dropout else probabilities
+        out = probabilities @ v
+        returned = probabilities.mean(1) if average_attn_weights else probabilities
+        returned = returned.squeeze(0) if unbatched else returned
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        returned = None
+    out = F.linear(out.transpose(1, 2).reshape(batch, tokens, -1), attn.out_proj.weight, attn.out_proj.bias)
+    if unbatched:
+        out = out.squeeze(0)
+    elif not attn.batch_first:
+        out = out.transpose(0, 1)
+    return out, returned
+
+
+def _check_multihead(attn) -> None:
+    if not attn._qkv_same_embed_dim or attn.bias_k is not None or attn.add_zero_attn:
+        raise ConfigError(
+            "prefix: nn.MultiheadAttention with kdim/vdim other than embed_dim, add_bias_kv or add_zero_attn is "
+            "not supported; prefixes go into attention with one in_proj_weight and no extra key/value"
+        )
+
+
+# -- torchaudio wav2vec2 / HuBERT SelfAttention -----------------------------------------
+def torchaudio_forward(prefixes, index, attn, x, attention_mask=None, position_bias=None, key_padding_mask=None):
+    prefix = prefixes.current_prefix(index)
+    if prefix is None:
+        return type(attn).forward(attn, x, attention_mask, position_bias, key_padding_mask)
+    batch, length, _ = x.shape
+    shape = (batch, length, attn.num_heads, attn.head_dim)
+    q, k, v = (projection(x).view(*shape).transpose(2, 1) for projection in (attn.q_proj, attn.k_proj, attn.v_proj))
+    k, v = join_prefix(prefix[0], k), join_prefix(prefix[1], v)
+    mask = prepend_attended(attention_mask, prefix[0].shape[0])  # additive (batch, 1, frames, frames)
+    dropout = attn.dropout if attn.training else 0.0
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+    return attn.out_proj(out.transpose(1, 2).reshape(batch, length, -1)), None
+
+
+# -- fair-esm MultiheadAttention (rotary) -----------------------------------------------
+def esm_forward(
+    prefixes, index, attn, query, key, value, key_padding_mask=None, incremental_state=None, need_weights=True,
+    static_kv=False, attn_mask=None, before_softmax=False, need_head_weights=False,
+):
+    prefix = prefixes.current_prefix(index)
+    if prefix is None:
+        return type(attn).forward(
+            attn, query, key, value, key_padding_mask=key_padding_mask, incremental_state=incremental_state,
+            need_weights=need_weights, static_kv=static_kv, attn_mask=attn_mask, before_softmax=before_softmax,
+            need_head_weights=need_head_weights,
+        )
+    if incremental_state is not None or static_kv or before_softmax:
+        raise RuntimeError("prefix tuning on fair-esm attention runs whole sequences: no incremental_state, static_kv or before_softmax")
+    if attn.self_attention:
+        key = value = query
+    tokens, batch, embed = query.shape  # sequence-first, as fairseq
+    heads, head_dim = attn.num_heads, attn.head_dim
+    to_heads = lambda states: states.contiguous().view(states.shape[0], batch * heads, head_dim).transpose(0, 1)
+    q = to_heads(attn.q_proj(query) * attn.scaling)
+    k, v = to_heads(attn.k_proj(key)), to_heads(attn.v_proj(value))
+    if attn.rot_emb is not None:
+        q, k = attn.rot_emb(q, k)  # tokens only: the prefixes carry no position
+    count = prefix[0].shape[0]
+    # (P, hidden) -> (batch * heads, P, head_dim), ordered as the tokens' batch * heads axis.
+    spread = lambda p: p.to(q.dtype).view(count, heads, head_dim).transpose(0, 1).expand(batch, -1, -1, -1).reshape(-1, count, head_dim)
+    k, v = torch.cat([spread(prefix[0]), k], dim=1), torch.cat([spread(prefix[1]), v], dim=1)
+    scores = torch.bmm(q, k.transpose(1, 2))
+    if attn_mask is not None:  # additive (tokens, keys)
+        scores = scores + prepend_attended(attn_mask, count).unsqueeze(0)
+    if key_padding_mask is not None:  # (batch, keys), True / 1 = padding
+        padding = torch.cat([key_padding_mask.new_zeros(batch, count), key_padding_mask], dim=1).to(torch.bool)
+        scores = scores.view(batch, heads, tokens, -1).masked_fill(padding[:, None, None, :], float("-inf"))
+        scores = scores.view(batch * heads, tokens, -1)
+    probabilities_float = F.softmax(scores.float(), dim=-1)  # float softmax, as fair-esm's utils_softmax
+    probabilities = F.dropout(probabilities_float.type_as(scores), p=attn.dropout, training=attn.training)
+    out = torch.bmm(probabilities, v).transpose(0, 1).contiguous().view(tokens, batch, embed)
+    out = attn.out_proj(out)
+    weights = None
+    if need_weights or need_head_weights:
+        weights = probabilities_float.view(batch, heads, tokens, -1).type_as(out).transpose(1, 0)
+        if not need_head_weights:
+            weights = weights.mean(dim=0)
+    return out, weights
+
+
+def _check_esm(attn) -> None:
+    if attn.bias_k is not None or attn.add_zero_attn:
+        raise ConfigError("prefix: fair-esm attention with add_bias_kv or add_zero_attn is not supported")
+
+
+# -- dispatch -----------------------------------------------------------------------------
+def _library_class(module: str, name: str) -> type | None:
+    try:
+        return getattr(__import__(module, fromlist=[name]), name)
+    except ImportError:
+        return None
+
+
+_KINDS = (
+    # (module, class, forward, configuration check); the library is imported only when needed
+    ("timm.layers.attention", "Attention", timm_forward, None),
+    ("torch.nn", "MultiheadAttention", multihead_forward, _check_multihead),
+    ("torchaudio.models.wav2vec2.components", "SelfAttention", torchaudio_forward, None),
+    ("esm.multihead_attention", "MultiheadAttention", esm_forward, _check_esm),
+)
+SUPPORTED = "timm's Attention, torch's nn.MultiheadAttention, torchaudio's wav2vec2 SelfAttention or fair-esm's MultiheadAttention"
+
+
+def prefix_forward(attention: nn.Module) -> Callable | None:
+    """The prefix-aware forward for ``attention``, or None when its class is none of the known ones.
+
+    Only a class whose forward is the library's own qualifies: a subclass that overrides it
+    may compute something else. Raises ConfigError for a known class in a setting not supported.
+    """
+    forward_function = type(attention).forward
+    for module, name, forward, check in _KINDS:
+        if type(attention).__module__.split(".")[0] != module.split(".")[0]:
+            continue  # not from this library: no need to import it
+        cls = _library_class(module, name)
+        if cls is not None and forward_function is cls.forward:
+            if check is not None:
+                check(attention)
+            return forward
+    return None
