@@ -53,15 +53,36 @@ class TokensTask:
 
 def settings(strategy: str) -> TrainSettings:
     return TrainSettings(lr=5e-3, epochs=2, batch_size=8, grad_accum=2, warmup_ratio=0.2, log_every=2,
-                         strategy=strategy, device="cpu", eval_every=3)
+                         strategy=strategy, device="cpu", eval_every=3, checkpoint_every=2)
 
 
-def train(out_dir: str, strategy: str) -> None:
+class Killed(Exception):
+    pass
+
+
+def kill_at(step: int):
+    def callback(trainer, current):
+        if current == step:
+            raise Killed
+
+    return callback
+
+
+def train(out_dir: str, name: str) -> None:
+    """``name`` is a strategy, optionally with ``-resumed``: killed after step 5, then resumed from step 4 (mid-epoch)."""
     from zoo import peft
 
+    strategy, _, resumed = name.partition("-")
+    data = TokensDataset(48, seed=1), TokensDataset(16, seed=2)
+    if resumed:
+        trainer = Trainer(build(), TokensTask(), *data, settings(strategy), out_dir, callbacks=[kill_at(5)])
+        try:
+            trainer.fit()
+        except Killed:
+            pass
     model = build()
-    trainer = Trainer(model, TokensTask(), TokensDataset(48, seed=1), TokensDataset(16, seed=2), settings(strategy), out_dir)
-    result = trainer.fit()
+    trainer = Trainer(model, TokensTask(), *data, settings(strategy), out_dir)
+    result = trainer.fit(resume=bool(resumed))
     with trainer.full_weights():  # every process enters: under FSDP it gathers the shards
         if is_main_process():
             peft.save_adapter(model, f"{out_dir}/adapter")

@@ -22,14 +22,16 @@ def adapter(run_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def test_two_processes_ddp_and_fsdp_match_one_process(tmp_path, monkeypatch):
+    """DDP, FSDP, and FSDP killed after step 5 and resumed from its (gathered) step-4 checkpoint."""
     distributed_run.train(str(tmp_path / "single"), "ddp")  # this process, world size 1
     monkeypatch.chdir(REPO)  # the launched module is found from the repository root
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    assert launch(2, [str(tmp_path / "two"), "ddp", "fsdp"], module="tests.train.distributed_run") == 0
+    strategies = ["ddp", "fsdp", "fsdp-resumed"]
+    assert launch(2, [str(tmp_path / "two"), *strategies], module="tests.train.distributed_run") == 0
 
     expected = adapter(tmp_path / "single")
     assert any(value.abs().max() > 1e-3 for key, value in expected.items() if "lora_B" in key)  # it trained
-    for strategy in ("ddp", "fsdp"):
+    for strategy in strategies:
         run_dir = tmp_path / "two" / strategy
         got = adapter(run_dir)
         assert got.keys() == expected.keys()

@@ -200,3 +200,13 @@ def test_progress_bar_on_a_terminal_only(tmp_path, monkeypatch):
             assert "4/4" in text and "loss=" in text and "val_accuracy=" in text and ("step/s" in text or "s/step" in text)
         else:
             assert "loss=" not in text
+
+
+def test_worker_processes_do_not_change_the_data_order(tmp_path):
+    states = []
+    for workers in (0, 2):
+        model = TinyClassifier()
+        settings = TrainSettings(epochs=2, batch_size=16, num_workers=workers, device="cpu")
+        Trainer(model, PointsTask(), PointsDataset(48), None, settings, tmp_path / str(workers)).fit()
+        states.append(trainable_state(model))
+    assert all(torch.equal(states[0][name], states[1][name]) for name in states[0])
