@@ -210,3 +210,10 @@ def test_worker_processes_do_not_change_the_data_order(tmp_path):
         Trainer(model, PointsTask(), PointsDataset(48), None, settings, tmp_path / str(workers)).fit()
         states.append(trainable_state(model))
     assert all(torch.equal(states[0][name], states[1][name]) for name in states[0])
+
+
+def test_fit_runs_once_per_trainer(tmp_path):
+    trainer = Trainer(TinyClassifier(), PointsTask(), PointsDataset(16), None, TrainSettings(max_steps=1), tmp_path)
+    trainer.fit()
+    with pytest.raises(RuntimeError, match="once per Trainer"):
+        trainer.fit()

@@ -122,6 +122,7 @@ class Trainer:
         self.training_model: nn.Module = model
         self.optimizer: torch.optim.Optimizer | None = None
         self.checkpoint_dir = self.run_dir / ckpt.CHECKPOINT_DIR
+        self._fit_called = False
 
     # -- set-up -----------------------------------------------------------------------------------
     def _prepare(self) -> None:
@@ -180,6 +181,9 @@ class Trainer:
     def fit(self, resume: bool = False) -> TrainResult:
         """Train to ``max_steps`` / ``epochs`` or early stopping; ``resume`` continues from the last checkpoint."""
         started = time.perf_counter()
+        if self._fit_called:  # the optimizer and schedule carry state: a second fit would not start afresh
+            raise RuntimeError("Trainer.fit() runs once per Trainer; make a new Trainer (fit(resume=True) continues a run)")
+        self._fit_called = True
         self._prepare()
         last = self.checkpoint_dir / ckpt.LAST_NAME
         resumed = resume and last.exists()

@@ -33,5 +33,9 @@ class TrainTask(Protocol):
         ...
 
     def evaluate(self, model: nn.Module, dataset: Dataset, batch_size: int) -> dict[str, float]:
-        """Metrics over the whole ``dataset`` (the model is in eval mode, gradients off)."""
+        """Metrics over the whole ``dataset`` (the model is in eval mode, gradients off).
+
+        Batches go to the model's device (``zoo.train.move_to_device(batch, device)``). Under
+        several processes every process evaluates the whole dataset (FSDP needs them all).
+        """
         ...
