@@ -9,21 +9,21 @@ from __future__ import annotations
 import importlib
 from importlib.metadata import entry_points
 
-_loaded = False
+_names: list[str] | None = None
 _loading = False
 
 
 def load_domains() -> list[str]:
     """Import every registered domain package once; returns their names."""
-    global _loaded, _loading
-    names = [ep.name for ep in entry_points(group="zoo.domains")]
-    if _loaded or _loading:
-        return names
+    global _names, _loading
+    if _names is not None or _loading:
+        return _names or []
     _loading = True
     try:
-        for entry in entry_points(group="zoo.domains"):
+        found = list(entry_points(group="zoo.domains"))
+        for entry in found:
             importlib.import_module(entry.value)
-        _loaded = True
+        _names = [entry.name for entry in found]
     finally:
         _loading = False
-    return names
+    return _names
