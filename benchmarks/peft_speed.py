@@ -19,7 +19,11 @@ zoo is measured both with ``qkv[q,v]`` (its default) and with ``qkv`` (like for 
 Timing: one process holds every variant of a model (each a deep copy of the same
 seeded backbone, fed the same batch). After warm-up, rounds alternate between
 variants in a rotating order so that drift of the machine spreads over all of them;
-each figure is the median of the single-step times.
+each figure is the median of the single-step wall times. Beside the ratio of medians the
+table gives the ratio of the fastest steps and of the median CPU time of the process;
+on a machine shared with other jobs, ``--threads 1`` makes the CPU-time ratio the
+steadiest figure (with 2 threads, OpenMP threads spin while waiting for a descheduled
+sibling, so wall and CPU time both inflate).
 
 Peak memory: CPU allocations of torch are invisible to tracemalloc, so each variant
 runs in its own subprocess. After importing the libraries and building the base model
@@ -164,12 +168,12 @@ class Trainer:
         self.parameters = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.parameters, lr=1e-4)
 
-    def step(self) -> float:
-        start = time.perf_counter()
-        loss_of(self.family, self.model, self.batch).backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return time.perf_counter() - start
+    def step(self) -> tuple[float, float]:
+        with Stopwatch() as watch:
+            loss_of(self.family, self.model, self.batch).backward()
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return watch.wall, watch.cpu
 
     @property
     def trainable(self) -> int:
@@ -177,13 +181,24 @@ class Trainer:
 
 
 # -- timing -------------------------------------------------------------------------
-def interleaved(runners: dict[str, callable], s: Settings, rounds: int, per_round: int) -> dict[str, list[float]]:
+class Stopwatch:
+    """Wall time and this process's CPU time (all threads) of a ``with`` block."""
+
+    def __enter__(self) -> "Stopwatch":
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
+
+
+def interleaved(runners: dict[str, callable], s: Settings, rounds: int, per_round: int) -> dict[str, list[tuple[float, float]]]:
     """Warm up every runner, then time them in rounds with a rotating order."""
     names = list(runners)
     for name in names:
         for _ in range(s.warmup):
             runners[name]()
-    times: dict[str, list[float]] = {name: [] for name in names}
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
     for round_index in range(rounds):
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
@@ -192,11 +207,13 @@ def interleaved(runners: dict[str, callable], s: Settings, rounds: int, per_roun
     return times
 
 
-def summary(samples: list[float]) -> dict:
-    ordered = sorted(samples)
+def summary(samples: list[tuple[float, float]]) -> dict:
+    walls, cpus = [w for w, _ in samples], [c for _, c in samples]
+    ordered = sorted(walls)
     quartiles = statistics.quantiles(ordered, n=4) if len(ordered) > 1 else [ordered[0]] * 3
     return {"median_ms": 1e3 * statistics.median(ordered), "min_ms": 1e3 * ordered[0], "p25_ms": 1e3 * quartiles[0],
-            "p75_ms": 1e3 * quartiles[2], "samples_ms": [round(1e3 * t, 2) for t in samples]}
+            "p75_ms": 1e3 * quartiles[2], "cpu_median_ms": 1e3 * statistics.median(cpus),
+            "samples_ms": [round(1e3 * w, 2) for w in walls], "cpu_samples_ms": [round(1e3 * c, 2) for c in cpus]}
 
 
 def time_training(family: str, names: list[str], s: Settings) -> dict[str, dict]:
@@ -231,11 +248,10 @@ def time_inference(family: str, s: Settings) -> dict:
         difference = (forward(family, merged, batch) - forward(family, adapted, batch)).abs().max().item()
 
     def runner(model):
-        def run() -> float:
-            start = time.perf_counter()
-            with torch.inference_mode():
+        def run() -> tuple[float, float]:
+            with Stopwatch() as watch, torch.inference_mode():
                 forward(family, model, batch)
-            return time.perf_counter() - start
+            return watch.wall, watch.cpu
         return run
 
     models = {"base": base, "merged": merged, "unmerged": adapted}
@@ -305,10 +321,8 @@ def ratio_rows(family: str, timing: dict, memory: dict, inference: dict) -> list
     def mib(name):
         return memory.get(name, {}).get("peak_delta_mib")
 
-    def fastest(name):
-        if name in ("base", "merged", "unmerged"):
-            return inference[name]["min_ms"]
-        return step(name, "min_ms")
+    def statistic(name, key):
+        return inference[name][key] if name in ("base", "merged", "unmerged") else step(name, key)
 
     def row(what, numerator, denominator, unit, target=None, limit=None):
         # numerator/denominator are variant names; step rows also get the ratio of the fastest steps,
@@ -316,13 +330,14 @@ def ratio_rows(family: str, timing: dict, memory: dict, inference: dict) -> list
         value = {"ms": step, "MiB": mib, "inference": lambda n: inference[n]["median_ms"]}[unit]
         top, bottom = value(numerator), value(denominator)
         ratio = top / bottom if top and bottom else None
-        ratio_min = None
+        ratio_min = ratio_cpu = None
         if unit != "MiB" and ratio is not None:
-            ratio_min = fastest(numerator) / fastest(denominator)
+            ratio_min = statistic(numerator, "min_ms") / statistic(denominator, "min_ms")
+            ratio_cpu = statistic(numerator, "cpu_median_ms") / statistic(denominator, "cpu_median_ms")
         ok = None if ratio is None or limit is None else limit(ratio)
         return {"model": family, "comparison": what, "numerator": numerator, "denominator": denominator,
                 "value": top, "peer": bottom, "unit": "MiB" if unit == "MiB" else "ms", "ratio": ratio,
-                "ratio_of_min": ratio_min, "target": target or "", "ok": ok}
+                "ratio_of_min": ratio_min, "ratio_of_cpu_time": ratio_cpu, "target": target or "", "ok": ok}
 
     at_most = lambda bound: (lambda r: r <= bound)
     about_one = lambda r: 0.95 <= r <= 1.05
@@ -361,13 +376,13 @@ def markdown(rows: list[dict], results: dict) -> str:
     def times(value):
         return "n/a" if value is None else f"{value:.3f}x"
 
-    lines = ["| model | comparison | zoo / numerator | peer / denominator | ratio (median) | ratio (min) | target | ok |",
-             "|---|---|---:|---:|---:|---:|---|---|"]
+    lines = ["| model | comparison | zoo / numerator | peer / denominator | ratio (median) | ratio (min) | ratio (CPU time) "
+             "| target | ok |", "|---|---|---:|---:|---:|---:|---:|---|---|"]
     for r in rows:
         ok = {None: "", True: "yes", False: "NO"}[r["ok"]]
         lines.append(f"| {r['model']} | {r['comparison']} | {number(r['value'], r['unit'])} | "
                      f"{number(r['peer'], r['unit'])} | {times(r['ratio'])} | {'' if r['unit'] == 'MiB' else times(r['ratio_of_min'])} "
-                     f"| {r['target']} | {ok} |")
+                     f"| {'' if r['unit'] == 'MiB' else times(r['ratio_of_cpu_time'])} | {r['target']} | {ok} |")
     lines += ["", "| model | variant | step median (ms) | min (ms) | p25-p75 (ms) | peak memory delta (MiB) | trainable params |",
               "|---|---|---:|---:|---:|---:|---:|"]
     for family, result in results.items():
@@ -470,7 +485,8 @@ def main() -> None:
     print(markdown(rows, results))
     print(f"\nwall time {elapsed:.0f} s; other processes used {100 * contention['other_fraction']:.0f}% and "
           f"hypervisor steal {100 * contention['steal_fraction']:.0f}% of the {os.cpu_count()} CPUs meanwhile "
-          f"(high values make the median ratios noisy; the ratio of the fastest steps is then the better guide)")
+          f"(high values make the median ratios noisy: compare the ratio of the fastest steps, or run with "
+          f"--threads 1 and read the CPU-time ratio)")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"settings": asdict(s), "quick": args.quick, "dora_available": dora,
