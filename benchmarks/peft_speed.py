@@ -314,56 +314,50 @@ def measure_memory(family: str, names: list[str], s: Settings) -> dict[str, dict
 
 
 # -- report -------------------------------------------------------------------------
-def ratio_rows(family: str, timing: dict, memory: dict, inference: dict) -> list[dict]:
-    def step(name, statistic="median_ms"):
-        return timing.get(name, {}).get(statistic)
-
-    def mib(name):
-        return memory.get(name, {}).get("peak_delta_mib")
-
-    def statistic(name, key):
-        return inference[name][key] if name in ("base", "merged", "unmerged") else step(name, key)
-
-    def row(what, numerator, denominator, unit, target=None, limit=None):
-        # numerator/denominator are variant names; step rows also get the ratio of the fastest steps,
-        # which is less sensitive to other processes competing for the CPU than the median.
-        value = {"ms": step, "MiB": mib, "inference": lambda n: inference[n]["median_ms"]}[unit]
-        top, bottom = value(numerator), value(denominator)
-        ratio = top / bottom if top and bottom else None
-        ratio_min = ratio_cpu = None
-        if unit != "MiB" and ratio is not None:
-            ratio_min = statistic(numerator, "min_ms") / statistic(denominator, "min_ms")
-            ratio_cpu = statistic(numerator, "cpu_median_ms") / statistic(denominator, "cpu_median_ms")
-        ok = None if ratio is None or limit is None else limit(ratio)
-        return {"model": family, "comparison": what, "numerator": numerator, "denominator": denominator,
-                "value": top, "peer": bottom, "unit": "MiB" if unit == "MiB" else "ms", "ratio": ratio,
-                "ratio_of_min": ratio_min, "ratio_of_cpu_time": ratio_cpu, "target": target or "", "ok": ok}
-
-    at_most = lambda bound: (lambda r: r <= bound)
-    about_one = lambda r: 0.95 <= r <= 1.05
+def comparisons(family: str) -> list[tuple]:
+    """``(label, numerator, denominator, kind, target, (low, high) or None)`` for one model."""
+    # (zoo variant, note against peft, note alone): on ViT zoo runs with qkv[q,v] and with qkv
+    lora = [("zoo_lora_qv", " (qkv[q,v] vs peft qkv)", " (qkv[q,v])"), ("zoo_lora", " (qkv vs qkv)", " (qkv)")]
+    lora = lora if family == "vit" else [("zoo_lora", "", "")]
+    dora = [(name.replace("lora", "dora"), note, short) for name, note, short in lora]
     rows = []
-    lora_pairs = [("zoo_lora_qv", "qkv[q,v] vs peft qkv"), ("zoo_lora", "qkv vs qkv")] if family == "vit" else [("zoo_lora", "")]
-    for zoo_name, note in lora_pairs:
-        label = f"lora zoo/peft{' (' + note + ')' if note else ''}"
-        rows.append(row(f"{label}: step", zoo_name, "peft_lora", "ms", "<= 0.95x", at_most(0.95)))
-        rows.append(row(f"{label}: memory", zoo_name, "peft_lora", "MiB", "<= 1.00x", at_most(1.0)))
-    dora_pairs = [("zoo_dora_qv", "qkv[q,v] vs peft qkv"), ("zoo_dora", "qkv vs qkv")] if family == "vit" else [("zoo_dora", "")]
-    for zoo_name, note in dora_pairs:
-        label = f"dora zoo/peft{' (' + note + ')' if note else ''}"
-        rows.append(row(f"{label}: step", zoo_name, "peft_dora", "ms"))
-        rows.append(row(f"{label}: memory", zoo_name, "peft_dora", "MiB"))
-    suffixes = ["_qv", ""] if family == "vit" else [""]
-    for suffix in suffixes:
-        rows.append(row(f"dora/lora zoo{' ' + suffix[1:] if suffix else ''}: step", "zoo_dora" + suffix,
-                        "zoo_lora" + suffix, "ms", "<= 1.10x", at_most(1.10)))
-    rows.append(row("dora/lora peft (context): step", "peft_dora", "peft_lora", "ms"))
-    for suffix in suffixes:
-        rows.append(row(f"lora zoo{' ' + suffix[1:] if suffix else ''}/floor: step", "zoo_lora" + suffix,
-                        "floor", "ms"))
-    rows.append(row("peft lora/floor (context): step", "peft_lora", "floor", "ms"))
-    rows.append(row("merged/base: inference", "merged", "base", "inference",
-                    "= 1.00x (0.95-1.05)", about_one))
-    rows.append(row("unmerged lora/base (context): inference", "unmerged", "base", "inference"))
+    for zoo_name, note, _ in lora:
+        rows.append((f"lora zoo/peft{note}: step", zoo_name, "peft_lora", "step", "<= 0.95x", (0, 0.95)))
+        rows.append((f"lora zoo/peft{note}: memory", zoo_name, "peft_lora", "memory", "<= 1.00x", (0, 1.0)))
+    for zoo_name, note, _ in dora:
+        rows.append((f"dora zoo/peft{note}: step", zoo_name, "peft_dora", "step", "", None))
+        rows.append((f"dora zoo/peft{note}: memory", zoo_name, "peft_dora", "memory", "", None))
+    for (lora_name, _, short), (dora_name, _, _) in zip(lora, dora):
+        rows.append((f"dora/lora zoo{short}: step", dora_name, lora_name, "step", "<= 1.10x", (0, 1.10)))
+    rows.append(("dora/lora peft (context): step", "peft_dora", "peft_lora", "step", "", None))
+    for lora_name, _, short in lora:
+        rows.append((f"lora zoo/floor{short}: step", lora_name, "floor", "step", "", None))
+    rows.append(("lora peft/floor (context): step", "peft_lora", "floor", "step", "", None))
+    rows.append(("merged/base: inference", "merged", "base", "inference", "= 1.00x (0.95-1.05)", (0.95, 1.05)))
+    rows.append(("unmerged lora/base (context): inference", "unmerged", "base", "inference", "", None))
+    return rows
+
+
+def ratio_rows(family: str, result: dict) -> list[dict]:
+    rows = []
+    for label, numerator, denominator, kind, target, bounds in comparisons(family):
+        source = {"step": result["train"], "memory": result["memory"], "inference": result["inference"]}[kind]
+        top, bottom = source.get(numerator, {}), source.get(denominator, {})
+
+        def ratio(key):
+            return top[key] / bottom[key] if top.get(key) and bottom.get(key) else None
+
+        key = "peak_delta_mib" if kind == "memory" else "median_ms"
+        median = ratio(key)
+        rows.append({
+            "model": family, "comparison": label, "numerator": numerator, "denominator": denominator,
+            "value": top.get(key), "peer": bottom.get(key), "unit": "MiB" if kind == "memory" else "ms",
+            "ratio": median,
+            # less sensitive to other processes competing for the CPU than the ratio of medians
+            "ratio_of_min": None if kind == "memory" else ratio("min_ms"),
+            "ratio_of_cpu_time": None if kind == "memory" else ratio("cpu_median_ms"),
+            "target": target, "ok": None if median is None or bounds is None else bounds[0] <= median <= bounds[1],
+        })
     return rows
 
 
@@ -380,9 +374,9 @@ def markdown(rows: list[dict], results: dict) -> str:
              "| target | ok |", "|---|---|---:|---:|---:|---:|---:|---|---|"]
     for r in rows:
         ok = {None: "", True: "yes", False: "NO"}[r["ok"]]
+        extra = "| | |" if r["unit"] == "MiB" else f"| {times(r['ratio_of_min'])} | {times(r['ratio_of_cpu_time'])} |"
         lines.append(f"| {r['model']} | {r['comparison']} | {number(r['value'], r['unit'])} | "
-                     f"{number(r['peer'], r['unit'])} | {times(r['ratio'])} | {'' if r['unit'] == 'MiB' else times(r['ratio_of_min'])} "
-                     f"| {'' if r['unit'] == 'MiB' else times(r['ratio_of_cpu_time'])} | {r['target']} | {ok} |")
+                     f"{number(r['peer'], r['unit'])} | {times(r['ratio'])} {extra} {r['target']} | {ok} |")
     lines += ["", "| model | variant | step median (ms) | min (ms) | p25-p75 (ms) | peak memory delta (MiB) | trainable params |",
               "|---|---|---:|---:|---:|---:|---:|"]
     for family, result in results.items():
@@ -473,10 +467,9 @@ def main() -> None:
     for family in args.models.split(","):
         names = [n for n in variants_for(family) if dora or "dora" not in n.split("_")[1:2]]
         memory = measure_memory(family, names, s)
-        train = time_training(family, names, s)
-        inference = time_inference(family, s)
-        results[family] = {"train": train, "memory": memory, "inference": inference}
-        rows += ratio_rows(family, train, memory, inference)
+        results[family] = {"train": time_training(family, names, s), "memory": memory,
+                           "inference": time_inference(family, s)}
+        rows += ratio_rows(family, results[family])
     elapsed = time.perf_counter() - started
     contention = load.report(elapsed)
 
