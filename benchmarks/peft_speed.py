@@ -34,7 +34,7 @@ reset works because it cannot be reset and a child inherits the parent's peak ac
 fork/exec. The figure holds adapter and head copies, gradients, AdamW state,
 activations kept for backward and allocator overhead.
 
-    python benchmarks/peft_speed.py            # defaults, a few minutes on 2 cores
+    python benchmarks/peft_speed.py            # defaults: about 6 minutes on 2 idle cores
     python benchmarks/peft_speed.py --quick    # small models, a smoke run
 """
 
