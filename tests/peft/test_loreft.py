@@ -35,7 +35,8 @@ def reference_logits(base, base_blocks, adapted_blocks, selected, run):
             delta = torch.einsum("rd,btr->btd", r, torch.einsum("rd,btd->btr", w, h) + b - torch.einsum("rd,btd->btr", r, h))
             if selected is not None:
                 delta = delta * selected[..., None]
-            return h + delta
+            # transformers 4 blocks return a tuple (hidden, ...), transformers 5 ones a tensor
+            return (h + delta, *output[1:]) if isinstance(output, tuple) else h + delta
 
         handles.append(base_block.register_forward_hook(edit))
     try:

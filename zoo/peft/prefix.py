@@ -14,8 +14,8 @@ tensor ``prompt_embeddings`` of shape (P, num_layers * 2 * hidden); viewed as
 (P, num_layers * 2, hidden), layer i's keys are ``[:, 2i]`` and its values ``[:, 2i + 1]``.
 An adapter saved here loads with ``peft.PeftModel.from_pretrained`` and vice versa.
 
-How the prefix gets in: HF attention modules take a key/value cache (``past_key_values``)
-and call ``cache.update(k, v)``; a forward pre-hook passes a stand-in cache that returns
+How the prefix gets in: HF attention modules take a key/value cache (``past_key_values`` in
+transformers 4.5x, ``cache`` in 5.x) and call ``cache.update(k, v)``; a forward pre-hook passes a stand-in cache that returns
 [prefix; k] and [prefix; v], and extends the attention mask. Attention modules that take
 no cache (timm's ``Attention``, torch's ``nn.MultiheadAttention`` as in open_clip,
 torchaudio's wav2vec2/HuBERT ``SelfAttention``, fair-esm's rotary ``MultiheadAttention``)
@@ -43,6 +43,15 @@ from zoo.peft.targeting import base_of
 ROOT_NAME = "zoo_prefix"
 PEFT_KEY = "prompt_embeddings"
 ZOO_KEY = f"base_model.{ROOT_NAME}.prompt_embeddings"
+# What HF attention modules call their key/value cache argument: ``past_key_values`` up to
+# transformers 4.57, ``cache`` from 5.0 (``past_key_value`` before 4.56).
+CACHE_ARGUMENTS = ("past_key_values", "cache", "past_key_value")
+# What HF embedding modules call the offset of their first position id (4.x, 5.x).
+POSITION_OFFSET_ARGUMENTS = ("past_key_values_length", "cache_length")
+
+
+def _first_parameter(parameters, names: tuple[str, ...]) -> str | None:
+    return next((name for name in names if name in parameters), None)
 
 
 @dataclass
@@ -71,7 +80,7 @@ class _PrefixKeyValues:
     def __init__(self, key: torch.Tensor, value: torch.Tensor) -> None:
         self.key, self.value = key, value  # (P, hidden)
 
-    def update(self, key_states, value_states, layer_idx=None, cache_kwargs=None):
+    def update(self, key_states, value_states, layer_idx=None, *_, **__):
         return join_prefix(self.key, key_states), join_prefix(self.value, value_states)
 
 
@@ -97,15 +106,18 @@ class PrefixTuning(AdapterModule):
             # HF PEFT runs the model with a P-long cache, so BERT-style embeddings number the tokens
             # from P (position_ids = P .. P+T-1). Reproduce that shift so outputs equal peft's.
             for name, module in model.named_modules():
-                if "zoo_" not in name and "past_key_values_length" in inspect.signature(module.forward).parameters:
-                    self._handles.append(module.register_forward_pre_hook(self._position_hook, with_kwargs=True))
+                offset = _first_parameter(inspect.signature(module.forward).parameters, POSITION_OFFSET_ARGUMENTS)
+                if "zoo_" not in name and offset is not None:
+                    hook = functools.partial(self._position_hook, offset)
+                    self._handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
 
     def _attach(self, index: int, attention: nn.Module) -> None:
         parameters = inspect.signature(attention.forward).parameters
-        if "past_key_values" in parameters and "attention_mask" in parameters:
+        cache_argument = _first_parameter(parameters, CACHE_ARGUMENTS)
+        if cache_argument is not None and "attention_mask" in parameters:
             names = [n for n, p in parameters.items() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
             mask_index = names.index("attention_mask") if "attention_mask" in names else None
-            hook = functools.partial(self._cache_hook, index, mask_index)
+            hook = functools.partial(self._cache_hook, index, mask_index, cache_argument)
             self._handles.append(attention.register_forward_pre_hook(hook, with_kwargs=True))
             return
         # The module itself, under any wrapper (LoRA on nn.MultiheadAttention calls it with its own weight).
@@ -114,7 +126,7 @@ class PrefixTuning(AdapterModule):
         if forward is None:
             raise ConfigError(
                 f"prefix: cannot insert prefixes into {type(attention).__name__}: it is neither an HF attention "
-                f"taking attention_mask and a key/value cache (past_key_values) nor {SUPPORTED}"
+                f"taking attention_mask and a key/value cache ({' or '.join(CACHE_ARGUMENTS)}) nor {SUPPORTED}"
             )
         attention.forward = functools.partial(forward, self, index, attention)
         self._patched.append(attention)
@@ -140,13 +152,13 @@ class PrefixTuning(AdapterModule):
         return None if name is None else self.layer_prefix(name, index)
 
     # -- HF attention -------------------------------------------------------------
-    def _cache_hook(self, index, mask_index, module, args, kwargs):
+    def _cache_hook(self, index, mask_index, cache_argument, module, args, kwargs):
         name = self.active
         if name is None:
             return None
-        if kwargs.get("past_key_values") is not None:
+        if any(kwargs.get(argument) is not None for argument in CACHE_ARGUMENTS):
             raise RuntimeError("prefix tuning supplies the attention's past keys/values itself; call the model without a cache (use_cache=False)")
-        kwargs["past_key_values"] = _PrefixKeyValues(*self.layer_prefix(name, index))
+        kwargs[cache_argument] = _PrefixKeyValues(*self.layer_prefix(name, index))
         count = self.num_virtual_tokens[name]
         if "attention_mask" in kwargs or mask_index is None or len(args) <= mask_index:
             kwargs["attention_mask"] = prepend_attended(kwargs.get("attention_mask"), count)
@@ -154,9 +166,9 @@ class PrefixTuning(AdapterModule):
             args = (*args[:mask_index], prepend_attended(args[mask_index], count), *args[mask_index + 1 :])
         return args, kwargs
 
-    def _position_hook(self, module, args, kwargs):
+    def _position_hook(self, offset_argument, module, args, kwargs):
         if self.active is not None:
-            kwargs["past_key_values_length"] = self.num_virtual_tokens[self.active]
+            kwargs[offset_argument] = self.num_virtual_tokens[self.active]
             return args, kwargs
         return None
 
@@ -188,7 +200,8 @@ def _task_type(model: nn.Module) -> str | None:
     for suffix, task in suffixes.items():
         if type(model).__name__.endswith(suffix):
             return task
-    return "FEATURE_EXTRACTION" if "past_key_values" in inspect.signature(model.forward).parameters else None
+    takes_cache = _first_parameter(inspect.signature(model.forward).parameters, CACHE_ARGUMENTS) is not None
+    return "FEATURE_EXTRACTION" if takes_cache else None
 
 
 def prefix_to_peft(config: PrefixTuningConfig, model: nn.Module, adapter_name: str) -> dict | None:

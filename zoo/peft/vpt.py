@@ -164,6 +164,10 @@ def _extend_mask(prompts: VisualPrompts, name: str, args: tuple, kwargs: dict):
             kwargs[key] = insert_attended(kwargs[key], prompts.cls_tokens, count, tokens)
     if len(args) > 1 and torch.is_tensor(args[1]):  # HF encoders pass the mask second, positionally
         args = (args[0], insert_attended(args[1], prompts.cls_tokens, count, tokens), *args[2:])
+    position = kwargs.get("cache_position")
+    if torch.is_tensor(position) and position.shape[-1] == tokens:
+        # transformers 4's T5 sizes its relative position bias by cache_position, so it must count the prompts too
+        kwargs["cache_position"] = torch.arange(tokens + count, device=position.device)
     if kwargs.get("is_causal"):
         raise RuntimeError("vpt: prompts are inserted into the sequence, which a causal block cannot take")
     return args, kwargs
