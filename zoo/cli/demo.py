@@ -12,8 +12,6 @@ import copy
 import json
 from pathlib import Path
 
-import torch
-
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("demo", help="train a PEFT method on a tiny random backbone (no download)")
@@ -39,7 +37,9 @@ def _options(pairs: list[str]) -> dict:
     return options
 
 
-def _backbone(kind: str) -> tuple[torch.nn.Module, dict, torch.Tensor]:
+def _backbone(kind: str) -> tuple[torch.nn.Module, dict, torch.Tensor]:  # noqa: F821  (imported lazily)
+    import torch
+
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
     if kind == "bert":
@@ -61,6 +61,8 @@ def _backbone(kind: str) -> tuple[torch.nn.Module, dict, torch.Tensor]:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     import zoo.peft as zp
 
     model, inputs, labels = _backbone(args.backbone)

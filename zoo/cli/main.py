@@ -1,4 +1,9 @@
-"""Entry point of the ``zoo`` console script."""
+"""Entry point of the ``zoo`` console script.
+
+Exit status: 0 on success; 2 for bad input (a recipe, override, path or name), reported as one
+line; 1 when a backbone library does not load (torchaudio built for another torch, say),
+reported with the broken package, the reason and the fix command, as ``zoo doctor`` does.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +14,9 @@ import sys
 import warnings
 
 from zoo import __version__
-from zoo.cli import cp, demo, eval, info, ls, train, validate
+from zoo.cli import cp, demo, doctor, eval, info, ls, train, validate
 
-SUBCOMMANDS = (ls, train, eval, validate, cp, info, demo)
+SUBCOMMANDS = (ls, train, eval, validate, cp, info, demo, doctor)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,9 +62,18 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stdout = open(os.devnull, "w")
         return 0
-    except _errors() as error:
-        print(f"zoo {args.command}: error: {error}", file=sys.stderr)
-        return 2
+    except Exception as error:
+        from zoo.environment import diagnose
+
+        # A library that does not load (ImportError, linker OSError) says so, not a traceback from inside it.
+        problem = diagnose(error)
+        if problem is not None:
+            print(problem.report(f"zoo {args.command}"), file=sys.stderr)
+            return 1
+        if isinstance(error, _errors()):
+            print(f"zoo {args.command}: error: {error}", file=sys.stderr)
+            return 2
+        raise
 
 
 if __name__ == "__main__":
