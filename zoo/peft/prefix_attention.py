@@ -26,6 +26,7 @@ None when no prefix adapter is active, in which case the original forward runs u
 
 from __future__ import annotations
 
+import sys
 from typing import Callable
 
 import torch
@@ -218,10 +219,10 @@ def _check_esm(attn) -> None:
 
 # -- dispatch -----------------------------------------------------------------------------
 def _library_class(module: str, name: str) -> type | None:
-    try:
-        return getattr(__import__(module, fromlist=[name]), name)
-    except ImportError:
-        return None
+    # An attention of that class exists only once its library is imported: look, never import here,
+    # so a library that fails to load is not mistaken for one that is absent.
+    loaded = sys.modules.get(module)
+    return getattr(loaded, name, None) if loaded is not None else None
 
 
 _KINDS = (
