@@ -120,7 +120,7 @@ def model_card(
         "## Files",
         "",
         "`config.yaml` (resolved configuration), `run.json` (status, command, timings), `metrics.jsonl` (training "
-        "and validation log), `tensorboard/` (events), `checkpoints/` (best and last, for `--resume`), `adapter/` "
+        "and validation log), `tensorboard/` (events), `checkpoints/` (best, last and the one before it, for `--resume`), `adapter/` "
         "(the final adapter, best validation weights), `eval_results.json`, `README.md` (this card).",
         "",
     ]

@@ -124,6 +124,8 @@ def run(args: argparse.Namespace) -> int:
     trainer = Trainer(built.model, built.task, built.datasets["train"], built.datasets.get("val"), settings, run_dir)
     try:
         result = trainer.fit(resume=args.resume)
+        if main and trainer.resumed_from is not None:
+            print(f"  resumed from {trainer.resumed_from}")
         test_metrics = trainer.evaluate(built.datasets["test"]) if "test" in built.datasets else None
     except KeyboardInterrupt:
         if main:
