@@ -28,7 +28,7 @@ from torch.utils.data import Dataset, Subset
 import zoo.peft as zp
 from zoo.backbones import BACKBONES, BackboneSpec, PretrainedUnavailable, create_backbone
 from zoo.config import RunConfig
-from zoo.datasets import DATASETS, DataError, DatasetSpec, data_root, dataset_dir, load_dataset
+from zoo.datasets import DATASETS, DataError, DatasetSpec, data_root, dataset_dir, load_dataset, local_copy_present
 from zoo.download import ChecksumWarning, DownloadError
 from zoo.peft.config import ConfigError
 from zoo.peft.report import ParameterReport
@@ -114,7 +114,7 @@ def _data_hint(config: RunConfig, spec: DatasetSpec) -> str:
     for name in DATASETS.names():
         other = DATASETS.get(name)
         if name != spec.name and other.domain == spec.domain and other.task == spec.task and other.folder and other.files:
-            if all((dataset_dir(other, root) / f.path).exists() for f in other.files):
+            if local_copy_present(other, dataset_dir(other, root)):
                 present.append(name)
     where = f"{spec.folder}/" if spec.folder else ""
     files = ", ".join(where + f.path for f in spec.files) if spec.files else f"the files of {spec.name}"

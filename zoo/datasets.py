@@ -4,7 +4,9 @@ Every dataset has a canonical source (URL + sha256 per file), a folder under the
 root, a loader for that layout and a tiny synthetic fixture in the same layout for tests.
 The data root is, in order: the ``root`` argument (config key ``data.root``), the
 environment variable ``ZOO_DATA_DIR``, then ``~/.cache/zoo/data``. An existing local copy
-is always read as is; a missing file is downloaded and verified.
+is always read as is: the canonical files, or any other layout the dataset documents
+(``DatasetSpec.local_layouts``, e.g. a held-out TSV copy). Only when neither is there is a
+missing file downloaded and verified.
 """
 
 from __future__ import annotations
@@ -59,6 +61,9 @@ class DatasetSpec:
     folder: str | None
     """Folder under the data root; None for generic formats where ``root`` is the data itself."""
     files: tuple[RemoteFile, ...] = ()
+    local_layouts: tuple[tuple[str, ...], ...] = ()
+    """Other sets of files (under the dataset folder) that the loader reads as a whole local copy;
+    when every file of one of them is there, nothing is downloaded."""
     splits: tuple[str, ...] = ("train", "val", "test")
     num_classes: int | None = None
     licence: str = ""
@@ -88,12 +93,27 @@ def dataset_dir(spec: DatasetSpec, root: str | os.PathLike | None = None) -> Pat
     return base / spec.folder if spec.folder else base
 
 
+def local_layout(spec: DatasetSpec, directory: Path) -> tuple[str, ...] | None:
+    """The first of ``spec.local_layouts`` whose files are all in ``directory``; None if none is."""
+    for layout in spec.local_layouts:
+        if all((directory / name).exists() for name in layout):
+            return layout
+    return None
+
+
+def local_copy_present(spec: DatasetSpec, directory: Path) -> bool:
+    """Whether ``directory`` holds a copy the loader reads as it is: every canonical file, or a local layout."""
+    return all((directory / f.path).exists() for f in spec.files) or local_layout(spec, directory) is not None
+
+
 def ensure_files(
     spec: DatasetSpec, root: str | os.PathLike | None = None, allow_download: bool = True, split: str | None = None
 ) -> Path:
     """The dataset folder with every canonical file present (downloaded and verified if missing);
-    with ``split``, only the files that split needs."""
+    with ``split``, only the files that split needs. A folder in one of the dataset's local layouts
+    is used as it is: its loader knows which file each split reads."""
     directory = dataset_dir(spec, root)
+    in_local_layout = local_layout(spec, directory) is not None
     for remote in spec.files:
         if split is not None and remote.split not in (None, split):
             continue
@@ -101,6 +121,8 @@ def ensure_files(
         if path.exists():
             if remote.unpack is None:
                 check_local_copy(path, remote.sha256, f"dataset {spec.name}", md5=remote.md5)
+        elif in_local_layout:
+            continue
         elif allow_download and remote.unpack is not None:
             _download_and_unpack(remote, directory, f"dataset {spec.name}")
         elif allow_download:
