@@ -28,7 +28,10 @@ from torch.utils.data import Dataset, Subset
 import zoo.peft as zp
 from zoo.backbones import BACKBONES, BackboneSpec, PretrainedUnavailable, create_backbone
 from zoo.config import RunConfig
-from zoo.datasets import DATASETS, DataError, DatasetSpec, data_root, dataset_dir, load_dataset
+from zoo.datasets import (
+    DATASETS, DataError, DatasetSpec, SplitSource, data_root, dataset_dir, describe_split, load_dataset, load_noting_checksums,
+    local_copy_present,
+)
 from zoo.download import ChecksumWarning, DownloadError
 from zoo.peft.config import ConfigError
 from zoo.peft.report import ParameterReport
@@ -58,6 +61,8 @@ class BuiltRun:
     datasets: dict[str, Dataset] = field(default_factory=dict)
     """By role: ``train``, ``val``, ``test`` (those the config asks for)."""
     data_dir: Path | None = None
+    sources: dict[str, SplitSource] = field(default_factory=dict)
+    """By role: the file each dataset was read from, its rows and checksum (for the model card)."""
 
 
 def _lookup(registry: Any, name: str, key: str) -> Any:
@@ -114,7 +119,7 @@ def _data_hint(config: RunConfig, spec: DatasetSpec) -> str:
     for name in DATASETS.names():
         other = DATASETS.get(name)
         if name != spec.name and other.domain == spec.domain and other.task == spec.task and other.folder and other.files:
-            if all((dataset_dir(other, root) / f.path).exists() for f in other.files):
+            if local_copy_present(other, dataset_dir(other, root)):
                 present.append(name)
     where = f"{spec.folder}/" if spec.folder else ""
     files = ", ".join(where + f.path for f in spec.files) if spec.files else f"the files of {spec.name}"
@@ -133,6 +138,12 @@ def _data_hint(config: RunConfig, spec: DatasetSpec) -> str:
 
 
 def load_split(config: RunConfig, resolved: Resolved, split: str) -> tuple[Dataset, Path]:
+    dataset, directory, _ = load_split_source(config, resolved, split)
+    return dataset, directory
+
+
+def load_split_source(config: RunConfig, resolved: Resolved, split: str) -> tuple[Dataset, Path | None, SplitSource]:
+    """The split, its folder, and what it was read from."""
     spec = resolved.dataset
     options = dict(config.data.options)
     try:
@@ -140,10 +151,13 @@ def load_split(config: RunConfig, resolved: Resolved, split: str) -> tuple[Datas
             directory = fixture_root(spec) / (spec.folder or "data")
             with warnings.catch_warnings():  # a synthetic fixture is never the canonical file; no need to say so
                 warnings.simplefilter("ignore", ChecksumWarning)
-                return spec.load(directory, split, **options), directory
+                dataset = spec.load(directory, split, **options)
+            return dataset, directory, describe_split(spec, dataset, split, directory)
         directory = dataset_dir(spec, config.data.root) if spec.folder or config.data.root else None
-        dataset = load_dataset(spec.name, split, config.data.root, allow_download=config.data.download, **options)
-        return dataset, directory
+        dataset, differing = load_noting_checksums(
+            lambda: load_dataset(spec.name, split, config.data.root, allow_download=config.data.download, **options)
+        )
+        return dataset, directory, describe_split(spec, dataset, split, directory, differing)
     except TypeError as error:
         if "unexpected keyword" not in str(error):
             raise
@@ -160,17 +174,20 @@ def _subset(dataset: Dataset, limit: int | None, seed: int) -> Dataset:
     return Subset(dataset, indices)
 
 
-def load_datasets(config: RunConfig, resolved: Resolved, roles: tuple[str, ...] = ("train", "val", "test")) -> tuple[dict[str, Dataset], Path | None]:
+def load_datasets(
+    config: RunConfig, resolved: Resolved, roles: tuple[str, ...] = ("train", "val", "test")
+) -> tuple[dict[str, Dataset], Path | None, dict[str, SplitSource]]:
     datasets: dict[str, Dataset] = {}
+    sources: dict[str, SplitSource] = {}
     directory = None
     for role in roles:
         split = getattr(config.data, SPLIT_KEYS[role])
         if split is None:
             continue
-        dataset, directory = load_split(config, resolved, split)
+        dataset, directory, sources[role] = load_split_source(config, resolved, split)
         limit = config.data.max_train_examples if role == "train" else config.data.max_eval_examples
         datasets[role] = _subset(dataset, limit, config.train.seed)
-    return datasets, directory
+    return datasets, directory, sources
 
 
 def num_outputs(config: RunConfig, resolved: Resolved, train_set: Dataset | None = None) -> int | None:
@@ -235,10 +252,10 @@ def build_model(
 def build_run(config: RunConfig, roles: tuple[str, ...] = ("train", "val", "test")) -> BuiltRun:
     """Datasets first (cheap to check), then the backbone, the task model and the method."""
     resolved = resolve(config)
-    datasets, directory = load_datasets(config, resolved, roles)
+    datasets, directory, sources = load_datasets(config, resolved, roles)
     outputs = num_outputs(config, resolved, datasets.get("train") or next(iter(datasets.values()), None))
     model, task = build_model(config, resolved, outputs)
-    return BuiltRun(config, resolved, model, task, datasets, directory)
+    return BuiltRun(config, resolved, model, task, datasets, directory, sources)
 
 
 def check_method_applies(config: RunConfig) -> ParameterReport:
@@ -261,7 +278,7 @@ def data_status(config: RunConfig, resolved: Resolved) -> str:
     missing = [f for f in spec.files if not (directory / f.path).exists()]
     if not spec.files:
         return f"present at {directory}" if directory.exists() else f"missing: {directory} does not exist"
-    if not missing:
+    if not missing or local_copy_present(spec, directory):
         return f"present at {directory}"
     what = ", ".join(f.path for f in missing)
     if config.data.download:
@@ -284,8 +301,8 @@ def load_run(run_dir: str | os.PathLike, roles: tuple[str, ...] = ()) -> BuiltRu
             + ("; resume it with zoo train ... --resume" if state != "complete" else "")
         )
     resolved = resolve(config)
-    datasets, directory = load_datasets(config, resolved, roles)
+    datasets, directory, sources = load_datasets(config, resolved, roles)
     outputs = read_json(run_dir / RUN_FILE).get("num_outputs") or num_outputs(config, resolved, datasets.get("train"))
     model, task = build_model(config, resolved, outputs, apply_method=False)
     zp.load_adapter(model, adapter, structure=resolved.backbone.structure)
-    return BuiltRun(config, resolved, model.eval(), task, datasets, directory)
+    return BuiltRun(config, resolved, model.eval(), task, datasets, directory, sources)

@@ -4,7 +4,9 @@ Every dataset has a canonical source (URL + sha256 per file), a folder under the
 root, a loader for that layout and a tiny synthetic fixture in the same layout for tests.
 The data root is, in order: the ``root`` argument (config key ``data.root``), the
 environment variable ``ZOO_DATA_DIR``, then ``~/.cache/zoo/data``. An existing local copy
-is always read as is; a missing file is downloaded and verified.
+is always read as is: the canonical files, or any other layout the dataset documents
+(``DatasetSpec.local_layouts``, e.g. a held-out TSV copy). Only when neither is there is a
+missing file downloaded and verified.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import shutil
 import tarfile
 import tempfile
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +23,7 @@ from typing import Any, Callable
 
 from torch.utils.data import Dataset
 
-from zoo.download import check_local_copy, download
+from zoo.download import ChecksumWarning, check_local_copy, download, sha256_of
 from zoo.registry import Registry
 
 TASK_KINDS = ("classification", "regression", "per_residue", "retrieval", "generation")
@@ -59,6 +62,9 @@ class DatasetSpec:
     folder: str | None
     """Folder under the data root; None for generic formats where ``root`` is the data itself."""
     files: tuple[RemoteFile, ...] = ()
+    local_layouts: tuple[tuple[str, ...], ...] = ()
+    """Other sets of files (under the dataset folder) that the loader reads as a whole local copy;
+    when every file of one of them is there, nothing is downloaded."""
     splits: tuple[str, ...] = ("train", "val", "test")
     num_classes: int | None = None
     licence: str = ""
@@ -88,12 +94,27 @@ def dataset_dir(spec: DatasetSpec, root: str | os.PathLike | None = None) -> Pat
     return base / spec.folder if spec.folder else base
 
 
+def local_layout(spec: DatasetSpec, directory: Path) -> tuple[str, ...] | None:
+    """The first of ``spec.local_layouts`` whose files are all in ``directory``; None if none is."""
+    for layout in spec.local_layouts:
+        if all((directory / name).exists() for name in layout):
+            return layout
+    return None
+
+
+def local_copy_present(spec: DatasetSpec, directory: Path) -> bool:
+    """Whether ``directory`` holds a copy the loader reads as it is: every canonical file, or a local layout."""
+    return all((directory / f.path).exists() for f in spec.files) or local_layout(spec, directory) is not None
+
+
 def ensure_files(
     spec: DatasetSpec, root: str | os.PathLike | None = None, allow_download: bool = True, split: str | None = None
 ) -> Path:
     """The dataset folder with every canonical file present (downloaded and verified if missing);
-    with ``split``, only the files that split needs."""
+    with ``split``, only the files that split needs. A folder in one of the dataset's local layouts
+    is used as it is: its loader knows which file each split reads."""
     directory = dataset_dir(spec, root)
+    in_local_layout = local_layout(spec, directory) is not None
     for remote in spec.files:
         if split is not None and remote.split not in (None, split):
             continue
@@ -101,6 +122,8 @@ def ensure_files(
         if path.exists():
             if remote.unpack is None:
                 check_local_copy(path, remote.sha256, f"dataset {spec.name}", md5=remote.md5)
+        elif in_local_layout:
+            continue
         elif allow_download and remote.unpack is not None:
             _download_and_unpack(remote, directory, f"dataset {spec.name}")
         elif allow_download:
@@ -151,3 +174,73 @@ def load_dataset(
     if not directory.exists():
         raise DataError(f"dataset {name}: folder {directory} does not exist; set data.root / ZOO_DATA_DIR correctly")
     return spec.load(directory, split, **options)
+
+
+# -- what was read ----------------------------------------------------------------------
+# Model cards and `zoo ls datasets` report the files actually read, since a local copy may be a subset or
+# a re-split of the canonical one (the shared SST-2 dev.tsv is 6,735 rows of GLUE's train set, not GLUE's dev).
+@dataclass(frozen=True)
+class SplitSource:
+    split: str
+    rows: int
+    """Examples in the split as read (before any data.max_*_examples subset)."""
+    file: Path | None
+    """The file read; None when a split comes from a folder of files (e.g. audio clips)."""
+    sha256: str | None = None
+    selection: str = ""
+    """Which rows of ``file``, when not all (a split made from one file)."""
+    canonical: bool | None = None
+    """False: the file's checksum differs from the canonical one; None: no difference was found (or nothing
+    was checked: a held-out layout has no canonical checksum)."""
+
+    def summary(self) -> str:
+        """``train: train.tsv, 60,614 rows, sha256 3c5a1b2d9e0f (differs from the canonical file)``."""
+        where = self.file.name if self.file else "files in the dataset folder"
+        where += f" ({self.selection})" if self.selection else ""
+        text = f"{self.split}: {where}, {self.rows:,} rows"
+        text += f", sha256 {self.sha256[:12]}" if self.sha256 else ""
+        return text + (" (differs from the canonical file)" if self.canonical is False else "")
+
+
+def describe_split(
+    spec: DatasetSpec, dataset: Dataset, split: str, directory: Path | None, differing: set[Path] = frozenset()
+) -> SplitSource:
+    """Where a loaded split came from: the dataset's ``source`` file if it names one, else the one canonical
+    file its split reads. ``differing``: files a ChecksumWarning named while it was loaded."""
+    file = getattr(dataset, "source", None)
+    if not (isinstance(file, (str, os.PathLike)) and Path(file).is_file()):
+        candidates = [directory / f.path for f in spec.files if f.split in (None, split) and f.unpack is None] if directory else []
+        file = candidates[0] if len(candidates) == 1 and candidates[0].is_file() else None
+    file = Path(file) if file is not None else None
+    canonical = False if file is not None and file.resolve() in {p.resolve() for p in differing} else None
+    return SplitSource(
+        split=split, rows=len(dataset), file=file, sha256=sha256_of(file) if file is not None else None,
+        selection=getattr(dataset, "selection", "") or "", canonical=canonical,
+    )
+
+
+def load_noting_checksums(load: Callable[[], Dataset]) -> tuple[Dataset, set[Path]]:
+    """``load()``, and the files its ChecksumWarnings name (passed on, so they are still shown)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dataset = load()
+    for warning in caught:
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    return dataset, {w.message.path for w in caught if isinstance(w.message, ChecksumWarning) and w.message.path}
+
+
+def describe_local_copy(spec: DatasetSpec, root: str | os.PathLike | None = None) -> list[str]:
+    """One line per split of the copy under the data root (file, rows, checksum), read as a run would read
+    it; empty when there is no local copy there. Nothing is downloaded."""
+    directory = dataset_dir(spec, root)
+    if spec.folder is None or not directory.exists() or not local_copy_present(spec, directory):
+        return []
+    lines = []
+    for split in spec.splits:
+        try:
+            dataset, differing = load_noting_checksums(lambda: load_dataset(spec.name, split, root, allow_download=False))
+        except (DataError, FileNotFoundError) as error:
+            lines.append(f"{split}: cannot be read ({' '.join(str(error).split())})")
+            continue
+        lines.append(describe_split(spec, dataset, split, directory, differing).summary())
+    return lines

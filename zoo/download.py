@@ -23,7 +23,11 @@ class DownloadError(RuntimeError):
 
 
 class ChecksumWarning(UserWarning):
-    """A local copy differs from the canonical file."""
+    """A local copy differs from the canonical file; ``path`` is that copy."""
+
+    def __init__(self, message: str, path: Path | None = None) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 def sha256_of(path: str | os.PathLike, chunk_size: int = 1 << 20, algorithm: str = "sha256") -> str:
@@ -41,9 +45,11 @@ def check_local_copy(path: Path, sha256: str | None, what: str, md5: str | None 
         actual = sha256_of(path, algorithm=algorithm)
         if actual != expected:
             warnings.warn(
-                f"{what}: local file {path} has {algorithm} {actual[:12]}..., not the canonical {expected[:12]}...; "
-                f"using it as given (a subset or another version of the official file)",
-                ChecksumWarning,
+                ChecksumWarning(
+                    f"{what}: local file {path} has {algorithm} {actual[:12]}..., not the canonical {expected[:12]}...; "
+                    f"using it as given (a subset or another version of the official file)",
+                    path,
+                ),
                 stacklevel=3,
             )
     return path

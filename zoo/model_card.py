@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from zoo.config import RunConfig
+from zoo.datasets import SplitSource
 from zoo.peft.report import ParameterReport
 
 
@@ -28,6 +29,37 @@ def _metrics_table(results: dict[str, Any], main_metric: str) -> list[str]:
     return lines
 
 
+# What a recipe's free-text description speaks of: when an override changes one of these, the text no longer
+# describes the run (`text/sst2-lora backbone.name=minilm_l6` would still say RoBERTa-base).
+DESCRIBED_KEYS = ("method", "backbone.name", "data.name")
+
+
+def described_changes(recipe_config: RunConfig, config: RunConfig) -> list[str]:
+    """``key=value`` for each override that changes the method, backbone or dataset of the recipe."""
+    before, after = recipe_config.to_dict(), config.to_dict()
+    changes = []
+    for key in DESCRIBED_KEYS:
+        section, _, name = key.partition(".")
+        old, new = before.get(section) or {}, after.get(section) or {}
+        names = [name] if name else sorted(set(old) | set(new), key=lambda k: (k != "name", k))
+        changes += [f"{section}.{k}={new.get(k)}" for k in names if old.get(k) != new.get(k)]
+    return changes
+
+
+def _data_read(sources: dict[str, SplitSource], rows_used: dict[str, int]) -> list[str]:
+    lines = ["| split | file | rows | sha256 | |", "|---|---|---|---|---|"]
+    for role, source in sources.items():
+        label = role if source.split == role else f"{role} (split {source.split})"
+        where = f"`{source.file}`" if source.file else "the dataset folder's files"
+        where += f" ({source.selection})" if source.selection else ""
+        used = rows_used.get(role, source.rows)
+        rows = f"{source.rows:,}" if used == source.rows else f"{used:,} of {source.rows:,} (seeded subset)"
+        digest = f"`{source.sha256[:12]}`" if source.sha256 else ""
+        note = "differs from the canonical file" if source.canonical is False else ""
+        lines.append(f"| {label} | {where} | {rows} | {digest} | {note} |")
+    return lines
+
+
 def model_card(
     *,
     recipe: str,
@@ -42,7 +74,12 @@ def model_card(
     training: dict[str, Any],
     data_dir: Path | None,
     run_dir: Path,
+    sources: dict[str, SplitSource] | None = None,
+    rows_used: dict[str, int] | None = None,
+    changed: list[str] = (),
 ) -> str:
+    """``sources``: what each split was read from; ``rows_used``: examples per split after any subset;
+    ``changed``: the overrides that changed what the recipe's description speaks of (:func:`described_changes`)."""
     method = config.method
     options = ", ".join(f"{k}={v}" for k, v in method.options.items() if v is not None) or "defaults"
     if config.tiny:
@@ -64,8 +101,14 @@ def model_card(
     lines = [
         f"# {recipe}: {method.name} on {backbone_spec.name} for {dataset_spec.name}",
         "",
+        f"Ran `{method.name}`" + (f" ({options})" if options != "defaults" else "")
+        + f" on `{backbone_spec.name}` for `{dataset_spec.name}`.",
+        "",
     ]
-    if config.description:
+    if changed:  # the recipe's own text would describe another run
+        lines += [f"The recipe `{recipe}` was run with overrides that change what its description says "
+                  f"({', '.join(f'`{c}`' for c in changed)}); see the table below for what ran.", ""]
+    elif config.description:
         lines += [config.description, ""]
     if config.tiny:
         lines += [
@@ -77,7 +120,8 @@ def model_card(
         "| | |",
         "|---|---|",
         f"| Backbone | {backbone} |",
-        f"| Data | {dataset}" + (f"; read from `{data_dir}`" if data_dir and not config.tiny else "") + " |",
+        f"| Data | {dataset}" + (f"; read from `{data_dir}`" if data_dir and not config.tiny else "")
+        + ("; files below" if sources else "") + " |",
         f"| Task | {task_kind}; model selection on validation `{main_metric}` |",
         f"| Method | `{method.name}` ({options}) |",
         f"| Trainable parameters | {report.trainable:,} of {report.total:,} ({100 * report.trainable_fraction:.4f}%), "
@@ -92,6 +136,7 @@ def model_card(
         + (f", {training['seconds']:.1f} s" if training.get("seconds") else "")
         + " |",
         "",
+        *(["## Data read", "", *_data_read(sources, rows_used or {}), ""] if sources else []),
         "## Results",
         "",
         *_metrics_table(results, main_metric),
@@ -120,8 +165,8 @@ def model_card(
         "## Files",
         "",
         "`config.yaml` (resolved configuration), `run.json` (status, command, timings), `metrics.jsonl` (training "
-        "and validation log), `tensorboard/` (events), `checkpoints/` (best and last, for `--resume`), `adapter/` "
-        "(the final adapter, best validation weights), `eval_results.json`, `README.md` (this card).",
+        "and validation log), `tensorboard/` (events), `checkpoints/` (best, last and the one before it, for "
+        "`--resume`), `adapter/` (the final adapter, best validation weights), `eval_results.json`, `README.md` (this card).",
         "",
     ]
     return "\n".join(lines)

@@ -22,10 +22,13 @@ from zoo.download import check_local_copy
 
 
 class TextClassification(Dataset):
-    """Texts with integer labels; ``label_names[i]`` names class i."""
+    """Texts with integer labels; ``label_names[i]`` names class i. ``source`` is the file read and
+    ``selection`` which of its rows, when not all (e.g. a split made from one file)."""
 
-    def __init__(self, texts: Sequence[str], labels: Sequence[int], label_names: Sequence[str], source: Path) -> None:
+    def __init__(self, texts: Sequence[str], labels: Sequence[int], label_names: Sequence[str], source: Path,
+                 selection: str = "") -> None:
         self.texts, self.labels, self.label_names, self.source = list(texts), list(labels), list(label_names), source
+        self.selection = selection
 
     @property
     def num_classes(self) -> int:
@@ -191,27 +194,41 @@ register_dataset(
         splits=("train", "val"),
         num_classes=2,
         licence="research use (Stanford Sentiment Treebank; GLUE)",
-        description="SST-2 binary sentiment of movie-review phrases; val is GLUE's dev set",
+        description="SST-2 binary sentiment of movie-review phrases: train = train.tsv, val = dev.tsv (GLUE's 872-"
+        "sentence dev set in the canonical archive; a local copy's dev.tsv may be another slice)",
     )
 )
 
 # -- AG News ----------------------------------------------------------------------------
 # Zhang, Zhao and LeCun 2015 (char-CNN release): train.csv / test.csv with quoted rows
 # "class index (1-4)","title","description"; the text is title and description joined by a space, as
-# torchtext builds it. MD5s as torchtext publishes them. A val split is read from dev.tsv
-# (`text<TAB>class name`, no header), a layout for held-out copies such as the one in shared/data; it is not
-# part of the canonical release. Any split may also be given in that TSV layout (train.tsv, test.tsv).
+# torchtext builds it. MD5s as torchtext publishes them. There is no official val split. Local layouts,
+# each read as it is without a download:
+#   - train.csv / test.csv (canonical), or train.tsv / test.tsv (`text<TAB>class name`, no header);
+#     val, if wanted, is dev.tsv in the TSV layout;
+#   - dev.tsv alone (a held-out copy such as shared/data's: 10,001 rows drawn from the official train
+#     set). With no train file to train on, dev.tsv is split by line number, a rule anyone can redo with
+#     awk: lines ending in 9 are val, lines ending in 0 are test, the rest train (10,001 lines: 8,001 /
+#     1,000 / 1,000). Its test split is therefore not the official test set.
 AGNEWS_BASE_URL = "https://raw.githubusercontent.com/mhjabreel/CharCnn_Keras/master/data/ag_news_csv"
 AGNEWS_MD5 = {"train.csv": "b1a00f826fdfbd249f79597b59e1dc12", "test.csv": "d52ea96a97a2d943681189a97654912d"}
 AGNEWS_LABELS = ("World", "Sports", "Business", "Sci/Tech")
 AGNEWS_TSV = {"train": "train.tsv", "val": "dev.tsv", "test": "test.tsv"}
 AGNEWS_CSV = {"train": "train.csv", "test": "test.csv"}
+AGNEWS_DEV_ONLY = {"val": 9, "test": 0}
+"""dev.tsv alone: the last digit of the line numbers of each held-out split; the other lines are train."""
+
+
+def _agnews_dev_split(line_number: int) -> str:
+    return next((split for split, digit in AGNEWS_DEV_ONLY.items() if line_number % 10 == digit), "train")
 
 
 def load_agnews(directory: Path, split: str) -> TextClassification:
-    texts, labels = [], []
+    texts, labels, selection = [], [], ""
     csv_path = directory / AGNEWS_CSV.get(split, "-")
     tsv_path = directory / AGNEWS_TSV[split]
+    dev_path = directory / AGNEWS_TSV["val"]
+    dev_only = dev_path.exists() and not any((directory / files["train"]).exists() for files in (AGNEWS_CSV, AGNEWS_TSV))
     if csv_path.exists():
         path = csv_path
         for line_number, row in read_csv(path):
@@ -221,16 +238,21 @@ def load_agnews(directory: Path, split: str) -> TextClassification:
                 raise DataError(f"{path}, line {line_number}: class index {row[0]!r} is out of range; allowed 1..4")
             labels.append(int(row[0]) - 1)
             texts.append(f"{row[1].strip()} {row[2].strip()}".strip())
-    elif tsv_path.exists():
-        path = tsv_path
+    elif tsv_path.exists() or dev_only:
+        path = dev_path if dev_only else tsv_path
         for line_number, (text, name) in read_tsv(path, columns=2):
-            labels.append(parse_label(name.strip(), AGNEWS_LABELS, f"{path}, line {line_number}"))
-            texts.append(text.strip())
+            label = parse_label(name.strip(), AGNEWS_LABELS, f"{path}, line {line_number}")  # every line checked
+            if not dev_only or _agnews_dev_split(line_number) == split:
+                labels.append(label)
+                texts.append(text.strip())
+        if dev_only:
+            selection = (f"lines ending in {AGNEWS_DEV_ONLY[split]}" if split in AGNEWS_DEV_ONLY else
+                         f"lines not ending in {' or '.join(map(str, AGNEWS_DEV_ONLY.values()))}")
     else:
         where = f"{csv_path.name} (canonical CSV) or {tsv_path.name}" if split in AGNEWS_CSV else tsv_path.name
         raise FileNotFoundError(f"dataset agnews: split {split!r} needs {where} in {directory}")
     _non_empty(path, len(texts))
-    return TextClassification(texts, labels, AGNEWS_LABELS, path)
+    return TextClassification(texts, labels, AGNEWS_LABELS, path, selection)
 
 
 def make_agnews_fixture(directory: Path) -> None:
@@ -260,10 +282,12 @@ register_dataset(
             RemoteFile(path=file, url=f"{AGNEWS_BASE_URL}/{file}", md5=AGNEWS_MD5[file], split=split)
             for split, file in AGNEWS_CSV.items()
         ),
+        local_layouts=((AGNEWS_TSV["train"], AGNEWS_TSV["test"]), (AGNEWS_TSV["val"],)),
         splits=("train", "val", "test"),
         num_classes=4,
         licence="research use (AG's corpus of news articles)",
-        description="AG News topic classification: World, Sports, Business, Sci/Tech",
+        description="AG News topic classification: World, Sports, Business, Sci/Tech; train.csv/test.csv (or .tsv), "
+        "val dev.tsv; dev.tsv alone is split by line number (ends in 9: val, 0: test, else train)",
     )
 )
 

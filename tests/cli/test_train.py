@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from zoo.config import load_config, read_yaml, validate
 from zoo.train import Trainer
-from zoo.train.checkpoint import BEST_NAME, CHECKPOINT_DIR, LAST_NAME
+from zoo.train.checkpoint import BEST_NAME, CHECKPOINT_DIR, LAST_NAME, PREVIOUS_NAME
 from zoo.train.reporting import METRICS_NAME, TENSORBOARD_DIR
 
 from tests.cli.test_recipes import END_TO_END
@@ -135,3 +135,19 @@ def test_default_run_directories_do_not_overwrite(zoo, tmp_path):
     assert (tmp_path / "runs/tiny/vision/medical-linear-2/run.json").is_file()
     code, _, err = zoo(*args, "--out", "runs/tiny/vision/medical-linear")
     assert code == 2 and "already holds a complete run" in err
+
+
+def test_resume_past_a_corrupt_last_checkpoint_says_which_one_it_used(zoo, tmp_path, caplog):
+    args = ("train", "vision/medical-lora", "scale=tiny", "train.max_steps=6", "train.checkpoint_every=1")
+    assert zoo(*args, "--out", "whole")[0] == 0
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("zoo.train.Trainer", Interrupting)
+        assert zoo(*args, "--out", "cut")[0] == 130
+    last = tmp_path / "cut" / CHECKPOINT_DIR / LAST_NAME
+    last.write_bytes(last.read_bytes()[:1000])  # as after a disk filled up under the run
+    code, out, err = zoo(*args, "--out", "cut", "--resume")
+    assert code == 0, err
+    assert f"resumed from cut/{CHECKPOINT_DIR}/{PREVIOUS_NAME}" in out
+    assert f"cut/{CHECKPOINT_DIR}/{LAST_NAME} cannot be read" in caplog.text  # a warning: stderr outside pytest
+    whole, resumed = adapter_tensors(tmp_path / "whole"), adapter_tensors(tmp_path / "cut")
+    assert all(torch.equal(whole[key], resumed[key]) for key in whole)

@@ -15,7 +15,7 @@ import torch
 
 import zoo.peft as zp
 from domains.text import backbones as text_backbones
-from domains.text.data import SST2_URL, make_agnews_fixture, make_sst2_fixture
+from domains.text.data import AGNEWS_LABELS, SST2_URL, make_agnews_fixture, make_sst2_fixture
 from domains.text.tasks import Seq2SeqModel
 from zoo.backbones import PretrainedUnavailable, create_backbone
 from zoo.datasets import DATASETS, DataError, load_dataset
@@ -278,10 +278,40 @@ def test_agnews_reads_the_canonical_csv_and_the_tsv_layout(tmp_path):
         train = load_dataset("agnews", "train", root=tmp_path, allow_download=False)
     assert train.labels == [0, 1, 2, 3] and train.label_names == ["World", "Sports", "Business", "Sci/Tech"]
     assert train[2][0] == 'Shares climb Stocks rose after the "surprise" earnings report, analysts said.'
-    (tmp_path / "agnews" / "train.csv").unlink()  # val needs only dev.tsv: no download of the CSVs
-    (tmp_path / "agnews" / "test.csv").unlink()
+    (tmp_path / "agnews" / "test.csv").unlink()  # val needs only dev.tsv: no download of test.csv
     val = load_dataset("agnews", "val", root=tmp_path, allow_download=False)
     assert val.labels == [0, 1, 2, 3] and val[2][0] == train[2][0]
+
+
+def _no_download(*args, **kwargs):
+    raise AssertionError("a local copy is present: nothing may be downloaded")
+
+
+def test_agnews_dev_file_alone_is_split_by_line_number_without_a_download(tmp_path, monkeypatch):
+    monkeypatch.setattr("zoo.datasets.download", _no_download)
+    names = ["World", "Sports", "Business", "Sci/Tech"]
+    rows = [(f"story number {n}", names[n % 4]) for n in range(1, 26)]  # line n holds story n
+    (tmp_path / "agnews").mkdir()
+    (tmp_path / "agnews" / "dev.tsv").write_text("".join(f"{t}\t{c}\n" for t, c in rows), encoding="utf-8")
+    splits = {split: load_dataset("agnews", split, root=tmp_path) for split in ("train", "val", "test")}
+    # the documented rule: line numbers ending in 9 are val, those ending in 0 test, the rest train
+    expected = {"val": [n for n in range(1, 26) if n % 10 == 9], "test": [n for n in range(1, 26) if n % 10 == 0]}
+    expected["train"] = [n for n in range(1, 26) if n % 10 not in (9, 0)]
+    for split, lines in expected.items():
+        assert list(splits[split]) == [(f"story number {n}", n % 4) for n in lines], split
+    assert [len(splits[s]) for s in ("train", "val", "test")] == [21, 2, 2]
+
+
+def test_agnews_tsv_layout_without_csv_files_is_read_without_a_download(tmp_path, monkeypatch):
+    monkeypatch.setattr("zoo.datasets.download", _no_download)
+    folder = tmp_path / "agnews"
+    folder.mkdir()
+    (folder / "train.tsv").write_text("Talks resume\tWorld\nLate winner\tSports\nNew chip\tSci/Tech\n", encoding="utf-8")
+    (folder / "test.tsv").write_text("Shares climb\tBusiness\n", encoding="utf-8")
+    assert list(load_dataset("agnews", "train", root=tmp_path)) == [("Talks resume", 0), ("Late winner", 1), ("New chip", 3)]
+    assert list(load_dataset("agnews", "test", root=tmp_path)) == [("Shares climb", 2)]
+    with pytest.raises(FileNotFoundError, match="dev.tsv"):  # no val file in this layout, and no download either
+        load_dataset("agnews", "val", root=tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -319,9 +349,15 @@ def test_real_sst2_copy():
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "agnews" / "dev.tsv").exists(), reason="no shared copy of AG News")
-def test_real_agnews_copy():
-    val = load_dataset("agnews", "val", root=SHARED_DATA, allow_download=False)
-    assert len(val) >= 10_000 and set(val.labels) == {0, 1, 2, 3}
+def test_real_agnews_copy(monkeypatch):
+    monkeypatch.setattr("zoo.datasets.download", _no_download)
+    lines = (SHARED_DATA / "agnews" / "dev.tsv").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 10_001  # the shared README's count: dev.tsv alone, split by line number
+    splits = {split: load_dataset("agnews", split, root=SHARED_DATA) for split in ("train", "val", "test")}
+    assert {split: len(data) for split, data in splits.items()} == {"train": 8_001, "val": 1_000, "test": 1_000}
+    assert splits["val"][0] == (lines[8].split("\t")[0].strip(), AGNEWS_LABELS.index(lines[8].split("\t")[1]))
+    assert splits["test"][-1][0] == lines[9_999].split("\t")[0].strip()
+    assert all(set(data.labels) == {0, 1, 2, 3} for data in splits.values())
 
 
 # -- your own files -------------------------------------------------------------------------------

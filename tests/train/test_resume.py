@@ -117,3 +117,53 @@ def test_corrupt_checkpoint_is_named(tmp_path):
     trainer, _ = make_trainer(tmp_path)
     with pytest.raises(ckpt.CheckpointError, match=str(path)):
         trainer.fit(resume=True)
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _garble(path):
+    # Flipped bytes in the middle: the zip structure may survive and torch.load succeed with wrong tensors.
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 256] = bytes(b ^ 0xFF for b in data[middle : middle + 256])
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("corrupt", [_truncate, _garble], ids=["truncated", "garbled"])
+def test_corrupt_last_checkpoint_resumes_from_the_previous_one(tmp_path, uninterrupted, corrupt, caplog):
+    trainer, _ = make_trainer(tmp_path, callbacks=[kill_at(7)])
+    with pytest.raises(Killed):
+        trainer.fit()
+    folder = tmp_path / "checkpoints"
+    last, previous = folder / ckpt.LAST_NAME, folder / ckpt.PREVIOUS_NAME
+    # checkpoints at steps 3, 4 (end of epoch) and 6: the one before the newest is kept
+    assert ckpt.load(last)["progress"]["step"] == 6 and ckpt.load(previous)["progress"]["step"] == 4
+    corrupt(last)
+    with pytest.raises(ckpt.CheckpointError, match=str(last)):
+        ckpt.load(last)
+
+    trainer, model = make_trainer(tmp_path)
+    with caplog.at_level("INFO", logger="zoo.train"):
+        result = trainer.fit(resume=True)
+    said = caplog.text
+    assert f"{last} cannot be read" in said and f"resuming {tmp_path} at step 4 of 12 from {previous}" in said
+    assert result.steps == 12
+    for name, value in trainable_state(model).items():  # step 4 onwards again: still the uninterrupted weights
+        assert torch.equal(value, uninterrupted[1][name]), name
+
+
+def test_no_readable_checkpoint_names_the_files_and_the_fix(tmp_path):
+    trainer, _ = make_trainer(tmp_path, callbacks=[kill_at(7)])
+    with pytest.raises(Killed):
+        trainer.fit()
+    folder = tmp_path / "checkpoints"
+    _truncate(folder / ckpt.LAST_NAME)
+    _garble(folder / ckpt.PREVIOUS_NAME)
+    trainer, _ = make_trainer(tmp_path)
+    with pytest.raises(ckpt.CheckpointError) as caught:
+        trainer.fit(resume=True)
+    message = str(caught.value)
+    assert str(folder / ckpt.LAST_NAME) in message and str(folder / ckpt.PREVIOUS_NAME) in message
+    assert "without --resume" in message

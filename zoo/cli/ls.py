@@ -57,12 +57,28 @@ def _backbones(pattern: str) -> None:
 
 
 def _datasets(pattern: str) -> None:
-    from zoo.datasets import DATASETS
+    import warnings
 
+    from zoo.datasets import DATASETS, data_root, dataset_dir, describe_local_copy
+    from zoo.download import ChecksumWarning
+
+    root = data_root()
     for name in DATASETS.names(pattern):
         spec = DATASETS.get(name)
         classes = f", {spec.num_classes} classes" if spec.num_classes else ""
         print(f"{name:<26} {spec.domain:<11} {spec.task + classes:<26} {_short(spec.description, 80)}")
+        if spec.folder is None:
+            continue
+        # What a run would read from the data root, which may be a subset or a re-split of the canonical copy.
+        with warnings.catch_warnings():  # the lines below say which files differ from the canonical ones
+            warnings.simplefilter("ignore", ChecksumWarning)
+            splits = describe_local_copy(spec, root)
+        if not splits:
+            print(f"{'':<26} no local copy in {dataset_dir(spec, root)}")
+        else:
+            print(f"{'':<26} local copy {dataset_dir(spec, root)}:")
+        for line in splits:
+            print(f"{'':<28} {line}")
 
 
 def _tasks(pattern: str) -> None:

@@ -86,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
     from zoo import run_dir as runs
     from zoo.build import build_run
     from zoo.config import ConfigError, load_config
+    from zoo.model_card import described_changes
     from zoo.train import Trainer, is_main_process
     from zoo.train.distributed import launched_by_torchrun
 
@@ -124,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
     trainer = Trainer(built.model, built.task, built.datasets["train"], built.datasets.get("val"), settings, run_dir)
     try:
         result = trainer.fit(resume=args.resume)
+        if main and trainer.resumed_from is not None:
+            print(f"  resumed from {trainer.resumed_from}")
         test_metrics = trainer.evaluate(built.datasets["test"]) if "test" in built.datasets else None
     except KeyboardInterrupt:
         if main:
@@ -136,11 +139,14 @@ def run(args: argparse.Namespace) -> int:
         raise
     with trainer.full_weights():  # whole tensors on rank 0 under FSDP; every process must enter
         if main:
-            finish(run_dir, built, recipe, args.command_line, report, result, test_metrics)
+            # The recipe as written (at the same scale), to tell whether its description still fits the run.
+            scale = [item for item in args.overrides if item.partition("=")[0].strip() == "scale"]
+            changed = described_changes(load_config(args.recipe, scale), config)
+            finish(run_dir, built, recipe, args.command_line, report, result, test_metrics, changed)
     return 0
 
 
-def finish(run_dir, built, recipe, command, report, result, test_metrics) -> None:
+def finish(run_dir, built, recipe, command, report, result, test_metrics, changed=()) -> None:
     import zoo.peft as zp
     from zoo import run_dir as runs
     from zoo.model_card import model_card
@@ -161,6 +167,8 @@ def finish(run_dir, built, recipe, command, report, result, test_metrics) -> Non
         recipe=recipe, command=command, config=config, backbone_spec=built.resolved.backbone,
         dataset_spec=built.resolved.dataset, task_kind=built.resolved.task_kind, main_metric=built.task.main_metric,
         report=report, results=results, training=training, data_dir=built.data_dir, run_dir=run_dir,
+        sources=built.sources, rows_used={role: len(dataset) for role, dataset in built.datasets.items()},
+        changed=list(changed),
     )
     runs.atomic_write_text(run_dir / runs.CARD_FILE, card)
     runs.mark(

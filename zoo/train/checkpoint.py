@@ -5,14 +5,18 @@ frozen backbone is rebuilt from its source), the optimizer and scheduler states,
 RNG state (per process) and the data position. Files are written to a temporary name in
 the same folder, flushed to disk, then renamed over the old one with ``os.replace``, so a
 run killed while writing leaves the previous checkpoint intact.
+
+``last.pt`` is written with :func:`save_rotating`: the checkpoint it replaces becomes
+``last.prev.pt`` only once the new one is on disk, and every checkpoint carries a digest of
+its contents, so a file damaged later (truncated, bytes flipped on disk) is recognised and
+:func:`load_newest` resumes from the older one instead.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
-import pickle
 import random
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -22,27 +26,65 @@ from torch import nn
 
 CHECKPOINT_DIR = "checkpoints"
 LAST_NAME = "last.pt"
+PREVIOUS_NAME = "last.prev.pt"
+"""The checkpoint before ``last.pt``, kept in case ``last.pt`` is damaged."""
 BEST_NAME = "best.pt"
 FORMAT_VERSION = 1
+DIGEST_KEY = "content_sha256"
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupt, or does not fit the model and settings."""
 
 
-def atomic_save(payload: dict[str, Any], path: Path) -> Path:
+def content_digest(value: Any, digest: Any = None) -> Any:
+    """A sha256 over everything in a checkpoint payload: tensors by dtype, shape and bytes, the rest by repr.
+
+    torch.load does not verify the bytes of tensors, so flipped bytes on disk would otherwise
+    load as wrong weights without an error."""
+    digest = hashlib.sha256() if digest is None else digest
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"tensor {tensor.dtype} {tuple(value.shape)}:".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes())
+    elif isinstance(value, dict):
+        items = [(key, item) for key, item in value.items() if key != DIGEST_KEY]
+        digest.update(f"dict {len(items)}:".encode())
+        for key, item in items:
+            content_digest(key, digest)
+            content_digest(item, digest)
+    elif isinstance(value, (list, tuple)):  # alike: torch.load may give back a list for a saved tuple
+        digest.update(f"sequence {len(value)}:".encode())
+        for item in value:
+            content_digest(item, digest)
+    else:
+        digest.update(f"{type(value).__name__} {value!r};".encode())
+    return digest
+
+
+def atomic_save(payload: dict[str, Any], path: Path, keep_previous: Path | None = None) -> Path:
+    """Write ``payload`` to ``path`` atomically; with ``keep_previous``, the file it replaces is moved
+    there, but only after the new one is flushed to disk (so a good checkpoint always exists)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {**payload, DIGEST_KEY: content_digest(payload).hexdigest()}
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(temporary, "wb") as handle:
             torch.save(payload, handle)
             handle.flush()
             os.fsync(handle.fileno())
+        if keep_previous is not None and path.exists():
+            os.replace(path, keep_previous)  # a kill right here leaves only keep_previous, which load_newest reads
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
     _fsync_directory(path.parent)
     return path
+
+
+def save_rotating(payload: dict[str, Any], directory: Path) -> Path:
+    """Write ``last.pt``, keeping the checkpoint it replaces as ``last.prev.pt``."""
+    return atomic_save(payload, directory / LAST_NAME, keep_previous=directory / PREVIOUS_NAME)
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -64,11 +106,36 @@ def load(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"no checkpoint at {path}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as error:
+    # A damaged file fails in many ways (RuntimeError, OSError on a truncated zip, UnpicklingError, ...).
+    except Exception as error:  # noqa: BLE001
         raise CheckpointError(f"checkpoint {path} is corrupt or not a zoo checkpoint ({error})") from error
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"checkpoint {path} is not a zoo training checkpoint (format {FORMAT_VERSION})")
+    expected = payload.get(DIGEST_KEY)  # absent in checkpoints written before digests existed
+    if expected is not None and content_digest(payload).hexdigest() != expected:
+        raise CheckpointError(f"checkpoint {path} is corrupt: its contents do not match the digest written with them")
     return payload
+
+
+def load_newest(directory: Path) -> tuple[dict[str, Any], Path, list[tuple[Path, str]]]:
+    """The newest checkpoint in ``directory`` that reads cleanly (``last.pt``, else ``last.prev.pt``),
+    its path, and (path, what is wrong) for any newer one. None readable: a CheckpointError naming them all."""
+    problems: list[tuple[Path, str]] = []
+    for name in (LAST_NAME, PREVIOUS_NAME):
+        path = directory / name
+        if not path.exists():
+            continue
+        try:
+            return load(path), path, problems
+        except CheckpointError as error:
+            problems.append((path, str(error)))
+    if not problems:
+        raise CheckpointError(f"no checkpoint in {directory} ({LAST_NAME} or {PREVIOUS_NAME})")
+    raise CheckpointError(
+        f"no checkpoint in {directory} can be read: {'; '.join(problem for _, problem in problems)}. "
+        f"The run cannot be resumed; "
+        f"start it afresh without --resume (its checkpoints are then replaced)"
+    )
 
 
 def capture_rng_state() -> dict[str, Any]:

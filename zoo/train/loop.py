@@ -122,6 +122,8 @@ class Trainer:
         self.training_model: nn.Module = model
         self.optimizer: torch.optim.Optimizer | None = None
         self.checkpoint_dir = self.run_dir / ckpt.CHECKPOINT_DIR
+        self.resumed_from: Path | None = None
+        """The checkpoint ``fit(resume=True)`` carried on from; None for a fresh start."""
         self._fit_called = False
 
     # -- set-up -----------------------------------------------------------------------------------
@@ -185,11 +187,15 @@ class Trainer:
             raise RuntimeError("Trainer.fit() runs once per Trainer; make a new Trainer (fit(resume=True) continues a run)")
         self._fit_called = True
         self._prepare()
-        last = self.checkpoint_dir / ckpt.LAST_NAME
-        resumed = resume and last.exists()
+        saved = [self.checkpoint_dir / name for name in (ckpt.LAST_NAME, ckpt.PREVIOUS_NAME)]
+        resumed = resume and any(path.exists() for path in saved)
         if resumed:
-            self._restore(ckpt.load(last))
-            logger.info("resuming %s at step %d of %d", self.run_dir, self.progress.step, self.total_steps)
+            payload, path, problems = ckpt.load_newest(self.checkpoint_dir)
+            for damaged, problem in problems:  # a damaged newer checkpoint: say so, and which one is used instead
+                logger.warning("%s cannot be read (%s); resuming from the older %s", damaged, problem, path.name)
+            self._restore(payload)
+            self.resumed_from = path
+            logger.info("resuming %s at step %d of %d from %s", self.run_dir, self.progress.step, self.total_steps, path)
         else:
             if resume:
                 logger.warning("no checkpoint in %s: training from the start", self.checkpoint_dir)
@@ -197,7 +203,7 @@ class Trainer:
             self.window_loss.zero_()
             ckpt.seed_everything(self.settings.seed + self.rank)  # ranks differ in dropout, agree in data order
             if self.is_main:  # a fresh run must not leave an older run's checkpoints to resume from
-                for name in (ckpt.LAST_NAME, ckpt.BEST_NAME):
+                for name in (ckpt.LAST_NAME, ckpt.PREVIOUS_NAME, ckpt.BEST_NAME):
                     (self.checkpoint_dir / name).unlink(missing_ok=True)
         reporter = RunReporter(self.run_dir, self.is_main, self.total_steps, self.progress.step, resumed)
         logger.info(
@@ -344,7 +350,7 @@ class Trainer:
         per_process = dist_utils.gather_objects({"rng": ckpt.capture_rng_state(), "window_loss": self.window_loss.item()})
         if not self.is_main:
             return
-        ckpt.atomic_save(
+        ckpt.save_rotating(
             {
                 "format": ckpt.FORMAT_VERSION,
                 "progress": dataclasses.asdict(self.progress),
@@ -357,7 +363,7 @@ class Trainer:
                 "scheduler": self.scheduler.state_dict(),
                 "per_process": per_process,
             },
-            self.checkpoint_dir / ckpt.LAST_NAME,
+            self.checkpoint_dir,
         )
 
     def _save_best(self, metrics: dict[str, float]) -> None:
