@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from zoo.build import build_run
-from zoo.config import validate
-from zoo.train_tasks import TASK_BUILDERS
+from zoo.experiment.build import build_run
+from zoo.experiment.config import validate
+from zoo.tasks.train_tasks import TASK_BUILDERS
 
 
 @pytest.fixture(autouse=True)

@@ -7,9 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from zoo.config import compose, load_config, parse_overrides, parse_value, validate
-from zoo.peft.config import ConfigError
-from zoo.recipes import find_recipe, list_recipes, read_recipe
+from zoo.errors import ConfigError
+from zoo.experiment.config import (
+    compose,
+    load_config,
+    parse_overrides,
+    parse_value,
+    validate,
+)
+from zoo.experiment.recipes import find_recipe, list_recipes, read_recipe
 from zoo.train.settings import TrainSettings
 
 BASE = """\

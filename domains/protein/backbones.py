@@ -28,8 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoo.backbones import PretrainedUnavailable, PretrainedWeights, register_backbone
-from zoo.datasets import DataError
+from zoo.catalog.backbones import PretrainedUnavailable, PretrainedWeights, register_backbone
+from zoo.catalog.datasets import DataError
 from zoo.peft.structure import Structure, register_structure
 
 FAIR_ESM_URL = "https://dl.fbaipublicfiles.com/fair-esm/models/{name}.pt"
@@ -265,7 +265,7 @@ def esm2_from_checkpoint(path: Path, variant: Esm2Variant) -> EsmBackbone:
 
 def fetch_checkpoint(variant: Esm2Variant) -> Path:
     """fair-esm's checkpoint in torch hub's cache (``$TORCH_HOME/hub/checkpoints``), downloaded if missing."""
-    from zoo.download import DownloadError, download
+    from zoo.catalog.download import DownloadError, download
 
     path = Path(torch.hub.get_dir()) / "checkpoints" / f"{variant.fair_esm_name}.pt"
     if path.exists():

@@ -10,7 +10,7 @@ import zlib
 from pathlib import Path
 from typing import Iterable
 
-from zoo.datasets import DataError
+from zoo.catalog.datasets import DataError
 
 
 def zip_members(archive: Path) -> dict[str, str]:

@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoo.backbones import PretrainedUnavailable, PretrainedWeights, register_backbone
-from zoo.datasets import DataError
+from zoo.catalog.backbones import PretrainedUnavailable, PretrainedWeights, register_backbone
+from zoo.catalog.datasets import DataError
 from zoo.peft.structure import Structure, register_structure
 
 SAMPLE_RATE = 16_000
@@ -185,7 +185,7 @@ def _pretrained_state_dict(bundle_name: str, checkpoint: bool | Path) -> dict[st
     url = path if path.startswith("https") else WEIGHTS_ROOT + path
     cached = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
     if not cached.exists():
-        from zoo.download import download
+        from zoo.catalog.download import download
 
         # No published sha256 for these files (torch.hub's check_hash needs a hash in the file
         # name, which they lack), so the download is not verified against one.

@@ -4,7 +4,7 @@ Every item is ``((waveform, sample_rate), label)``: the waveform a float32 tenso
 ``(time,)`` (mono) or ``(channels, time)`` read with soundfile, at the file's own rate; the
 speech backbones' ``collate`` mixes to mono and resamples to 16 kHz. Files are read when
 an item is fetched; a file soundfile cannot read, or one with no samples, raises
-:class:`~zoo.datasets.DataError` naming it.
+:class:`~zoo.catalog.datasets.DataError` naming it.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from zoo.datasets import DataError, DatasetSpec, RemoteFile, register_dataset
+from zoo.catalog.datasets import DataError, DatasetSpec, RemoteFile, register_dataset
 
 AUDIO_SUFFIXES = (".wav", ".flac")
 

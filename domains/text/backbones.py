@@ -6,7 +6,7 @@ transformers model folder (``save_pretrained`` output or a hub snapshot). ``scal
 builds the same architecture with a few small layers, random weights and an in-memory
 character-level tokenizer of the same family, for fast tests.
 
-FLAN-T5 is an encoder-decoder: as a :class:`~zoo.backbones.Backbone` its ``forward`` returns
+FLAN-T5 is an encoder-decoder: as a :class:`~zoo.catalog.backbones.Backbone` its ``forward`` returns
 the encoder's features (for classification heads), and by default only the encoder is built;
 with ``encoder_only=False`` the whole model is, for generation with
 :class:`domains.text.tasks.Seq2SeqModel`.
@@ -21,7 +21,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from zoo.backbones import BACKBONES, PretrainedUnavailable, PretrainedWeights, register_backbone, unavailable
+from zoo.catalog.backbones import BACKBONES, PretrainedUnavailable, PretrainedWeights, register_backbone, unavailable
 from zoo.peft.structure import BERT_STYLE, Structure, register_structure
 
 LOCAL_FORMAT = (

@@ -4,7 +4,7 @@ Classification items are ``(text, label)`` with ``label`` an int in ``0..num_cla
 generation items are ``(source, target)`` strings. The text backbones' ``collate`` takes a
 list of the texts. Files are read whole when a split is loaded; a file that is not UTF-8,
 a malformed CSV row, a missing column or a label out of range raises
-:class:`~zoo.datasets.DataError` naming the file and line.
+:class:`~zoo.catalog.datasets.DataError` naming the file and line.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import Any, Iterator, Sequence
 
 from torch.utils.data import Dataset
 
-from zoo.datasets import DataError, DatasetSpec, RemoteFile, register_dataset
-from zoo.download import check_local_copy
+from zoo.catalog.datasets import DataError, DatasetSpec, RemoteFile, register_dataset
+from zoo.catalog.download import check_local_copy
 
 
 class TextClassification(Dataset):

@@ -5,7 +5,7 @@ Training is teacher-forced: the decoder reads the target shifted right (starting
 decoder start token) and the loss is the token-level cross-entropy of the target, padding
 ignored, as in Chung et al. 2022 and the FLAN-T5 PEFT data-scale studies. Evaluation
 generates greedily (or with beams) and reports the mean ROUGE-L F-measure against the
-references (:func:`zoo.metrics.rouge_l`).
+references (:func:`zoo.tasks.metrics.rouge_l`).
 
 PEFT methods apply to it like to any model: its T5 blocks are described by the ``hf-t5``
 structure (default LoRA targets: q and v of self- and cross-attention).
@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo import metrics
-from zoo.peft.config import ConfigError
-from zoo.tasks import IGNORE_INDEX
-from zoo.train_tasks import TaskRequest, register_task_builder, unwrap
+from zoo.tasks import metrics
+from zoo.errors import ConfigError
+from zoo.tasks.heads import IGNORE_INDEX
+from zoo.tasks.train_tasks import TaskRequest, register_task_builder, unwrap
 
 
 class Seq2SeqModel(nn.Module):

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoo.backbones import PretrainedWeights, register_backbone
+from zoo.catalog.backbones import PretrainedWeights, register_backbone
 from zoo.peft.structure import Structure, register_structure
 
 # OpenAI's normalisation, which open_clip uses for both tags below.

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from zoo.datasets import DataError
+from zoo.catalog.datasets import DataError
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".webm", ".mkv", ".mov")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")

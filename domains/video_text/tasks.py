@@ -13,7 +13,7 @@ negatives, since MSR-VTT trains on several captions per video. The scale lives i
 named ``temperature``, which PEFT methods train and save with the adapter like a task head.
 
 Evaluation ranks, for every caption, all videos of the split (text-to-video R@1/5/10 and
-median rank, :func:`zoo.metrics.retrieval_metrics`).
+median rank, :func:`zoo.tasks.metrics.retrieval_metrics`).
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from zoo import metrics
-from zoo.peft.config import ConfigError
-from zoo.tasks import TaskSpec
-from zoo.train_tasks import ModelTask, TaskRequest, register_task_builder
+from zoo.tasks import metrics
+from zoo.errors import ConfigError
+from zoo.tasks.heads import TaskSpec
+from zoo.tasks.train_tasks import ModelTask, TaskRequest, register_task_builder
 
 MAX_LOGIT_SCALE = math.log(100.0)
 

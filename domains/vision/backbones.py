@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from domains.vision.images import prepare_images
-from zoo.backbones import PretrainedUnavailable, PretrainedWeights, register_backbone
+from zoo.catalog.backbones import PretrainedUnavailable, PretrainedWeights, register_backbone
 from zoo.peft.structure import VIT_STYLE
 
 DOMAIN = "vision"

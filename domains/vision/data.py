@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import Dataset
 
 from domains.vision.images import IMAGE_EXTENSIONS
-from zoo.datasets import DataError, DatasetSpec, RemoteFile, register_dataset
+from zoo.catalog.datasets import DataError, DatasetSpec, RemoteFile, register_dataset
 
 MEDMNIST_FOLDER = "medmnist"
 MEDMNIST_RECORD = "https://zenodo.org/records/10519652/files"
@@ -181,7 +181,7 @@ MEDMNIST = {
         "bd4c0672f1bba3e3a89f0e4e876791e4", 3, ("0", "1", "2", "3", "4"), "CC BY 4.0",
         "fundus photographs, diabetic retinopathy grade 0-4 (1080/120/400)"),
 }
-# chestmnist (14 labels per image) is not registered: zoo.tasks has no multi-label task yet;
+# chestmnist (14 labels per image) is not registered: zoo.tasks.heads has no multi-label task yet;
 # load_medmnist(..., multi_label=True) already reads it.
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from zoo.datasets import DataError
+from zoo.catalog.datasets import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 # PIL reads 16-bit greyscale (common for X-ray and CT exports) into these modes.

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from zoo.datasets import DATASETS
-from zoo.recipes import list_recipes
+from zoo.catalog.datasets import DATASETS
+from zoo.experiment.recipes import list_recipes
 
 # Local copies here are fixtures or a subset, never the canonical file: the warning saying so is expected.
-pytestmark = pytest.mark.filterwarnings("ignore::zoo.download.ChecksumWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::zoo.catalog.download.ChecksumWarning")
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 # Small enough to train on a CPU in a second, built by the real vit_b16 loading code from a local file.
 SMALL_VIT = ("backbone.options.img_size=32", "backbone.options.patch_size=8", "backbone.options.depth=2",

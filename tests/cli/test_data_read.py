@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 # A local copy that is not the canonical file is the point of these tests: the warning is expected.
-pytestmark = pytest.mark.filterwarnings("ignore::zoo.download.ChecksumWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::zoo.catalog.download.ChecksumWarning")
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
@@ -57,7 +57,7 @@ def test_card_states_the_files_read_and_the_backbone_that_ran(zoo, tmp_path):
 
 
 def test_card_of_an_unchanged_recipe_keeps_its_description(zoo, tmp_path):
-    from zoo.config import load_config
+    from zoo.experiment.config import load_config
 
     assert zoo("train", "vision/medical-bitfit", "scale=tiny", "--out", "card")[0] == 0
     card = (tmp_path / "card" / "README.md").read_text()

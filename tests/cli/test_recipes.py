@@ -11,11 +11,11 @@ import pytest
 import torch
 
 import zoo.peft as zp
-from zoo.build import build_run, check_method_applies, resolve
-from zoo.config import load_config
-from zoo.datasets import DATASETS
-from zoo.peft.config import ConfigError
-from zoo.recipes import list_recipes, recipe_summary, recipes_root
+from zoo.catalog.datasets import DATASETS
+from zoo.errors import ConfigError
+from zoo.experiment.build import build_run, check_method_applies, resolve
+from zoo.experiment.config import load_config
+from zoo.experiment.recipes import list_recipes, recipe_summary, recipes_root
 
 RECIPES = list_recipes()
 END_TO_END = ("vision/medical-lora", "text/sst2-dora", "protein/gb1-ia3", "speech/digits-adapter", "video_text/retrieval-vpt")

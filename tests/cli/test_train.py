@@ -10,12 +10,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from zoo.config import load_config, read_yaml, validate
+from tests.cli.test_recipes import END_TO_END
+from zoo.experiment.config import load_config, validate
+from zoo.experiment.yaml_files import read_yaml
 from zoo.train import Trainer
 from zoo.train.checkpoint import BEST_NAME, CHECKPOINT_DIR, LAST_NAME, PREVIOUS_NAME
 from zoo.train.reporting import METRICS_NAME, TENSORBOARD_DIR
-
-from tests.cli.test_recipes import END_TO_END
 
 
 def adapter_tensors(run_dir) -> dict[str, torch.Tensor]:
@@ -65,10 +65,10 @@ def test_recipe_trains_end_to_end_through_the_cli(zoo, tmp_path, recipe):
 
 def test_model_card_reports_the_parameters_of_the_trained_model(zoo, tmp_path):
     import zoo.peft as zp
-    from zoo.build import load_run
+    from zoo.experiment import load_run
 
     assert zoo("train", "vision/medical-bitfit", "scale=tiny", "--out", "card")[0] == 0
-    run = load_run(tmp_path / "card")
+    run = load_run(tmp_path / "card").build()
     report = zp.parameter_report(run.model)
     card = (tmp_path / "card" / "README.md").read_text()
     assert f"| Trainable parameters | {report.trainable:,} of {report.total:,}" in card

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import zoo.peft as zp
-from zoo.backbones import BACKBONES, create_backbone
-from zoo.tasks import TaskModel
+from zoo.catalog.backbones import BACKBONES, create_backbone
+from zoo.tasks.heads import TaskModel
 
 from tests.peft.test_lora import randomise_trainable
 from tests.peft.test_multihead_attention import METHODS, reference_tensors

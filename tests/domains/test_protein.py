@@ -15,10 +15,10 @@ from torch.nn.utils.rnn import pad_sequence
 import zoo.peft as zp
 from domains.protein import backbones as protein_backbones
 from domains.protein import data as protein_data
-from zoo.backbones import BACKBONES, PretrainedUnavailable, create_backbone
-from zoo.datasets import DATASETS, DataError, load_dataset
-from zoo.registry import UnknownNameError
-from zoo.tasks import IGNORE_INDEX, TaskModel
+from zoo.catalog.backbones import BACKBONES, PretrainedUnavailable, create_backbone
+from zoo.catalog.datasets import DATASETS, DataError, load_dataset
+from zoo.catalog.registry import UnknownNameError
+from zoo.tasks.heads import IGNORE_INDEX, TaskModel
 
 esm = pytest.importorskip("esm")
 
@@ -161,7 +161,7 @@ def test_pretrained_without_network_fails_fast_with_what_to_do(tmp_path, monkeyp
         raise requests.ConnectionError("Name or service not known")
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setattr("zoo.download.requests.get", offline)
+    monkeypatch.setattr("zoo.catalog.download.requests.get", offline)
     with pytest.raises(PretrainedUnavailable) as error:
         create_backbone("esm2_t6_8m", pretrained=True)
     message = str(error.value)
@@ -172,7 +172,7 @@ def test_pretrained_without_network_fails_fast_with_what_to_do(tmp_path, monkeyp
 
 def test_pretrained_uses_torch_hub_cache_without_network(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setattr("zoo.download.requests.get", lambda *a, **k: pytest.fail("no download expected"))
+    monkeypatch.setattr("zoo.catalog.download.requests.get", lambda *a, **k: pytest.fail("no download expected"))
     cache = Path(torch.hub.get_dir()) / "checkpoints"
     cache.mkdir(parents=True)
     writer, _ = tiny_esm2(seed=5)

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 import zoo.peft as zp
-from zoo.backbones import BACKBONES, create_backbone
-from zoo.datasets import DATASETS, dataset_dir, local_copy_present
-from zoo.peft.config import ConfigError
-from zoo.tasks import TaskModel
+from zoo.catalog.backbones import BACKBONES, create_backbone
+from zoo.catalog.datasets import DATASETS, dataset_dir, local_copy_present
+from zoo.errors import ConfigError
+from zoo.tasks.heads import TaskModel
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 # Options that keep structural methods small on tiny backbones.

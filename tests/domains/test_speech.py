@@ -18,10 +18,10 @@ import torchaudio.functional as AF
 import zoo.peft as zp
 from domains.speech import backbones as speech
 from domains.speech import data
-from zoo.backbones import BACKBONES, PretrainedUnavailable, create_backbone
-from zoo.datasets import DATASETS, DataError, load_dataset
+from zoo.catalog.backbones import BACKBONES, PretrainedUnavailable, create_backbone
+from zoo.catalog.datasets import DATASETS, DataError, load_dataset
 from zoo.peft.structure import detect_structure
-from zoo.tasks import TaskModel
+from zoo.tasks.heads import TaskModel
 
 SHARED_FSDD = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "fsdd"
 
@@ -239,7 +239,7 @@ def test_fsdd_downloads_and_unpacks_the_github_archive(tmp_path, monkeypatch):
         destination.write_bytes(archive.getvalue())
         return destination
 
-    monkeypatch.setattr("zoo.datasets.download", fake_download)
+    monkeypatch.setattr("zoo.catalog.datasets.download", fake_download)
     root = tmp_path / "root"
     assert len(load_dataset("fsdd", "test", root=root)) == 20
     assert fetched == [remote.url] and remote.url.endswith("free-spoken-digit-dataset/archive/refs/tags/v1.0.10.tar.gz")

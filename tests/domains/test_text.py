@@ -17,11 +17,11 @@ import zoo.peft as zp
 from domains.text import backbones as text_backbones
 from domains.text.data import AGNEWS_LABELS, SST2_URL, make_agnews_fixture, make_sst2_fixture
 from domains.text.tasks import Seq2SeqModel
-from zoo.backbones import PretrainedUnavailable, create_backbone
-from zoo.datasets import DATASETS, DataError, load_dataset
-from zoo.download import ChecksumWarning
-from zoo.registry import UnknownNameError
-from zoo.tasks import TaskModel
+from zoo.catalog.backbones import PretrainedUnavailable, create_backbone
+from zoo.catalog.datasets import DATASETS, DataError, load_dataset
+from zoo.catalog.download import ChecksumWarning
+from zoo.catalog.registry import UnknownNameError
+from zoo.tasks.heads import TaskModel
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 ENCODERS = ("bert_base", "roberta_base", "minilm_l6")
@@ -237,7 +237,7 @@ def test_sst2_downloads_and_unpacks_the_glue_archive(tmp_path, monkeypatch):
         destination.write_bytes(archive.getvalue())
         return destination
 
-    monkeypatch.setattr("zoo.datasets.download", fake_download)
+    monkeypatch.setattr("zoo.catalog.datasets.download", fake_download)
     with pytest.warns(ChecksumWarning):  # the synthetic files are not the canonical ones
         val = load_dataset("sst2", "val", root=tmp_path / "data")
     assert fetched == [(SST2_URL, "9f81648d4199384278b86e315dac217c")]
@@ -288,7 +288,7 @@ def _no_download(*args, **kwargs):
 
 
 def test_agnews_dev_file_alone_is_split_by_line_number_without_a_download(tmp_path, monkeypatch):
-    monkeypatch.setattr("zoo.datasets.download", _no_download)
+    monkeypatch.setattr("zoo.catalog.datasets.download", _no_download)
     names = ["World", "Sports", "Business", "Sci/Tech"]
     rows = [(f"story number {n}", names[n % 4]) for n in range(1, 26)]  # line n holds story n
     (tmp_path / "agnews").mkdir()
@@ -303,7 +303,7 @@ def test_agnews_dev_file_alone_is_split_by_line_number_without_a_download(tmp_pa
 
 
 def test_agnews_tsv_layout_without_csv_files_is_read_without_a_download(tmp_path, monkeypatch):
-    monkeypatch.setattr("zoo.datasets.download", _no_download)
+    monkeypatch.setattr("zoo.catalog.datasets.download", _no_download)
     folder = tmp_path / "agnews"
     folder.mkdir()
     (folder / "train.tsv").write_text("Talks resume\tWorld\nLate winner\tSports\nNew chip\tSci/Tech\n", encoding="utf-8")
@@ -350,7 +350,7 @@ def test_real_sst2_copy():
 
 @pytest.mark.skipif(not (SHARED_DATA / "agnews" / "dev.tsv").exists(), reason="no shared copy of AG News")
 def test_real_agnews_copy(monkeypatch):
-    monkeypatch.setattr("zoo.datasets.download", _no_download)
+    monkeypatch.setattr("zoo.catalog.datasets.download", _no_download)
     lines = (SHARED_DATA / "agnews" / "dev.tsv").read_text(encoding="utf-8").splitlines()
     assert len(lines) == 10_001  # the shared README's count: dev.tsv alone, split by line number
     splits = {split: load_dataset("agnews", split, root=SHARED_DATA) for split in ("train", "val", "test")}

@@ -19,9 +19,9 @@ from domains.video_text.backbones import OPEN_CLIP_VIT, TINY_CONFIG
 from domains.video_text.clips import read_clip, sample_indices
 from domains.video_text.data import CATEGORIES, make_fixture, synthetic_clip
 from domains.video_text.tasks import RetrievalModel, Temperature, contrastive_loss, retrieval_evaluate
-from zoo.backbones import PretrainedUnavailable, create_backbone
-from zoo.datasets import DataError, load_dataset
-from zoo.tasks import TaskModel
+from zoo.catalog.backbones import PretrainedUnavailable, create_backbone
+from zoo.catalog.datasets import DataError, load_dataset
+from zoo.tasks.heads import TaskModel
 
 
 def tiny(**options):

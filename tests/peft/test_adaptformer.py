@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import zoo.peft as zp
-from zoo.peft.config import ConfigError
+from zoo.errors import ConfigError
 
 from tests.peft.method_checks import (
     bert_batch, check_disable_exact, check_loss_decreases, check_save_load_exact, logits, perturb_trainable,

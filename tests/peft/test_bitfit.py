@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
 import zoo.peft as zp
-from zoo.peft.config import ConfigError
+from zoo.errors import ConfigError
 from zoo.peft.io import adapter_tensors
 
 from tests.peft.test_lora import randomise_trainable

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import zoo.peft as zp
-from zoo.peft.config import ConfigError
+from zoo.errors import ConfigError
 from zoo.peft.io import AdapterFileError
 from zoo.peft.layers import AdapterModule
 

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 import zoo.peft as zp
-from zoo.peft.config import ConfigError
+from zoo.errors import ConfigError
 
 from tests.peft.test_lora import randomise_trainable
 

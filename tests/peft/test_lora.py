@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import zoo.peft as zp
-from zoo.peft.config import ConfigError
+from zoo.errors import ConfigError
 
 
 def randomise_trainable(model, seed=0, std=0.3):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import zoo.peft as zp
-from zoo.peft.config import ConfigError
+from zoo.errors import ConfigError
 from zoo.peft.loreft import position_mask
 
 from tests.peft.method_checks import (

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import zoo.peft as zp
-from zoo.peft.config import ConfigError
+from zoo.errors import ConfigError
 
 from tests.peft.test_lora import randomise_trainable
 

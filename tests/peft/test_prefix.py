@@ -11,7 +11,7 @@ import transformers
 from torch import nn
 
 import zoo.peft as zp
-from zoo.peft.config import ConfigError
+from zoo.errors import ConfigError
 from zoo.peft.structure import Structure
 
 from tests.peft import reference as ref

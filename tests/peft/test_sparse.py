@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 import zoo.peft as zp
-from zoo.peft.config import ConfigError
+from zoo.errors import ConfigError
 from zoo.peft.engine import peft_state
 
 from tests.peft.test_lora import randomise_trainable

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import zoo.peft as zp
-from zoo.peft.config import ConfigError
+from zoo.errors import ConfigError
 
 from tests.peft import reference as ref
 from tests.peft.method_checks import (

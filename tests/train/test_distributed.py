@@ -9,7 +9,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file
 
 from tests.train import distributed_run
-from zoo.peft.config import ConfigError
+from zoo.errors import ConfigError
 from zoo.train import launch
 from zoo.train.distributed import wrap_ddp
 from zoo.train.reporting import read_metrics

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.train.helpers import PointsDataset, PointsTask, TinyClassifier, trainable_state
-from zoo.peft.config import ConfigError
+from zoo.errors import ConfigError
 from zoo.train import Trainer, TrainSettings
 from zoo.train.reporting import read_metrics
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from tests.conftest import tiny_bert, tiny_vit
 from tests.train.helpers import PointsDataset, PointsTask, TinyClassifier
 from zoo import peft
-from zoo.peft.config import ConfigError
+from zoo.errors import ConfigError
 from zoo.train import Trainer, TrainSettings
 from zoo.train.recompute import enable_gradient_checkpointing
 

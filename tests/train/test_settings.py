@@ -2,7 +2,7 @@
 
 import pytest
 
-from zoo.peft.config import ConfigError
+from zoo.errors import ConfigError
 from zoo.train import TrainSettings
 
 

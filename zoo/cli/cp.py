@@ -19,9 +19,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from zoo.config import ConfigError, dump_yaml
-    from zoo.recipes import find_recipe, read_recipe
-    from zoo.run_dir import atomic_write_text
+    from zoo.errors import ConfigError
+    from zoo.experiment.recipes import find_recipe, read_recipe
+    from zoo.experiment.run_dir import atomic_write_text
+    from zoo.experiment.yaml_files import dump_yaml
 
     source = find_recipe(args.recipe)
     dest = args.dest / source.name if args.dest.is_dir() else args.dest

@@ -22,9 +22,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from zoo import run_dir as runs
-    from zoo.build import load_run, load_split, resolve
-    from zoo.config import ConfigError
+    from zoo.experiment import run_dir as runs
+    from zoo.experiment.build import load_built_run, load_split, resolve
+    from zoo.errors import ConfigError
 
     config = runs.read_config(args.run_dir)
     resolved = resolve(config)
@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"--split {args.split!r}: dataset {resolved.dataset.name} has the splits {', '.join(resolved.dataset.splits)}"
         )
-    built = load_run(args.run_dir)
+    built = load_built_run(args.run_dir)
     dataset, _ = load_split(config, resolved, args.split)
     device = "cuda" if config.train.device != "cpu" and torch.cuda.is_available() else "cpu"
     model = built.model.to(device)

@@ -13,7 +13,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from zoo import run_dir as runs
+    from zoo.experiment import run_dir as runs
 
     run_dir = args.run_dir
     config = runs.read_config(run_dir)

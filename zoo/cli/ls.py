@@ -20,7 +20,7 @@ def _short(text: str, width: int = 100) -> str:
 
 
 def _recipes(pattern: str) -> None:
-    from zoo.recipes import list_recipes, recipe_summary, recipes_root
+    from zoo.experiment.recipes import list_recipes, recipe_summary, recipes_root
 
     names = list_recipes(pattern)
     if not names:
@@ -48,7 +48,7 @@ def _methods(pattern: str) -> None:
 
 
 def _backbones(pattern: str) -> None:
-    from zoo.backbones import BACKBONES
+    from zoo.catalog.backbones import BACKBONES
 
     for name in BACKBONES.names(pattern):
         spec = BACKBONES.get(name)
@@ -59,8 +59,13 @@ def _backbones(pattern: str) -> None:
 def _datasets(pattern: str) -> None:
     import warnings
 
-    from zoo.datasets import DATASETS, data_root, dataset_dir, describe_local_copy
-    from zoo.download import ChecksumWarning
+    from zoo.catalog.datasets import (
+        DATASETS,
+        data_root,
+        dataset_dir,
+        describe_local_copy,
+    )
+    from zoo.catalog.download import ChecksumWarning
 
     root = data_root()
     for name in DATASETS.names(pattern):
@@ -82,7 +87,7 @@ def _datasets(pattern: str) -> None:
 
 
 def _tasks(pattern: str) -> None:
-    from zoo.train_tasks import TASK_BUILDERS
+    from zoo.tasks.train_tasks import TASK_BUILDERS
 
     for name in TASK_BUILDERS.names(pattern):
         print(f"{name:<16} {TASK_BUILDERS.get(name).description}")

@@ -30,10 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _errors() -> tuple[type[BaseException], ...]:
     """What a user's input can cause: reported as one clear line, without a traceback."""
-    from zoo.backbones import PretrainedUnavailable
-    from zoo.download import DownloadError
-    from zoo.peft.config import ConfigError
-    from zoo.registry import UnknownNameError
+    from zoo.catalog.backbones import PretrainedUnavailable
+    from zoo.catalog.download import DownloadError
+    from zoo.catalog.registry import UnknownNameError
+    from zoo.errors import ConfigError
     from zoo.train.checkpoint import CheckpointError
 
     return (

@@ -19,8 +19,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from zoo.build import check_method_applies, data_status, resolve
-    from zoo.config import load_config
+    from zoo.experiment.build import check_method_applies, data_status, resolve
+    from zoo.experiment.config import load_config
 
     config = load_config(args.recipe, args.overrides)
     resolved = resolve(config)

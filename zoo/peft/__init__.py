@@ -6,7 +6,11 @@
 >>> zp.save_adapter(model, "runs/adapter")
 """
 
-from zoo.peft.config import ConfigError, MethodConfig
+from zoo.errors import (
+    AdapterFileError, CheckpointError, ChecksumWarning, ConfigError, DataError, DownloadError, PretrainedUnavailable,
+    UnknownNameError,
+)
+from zoo.peft.config import MethodConfig
 from zoo.peft.engine import (
     DEFAULT_ADAPTER,
     active_adapter,
@@ -22,12 +26,18 @@ from zoo.peft.engine import (
     unload,
     unmerge,
 )
-from zoo.peft.io import AdapterFileError, adapter_size_bytes, load_adapter, read_adapter_dir, save_adapter
+from zoo.peft.io import adapter_size_bytes, load_adapter, read_adapter_dir, save_adapter
 from zoo.peft.registry import MethodSpec, get_method, list_methods, register_method
 from zoo.peft.report import ParameterReport, parameter_report
 from zoo.peft.structure import Structure, detect_structure, get_structure, list_structures, register_structure
 
 __all__ = [
+    "CheckpointError",
+    "ChecksumWarning",
+    "DataError",
+    "DownloadError",
+    "PretrainedUnavailable",
+    "UnknownNameError",
     "AdapterFileError",
     "ConfigError",
     "DEFAULT_ADAPTER",

@@ -8,14 +8,12 @@ the bad value and what is allowed.
 
 from __future__ import annotations
 
+from zoo.errors import ConfigError
+
 import dataclasses
 import difflib
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
-
-
-class ConfigError(ValueError):
-    """A method option is unknown or has a value outside what is allowed."""
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", **kwargs: Any) -> Any:

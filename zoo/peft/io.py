@@ -9,6 +9,8 @@ unexpected or mis-shaped tensor is an error naming it, and the model is left as 
 
 from __future__ import annotations
 
+from zoo.errors import AdapterFileError
+
 import json
 import os
 import shutil
@@ -36,10 +38,6 @@ from zoo.peft.registry import get_method, list_methods
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 FORMAT_VERSION = 1
-
-
-class AdapterFileError(ValueError):
-    """An adapter directory is missing, corrupt, or does not fit the model."""
 
 
 def adapter_tensors(model: nn.Module, adapter_name: str | None = None) -> dict[str, torch.Tensor]:

@@ -14,6 +14,8 @@ its contents, so a file damaged later (truncated, bytes flipped on disk) is reco
 
 from __future__ import annotations
 
+from zoo.errors import CheckpointError
+
 import hashlib
 import os
 import random
@@ -31,10 +33,6 @@ PREVIOUS_NAME = "last.prev.pt"
 BEST_NAME = "best.pt"
 FORMAT_VERSION = 1
 DIGEST_KEY = "content_sha256"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, corrupt, or does not fit the model and settings."""
 
 
 def content_digest(value: Any, digest: Any = None) -> Any:

@@ -18,7 +18,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from zoo.peft.config import ConfigError
+from zoo.errors import ConfigError
 
 
 def world_size() -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from zoo.peft.config import ConfigError
+from zoo.errors import ConfigError
 from zoo.train.distributed import launch
 
 

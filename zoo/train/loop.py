@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from zoo.peft.config import ConfigError
+from zoo.errors import ConfigError
 from zoo.train import checkpoint as ckpt
 from zoo.train import distributed as dist_utils
 from zoo.train.recompute import enable_gradient_checkpointing

@@ -13,7 +13,7 @@ import types
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from zoo.peft.config import ConfigError
+from zoo.errors import ConfigError
 from zoo.peft.engine import peft_state
 from zoo.peft.structure import detect_structure
 

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from zoo.peft.config import ConfigError
+from zoo.errors import ConfigError
 
 PRECISIONS = ("fp32", "bf16")
 STRATEGIES = ("ddp", "fsdp")

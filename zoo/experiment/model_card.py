@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from zoo.config import RunConfig
-from zoo.datasets import SplitSource
+from zoo.experiment.config import RunConfig
+from zoo.catalog.datasets import SplitSource
 from zoo.peft.report import ParameterReport
 
 
@@ -153,10 +153,10 @@ def model_card(
         "## Use the adapter",
         "",
         "```python",
-        "from zoo.build import load_run",
+        "import zoo",
         "",
-        f'run = load_run("{run_dir}")   # rebuilds the backbone from config.yaml and loads adapter/',
-        "model, task = run.model, run.task",
+        f'built = zoo.load_run("{run_dir}").build()   # the backbone from config.yaml, adapter/ loaded',
+        "model, task = built.model, built.task",
         "```",
         "",
         "`adapter/` holds `adapter_config.json` and `adapter_model.safetensors` in the zoo / HF PEFT format: "

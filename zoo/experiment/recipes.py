@@ -17,8 +17,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from zoo.config import merge, read_yaml
-from zoo.peft.config import ConfigError
+from zoo.experiment.yaml_files import merge, read_yaml
+from zoo.errors import ConfigError
 
 RECIPE_SUFFIX = ".yaml"
 NOT_RECIPES = ("tables",)
@@ -29,7 +29,7 @@ def recipes_root() -> Path:
     """``$ZOO_RECIPES_DIR``, else the ``recipes`` folder of this checkout."""
     if os.environ.get("ZOO_RECIPES_DIR"):
         return Path(os.environ["ZOO_RECIPES_DIR"]).expanduser()
-    return Path(__file__).resolve().parents[1] / "recipes"
+    return Path(__file__).resolve().parents[2] / "recipes"
 
 
 def list_recipes(pattern: str = "*") -> list[str]:

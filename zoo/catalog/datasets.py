@@ -11,6 +11,8 @@ missing file downloaded and verified.
 
 from __future__ import annotations
 
+from zoo.errors import DataError
+
 import os
 import shutil
 import tarfile
@@ -23,14 +25,10 @@ from typing import Any, Callable
 
 from torch.utils.data import Dataset
 
-from zoo.download import ChecksumWarning, check_local_copy, download, sha256_of
-from zoo.registry import Registry
+from zoo.catalog.download import ChecksumWarning, check_local_copy, download, sha256_of
+from zoo.catalog.registry import Registry
 
 TASK_KINDS = ("classification", "regression", "per_residue", "retrieval", "generation")
-
-
-class DataError(ValueError):
-    """Data that is missing, corrupt or out of range; the message names the file."""
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@ error.
 
 from __future__ import annotations
 
+from zoo.errors import DownloadError, ChecksumWarning
+
 import hashlib
 import os
 import tempfile
@@ -16,18 +18,6 @@ import warnings
 from pathlib import Path
 
 import requests
-
-
-class DownloadError(RuntimeError):
-    """A file could not be fetched or did not match its checksum."""
-
-
-class ChecksumWarning(UserWarning):
-    """A local copy differs from the canonical file; ``path`` is that copy."""
-
-    def __init__(self, message: str, path: Path | None = None) -> None:
-        super().__init__(message)
-        self.path = path
 
 
 def sha256_of(path: str | os.PathLike, chunk_size: int = 1 << 20, algorithm: str = "sha256") -> str:

@@ -10,6 +10,8 @@ says what was needed and how to pass a local checkpoint instead.
 
 from __future__ import annotations
 
+from zoo.errors import PretrainedUnavailable
+
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,11 +21,7 @@ import torch
 from torch import nn
 
 from zoo.peft.structure import Structure
-from zoo.registry import Registry
-
-
-class PretrainedUnavailable(RuntimeError):
-    """Pretrained weights could not be loaded (offline, missing file, wrong format)."""
+from zoo.catalog.registry import Registry
 
 
 @dataclass(frozen=True)

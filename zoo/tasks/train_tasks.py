@@ -2,11 +2,11 @@
 
 A task kind (``classification``, ``regression``, ``per_residue``; domains add ``retrieval``
 and ``generation``) is a function registered with :func:`register_task_builder`. The core
-registers the kinds that :class:`zoo.tasks.TaskModel` covers; a domain with its own model
+registers the kinds that :class:`zoo.tasks.heads.TaskModel` covers; a domain with its own model
 registers its kind from its ``tasks.py``, so the core never imports a domain.
 
 :class:`ModelTask` is the TrainTask of any model with ``forward(batch) -> outputs``,
-``loss(outputs, labels)`` and a :class:`~zoo.tasks.TaskSpec` ``task`` whose ``evaluate``
+``loss(outputs, labels)`` and a :class:`~zoo.tasks.heads.TaskSpec` ``task`` whose ``evaluate``
 scores the outputs of a whole split.
 """
 
@@ -19,9 +19,9 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from zoo.peft.config import ConfigError
-from zoo.registry import Registry
-from zoo.tasks import IGNORE_INDEX, TASKS, TaskModel, TaskSpec
+from zoo.errors import ConfigError
+from zoo.catalog.registry import Registry
+from zoo.tasks.heads import IGNORE_INDEX, TASKS, TaskModel, TaskSpec
 from zoo.train.loop import move_to_device
 from zoo.train.task import TrainTask
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo import metrics
+from zoo.tasks import metrics
 
 IGNORE_INDEX = -100
 

@@ -1,4 +1,4 @@
-"""From a :class:`~zoo.config.RunConfig` to datasets, a model with its PEFT method, and a TrainTask.
+"""From a :class:`~zoo.experiment.config.RunConfig` to datasets, a model with its PEFT method, and a TrainTask.
 
 Everything is found through the registries (backbones, datasets, task builders, methods),
 so the core never imports a domain. The order is chosen so that a run fails early and
@@ -26,18 +26,18 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 
 import zoo.peft as zp
-from zoo.backbones import BACKBONES, BackboneSpec, PretrainedUnavailable, create_backbone
-from zoo.config import RunConfig
-from zoo.datasets import (
+from zoo.catalog.backbones import BACKBONES, BackboneSpec, PretrainedUnavailable, create_backbone
+from zoo.experiment.config import RunConfig
+from zoo.catalog.datasets import (
     DATASETS, DataError, DatasetSpec, SplitSource, data_root, dataset_dir, describe_split, load_dataset, load_noting_checksums,
     local_copy_present,
 )
-from zoo.download import ChecksumWarning, DownloadError
-from zoo.peft.config import ConfigError
+from zoo.catalog.download import ChecksumWarning, DownloadError
+from zoo.errors import ConfigError
 from zoo.peft.report import ParameterReport
-from zoo.registry import UnknownNameError
+from zoo.catalog.registry import UnknownNameError
 from zoo.train.task import TrainTask
-from zoo.train_tasks import TASK_BUILDERS, TaskBuilder, TaskRequest
+from zoo.tasks.train_tasks import TASK_BUILDERS, TaskBuilder, TaskRequest
 
 SPLIT_KEYS = {"train": "train_split", "val": "val_split", "test": "test_split"}
 
@@ -286,10 +286,10 @@ def data_status(config: RunConfig, resolved: Resolved) -> str:
     return f"missing: {what} not under {directory} (data.download=false)"
 
 
-def load_run(run_dir: str | os.PathLike, roles: tuple[str, ...] = ()) -> BuiltRun:
+def load_built_run(run_dir: str | os.PathLike, roles: tuple[str, ...] = ()) -> BuiltRun:
     """A finished run rebuilt from its directory: the backbone as ``config.yaml`` says, the adapter
     from ``adapter/``, and the datasets of ``roles`` (e.g. ``("test",)``)."""
-    from zoo.run_dir import ADAPTER_DIR, RUN_FILE, read_config, read_json
+    from zoo.experiment.run_dir import ADAPTER_DIR, RUN_FILE, read_config, read_json
 
     run_dir = Path(run_dir)
     config = read_config(run_dir)

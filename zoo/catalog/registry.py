@@ -1,23 +1,18 @@
 """Decorator registries with lowercase unique names and helpful lookup errors.
 
 Backbones, datasets and tasks are registered by domain packages; the core looks them up
-by name and never imports a domain directly (see :func:`zoo.domains.load_domains`).
+by name and never imports a domain directly (see :func:`zoo.catalog.domains.load_domains`).
 """
 
 from __future__ import annotations
+
+from zoo.errors import UnknownNameError
 
 import difflib
 import fnmatch
 from typing import Callable, Generic, Iterator, TypeVar
 
 T = TypeVar("T")
-
-
-class UnknownNameError(KeyError):
-    """A name that is not registered; the message suggests close matches."""
-
-    def __str__(self) -> str:  # KeyError quotes its message otherwise
-        return str(self.args[0])
 
 
 class Registry(Generic[T]):
@@ -62,6 +57,6 @@ class Registry(Generic[T]):
 
 
 def _load_domains() -> None:
-    from zoo.domains import load_domains
+    from zoo.catalog.domains import load_domains
 
     load_domains()

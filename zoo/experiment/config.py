@@ -2,16 +2,16 @@
 
 A run has five sections, read top to bottom like the recipe that states them::
 
-    backbone: {name, pretrained, options}            -> zoo.backbones.create_backbone
-    data:     {name, root, options, splits, limits}  -> zoo.datasets.load_dataset
-    task:     {kind, num_outputs, main_metric, ...}  -> a task builder (zoo.train_tasks)
+    backbone: {name, pretrained, options}            -> zoo.catalog.backbones.create_backbone
+    data:     {name, root, options, splits, limits}  -> zoo.catalog.datasets.load_dataset
+    task:     {kind, num_outputs, main_metric, ...}  -> a task builder (zoo.tasks.train_tasks)
     method:   {name, <options of that method>}      -> zoo.peft.apply
     train:    {<fields of zoo.train.TrainSettings>}  -> zoo.train.Trainer
 
 plus ``description`` and ``scale`` (``default``: the pretrained backbone and the real data;
 ``tiny``: a small random-weight backbone, the dataset's synthetic fixture and the recipe's
 ``tiny:`` overrides, for a smoke run on a CPU). Recipe files may start with ``defaults:``,
-a list of base files merged under them (see :mod:`zoo.recipes`).
+a list of base files merged under them (see :mod:`zoo.experiment.recipes`).
 
 Every value is type-checked (pydantic, strict: ``1`` is not a bool, ``"8"`` is not an int),
 and every error names the key, the bad value and what is allowed; an unknown key lists the
@@ -20,19 +20,17 @@ valid ones, closest first.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import difflib
 import functools
-import re
 import typing
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from zoo.peft.config import ConfigError
+from zoo.errors import ConfigError
+from zoo.experiment.yaml_files import dump_yaml, merge, parse_value
 
 SCALES = ("default", "tiny")
 SECTIONS = ("backbone", "data", "task", "method", "train")
@@ -40,59 +38,6 @@ FREE_FORM = ("options",)
 """Keys holding a dict passed through to a builder; their contents are checked by that builder."""
 FILE_ONLY_KEYS = ("defaults", "tiny")
 """Keys a recipe file may have that are consumed while reading it (not part of the resolved config)."""
-
-
-# -- YAML ------------------------------------------------------------------------------
-class _Loader(yaml.SafeLoader):
-    """YAML 1.1 reads ``3e-4`` as a string (it wants ``3.0e-4``); read it as the float everyone means."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
-
-
-def parse_value(text: str) -> Any:
-    """A command-line value read as YAML: ``16`` -> 16, ``3e-4`` -> 0.0003, ``[q,v]`` -> a list,
-    ``null`` -> None, anything else that is not YAML -> the string itself."""
-    try:
-        return yaml.load(text, Loader=_Loader)
-    except yaml.YAMLError:
-        return text
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as error:
-        raise ConfigError(f"cannot read {path}: {error.strerror or error}") from None
-    try:
-        data = yaml.load(text, Loader=_Loader)
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path} is not valid YAML: {error}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping of sections (backbone, data, ...), found a {type(data).__name__}")
-    return data
-
-
-def dump_yaml(data: dict[str, Any]) -> str:
-    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True, width=100)
-
-
-def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """``update`` merged into a copy of ``base``: nested mappings merge, anything else is replaced."""
-    result = copy.deepcopy(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(result.get(key), dict):
-            result[key] = merge(result[key], value)
-        else:
-            result[key] = copy.deepcopy(value)
-    return result
 
 
 # -- sections --------------------------------------------------------------------------
@@ -395,7 +340,7 @@ def _check_values(config: RunConfig) -> None:
 
 def load_config(recipe: str | Path, overrides: list[str] | dict[str, Any] = ()) -> RunConfig:
     """Read a recipe (by name, e.g. ``vision/medical-lora``, or a YAML path) and apply overrides."""
-    from zoo.recipes import find_recipe, read_recipe
+    from zoo.experiment.recipes import find_recipe, read_recipe
 
     path = find_recipe(recipe)
     data = read_recipe(path)

@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from zoo import __version__
-from zoo.config import RunConfig, read_yaml
-from zoo.peft.config import ConfigError
+from zoo.experiment.config import RunConfig
+from zoo.experiment.yaml_files import read_yaml
+from zoo.errors import ConfigError
 
 CONFIG_FILE = "config.yaml"
 RUN_FILE = "run.json"
@@ -167,7 +168,7 @@ def mark(run_dir: Path, state: str, **fields: Any) -> None:
 
 
 def read_config(run_dir: Path) -> RunConfig:
-    from zoo.config import validate
+    from zoo.experiment.config import validate
 
     if not (run_dir / CONFIG_FILE).is_file():
         raise ConfigError(f"{run_dir} is not a zoo run directory: it has no {CONFIG_FILE}")

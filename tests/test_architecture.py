@@ -1,0 +1,108 @@
+"""The package layout as a checked rule: one-way imports, no cycles, no domain in the core."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path, module: str, modules: set[str]) -> set[str]:
+    """Every module that ``path`` imports, at the top or inside a function, resolved to absolute names
+    (``from package import module`` counts as the module, ``from package import name`` as the package)."""
+    found = set()
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            for alias in node.names:
+                found.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base)
+    return found
+
+
+def _graph(top: str) -> dict[str, set[str]]:
+    modules = {_module_name(p): p for p in (ROOT / top).rglob("*.py")}
+    # `zoo` itself only re-exports the Python API lazily (zoo.run, zoo.load_run) beside __version__.
+    modules.pop(top, None)
+    graph = {}
+    for name, path in modules.items():
+        targets = set()
+        for imported in _imports(path, name, set(modules)):
+            # `from zoo.peft import engine` names a module; `from zoo.peft import apply` names its package
+            while imported and imported not in modules:
+                imported = imported.rpartition(".")[0]
+            if imported and imported != name:
+                targets.add(imported)
+        graph[name] = targets
+    return graph
+
+
+def _packages_of(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """The graph between zoo's subpackages (zoo.peft, zoo.experiment, ...); a package's __init__ counts as the package."""
+
+    def package(module: str) -> str:
+        return ".".join(module.split(".")[:2])
+
+    edges: dict[str, set[str]] = {}
+    for source, targets in graph.items():
+        edges.setdefault(package(source), set()).update(package(t) for t in targets if package(t) != package(source))
+    return edges
+
+
+def _cycle(edges: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for target in sorted(edges.get(node, ())):
+            if state.get(target) == 1:
+                return stack[stack.index(target):] + [target]
+            if target not in state and (found := visit(target)):
+                return found
+        state[node] = 2
+        stack.pop()
+        return None
+
+    for node in sorted(edges):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_the_core_never_imports_a_domain():
+    offenders = {m: sorted(t for t in targets if t.split(".")[0] == "domains") for m, targets in _graph("zoo").items()}
+    assert not {m: t for m, t in offenders.items() if t}
+
+
+def test_no_import_cycle_between_zoo_packages():
+    assert _cycle(_packages_of(_graph("zoo"))) is None
+
+
+def test_no_import_cycle_between_modules():
+    assert _cycle(_graph("zoo")) is None
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+@pytest.mark.parametrize("module", ["zoo.experiment.config", "zoo.experiment.recipes", "zoo.errors", "zoo.cli.main"])
+def test_light_modules_do_not_import_torch(module):
+    """The config layer, the errors and the CLI's start-up stay light: checking a recipe needs no torch."""
+    code = f"import sys, {module}; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout.strip() == "False"

@@ -1,0 +1,48 @@
+"""Every error type zoo raises for bad input, in one place.
+
+Each is raised with a message that names the problem and the fix; the CLI prints that
+message as one line (no traceback). ``zoo.peft`` re-exports them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A recipe key, a method option or a command-line value is unknown or outside what is allowed."""
+
+
+class UnknownNameError(KeyError):
+    """A name that is not registered; the message suggests close matches."""
+
+    def __str__(self) -> str:  # KeyError quotes its message otherwise
+        return str(self.args[0])
+
+
+class DataError(ValueError):
+    """Data that is missing, corrupt or out of range; the message names the file."""
+
+
+class DownloadError(RuntimeError):
+    """A file could not be fetched or did not match its checksum."""
+
+
+class ChecksumWarning(UserWarning):
+    """A local copy differs from the canonical file; ``path`` is that copy."""
+
+    def __init__(self, message: str, path: Path | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class PretrainedUnavailable(RuntimeError):
+    """Pretrained weights could not be loaded (offline, missing file, wrong format)."""
+
+
+class AdapterFileError(ValueError):
+    """An adapter directory is missing, corrupt, or does not fit the model."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, corrupt, or does not fit the model and settings."""

@@ -1,0 +1,220 @@
+"""An experiment is one call: ``run(recipe, overrides, out=...) -> Run``; ``load_run(dir)`` reads one back.
+
+``zoo train`` is a thin shell over :func:`run`, and so are the tools built on runs (result
+tables, the hub, tuning). The order keeps bad input cheap and nothing half-written: the
+recipe and overrides are validated, the data and the backbone loaded, the method applied,
+and only then is the run directory created. The trainer writes metrics, TensorBoard events
+and checkpoints while it runs; the adapter, evaluation results and model card are written
+at the end, and ``run.json`` says ``complete`` last.
+
+Under torchrun every process calls :func:`run` with the same arguments and the same ``out``;
+only rank 0 writes the run directory.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from zoo.errors import ConfigError
+from zoo.experiment import run_dir as runs
+from zoo.experiment.config import RunConfig, load_config
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; ``run_dir`` (marked ``interrupted``) resumes with ``resume=True``."""
+
+    def __init__(self, run_dir: Path | None) -> None:
+        super().__init__(f"interrupted: {run_dir}")
+        self.run_dir = run_dir
+
+
+@dataclass
+class Run:
+    """A run directory read back: what ran, how far it got, and its results."""
+
+    dir: Path
+    config: RunConfig
+    record: dict[str, Any] = field(default_factory=dict)
+    """``run.json``: status, recipe, command, timings, parameter counts."""
+    results: dict[str, Any] = field(default_factory=dict)
+    """``eval_results.json``: per split, ``{"metrics": {...}, "step": ..., "note": ...}``."""
+
+    @property
+    def status(self) -> str:
+        return self.record.get("status", "unknown")
+
+    @property
+    def recipe(self) -> str | None:
+        return self.record.get("recipe")
+
+    def metrics(self, split: str = "test") -> dict[str, float]:
+        """The metrics measured on ``split`` (``val``: at the best step), or {} when there are none."""
+        return dict(self.results.get(split, {}).get("metrics", {}))
+
+    def build(self, roles: tuple[str, ...] = ()):
+        """The backbone rebuilt from ``config.yaml`` with ``adapter/`` loaded (a ``BuiltRun``), and the
+        datasets of ``roles``."""
+        from zoo.experiment.build import load_built_run
+
+        return load_built_run(self.dir, roles)
+
+
+def load_run(run_dir: str | os.PathLike) -> Run:
+    """Read a run directory (any status); a folder that is not one is a clear error."""
+    run_dir = Path(run_dir)
+    if not runs.is_run_dir(run_dir):
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no {runs.CONFIG_FILE} and {runs.RUN_FILE})")
+    results = runs.read_json(run_dir / runs.EVAL_FILE) if (run_dir / runs.EVAL_FILE).exists() else {}
+    return Run(run_dir, runs.read_config(run_dir), runs.read_json(run_dir / runs.RUN_FILE), results)
+
+
+def recipe_label(recipe: str | os.PathLike) -> str:
+    """The recipe's name under the recipes folder, else the file's stem."""
+    from zoo.experiment.recipes import find_recipe, recipes_root
+
+    path = find_recipe(recipe).resolve()
+    try:
+        return path.relative_to(recipes_root().resolve()).with_suffix("").as_posix()
+    except ValueError:
+        return path.stem
+
+
+def still_running(run_dir: Path) -> int | None:
+    """The pid of another live process of this machine that is training ``run_dir``, if any."""
+    record = runs.read_json(run_dir / runs.RUN_FILE)
+    pid = record.get("pid")
+    if record.get("status") != "running" or record.get("host") != socket.gethostname() or not pid or pid == os.getpid():
+        return None
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return None
+    return pid
+
+
+def run(
+    recipe: str | os.PathLike | RunConfig,
+    overrides: list[str] | dict[str, Any] = (),
+    *,
+    out: str | os.PathLike | None = None,
+    resume: bool = False,
+    command: str | None = None,
+    name: str | None = None,
+    log: Callable[[str], None] | None = print,
+) -> Run:
+    """Train and evaluate one recipe (a name, a YAML path, or a ``RunConfig``) and return its run.
+
+    ``out`` is the run directory (default ``runs/<recipe>``, numbered when taken); ``resume``
+    carries an interrupted run on from its newest readable checkpoint (a complete run is returned
+    as it is); ``command`` is what the model card records as the command that made it (default:
+    the equivalent ``zoo train``); ``name`` labels a ``RunConfig`` given directly; ``log=None``
+    prints nothing. Ctrl-C marks the run ``interrupted`` and raises :class:`RunInterrupted` (a
+    KeyboardInterrupt naming the run directory); any other error marks it ``failed`` and is raised again.
+    """
+    from zoo.train import is_main_process
+
+    if isinstance(recipe, RunConfig):
+        config, label, original = recipe, name or "config", recipe
+    else:
+        config = load_config(recipe, overrides)
+        label = name or recipe_label(recipe)
+        # The recipe as written (at the same scale), to tell whether its description still fits the run.
+        scale = {"scale": config.scale} if config.scale != "default" else {}
+        original = load_config(recipe, scale)
+    if command is None:
+        shown = " ".join(overrides) if not isinstance(overrides, dict) else " ".join(f"{k}={v}" for k, v in overrides.items())
+        command = f"zoo train {label}" + (f" {shown}" if shown else "") + (f" --out {out}" if out else "")
+    say = log if (log is not None and is_main_process()) else (lambda _message: None)
+    main = is_main_process()
+    out_path = Path(out) if out is not None else None
+    if main:
+        run_dir = runs.choose_run_dir(out_path, label, config, resume)
+    elif out_path is None:
+        raise ConfigError("every process of a multi-process run needs the same out= (zoo train --nproc passes it)")
+    else:
+        run_dir = out_path
+    if main and resume:
+        runs.check_resume_config(run_dir, config)
+        if runs.status(run_dir) == "complete":
+            say(f"{run_dir} is already complete; nothing to resume (zoo info {run_dir})")
+            return load_run(run_dir)
+        if (pid := still_running(run_dir)) is not None:
+            raise ConfigError(f"--resume: {run_dir} is still being trained by process {pid} on this machine")
+    _train(config, original, label, run_dir, command, resume, say, main)
+    return load_run(run_dir) if main else Run(run_dir, config)
+
+
+def _train(config, original, label, run_dir, command, resume, say, main) -> None:
+    import zoo.peft as zp
+    from zoo.experiment.build import build_run
+    from zoo.experiment.model_card import described_changes
+    from zoo.train import Trainer
+
+    built = build_run(config)
+    report = zp.parameter_report(built.model)
+    if main:
+        sizes = ", ".join(f"{role} {len(dataset)}" for role, dataset in built.datasets.items())
+        say(f"{label}{' (scale=tiny)' if config.tiny else ''}: {config.method.name} on {config.backbone.name}, "
+            f"{config.data.name} ({sizes})")
+        say(f"  {report}")
+        say(f"  run directory: {run_dir}{' (resuming)' if resume else ''}")
+        runs.start(run_dir, config, label, command, resume)
+        outputs = getattr(getattr(built.model, "head", None), "out_features", None)
+        runs.mark(run_dir, "running", num_outputs=outputs, data_dir=str(built.data_dir) if built.data_dir else None)
+
+    trainer = Trainer(built.model, built.task, built.datasets["train"], built.datasets.get("val"), config.train_settings(), run_dir)
+    try:
+        result = trainer.fit(resume=resume)
+        if trainer.resumed_from is not None:
+            say(f"  resumed from {trainer.resumed_from}")
+        test_metrics = trainer.evaluate(built.datasets["test"]) if "test" in built.datasets else None
+    except KeyboardInterrupt:
+        if main:
+            runs.mark(run_dir, "interrupted")
+        raise RunInterrupted(run_dir if main else None) from None
+    except BaseException as error:
+        if main:
+            runs.mark(run_dir, "failed", error=f"{type(error).__name__}: {error}")
+        raise
+    with trainer.full_weights():  # whole tensors on rank 0 under FSDP; every process must enter
+        if main:
+            _finish(run_dir, built, label, command, report, result, test_metrics, described_changes(original, config), say)
+
+
+def _finish(run_dir, built, label, command, report, result, test_metrics, changed, say) -> None:
+    import zoo.peft as zp
+    from zoo.experiment.model_card import model_card
+
+    config = built.config
+    zp.save_adapter(built.model, run_dir / runs.ADAPTER_DIR)
+    results = {}
+    if result.best_metrics:
+        results["val"] = {"metrics": result.best_metrics, "step": result.best_step, "note": f"best step {result.best_step}"}
+    if test_metrics is not None:
+        weights = "best validation checkpoint" if (config.train.load_best_at_end and result.best_metrics) else "final weights"
+        results["test"] = {"metrics": test_metrics, "step": result.best_step if "best" in weights else result.steps,
+                           "note": weights}
+    runs.write_json(run_dir / runs.EVAL_FILE, results)
+    training = {"steps": result.steps, "epochs": result.epochs, "stopped_early": result.stopped_early,
+                "seconds": result.train_seconds}
+    card = model_card(
+        recipe=label, command=command, config=config, backbone_spec=built.resolved.backbone,
+        dataset_spec=built.resolved.dataset, task_kind=built.resolved.task_kind, main_metric=built.task.main_metric,
+        report=report, results=results, training=training, data_dir=built.data_dir, run_dir=run_dir,
+        sources=built.sources, rows_used={role: len(dataset) for role, dataset in built.datasets.items()},
+        changed=list(changed),
+    )
+    runs.atomic_write_text(run_dir / runs.CARD_FILE, card)
+    runs.mark(
+        run_dir, "complete", finished=runs.now(), steps=result.steps, main_metric=built.task.main_metric,
+        best_metric=result.best_metric, best_step=result.best_step, trainable_parameters=report.trainable,
+        total_parameters=report.total,
+    )
+    for split, entry in results.items():
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in entry["metrics"].items() if isinstance(v, (int, float)))
+        say(f"{split}: {shown}")
+    say(f"done: {run_dir} (model card {run_dir / runs.CARD_FILE})")

@@ -1,0 +1,1 @@
+"""Task heads (classification, regression, per-residue), training objectives and metrics."""
