@@ -9,11 +9,11 @@ error.
 
 from __future__ import annotations
 
-from zoo.errors import DownloadError, ChecksumWarning
+from zoo.errors import ChecksumWarning, DownloadError
+from zoo.files import atomic_file
 
 import hashlib
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -50,30 +50,22 @@ def download(
 ) -> Path:
     """Fetch ``url`` to ``destination`` (atomically), verifying ``sha256`` (or ``md5``) when given."""
     expected, algorithm = (sha256, "sha256") if sha256 else (md5, "md5")
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".part", dir=destination.parent)
+    digest = hashlib.new(algorithm)
     try:
-        digest = hashlib.new(algorithm)
-        try:
-            with requests.get(url, stream=True, timeout=timeout) as response:
-                response.raise_for_status()
-                with os.fdopen(handle, "wb") as out:
-                    for chunk in response.iter_content(1 << 20):
-                        out.write(chunk)
-                        digest.update(chunk)
-        except requests.RequestException as error:
-            raise DownloadError(
-                f"{what}: could not download {url} ({type(error).__name__}: {error}). Without network access, "
-                f"fetch the file elsewhere and put it at {destination}, or point the data root "
-                f"(data.root=... or ZOO_DATA_DIR) at a folder that has it"
-            ) from None
-        if expected and digest.hexdigest() != expected:
-            raise DownloadError(
-                f"{what}: the file downloaded from {url} has {algorithm} {digest.hexdigest()}, expected {expected}; "
-                f"it was not saved. Try again; if it persists the file upstream changed"
-            )
-        os.replace(temporary, destination)
-        return destination
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+        with atomic_file(destination) as out, requests.get(url, stream=True, timeout=timeout) as response:
+            response.raise_for_status()
+            for chunk in response.iter_content(1 << 20):
+                out.write(chunk)
+                digest.update(chunk)
+            if expected and digest.hexdigest() != expected:
+                raise DownloadError(
+                    f"{what}: the file downloaded from {url} has {algorithm} {digest.hexdigest()}, expected {expected}; "
+                    f"it was not saved. Try again; if it persists the file upstream changed"
+                )
+    except requests.RequestException as error:
+        raise DownloadError(
+            f"{what}: could not download {url} ({type(error).__name__}: {error}). Without network access, "
+            f"fetch the file elsewhere and put it at {destination}, or point the data root "
+            f"(data.root=... or ZOO_DATA_DIR) at a folder that has it"
+        ) from None
+    return destination

@@ -14,8 +14,6 @@ data is the dataset's synthetic fixture, written once (atomically) to
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +26,7 @@ from torch.utils.data import Dataset, Subset
 import zoo.peft as zp
 from zoo.catalog.backbones import BACKBONES, BackboneSpec, PretrainedUnavailable, create_backbone
 from zoo.experiment.config import RunConfig
+from zoo.files import atomic_directory
 from zoo.catalog.datasets import (
     DATASETS, DataError, DatasetSpec, SplitSource, data_root, dataset_dir, describe_split, load_dataset, load_noting_checksums,
     local_copy_present,
@@ -99,17 +98,9 @@ def fixture_root(spec: DatasetSpec) -> Path:
     base = Path(os.environ.get("ZOO_CACHE_DIR") or Path.home() / ".cache" / "zoo").expanduser() / "fixtures"
     root = base / spec.name
     if not root.exists():
-        base.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{spec.name}.", dir=base))
-        try:
+        # A reader sees the whole fixture or none; when two processes race, the first one's stays.
+        with atomic_directory(root, replace=False) as staging:
             spec.make_fixture(staging / (spec.folder or "data"))
-            try:
-                os.replace(staging, root)  # atomic: a reader sees the whole fixture or none
-            except OSError:
-                if not root.exists():  # another process won the race otherwise
-                    raise
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
     return root
 
 

@@ -21,7 +21,6 @@ import datetime
 import json
 import os
 import socket
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from zoo import __version__
 from zoo.experiment.config import RunConfig
 from zoo.experiment.yaml_files import read_yaml
 from zoo.errors import ConfigError
+from zoo.files import atomic_write_text  # noqa: F401  (runs.atomic_write_text writes the card)
 
 CONFIG_FILE = "config.yaml"
 RUN_FILE = "run.json"
@@ -36,20 +36,6 @@ EVAL_FILE = "eval_results.json"
 CARD_FILE = "README.md"
 ADAPTER_DIR = "adapter"
 RUNS_ROOT = Path("runs")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

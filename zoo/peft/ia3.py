@@ -20,7 +20,6 @@ Adapters without fused slices are saved as HF PEFT's ``IA3`` and load in ``peft`
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import torch

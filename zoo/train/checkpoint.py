@@ -15,9 +15,9 @@ its contents, so a file damaged later (truncated, bytes flipped on disk) is reco
 from __future__ import annotations
 
 from zoo.errors import CheckpointError
+from zoo.files import atomic_file
 
 import hashlib
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -63,40 +63,16 @@ def content_digest(value: Any, digest: Any = None) -> Any:
 def atomic_save(payload: dict[str, Any], path: Path, keep_previous: Path | None = None) -> Path:
     """Write ``payload`` to ``path`` atomically; with ``keep_previous``, the file it replaces is moved
     there, but only after the new one is flushed to disk (so a good checkpoint always exists)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {**payload, DIGEST_KEY: content_digest(payload).hexdigest()}
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(temporary, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if keep_previous is not None and path.exists():
-            os.replace(path, keep_previous)  # a kill right here leaves only keep_previous, which load_newest reads
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    _fsync_directory(path.parent)
+    # keep_previous: a kill between the two renames leaves only keep_previous, which load_newest reads
+    with atomic_file(path, "wb", keep_previous=keep_previous) as handle:
+        torch.save(payload, handle)
     return path
 
 
 def save_rotating(payload: dict[str, Any], directory: Path) -> Path:
     """Write ``last.pt``, keeping the checkpoint it replaces as ``last.prev.pt``."""
     return atomic_save(payload, directory / LAST_NAME, keep_previous=directory / PREVIOUS_NAME)
-
-
-def _fsync_directory(directory: Path) -> None:
-    # Makes the rename itself durable; not possible (nor needed) on every platform.
-    try:
-        descriptor = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
 
 
 def load(path: Path) -> dict[str, Any]:
