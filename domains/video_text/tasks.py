@@ -33,6 +33,8 @@ from zoo.tasks.train_tasks import ModelTask, TaskRequest, register_task_builder
 
 MAX_LOGIT_SCALE = math.log(100.0)
 
+metrics.register_lower_is_better("median_rank")  # rank 1 is the best retrieval
+
 
 class Temperature(nn.Module):
     """exp(logit_scale), clamped to at most 100."""

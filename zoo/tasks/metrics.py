@@ -37,6 +37,20 @@ def auroc(labels, scores) -> float:
     return float(roc_auc_score(labels, scores, multi_class="ovr", average="macro", labels=list(range(scores.shape[1]))))
 
 
+# Metrics where a smaller value is better; every other metric is better when greater. Domains add
+# their own (retrieval's median rank) with register_lower_is_better.
+_LOWER_IS_BETTER = {"loss", "mse", "mae", "rmse"}
+
+
+def register_lower_is_better(*names: str) -> None:
+    """Declare metrics whose best value is the smallest (used for early stopping and best checkpoints)."""
+    _LOWER_IS_BETTER.update(names)
+
+
+def greater_is_better(metric: str) -> bool:
+    return metric not in _LOWER_IS_BETTER
+
+
 def spearman(targets, predictions) -> float:
     return float(spearmanr(_np(targets), _np(predictions)).statistic)
 

@@ -22,15 +22,9 @@ from torch.utils.data import Dataset
 from zoo.errors import ConfigError
 from zoo.catalog.registry import Registry
 from zoo.tasks.heads import IGNORE_INDEX, TASKS, TaskModel, TaskSpec
+from zoo.tasks.metrics import greater_is_better
 from zoo.train.loop import move_to_device
 from zoo.train.task import TrainTask
-
-LOWER_IS_BETTER = frozenset({"loss", "mse", "mae", "rmse", "median_rank", "perplexity"})
-
-
-def greater_is_better(metric: str) -> bool:
-    return metric not in LOWER_IS_BETTER
-
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The model inside a DistributedDataParallel / FSDP wrapper."""
