@@ -36,7 +36,7 @@ SCALES = ("default", "tiny")
 SECTIONS = ("backbone", "data", "task", "method", "train")
 FREE_FORM = ("options",)
 """Keys holding a dict passed through to a builder; their contents are checked by that builder."""
-FILE_ONLY_KEYS = ("defaults", "tiny")
+FILE_ONLY_KEYS = ("defaults", "tiny", "search")
 """Keys a recipe file may have that are consumed while reading it (not part of the resolved config)."""
 
 
@@ -236,6 +236,7 @@ def compose(recipe: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]
     recipe = dict(recipe)
     tiny = recipe.pop("tiny", None) or {}
     recipe.pop("defaults", None)
+    recipe.pop("search", None)  # the search space of `zoo tune`, not part of a run
     scale = overrides.get("scale", recipe.get("scale", "default"))
     if scale == "tiny":
         recipe = merge(recipe, tiny)

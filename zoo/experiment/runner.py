@@ -105,6 +105,7 @@ def run(
     command: str | None = None,
     name: str | None = None,
     log: Callable[[str], None] | None = print,
+    callbacks: tuple[Callable[[Any, int], None], ...] = (),
 ) -> Run:
     """Train and evaluate one recipe (a name, a YAML path, or a ``RunConfig``) and return its run.
 
@@ -112,7 +113,8 @@ def run(
     carries an interrupted run on from its newest readable checkpoint (a complete run is returned
     as it is); ``command`` is what the model card records as the command that made it (default:
     the equivalent ``zoo train``); ``name`` labels a ``RunConfig`` given directly; ``log=None``
-    prints nothing. Ctrl-C marks the run ``interrupted`` and raises :class:`RunInterrupted` (a
+    prints nothing; ``callbacks`` are handed to the trainer (``callback(trainer, step)`` after every
+    optimizer step; hyperparameter search prunes through one). Ctrl-C marks the run ``interrupted`` and raises :class:`RunInterrupted` (a
     KeyboardInterrupt naming the run directory); any other error marks it ``failed`` and is raised again.
     """
     from zoo.train import is_main_process
@@ -144,11 +146,11 @@ def run(
             return load_run(run_dir)
         if (pid := still_running(run_dir)) is not None:
             raise ConfigError(f"--resume: {run_dir} is still being trained by process {pid} on this machine")
-    _train(config, original, label, run_dir, command, resume, say, main)
+    _train(config, original, label, run_dir, command, resume, say, main, callbacks)
     return load_run(run_dir) if main else Run(run_dir, config)
 
 
-def _train(config, original, label, run_dir, command, resume, say, main) -> None:
+def _train(config, original, label, run_dir, command, resume, say, main, callbacks=()) -> None:
     import zoo.peft as zp
     from zoo.experiment.build import build_run
     from zoo.experiment.model_card import described_changes
@@ -166,7 +168,8 @@ def _train(config, original, label, run_dir, command, resume, say, main) -> None
         outputs = getattr(getattr(built.model, "head", None), "out_features", None)
         runs.mark(run_dir, "running", num_outputs=outputs, data_dir=str(built.data_dir) if built.data_dir else None)
 
-    trainer = Trainer(built.model, built.task, built.datasets["train"], built.datasets.get("val"), config.train_settings(), run_dir)
+    trainer = Trainer(built.model, built.task, built.datasets["train"], built.datasets.get("val"), config.train_settings(),
+                      run_dir, callbacks=callbacks)
     try:
         result = trainer.fit(resume=resume)
         if trainer.resumed_from is not None:

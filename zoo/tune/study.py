@@ -1,0 +1,232 @@
+"""``zoo tune``: hyperparameter search over a recipe with Optuna; every trial is a normal run.
+
+TPE proposes each trial's values; a median pruner stops a trial at an evaluation where its
+validation metric falls below the median of earlier trials at the same step. The study lives in
+an Optuna journal file in the study folder (safe for many processes, on a shared file system
+too), so running the same command again resumes it up to ``trials`` finished trials. Each trial
+is a run directory under ``trials/``, made by :func:`zoo.experiment.run`; the best one's
+configuration is written as ``best.yaml``, a recipe that ``zoo train`` accepts, and PNG plots
+show the optimisation history, the parameter importances and the metric against each
+searched parameter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from zoo.errors import ConfigError
+from zoo.experiment.config import RunConfig, load_config
+from zoo.experiment.yaml_files import dump_yaml
+from zoo.files import atomic_write_text
+from zoo.tune.space import SearchParameter
+
+JOURNAL_FILE = "journal.log"
+BEST_RECIPE = "best.yaml"
+TRIALS_DIR = "trials"
+
+
+@dataclass
+class TuneResult:
+    study_dir: Path
+    best_value: float | None
+    best_params: dict[str, Any]
+    best_run: Path | None
+    best_recipe: Path | None
+    finished: int
+    pruned: int
+    failed: int
+    plots: list[Path]
+
+
+def _metric_direction(config: RunConfig) -> tuple[str, bool]:
+    """The main metric and whether greater is better, without training."""
+    from zoo.tasks.heads import TASKS
+    from zoo.tasks.metrics import greater_is_better
+
+    metric = config.task.main_metric or (TASKS[config.task.kind].main_metric if config.task.kind in TASKS else None)
+    if not metric:  # a domain's task kind: its builder knows its metric
+        from zoo.experiment.build import build_run
+
+        metric = build_run(config, roles=("train",)).task.main_metric
+    return metric, greater_is_better(metric)
+
+
+def _overrides_of(parameters: list[SearchParameter], values: dict[str, Any]) -> dict[str, Any]:
+    """Dotted keys -> the nested mapping that load_config takes as overrides."""
+    nested: dict[str, Any] = {}
+    for parameter in parameters:
+        node = nested
+        *parents, last = parameter.key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = values[parameter.key]
+    return nested
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    from zoo.experiment.yaml_files import merge
+
+    return merge(base, update)
+
+
+def check_parameters(recipe: str, overrides: dict[str, Any], parameters: list[SearchParameter]) -> None:
+    """Every searched key exists and takes its lowest value (the config names close matches otherwise)."""
+    for parameter in parameters:
+        sample = parameter.choices[0] if parameter.kind == "choice" else (
+            int(parameter.low) if parameter.kind == "int" else float(parameter.low)
+        )
+        try:
+            load_config(recipe, _merge(overrides, _overrides_of([parameter], {parameter.key: sample})))
+        except ConfigError as error:
+            raise ConfigError(f"search {parameter.describe()}: {error}") from None
+
+
+def tune(
+    recipe: str,
+    overrides: dict[str, Any],
+    parameters: list[SearchParameter],
+    trials: int,
+    study_dir: str | os.PathLike,
+    *,
+    jobs: int = 1,
+    seed: int = 0,
+    log: Callable[[str], None] | None = print,
+    after_trial: Callable[[Path], None] | None = None,
+) -> TuneResult:
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from zoo.experiment import run as run_experiment
+    from zoo.experiment.run_dir import mark
+
+    say = log or (lambda _message: None)
+    if not parameters:
+        raise ConfigError("nothing to search: give --search KEY=SPEC or a search: section in the recipe")
+    if trials < 1 or jobs < 1:
+        raise ConfigError(f"--trials={trials} and --jobs={jobs} must be whole numbers >= 1")
+    check_parameters(recipe, overrides, parameters)
+    base_config = load_config(recipe, overrides)
+    metric, greater = _metric_direction(base_config)
+    study_dir = Path(study_dir)
+    study_dir.mkdir(parents=True, exist_ok=True)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = JournalStorage(JournalFileBackend(str(study_dir / JOURNAL_FILE)))
+    study = optuna.create_study(
+        study_name="zoo-tune", storage=storage, load_if_exists=True,
+        direction="maximize" if greater else "minimize",
+        sampler=optuna.samplers.TPESampler(seed=seed), pruner=optuna.pruners.MedianPruner(n_warmup_steps=0),
+    )
+    _check_same_study(study, recipe, overrides, parameters, metric)
+    done = [t for t in study.trials if t.state.is_finished()]
+    remaining = trials - len(done)
+    say(f"study {study_dir}: {metric} ({'max' if greater else 'min'}), {len(done)} of {trials} trials done; "
+        + ", ".join(p.describe() for p in parameters))
+
+    def objective(trial: optuna.Trial) -> float:
+        values = {parameter.key: parameter.suggest(trial) for parameter in parameters}
+        out = study_dir / TRIALS_DIR / f"trial-{trial.number:03d}"
+        trial.set_user_attr("run_dir", str(out))
+
+        def report(trainer, step: int) -> None:
+            history = trainer.progress.history
+            if history and history[-1]["step"] == step and metric in history[-1]:
+                trial.report(float(history[-1][metric]), step)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"{metric} {history[-1][metric]:.4g} at step {step} is below the median")
+
+        shown = " ".join(f"{key}={value}" for key, value in values.items())
+        try:
+            run = run_experiment(recipe, _merge(overrides, _overrides_of(parameters, values)), out=out, log=None,
+                                 command=f"zoo tune trial {trial.number}: {shown}", name=f"tune/{trial.number}",
+                                 callbacks=(report,))
+        except optuna.TrialPruned:
+            mark(out, "pruned")
+            say(f"  trial {trial.number}: {shown} -> pruned")
+            raise
+        finally:
+            if after_trial is not None and out.exists():
+                after_trial(out)
+        value = run.metrics("val").get(metric)
+        if value is None:
+            raise ConfigError(f"trial {trial.number} reported no validation {metric}; the recipe needs a val split")
+        say(f"  trial {trial.number}: {shown} -> {metric} {value:.4f}")
+        return float(value)
+
+    if remaining > 0:
+        study.optimize(objective, n_trials=remaining, n_jobs=jobs, catch=(ConfigError, RuntimeError, ValueError))
+    return _finish(study, study_dir, base_config, parameters, metric, say)
+
+
+def _check_same_study(study, recipe: str, overrides: dict[str, Any], parameters: list[SearchParameter], metric: str) -> None:
+    """A study folder belongs to one recipe and search space; resuming another would mix trials."""
+    identity = {"recipe": recipe, "overrides": overrides, "search": [p.describe() for p in parameters], "metric": metric}
+    stored = study.user_attrs.get("identity")
+    if stored is None:
+        study.set_user_attr("identity", json.loads(json.dumps(identity, default=str)))
+    elif stored != json.loads(json.dumps(identity, default=str)):
+        raise ConfigError(
+            f"the study folder holds a study of {stored['recipe']} searching {', '.join(stored['search'])} "
+            f"with overrides {stored['overrides']}; use another --study folder for a different search"
+        )
+
+
+def _finish(study, study_dir: Path, base_config: RunConfig, parameters, metric: str, say) -> TuneResult:
+    import optuna
+
+    from zoo.experiment.run_dir import read_config
+
+    states = [t.state for t in study.trials]
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    best_run = best_recipe = None
+    best_value, best_params = None, {}
+    if complete:
+        best = study.best_trial
+        best_value, best_params = best.value, dict(best.params)
+        best_run = Path(best.user_attrs["run_dir"])
+        data = read_config(best_run).to_dict()
+        shown = ", ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}" for key, value in best_params.items())
+        data["description"] = f"best trial of zoo tune ({shown}); was: {data.get('description') or 'no description'}"
+        best_recipe = study_dir / BEST_RECIPE
+        header = (f"# Best of {len(complete)} finished trials of zoo tune ({metric} {best_value:.4f} on val, "
+                  f"trial {best.number}: {best_run}).\n# Train it with: zoo train {best_recipe}\n")
+        atomic_write_text(best_recipe, header + dump_yaml(data))
+        say(f"best: trial {best.number}, {metric} {best_value:.4f}, {best_params}; recipe {best_recipe}")
+    plots = _plots(study, study_dir, parameters) if len(complete) >= 2 else []
+    return TuneResult(
+        study_dir, best_value, best_params, best_run, best_recipe, finished=len(complete),
+        pruned=states.count(optuna.trial.TrialState.PRUNED), failed=states.count(optuna.trial.TrialState.FAIL), plots=plots,
+    )
+
+
+def _plots(study, study_dir: Path, parameters: list[SearchParameter]) -> list[Path]:
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.exceptions import ExperimentalWarning
+    from optuna.visualization import matplotlib as optuna_plots
+
+    written = []
+    drawings = [("history.png", lambda: optuna_plots.plot_optimization_history(study)),
+                ("slices.png", lambda: optuna_plots.plot_slice(study))]
+    if len(parameters) > 1:
+        drawings.append(("importances.png", lambda: optuna_plots.plot_param_importances(study)))
+    for name, draw in drawings:
+        with warnings.catch_warnings():  # optuna marks its matplotlib plots experimental; they are what we need
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            axes = draw()
+            figure = (axes.flat[0] if hasattr(axes, "flat") else axes).get_figure()
+            figure.tight_layout()
+        path = study_dir / name
+        figure.savefig(path, dpi=110)
+        plt.close(figure)
+        written.append(path)
+    return written
