@@ -14,13 +14,13 @@ with ``encoder_only=False`` the whole model is, for generation with
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
+from zoo.catalog.download import hf_hub_unavailable
 from zoo.catalog.backbones import BACKBONES, PretrainedUnavailable, PretrainedWeights, register_backbone, unavailable
 from zoo.peft.structure import BERT_STYLE, Structure, register_structure
 
@@ -142,25 +142,6 @@ def _aliased_t5_block_class(base: type) -> type:
 
 
 # -- loading --------------------------------------------------------------------------
-def _hub_offline() -> bool:
-    from huggingface_hub import constants
-
-    flag = os.environ.get("HF_HUB_OFFLINE", "")
-    return constants.HF_HUB_OFFLINE or flag.upper() in ("1", "ON", "YES", "TRUE")
-
-
-def _hub_reachable(timeout: float = 5.0) -> str | None:
-    """None if the hub answers, else why not (one quick request instead of the hub client's minute of retries)."""
-    import requests
-    from huggingface_hub import constants
-
-    try:
-        requests.head(constants.ENDPOINT, timeout=timeout, allow_redirects=False)
-    except requests.RequestException as error:
-        return f"{constants.ENDPOINT} is unreachable ({type(error).__name__})"
-    return None
-
-
 def load_pretrained(
     name: str,
     model_class: type,
@@ -209,7 +190,7 @@ def load_pretrained(
         raise
     except (OSError, ValueError):
         pass
-    reason = "the hub is offline (HF_HUB_OFFLINE is set)" if _hub_offline() else _hub_reachable()
+    reason = hf_hub_unavailable()
     if reason:
         raise unavailable(spec, True, ConnectionError(f"{source} is not in the local hub cache and {reason}"))
     return load(local_files_only=False)

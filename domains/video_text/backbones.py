@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from zoo.catalog.download import hf_hub_unavailable
 from zoo.catalog.backbones import PretrainedWeights, register_backbone
 from zoo.peft.structure import Structure, register_structure
 
@@ -216,34 +217,22 @@ def _local_checkpoint_file(path: Path) -> Path:
     raise FileNotFoundError(f"folder {path} holds none of {', '.join(HUB_FILES)}")
 
 
-def _hub_offline() -> bool:
-    from huggingface_hub import constants
-
-    flag = os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
-    return flag or bool(getattr(constants, "HF_HUB_OFFLINE", False))
-
-
 def hub_checkpoint(repo_id: str, cache_dir: str | os.PathLike | None = None) -> Path:
     """The checkpoint file of an open_clip hub repository: from the local cache, else downloaded.
 
     Without network this fails within seconds: huggingface_hub would otherwise retry for
     half a minute per file before giving up.
     """
-    import requests
-    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub import hf_hub_download
 
     for filename in HUB_FILES:
         try:
             return Path(hf_hub_download(repo_id, filename, cache_dir=cache_dir, local_files_only=True))
         except Exception:
             continue
-    if _hub_offline():
-        raise ConnectionError(f"HF_HUB_OFFLINE is set and {repo_id} is not in the local Hugging Face cache")
-    endpoint = constants.ENDPOINT
-    try:
-        requests.head(endpoint, timeout=5)
-    except requests.RequestException as error:
-        raise ConnectionError(f"cannot reach {endpoint} to fetch {repo_id} ({type(error).__name__})") from None
+    reason = hf_hub_unavailable()
+    if reason:
+        raise ConnectionError(f"{repo_id} is not in the local Hugging Face cache and {reason}")
     errors = []
     for filename in HUB_FILES:  # safetensors first, as open_clip prefers it
         try:

@@ -20,7 +20,6 @@ and pools with timm's own head pooling (the class token for these models).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ import torch
 from torch import nn
 
 from domains.vision.images import prepare_images
+from zoo.catalog.download import hf_hub_unavailable
 from zoo.catalog.backbones import PretrainedUnavailable, PretrainedWeights, register_backbone
 from zoo.peft.structure import VIT_STYLE
 
@@ -42,7 +42,6 @@ TINY_OPTIONS = {"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 32, "n
 FOLDER_FILES = ("model.safetensors", "pytorch_model.bin", "pytorch_model.pth", "model.pth")
 # Classifier tensors of the pretraining task; the zoo puts its own task head on top.
 CLASSIFIER_PREFIXES = ("head.", "head_dist.")
-HUB_PROBE_TIMEOUT_S = 3.0
 
 
 class TimmVisionBackbone(nn.Module):
@@ -128,25 +127,6 @@ def load_local_checkpoint(model: nn.Module, path: Path) -> None:
         )
 
 
-def hub_offline_reason(timeout: float = HUB_PROBE_TIMEOUT_S) -> str | None:
-    """Why the Hugging Face Hub cannot be used now, or None if it answers.
-
-    huggingface_hub retries unreachable hosts for about a minute per file; one short probe
-    lets an offline machine fail (or use its cache) at once instead.
-    """
-    import requests
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
-        return "HF_HUB_OFFLINE is set"
-    endpoint = os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
-    try:
-        requests.head(endpoint, timeout=timeout, allow_redirects=False)
-    except requests.RequestException as error:
-        return f"{endpoint} is unreachable ({type(error).__name__})"
-    return None
-
-
 def cached_hub_file(hub_id: str) -> Path | None:
     """The weights of ``hub_id`` in the local Hugging Face cache, if downloaded before."""
     from huggingface_hub import try_to_load_from_cache
@@ -179,7 +159,7 @@ def build_timm_vit(
         load_local_checkpoint(model, pretrained)
     else:
         hub_id = timm.models.get_pretrained_cfg(timm_name).hf_hub_id
-        reason = hub_offline_reason()
+        reason = hf_hub_unavailable()
         if reason is None:
             model = timm.create_model(timm_name, pretrained=True, num_classes=0, **timm_options)
         else:

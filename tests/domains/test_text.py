@@ -105,8 +105,7 @@ def test_pretrained_by_hub_id_fails_fast_offline(monkeypatch, tmp_path):
 
 def test_pretrained_by_hub_id_fails_fast_when_the_hub_is_unreachable(monkeypatch, tmp_path):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(text_backbones, "_hub_offline", lambda: False)
-    monkeypatch.setattr(text_backbones, "_hub_reachable", lambda timeout=5.0: "https://huggingface.co is unreachable (ConnectionError)")
+    monkeypatch.setattr(text_backbones, "hf_hub_unavailable", lambda: "https://huggingface.co is unreachable (ConnectionError)")
     with pytest.raises(PretrainedUnavailable, match="google/flan-t5-small is not in the local hub cache and https://huggingface.co is unreachable"):
         create_backbone("flan_t5_small", pretrained=True, cache_dir=str(tmp_path))
 

@@ -179,7 +179,7 @@ def test_unreachable_hub_fails_fast(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
-    with pytest.raises(PretrainedUnavailable, match="cannot reach"):
+    with pytest.raises(PretrainedUnavailable, match="is unreachable"):
         create_backbone("clip_vit_b32.openai", pretrained=True, cache_dir=tmp_path)
 
 

@@ -69,3 +69,26 @@ def download(
             f"(data.root=... or ZOO_DATA_DIR) at a folder that has it"
         ) from None
     return destination
+
+
+HUB_PROBE_TIMEOUT_S = 3.0
+
+
+def hf_hub_unavailable(timeout: float = HUB_PROBE_TIMEOUT_S) -> str | None:
+    """Why the Hugging Face Hub cannot be used now (HF_HUB_OFFLINE set, or its endpoint does not
+    answer), or None when it answers.
+
+    huggingface_hub retries an unreachable host for about a minute per file; one short probe lets
+    an offline machine fail at once (or use its cache) instead. Every domain asks this one function.
+    """
+    from huggingface_hub import constants
+
+    flag = os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+    if flag or bool(getattr(constants, "HF_HUB_OFFLINE", False)):
+        return "the hub is offline (HF_HUB_OFFLINE is set)"
+    endpoint = os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
+    try:
+        requests.head(endpoint, timeout=timeout, allow_redirects=False)
+    except requests.RequestException as error:
+        return f"{endpoint} is unreachable ({type(error).__name__})"
+    return None
