@@ -14,9 +14,9 @@ import sys
 import warnings
 
 from zoo import __version__
-from zoo.cli import cp, demo, doctor, eval, info, ls, train, validate
+from zoo.cli import cp, demo, doctor, eval, info, ls, reproduce, results, train, validate
 
-SUBCOMMANDS = (ls, train, eval, validate, cp, info, demo, doctor)
+SUBCOMMANDS = (ls, train, eval, validate, cp, info, demo, doctor, reproduce, results)
 
 
 def build_parser() -> argparse.ArgumentParser:
