@@ -64,6 +64,6 @@ def run(args: argparse.Namespace) -> int:
     if "submitted" not in counts or not args.no_wait:
         from zoo.cli.results import render_table
 
-        for path in render_table(summary.table, args.scale, args.out):
+        for path in render_table(args.table, args.scale, args.out):
             print(f"wrote {path}")
     return 1 if counts.get("failed") else 0
