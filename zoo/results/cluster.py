@@ -18,10 +18,10 @@ from zoo.errors import ConfigError
 DEFAULTS = {"timeout_min": 240, "cpus_per_task": 8, "gpus_per_node": 1, "slurm_array_parallelism": 32}
 
 
-def submit(pending: list, out: Path, summary, say: Callable[[str], None], options: dict[str, Any], wait: bool) -> None:
+def submit(pending: list, out: Path, summary, say: Callable[[str], None], options: dict[str, Any], wait: bool,
+           run_cell: Callable[..., dict[str, Any]]) -> None:
+    """``run_cell(cell_dict, out)`` is what each array task runs (zoo.results.reproduce.run_cell)."""
     import submitit
-
-    from zoo.results.reproduce import run_cell
 
     options = dict(options)
     cluster = options.pop("cluster", "slurm")

@@ -157,7 +157,7 @@ def reproduce(table: str, scale: str = "tiny", out: str | Path = "results", jobs
     if executor == "slurm":
         from zoo.results.cluster import submit
 
-        submit(pending, out, summary, say, slurm or {}, wait)
+        submit(pending, out, summary, say, slurm or {}, wait, run_cell)
     elif executor == "local":
         _run_local(pending, out, jobs, summary, say)
     else:
