@@ -46,3 +46,7 @@ class AdapterFileError(ValueError):
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupt, or does not fit the model and settings."""
+
+
+class ResultsStoreError(DataError):
+    """The results store cannot be read or written; ``zoo results rebuild`` remakes it from the run directories."""

@@ -14,9 +14,9 @@ import sys
 import warnings
 
 from zoo import __version__
-from zoo.cli import cp, demo, doctor, eval, info, ls, train, tune, validate
+from zoo.cli import cp, demo, doctor, eval, info, ls, reproduce, results, train, tune, validate
 
-SUBCOMMANDS = (ls, train, eval, validate, cp, info, demo, tune, doctor)
+SUBCOMMANDS = (ls, train, eval, validate, cp, info, demo, tune, reproduce, results, doctor)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -155,6 +155,7 @@ def _train(config, original, label, run_dir, command, resume, say, main, callbac
     from zoo.experiment.build import build_run
     from zoo.experiment.model_card import described_changes
     from zoo.train import Trainer
+    from zoo.train.memory import peak_memory, reset_peak_memory
 
     built = build_run(config)
     report = zp.parameter_report(built.model)
@@ -170,8 +171,10 @@ def _train(config, original, label, run_dir, command, resume, say, main, callbac
 
     trainer = Trainer(built.model, built.task, built.datasets["train"], built.datasets.get("val"), config.train_settings(),
                       run_dir, callbacks=callbacks)
+    reset_worked = reset_peak_memory()
     try:
         result = trainer.fit(resume=resume)
+        memory = peak_memory(trainer.device, reset_worked)
         if trainer.resumed_from is not None:
             say(f"  resumed from {trainer.resumed_from}")
         test_metrics = trainer.evaluate(built.datasets["test"]) if "test" in built.datasets else None
@@ -185,10 +188,11 @@ def _train(config, original, label, run_dir, command, resume, say, main, callbac
         raise
     with trainer.full_weights():  # whole tensors on rank 0 under FSDP; every process must enter
         if main:
-            _finish(run_dir, built, label, command, report, result, test_metrics, described_changes(original, config), say)
+            _finish(run_dir, built, label, command, report, result, test_metrics, described_changes(original, config), say,
+                    memory)
 
 
-def _finish(run_dir, built, label, command, report, result, test_metrics, changed, say) -> None:
+def _finish(run_dir, built, label, command, report, result, test_metrics, changed, say, memory=None) -> None:
     import zoo.peft as zp
     from zoo.experiment.model_card import model_card
 
@@ -215,9 +219,18 @@ def _finish(run_dir, built, label, command, report, result, test_metrics, change
     runs.mark(
         run_dir, "complete", finished=runs.now(), steps=result.steps, main_metric=built.task.main_metric,
         best_metric=result.best_metric, best_step=result.best_step, trainable_parameters=report.trainable,
-        total_parameters=report.total,
+        total_parameters=report.total, train_seconds=round(result.train_seconds, 3), **(memory or {}),
+        data={"name": config.data.name, "splits": {
+            role: {"rows_used": len(dataset), **_source(built.sources.get(role))} for role, dataset in built.datasets.items()}},
     )
     for split, entry in results.items():
         shown = ", ".join(f"{k} {v:.4f}" for k, v in entry["metrics"].items() if isinstance(v, (int, float)))
         say(f"{split}: {shown}")
     say(f"done: {run_dir} (model card {run_dir / runs.CARD_FILE})")
+
+
+def _source(source) -> dict[str, Any]:
+    """What run.json keeps of a split's source: the file, its rows and checksum (for the results store)."""
+    if source is None:
+        return {}
+    return {"rows": source.rows, "file": str(source.file) if source.file else None, "sha256": source.sha256}

@@ -1,0 +1,56 @@
+"""Rendering against a hand computation: mean ± std over seeds, Δ vs full fine-tuning, the published number."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from tests.results.conftest import SMALL, write_table
+
+
+def row(method: str, domain: str, seed: int, value: float, random_init: bool = False, **fields) -> dict:
+    return {"run_dir": f"/runs/{domain}/{method}/{seed}", "status": "complete", "table": "small", "scale": "cpu",
+            "domain": domain, "method_label": method, "seed": seed, "train_size": None, "metric": "accuracy",
+            "metric_split": "val", "metric_value": value, "trainable_parameters": 1000 if method != "full" else 100000,
+            "trainable_percent": 1.0 if method != "full" else 100.0, "peak_memory_bytes": 2**20 * 100,
+            "train_seconds": 10.0, "random_init": random_init, **fields}
+
+
+def test_mean_std_delta_and_published_match_a_hand_computation(tmp_path):
+    from zoo.results.render import RANDOM_INIT_NOTE, render
+    from zoo.results.spec import load_table
+
+    spec = load_table(write_table(tmp_path, SMALL))
+    rows = [row("full", "text", 0, 0.90), row("full", "text", 1, 0.95),
+            row("bitfit", "text", 0, 0.80), row("bitfit", "text", 1, 0.90), row("bitfit", "text", 2, 0.70),
+            row("bitfit", "video_text", 0, 0.25, random_init=True, metric="R@1"),
+            {**row("adapter-tiny", "video_text", 0, 0.0), "status": "n/a", "metric_value": None,
+             "error": "adapter does not fit open_clip attention"}]
+    files = render(rows, tmp_path / "out", spec, scale="cpu", command="zoo reproduce small --scale cpu")
+    names = {path.name for path in files}
+    assert {"small.md", "small.csv", "small-metric-vs-parameters.png", "small-memory-time.png"} <= names
+    for path in files:
+        assert path.stat().st_size > 0
+    # by hand: bitfit mean (0.8 + 0.9 + 0.7) / 3 = 0.8; sample std sqrt((0 + 0.01 + 0.01) / 2) = 0.1;
+    # full mean 0.925, std sqrt((0.025^2 * 2) / 1) = 0.035355; delta 0.8 - 0.925 = -0.125
+    markdown = (tmp_path / "out" / "small.md").read_text()
+    assert "0.8000 ± 0.1000 (Δ -0.1250)" in markdown
+    assert "0.9250 ± 0.0354 [pub. 0.9480]" in markdown
+    assert "0.2500 †" in markdown and RANDOM_INIT_NOTE in markdown  # one seed: no std; random weights marked
+    assert "n/a" in markdown and "adapter does not fit" in markdown
+    records = {(r["domain"], r["method"]): r for r in csv.DictReader((tmp_path / "out" / "small.csv").open())}
+    bitfit = records[("text", "bitfit")]
+    assert abs(float(bitfit["mean"]) - 0.8) < 1e-12 and abs(float(bitfit["std"]) - 0.1) < 1e-12
+    assert abs(float(bitfit["delta_vs_baseline"]) + 0.125) < 1e-12 and bitfit["seeds"] == "3"
+    assert float(records[("text", "full")]["published"]) == 0.948 and records[("text", "full")]["delta_vs_baseline"] == ""
+    assert float(bitfit["peak_memory_mib"]) == 100.0 and float(bitfit["trainable_percent"]) == 1.0
+
+
+def test_data_scale_plot_when_there_are_several_sizes(tmp_path):
+    from zoo.results.render import render
+
+    rows = [row(m, "sst2", 0, v, train_size=n, steps_to_95pct_best_val=s)
+            for m, n, v, s in (("full", 100, 0.6, 5), ("full", 1000, 0.8, 10), ("lora", 100, 0.55, 15), ("lora", 1000, 0.8, 20))]
+    names = {p.name for p in render(rows, tmp_path, None)}
+    assert "results-data-scale.png" in names
+    assert "## 100 training examples" in (tmp_path / "results.md").read_text()

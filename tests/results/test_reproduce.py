@@ -1,0 +1,167 @@
+"""``zoo reproduce`` on small tables written by the tests: cells run, skip, fail, resume and split into shards."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.results.conftest import write_table
+from zoo.experiment import run_dir as runs
+
+
+def rows_of(out: Path) -> dict[str, dict]:
+    from zoo.results.store import ResultsStore
+
+    with ResultsStore(out, create=False) as store:
+        return {row["cell"]: row for row in store.rows()}
+
+
+def test_table_runs_its_cells_and_a_second_run_skips_every_one(zoo, small_table):
+    code, out, err = zoo("reproduce", small_table, "--scale", "tiny", "--out", "res")
+    assert code == 0, err
+    assert "6 cells" in out and "5 complete" in out and "1 n/a" in out
+    rows = rows_of(Path("res"))
+    assert sorted(rows) == sorted(f"{d}/{m}/seed0" for d in ("text", "video_text") for m in ("full", "bitfit", "adapter-tiny"))
+    na = rows["video_text/adapter-tiny/seed0"]
+    assert na["status"] == "n/a" and "adapter" in na["error"]
+    lora = rows["text/bitfit/seed0"]
+    assert lora["status"] == "complete" and lora["metric"] == "accuracy" and lora["metric_split"] == "val"
+    assert 0 < lora["trainable_percent"] < 100 and lora["total_parameters"] > lora["trainable_parameters"]
+    assert lora["peak_memory_bytes"] > 0 and lora["train_seconds"] > 0 and lora["adapter_bytes"] > 0
+    assert lora["config_hash"] and lora["git_commit"] and lora["packages"]["torch"] and lora["hardware"]["cpus"]
+    assert lora["data_splits"]["train"]["sha256"] and lora["steps_to_95pct_best_val"] is not None
+    cell_dir = Path("res/small/tiny/text/bitfit/seed0")
+    assert runs.status(cell_dir) == "complete"  # a normal run directory
+    assert json.loads((cell_dir / "result.json").read_text())["config_hash"] == lora["config_hash"]
+    assert Path("res/small/tiny/small.md").is_file()
+
+    code, out, err = zoo("reproduce", small_table, "--scale", "tiny", "--out", "res")
+    assert code == 0, err
+    assert "6 skipped" in out and "complete" not in out.split("cells in")[1].split("\n")[0]
+    code, out, _ = zoo("reproduce", small_table, "--scale", "tiny", "--out", "res", "--dry-run")
+    assert code == 0 and "5 done, 1 n/a" in out
+
+
+def test_changed_configuration_reruns_the_cell(zoo, tmp_path):
+    from zoo.results.reproduce import reproduce
+
+    body = """
+    name: one
+    domains: {text: {recipe: "text/sst2-{method}", metric: accuracy}}
+    methods: [full]
+    scales: {tiny: {overrides: [scale=tiny, train.max_steps=STEPS]}}
+    """
+    write_table(tmp_path, body.replace("STEPS", "1"), "one")
+    first = reproduce(str(tmp_path / "one.yaml"), "tiny", "res", say=lambda _m: None)
+    assert first.outcomes == {"text/full/seed0": "complete"}
+    write_table(tmp_path, body.replace("STEPS", "2"), "one")
+    second = reproduce(str(tmp_path / "one.yaml"), "tiny", "res", say=lambda _m: None)
+    assert second.states == {"text/full/seed0": "stale"} and second.outcomes == {"text/full/seed0": "complete"}
+    assert runs.read_json(Path("res/one/tiny/text/full/seed0/run.json"))["steps"] == 2
+    assert list(Path("res/.superseded").iterdir())  # the older run is kept aside
+
+
+def test_a_failing_cell_is_recorded_and_the_others_go_on(zoo, small_table, monkeypatch):
+    from zoo.train import loop
+
+    real_fit = loop.Trainer.fit
+
+    def fit(self, *args, **kwargs):
+        if "/tiny/text/bitfit" in str(self.run_dir):
+            raise RuntimeError("boom in one cell")
+        return real_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(loop.Trainer, "fit", fit)
+    code, out, err = zoo("reproduce", small_table, "--scale", "tiny", "--out", "res")
+    assert code == 1  # a failed cell: exit status 1, the table still made
+    assert "1 failed" in out and "4 complete" in out, out
+    row = rows_of(Path("res"))["text/bitfit/seed0"]
+    assert row["status"] == "failed" and "boom in one cell" in row["error"]
+    assert "failed" in Path("res/small/tiny/small.md").read_text()
+    monkeypatch.setattr(loop.Trainer, "fit", real_fit)  # fixed: the rerun runs only the failed cell
+    code, out, err = zoo("reproduce", small_table, "--scale", "tiny", "--out", "res")
+    assert code == 0, err
+    assert "1 complete" in out and "5 skipped" in out
+
+
+def test_ctrl_c_marks_the_cell_interrupted_and_the_rerun_resumes_it(zoo, small_table, monkeypatch):
+    from zoo.train import loop
+
+    real_step = loop.Trainer._train
+
+    def interrupted(self, reporter):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop.Trainer, "_train", interrupted)
+    code, out, _ = zoo("reproduce", small_table, "--scale", "tiny", "--out", "res")
+    assert code == 130 and "interrupted" in out
+    first = Path("res/small/tiny/text/full/seed0")
+    assert runs.status(first) == "interrupted"
+    assert not Path("res/small/tiny/text/bitfit").exists()  # Ctrl-C stops the table
+    monkeypatch.setattr(loop.Trainer, "_train", real_step)
+    code, out, err = zoo("reproduce", small_table, "--scale", "tiny", "--out", "res")
+    assert code == 0, err
+    assert runs.status(first) == "complete"
+    assert runs.read_json(first / "run.json").get("resumes")  # continued in place, not started anew
+    assert "5 complete" in out and "1 n/a" in out
+
+
+def test_shards_partition_the_table(tmp_path):
+    from zoo.results.cells import parse_shard, plan, shard
+    from zoo.results.spec import load_table
+
+    cells = plan(load_table("cross-domain"), "tiny", tmp_path)
+    assert len(cells) == 15 * 5
+    ids = [cell.id for cell in cells]
+    parts = [[cell.id for cell in shard(cells, index, 4)] for index in range(1, 5)]
+    assert sorted(sum(parts, [])) == sorted(ids)  # every cell once
+    assert max(map(len, parts)) - min(map(len, parts)) <= 1
+    for text in ("0/3", "4/3", "x", "1/0"):
+        with pytest.raises(ValueError, match="--shard"):
+            parse_shard(text)
+
+
+def test_two_shards_share_one_output_folder(zoo, small_table):
+    assert zoo("reproduce", small_table, "--out", "res", "--shard", "1/2")[0] == 0
+    code, out, _ = zoo("reproduce", small_table, "--out", "res", "--shard", "2/2")
+    assert code == 0 and "3 cells" in out
+    assert len(rows_of(Path("res"))) == 6
+
+
+def test_slurm_executor_submits_a_job_array(zoo, small_table):
+    # submitit's debug executor runs the array's tasks in this process: the same code path as Slurm's
+    code, out, err = zoo("reproduce", small_table, "--out", "res", "--executor", "slurm", "--slurm", "cluster=debug")
+    assert code == 0, err
+    assert "submitted 6 cells" in out and "5 complete" in out and "1 n/a" in out
+    assert len(rows_of(Path("res"))) == 6
+
+
+def test_table_spec_errors_are_clear(zoo, tmp_path):
+    code, _, err = zoo("reproduce", "cross-domian", "--dry-run")
+    assert code == 2 and "unknown table 'cross-domian'" in err and "cross-domain" in err
+    write_table(tmp_path, "name: bad\ndomains: {}\nmethods: [lora]\nseedz: [1]\n", "bad")
+    code, _, err = zoo("reproduce", tmp_path / "bad.yaml", "--dry-run")
+    assert code == 2 and "unknown key 'seedz'" in err
+    write_table(tmp_path, 'domains: {text: {recipe: "text/sst2-{method}", metric: accuracy}}\nmethods: [lorra]\n'
+                "baseline: null\nscales: {tiny: {}}\n", "typo")
+    code, _, err = zoo("reproduce", tmp_path / "typo.yaml", "--dry-run")
+    assert code == 2 and "cell text/lorra/seed0" in err and "'lora'" in err  # the unknown method, with close matches
+    code, _, err = zoo("reproduce", "cross-domain", "--scale", "paper", "--dry-run", "--shard", "3/2")
+    assert code == 2 and "--shard" in err
+
+
+def test_shipped_tables_are_valid_and_not_recipes():
+    from zoo.experiment.recipes import list_recipes
+    from zoo.peft import list_methods
+    from zoo.results.spec import list_tables, load_table
+
+    assert {"cross-domain", "data-scale"} <= set(list_tables())
+    assert not [name for name in list_recipes() if name.startswith("tables")]
+    cross = load_table("cross-domain")
+    assert {m.method for m in cross.method_entries()} == set(list_methods())
+    assert set(cross.scales) == {"tiny", "cpu", "paper"}
+    scale = load_table("data-scale")
+    assert scale.train_sizes == [100, 1000, 10000] and scale.seeds == [0, 1, 2]
+    assert [m.label for m in scale.method_entries()] == ["full", "lora", "ia3", "bitfit", "prefix", "loreft", "adapter"]

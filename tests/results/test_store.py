@@ -1,0 +1,84 @@
+"""The results store: rows from any run, concurrent writers, a corrupt file and its rebuild."""
+
+from __future__ import annotations
+
+import multiprocessing
+from pathlib import Path
+
+import pytest
+
+from zoo.results.store import ResultsStore, rebuild
+
+
+def fake_row(run_dir: str, **fields) -> dict:
+    return {"run_dir": run_dir, "status": "complete", "table": "t", "scale": "tiny", "cell": run_dir, **fields}
+
+
+def _writer(folder: str, worker: int, count: int) -> None:
+    with ResultsStore(folder) as store:
+        for index in range(count):
+            store.add(fake_row(f"{folder}/w{worker}/r{index}", metric_value=float(index)))
+
+
+def test_several_processes_write_at_once(tmp_path):
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_writer, args=(str(tmp_path), worker, 25)) for worker in range(4)]
+    for process in workers:
+        process.start()
+    for process in workers:
+        process.join(120)
+        assert process.exitcode == 0
+    with ResultsStore(tmp_path) as store:
+        rows = store.rows()
+    assert len(rows) == 100 and len({row["run_dir"] for row in rows}) == 100
+
+
+def test_add_takes_a_zoo_train_run(zoo):
+    assert zoo("train", "text/sst2-bitfit", "scale=tiny", "train.max_steps=2", "--out", "runs/one")[0] == 0
+    code, out, err = zoo("results", "add", "runs/one", "--out", "store")
+    assert code == 0, err
+    with ResultsStore("store") as store:
+        (row,) = store.rows()
+    assert row["method"] == "bitfit" and row["domain"] == "text" and row["status"] == "complete"
+    assert row["metric"] == "accuracy" and row["metric_value"] is not None and row["random_init"] is True
+    assert Path("runs/one/result.json").is_file()
+
+
+def test_corrupt_store_names_rebuild_and_rebuild_remakes_it(zoo, small_table):
+    assert zoo("reproduce", small_table, "--out", "res")[0] == 0
+    Path("res/results.sqlite").write_bytes(b"this is not a database" * 100)
+    for suffix in ("-wal", "-shm"):
+        Path(f"res/results.sqlite{suffix}").unlink(missing_ok=True)
+    code, _, err = zoo("results", "table", small_table, "--out", "res")
+    assert code == 2 and "zoo results rebuild res" in err
+    code, out, err = zoo("results", "rebuild", "res")
+    assert code == 0, err
+    assert "from 6 run(s)" in out
+    assert list(Path("res").glob("results.sqlite.old-*"))  # the damaged file is kept aside
+    code, out, err = zoo("results", "table", small_table, "--out", "res")
+    assert code == 0, err
+    with ResultsStore("res") as store:
+        statuses = sorted(row["status"] for row in store.rows())
+    assert statuses == ["complete"] * 5 + ["n/a"]
+
+
+def test_missing_store_is_a_clear_error(zoo):
+    code, _, err = zoo("results", "table", "cross-domain", "--out", "nowhere")
+    assert code == 2 and "no results store" in err
+
+
+def test_steps_to_95_percent_of_best():
+    from zoo.results.rows import steps_to_fraction_of_best
+
+    history = [{"split": "val", "step": 10, "acc": 0.5}, {"split": "train", "step": 15, "acc": 9.0},
+               {"split": "val", "step": 20, "acc": 0.86}, {"split": "val", "step": 30, "acc": 0.9}]
+    assert steps_to_fraction_of_best(history, "acc", True) == 20  # 0.86 >= 0.95 * 0.9 = 0.855
+    losses = [{"split": "val", "step": 5, "loss": 2.0}, {"split": "val", "step": 9, "loss": 1.04},
+              {"split": "val", "step": 12, "loss": 1.0}]
+    assert steps_to_fraction_of_best(losses, "loss", False) == 9  # 1.04 <= 1.0 + 0.05 * 1.0
+    assert steps_to_fraction_of_best([], "acc", True) is None
+
+
+def test_rebuild_of_a_folder_that_does_not_exist(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        rebuild(tmp_path / "missing")

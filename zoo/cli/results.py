@@ -1,0 +1,75 @@
+"""``zoo results add RUN_DIR | rebuild [DIR] | table TABLE | show``: the results store (SQLite in the output folder)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("results", help="the results store: add runs, rebuild it, render tables",
+                                 description="The results store, results.sqlite in the output folder (default results/).")
+    actions = parser.add_subparsers(dest="action", required=True)
+    add = actions.add_parser("add", help="add run directories (zoo train ones too) to the store")
+    add.add_argument("run_dirs", nargs="+", type=Path)
+    add.add_argument("--out", type=Path, default=Path("results"), help="folder holding results.sqlite")
+    rebuild = actions.add_parser("rebuild", help="remake the store from the run directories under a folder")
+    rebuild.add_argument("folder", nargs="?", type=Path, default=Path("results"))
+    table = actions.add_parser("table", help="render a table as Markdown, CSV and PNG plots")
+    table.add_argument("table")
+    table.add_argument("--scale", choices=("tiny", "cpu", "paper"), default="tiny")
+    table.add_argument("--out", type=Path, default=Path("results"), help="folder holding results.sqlite")
+    table.add_argument("--to", type=Path, default=None, help="where to write (default OUT/TABLE/SCALE)")
+    table.add_argument("--no-plots", action="store_true")
+    show = actions.add_parser("show", help="list the store's rows")
+    show.add_argument("--out", type=Path, default=Path("results"))
+    show.add_argument("--table", default=None)
+    parser.set_defaults(run=run)
+
+
+def render_table(table: str, scale: str, out: Path, to: Path | None = None, plots: bool = True,
+                 command: str = "") -> list[Path]:
+    from zoo.results.render import render
+    from zoo.results.spec import load_table
+    from zoo.results.store import ResultsStore
+
+    spec = load_table(table)
+    with ResultsStore(out, create=False) as store:
+        rows = store.rows(spec.name, scale)
+    command = command or f"zoo reproduce {spec.name} --scale {scale} --out {out}"
+    return render(rows, to or (Path(out) / spec.name / scale), spec, scale, command, plots)
+
+
+def run(args: argparse.Namespace) -> int:
+    from zoo.results.store import ResultsStore, rebuild
+
+    if args.action == "add":
+        from zoo.experiment import run_dir as runs
+        from zoo.results.cells import RESULT_FILE, read_result
+        from zoo.results.rows import row_from_run
+
+        rows = []
+        for run_dir in args.run_dirs:
+            if not runs.is_run_dir(run_dir):
+                raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml and run.json)")
+            row = read_result(run_dir) or row_from_run(run_dir)
+            runs.write_json(run_dir / RESULT_FILE, row)
+            rows.append(row)
+        with ResultsStore(args.out) as store:
+            store.add_many(rows)
+        for row in rows:
+            print(f"added {row['run_dir']}: {row['status']}, {row.get('metric')} {row.get('metric_value')}")
+        return 0
+    if args.action == "rebuild":
+        path, count = rebuild(args.folder)
+        print(f"rebuilt {path} from {count} run(s) under {args.folder}")
+        return 0
+    if args.action == "table":
+        for path in render_table(args.table, args.scale, args.out, args.to, not args.no_plots):
+            print(f"wrote {path}")
+        return 0
+    with ResultsStore(args.out, create=False) as store:
+        for row in store.rows(args.table):
+            print(f"{row.get('table') or '-':<14} {row.get('scale') or '-':<6} {row.get('cell') or row['run_dir']:<40} "
+                  f"{row['status']:<10} {row.get('metric') or ''} {row.get('metric_value')}")
+    return 0

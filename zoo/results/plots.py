@@ -1,0 +1,82 @@
+"""PNG plots of a table (matplotlib, Agg backend: no display needed).
+
+- ``<name>-metric-vs-parameters.png``: the metric against trainable parameters (log x), one panel per domain;
+- ``<name>-memory-time.png``: peak memory and training time per method;
+- ``<name>-data-scale.png`` (tables with several training-set sizes): the metric and the steps to reach
+  95% of the best validation metric against the training-set size, one line per method.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_all(rows: list[dict[str, Any]], records: list[dict[str, Any]], folder: Path, name: str) -> list[Path]:
+    plt = _pyplot()
+    written = []
+    complete = [r for r in rows if r.get("status") == "complete" and r.get("metric_value") is not None]
+    domains = list(dict.fromkeys(r["domain"] for r in records))
+    if complete and domains:
+        figure, axes = plt.subplots(1, len(domains), figsize=(4 * len(domains), 3.5), squeeze=False)
+        for axis, domain in zip(axes[0], domains):
+            for method in dict.fromkeys(r["method_label"] for r in complete if r["domain"] == domain):
+                points = [(r["trainable_parameters"], r["metric_value"]) for r in complete
+                          if r["domain"] == domain and r["method_label"] == method and r.get("trainable_parameters")]
+                if points:
+                    axis.scatter(*zip(*points), label=method, s=18)
+            axis.set_xscale("log")
+            axis.set_xlabel("trainable parameters")
+            axis.set_ylabel(next((r["metric"] for r in records if r["domain"] == domain), "metric"))
+            axis.set_title(domain)
+        axes[0][-1].legend(fontsize=6, loc="best")
+        figure.tight_layout()
+        written.append(_save(figure, folder / f"{name}-metric-vs-parameters.png", plt))
+    methods = list(dict.fromkeys(r["method"] for r in records))
+    if records:
+        figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
+        for axis, key, label in ((left, "peak_memory_mib", "peak memory (MiB)"), (right, "train_seconds", "train time (s)")):
+            for index, domain in enumerate(domains):
+                values = [next((r[key] or 0 for r in records if r["domain"] == domain and r["method"] == m), 0) for m in methods]
+                width = 0.8 / max(len(domains), 1)
+                axis.bar([i + index * width for i in range(len(methods))], values, width=width, label=domain)
+            axis.set_xticks([i + 0.4 - 0.4 / max(len(domains), 1) for i in range(len(methods))], methods, rotation=60, fontsize=7)
+            axis.set_ylabel(label)
+        left.legend(fontsize=6)
+        figure.tight_layout()
+        written.append(_save(figure, folder / f"{name}-memory-time.png", plt))
+    sizes = sorted({r["train_size"] for r in records if r["train_size"] is not None})
+    if len(sizes) > 1:
+        figure, axes = plt.subplots(2, len(domains), figsize=(4 * len(domains), 6), squeeze=False)
+        for column, domain in enumerate(domains):
+            for method in methods:
+                line = sorted((r["train_size"], r["mean"], r["steps_to_95pct_best_val"]) for r in records
+                              if r["domain"] == domain and r["method"] == method and r["train_size"] is not None
+                              and r["mean"] is not None)
+                if line:
+                    axes[0][column].plot([p[0] for p in line], [p[1] for p in line], marker="o", label=method)
+                    axes[1][column].plot([p[0] for p in line], [p[2] or 0 for p in line], marker="o", label=method)
+            for row, label in ((0, "metric"), (1, "steps to 95% of best val")):
+                axes[row][column].set_xscale("log")
+                axes[row][column].set_xlabel("training examples")
+                axes[row][column].set_ylabel(label)
+            axes[0][column].set_title(domain)
+        axes[0][-1].legend(fontsize=6)
+        figure.tight_layout()
+        written.append(_save(figure, folder / f"{name}-data-scale.png", plt))
+    return written
+
+
+def _save(figure, path: Path, plt) -> Path:
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

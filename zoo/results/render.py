@@ -1,0 +1,192 @@
+"""A table's rows -> Markdown and CSV: methods x domains, mean ± std over seeds, Δ vs full fine-tuning,
+trainable %, memory, time, and the published number beside ours. Plots are in :mod:`zoo.results.plots`.
+
+Numbers are the table's metric per domain on the test split, else at the best validation step (the
+split is named). The std is the sample standard deviation (n - 1) over seeds; with one seed it is
+left blank. Rows trained on random-weight backbones are marked: they check the plumbing, not a result.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+RANDOM_INIT_NOTE = "random init: checks the plumbing, not a result"
+FIELDS = ("domain", "method", "train_size", "metric", "split", "seeds", "mean", "std", "delta_vs_baseline",
+          "trainable_percent", "peak_memory_mib", "train_seconds", "examples_per_second", "steps_to_95pct_best_val",
+          "published", "citation", "random_init", "not_complete")
+
+
+@dataclass
+class Group:
+    domain: str
+    method: str
+    train_size: int | None
+    rows: list[dict[str, Any]]
+
+    def complete(self) -> list[dict[str, Any]]:
+        return [r for r in self.rows if r.get("status") == "complete" and r.get("metric_value") is not None]
+
+    def values(self) -> list[float]:
+        return [r["metric_value"] for r in self.complete()]
+
+    def mean_std(self) -> tuple[float | None, float | None]:
+        values = self.values()
+        if not values:
+            return None, None
+        return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+    def mean_of(self, key: str) -> float | None:
+        values = [r[key] for r in self.complete() if isinstance(r.get(key), (int, float))]
+        return statistics.fmean(values) if values else None
+
+
+def group(rows: list[dict[str, Any]], spec=None) -> list[Group]:
+    """Rows grouped by (domain, method label, training-set size), in the spec's order where there is one."""
+    groups: dict[tuple, Group] = {}
+    for row in rows:
+        key = (row.get("domain"), row.get("method_label"), row.get("train_size"))
+        groups.setdefault(key, Group(*key, rows=[])).rows.append(row)
+    if spec is not None:
+        domains = list(spec.domains)
+        methods = [m.label for m in spec.method_entries()]
+        order = lambda g: (domains.index(g.domain) if g.domain in domains else 99,  # noqa: E731
+                           methods.index(g.method) if g.method in methods else 99, g.train_size or 0)
+        return sorted(groups.values(), key=order)
+    return sorted(groups.values(), key=lambda g: (str(g.domain), str(g.method), g.train_size or 0))
+
+
+def summarise(rows: list[dict[str, Any]], spec=None) -> list[dict[str, Any]]:
+    """One record per group with every column of the CSV."""
+    groups = group(rows, spec)
+    baseline = getattr(spec, "baseline", "full")
+    means = {(g.domain, g.method, g.train_size): g.mean_std()[0] for g in groups}
+    records = []
+    for g in groups:
+        mean, std = g.mean_std()
+        base = means.get((g.domain, baseline, g.train_size))
+        published = spec.published_for(g.method, g.domain, g.train_size) if spec is not None else None
+        memory = g.mean_of("peak_memory_bytes")
+        splits = sorted({r.get("metric_split") for r in g.complete() if r.get("metric_split")})
+        not_complete = [f"{r.get('status')}: {str(r.get('error') or '').splitlines()[0][:200] if r.get('error') else ''}"
+                        for r in g.rows if r.get("status") != "complete"]
+        records.append({
+            "domain": g.domain, "method": g.method, "train_size": g.train_size,
+            "metric": next((r.get("metric") for r in g.rows if r.get("metric")), None), "split": "/".join(splits),
+            "seeds": len(g.values()), "mean": mean, "std": std,
+            "delta_vs_baseline": (mean - base) if mean is not None and base is not None and g.method != baseline else None,
+            "trainable_percent": g.mean_of("trainable_percent"),
+            "peak_memory_mib": memory / 2**20 if memory is not None else None,
+            "train_seconds": g.mean_of("train_seconds"), "examples_per_second": g.mean_of("examples_per_second"),
+            "steps_to_95pct_best_val": g.mean_of("steps_to_95pct_best_val"),
+            "published": published.value if published else None, "citation": published.citation if published else None,
+            "random_init": any(r.get("random_init") for r in g.rows),
+            "not_complete": "; ".join(dict.fromkeys(not_complete)),
+        })
+    return records
+
+
+def _number(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def mean_std_text(record: dict[str, Any]) -> str:
+    if record["mean"] is None:
+        return "n/a" if "n/a" in record["not_complete"] else ("failed" if record["not_complete"] else "")
+    text = f"{record['mean']:.4f}"
+    if record["std"] is not None:
+        text += f" ± {record['std']:.4f}"
+    return text + (" †" if record["random_init"] else "")
+
+
+def to_csv(records: list[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for record in records:
+        writer.writerow({key: ("" if record[key] is None else record[key]) for key in FIELDS})
+    return buffer.getvalue()
+
+
+def to_markdown(records: list[dict[str, Any]], spec=None, scale: str = "", command: str = "") -> str:
+    name = getattr(spec, "name", "results")
+    lines = [f"# {name}" + (f" (scale {scale})" if scale else ""), ""]
+    if getattr(spec, "description", ""):
+        lines += [spec.description.strip(), ""]
+    if command:
+        lines += [f"Made with `{command}`.", ""]
+    domains = list(dict.fromkeys(r["domain"] for r in records))
+    sizes = list(dict.fromkeys(r["train_size"] for r in records))
+    methods = list(dict.fromkeys(r["method"] for r in records))
+    by_key = {(r["domain"], r["method"], r["train_size"]): r for r in records}
+    metric_of = {d: next((r["metric"] for r in records if r["domain"] == d and r["metric"]), "") for d in domains}
+    split_of = {d: next((r["split"] for r in records if r["domain"] == d and r["split"]), "") for d in domains}
+    for size in sizes:
+        if size is not None:
+            lines += [f"## {size} training examples", ""]
+        header = ["method"] + [f"{d} ({metric_of[d]}, {split_of[d]})" for d in domains]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for method in methods:
+            cells = []
+            for domain in domains:
+                record = by_key.get((domain, method, size))
+                if record is None:
+                    cells.append("")
+                    continue
+                text = mean_std_text(record)
+                if record["delta_vs_baseline"] is not None:
+                    text += f" (Δ {record['delta_vs_baseline']:+.4f})"
+                if record["published"] is not None:
+                    text += f" [pub. {record['published']:.4f}]"
+                cells.append(text)
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["## Cost and convergence", "",
+              "| domain | method | train size | seeds | mean ± std | Δ vs baseline | trainable % | peak memory MiB | "
+              "train s | examples/s | steps to 95% of best val | published |",
+              "|" + "---|" * 12]
+    for r in records:
+        published = f"{r['published']:.4f} ({r['citation']})" if r["published"] is not None else ""
+        lines.append("| " + " | ".join([
+            str(r["domain"]), str(r["method"]), _number(r["train_size"]), str(r["seeds"]), mean_std_text(r),
+            _number(r["delta_vs_baseline"]), _number(r["trainable_percent"], 3), _number(r["peak_memory_mib"], 0),
+            _number(r["train_seconds"], 1), _number(r["examples_per_second"], 1), _number(r["steps_to_95pct_best_val"], 0),
+            published]) + " |")
+    lines.append("")
+    notes = []
+    if any(r["random_init"] for r in records):
+        notes.append(f"† {RANDOM_INIT_NOTE}: the backbone had random weights (scale=tiny or backbone.pretrained=false).")
+    notes.append("mean ± std over seeds (sample std); Δ against the baseline method "
+                 f"`{getattr(spec, 'baseline', 'full')}` in the same column; memory is CUDA max allocated on a GPU and "
+                 "peak RSS of the process on a CPU.")
+    missing = [r for r in records if r["not_complete"]]
+    if missing:
+        notes.append("Cells without a result: " + "; ".join(f"{r['domain']}/{r['method']}: {r['not_complete']}" for r in missing))
+    lines += [f"- {note}" for note in notes]
+    return "\n".join(lines) + "\n"
+
+
+def render(rows: list[dict[str, Any]], folder: Path, spec=None, scale: str = "", command: str = "",
+           plots: bool = True) -> list[Path]:
+    """Write ``<name>.md``, ``<name>.csv`` and the plots into ``folder``; returns the files written."""
+    from zoo.experiment.run_dir import atomic_write_text
+
+    name = getattr(spec, "name", "results")
+    records = summarise(rows, spec)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = [folder / f"{name}.md", folder / f"{name}.csv"]
+    atomic_write_text(written[0], to_markdown(records, spec, scale, command))
+    atomic_write_text(written[1], to_csv(records))
+    if plots:
+        from zoo.results.plots import plot_all
+
+        written += plot_all(rows, records, folder, name)
+    return written

@@ -1,0 +1,215 @@
+"""One row per run: what ran, what it scored, what it cost, and where it came from.
+
+A row is made from a run directory alone (``zoo results add`` takes any run, ``zoo train`` ones
+too) plus, for a table cell, the cell's coordinates. Provenance (zoo version, git commit and
+whether the tree was dirty, package versions, hardware) is that of the process making the row,
+which for a table cell is the process that trained it; ``provenance_from`` says which.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from zoo import __version__
+
+PACKAGES = ("torch", "transformers", "timm", "open_clip_torch", "fair-esm", "torchaudio", "numpy", "peft", "pydantic")
+CONVERGENCE_FRACTION = 0.95
+
+
+@functools.cache
+def git_state() -> dict[str, Any]:
+    """The commit of the zoo checkout and whether it had uncommitted changes (None outside git)."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip() != ""
+    except (OSError, subprocess.SubprocessError):
+        return {"git_commit": None, "git_dirty": None}
+    return {"git_commit": commit, "git_dirty": dirty}
+
+
+@functools.cache
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version(), "zoo": __version__}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+@functools.cache
+def hardware() -> dict[str, Any]:
+    info: dict[str, Any] = {"machine": platform.machine(), "system": platform.system(), "cpus": os.cpu_count(),
+                            "cpu": platform.processor() or None, "host": platform.node()}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        info["memory_gib"] = round(pages * size / 2**30, 1)
+    except (OSError, ValueError):
+        pass
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    except ImportError:
+        pass
+    return info
+
+
+def provenance(source: str) -> dict[str, Any]:
+    return {"zoo_version": __version__, **git_state(), "packages": package_versions(), "hardware": hardware(),
+            "provenance_from": source}
+
+
+def steps_to_fraction_of_best(history: list[dict[str, Any]], metric: str, greater_is_better: bool,
+                              fraction: float = CONVERGENCE_FRACTION) -> int | None:
+    """The first evaluated step whose ``metric`` is within ``1 - fraction`` of the run's best value (relative to
+    its magnitude, so it works for negative Spearman and lower-is-better losses alike)."""
+    points = [(row["step"], row[metric]) for row in history
+              if row.get("split") == "val" and isinstance(row.get(metric), (int, float)) and math.isfinite(row[metric])]
+    if not points:
+        return None
+    values = [value for _, value in points]
+    best = max(values) if greater_is_better else min(values)
+    slack = (1 - fraction) * abs(best)
+    for step, value in points:
+        if (value >= best - slack) if greater_is_better else (value <= best + slack):
+            return step
+    return None
+
+
+def _adapter_bytes(run_dir: Path) -> int | None:
+    folder = run_dir / "adapter"
+    if not folder.is_dir():
+        return None
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def _examples_per_second(history: list[dict[str, Any]], record: dict[str, Any], train: dict[str, Any]) -> float | None:
+    logged = [row["examples_per_second"] for row in history if row.get("split") == "train" and row.get("examples_per_second")]
+    if logged:
+        return round(sum(logged) / len(logged), 2)
+    seconds, steps = record.get("train_seconds"), record.get("steps")
+    if seconds and steps:
+        return round(steps * train.get("batch_size", 1) * train.get("grad_accum", 1) / seconds, 2)
+    return None
+
+
+def row_from_run(run_dir: str | os.PathLike, cell: dict[str, Any] | None = None, source: str = "add") -> dict[str, Any]:
+    """The store's row of a run directory (any status); ``cell`` adds a table cell's coordinates."""
+    from zoo.experiment import run_dir as runs
+    from zoo.experiment.yaml_files import read_yaml
+    from zoo.results.cells import config_hash
+    from zoo.tasks.train_tasks import greater_is_better
+    from zoo.train.reporting import read_metrics
+
+    run_dir = Path(run_dir).resolve()
+    config = read_yaml(run_dir / runs.CONFIG_FILE)
+    record = runs.read_json(run_dir / runs.RUN_FILE)
+    results = runs.read_json(run_dir / runs.EVAL_FILE)
+    try:
+        history = read_metrics(run_dir)
+    except json.JSONDecodeError:
+        history = []
+    train, backbone, data = config.get("train", {}), config.get("backbone", {}), config.get("data", {})
+    main_metric = record.get("main_metric") or (config.get("task") or {}).get("main_metric") or "accuracy"
+    trainable, total = record.get("trainable_parameters"), record.get("total_parameters")
+    data_record = record.get("data") or {}
+    row: dict[str, Any] = {
+        "run_dir": str(run_dir),
+        "status": record.get("status", "unknown"),
+        "error": record.get("error"),
+        "recipe": record.get("recipe"),
+        "command": record.get("command"),
+        "config_hash": config_hash(config),
+        "config": config,
+        "scale_setting": config.get("scale"),
+        "backbone": backbone.get("name"),
+        "random_init": config.get("scale") == "tiny" or backbone.get("pretrained") is False,
+        "method": (config.get("method") or {}).get("name"),
+        "seed": train.get("seed"),
+        "train_size": data.get("max_train_examples"),
+        "dataset": data.get("name"),
+        "data_splits": data_record.get("splits"),
+        "metrics": {split: entry.get("metrics", {}) for split, entry in results.items()},
+        "main_metric": main_metric,
+        "best_val_metric": record.get("best_metric"),
+        "steps": record.get("steps"),
+        "steps_to_95pct_best_val": steps_to_fraction_of_best(history, main_metric, greater_is_better(main_metric)),
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "trainable_percent": 100 * trainable / total if trainable is not None and total else None,
+        "parameter_reduction_percent": 100 * (1 - trainable / total) if trainable is not None and total else None,
+        "adapter_bytes": _adapter_bytes(run_dir),
+        "peak_memory_bytes": record.get("peak_memory_bytes"),
+        "peak_memory_kind": record.get("peak_memory_kind"),
+        "train_seconds": record.get("train_seconds"),
+        "examples_per_second": _examples_per_second(history, record, train),
+        "started": record.get("started"),
+        "finished": record.get("finished"),
+        **provenance(source),
+    }
+    if cell is not None:
+        row.update(cell_fields(cell))
+    else:
+        row.update(table=None, scale=None, cell=None, domain=_domain_of(backbone.get("name")), method_label=row["method"],
+                   metric=main_metric)
+    row["metric_split"], row["metric_value"] = reported_metric(row)
+    return row
+
+
+def cell_fields(cell: dict[str, Any]) -> dict[str, Any]:
+    from zoo.results.cells import Cell
+
+    coordinates = Cell(**cell)
+    return {"table": coordinates.table, "scale": coordinates.scale, "cell": coordinates.id, "domain": coordinates.domain,
+            "method_label": coordinates.method_label, "method": coordinates.method, "seed": coordinates.seed,
+            "train_size": coordinates.train_size, "metric": coordinates.metric, "config_hash": coordinates.config_hash}
+
+
+def cell_row(cell: dict[str, Any], status: str, reason: str) -> dict[str, Any]:
+    """The row of a cell that left no run: ``n/a`` (the method does not apply) or ``failed`` before it started."""
+    config = cell.get("config", {})
+    row = {"run_dir": str(Path(cell["dir"]).resolve()), "status": status, "error": reason, "config": config,
+           "recipe": cell["recipe"], "dataset": (config.get("data") or {}).get("name"),
+           "backbone": (config.get("backbone") or {}).get("name"), "metrics": {},
+           "random_init": config.get("scale") == "tiny" or (config.get("backbone") or {}).get("pretrained") is False,
+           **cell_fields(cell), **provenance("reproduce")}
+    row["metric_split"], row["metric_value"] = None, None
+    return row
+
+
+def reported_metric(row: dict[str, Any]) -> tuple[str | None, float | None]:
+    """The table's number for a run: its metric on the test split, else at the best validation step."""
+    for split in ("test", "val"):
+        value = (row.get("metrics") or {}).get(split, {}).get(row.get("metric") or "")
+        if isinstance(value, (int, float)):
+            return split, float(value)
+    return None, None
+
+
+def _domain_of(backbone: str | None) -> str | None:
+    if backbone is None:
+        return None
+    try:
+        from zoo.catalog.backbones import BACKBONES
+
+        return getattr(BACKBONES.get(backbone), "domain", None)
+    except Exception:  # an unregistered backbone still gets a row
+        return None

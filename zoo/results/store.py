@@ -1,0 +1,172 @@
+"""The results store: ``results.sqlite`` in the output folder, one row per run directory.
+
+The run directories are the source of truth: each table cell writes its row as ``result.json``
+into its own folder, and ``zoo results rebuild DIR`` remakes the store from them. The store is
+an index for rendering, so several processes of one machine may write it at once: SQLite in WAL
+mode with a busy timeout, and a file lock around each write (a cluster whose machines share only
+the output folder may have no working SQLite locking over the network file system; there each
+row still lands in its ``result.json``, and ``rebuild`` gathers them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+from filelock import FileLock
+
+from zoo.errors import ResultsStoreError
+
+STORE_NAME = "results.sqlite"
+TIMEOUT_SECONDS = 60.0
+COLUMNS = ("table_name", "scale", "cell", "domain", "method_label", "method", "seed", "train_size", "status",
+           "config_hash", "metric_value", "recorded")
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS runs (
+    run_key TEXT PRIMARY KEY,
+    table_name TEXT, scale TEXT, cell TEXT, domain TEXT, method_label TEXT, method TEXT,
+    seed INTEGER, train_size INTEGER, status TEXT, config_hash TEXT, metric_value REAL, recorded REAL,
+    row_json TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_by_table ON runs (table_name, scale);
+"""
+
+
+def store_path(folder: str | os.PathLike) -> Path:
+    folder = Path(folder)
+    return folder if folder.suffix == ".sqlite" else folder / STORE_NAME
+
+
+class ResultsStore:
+    """``ResultsStore(folder)``: open (creating if absent) ``folder/results.sqlite``."""
+
+    def __init__(self, folder: str | os.PathLike, create: bool = True) -> None:
+        self.path = store_path(folder)
+        self.root = self.path.parent
+        if not self.path.exists() and not create:
+            raise ResultsStoreError(f"no results store at {self.path}; make one with `zoo reproduce` or "
+                                    f"`zoo results rebuild {self.root}`")
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.lock = FileLock(str(self.path) + ".lock", timeout=TIMEOUT_SECONDS)
+        with self.lock:
+            self.connection = self._connect()
+
+    def _corrupt(self, error: Exception) -> ResultsStoreError:
+        return ResultsStoreError(
+            f"the results store {self.path} cannot be read ({error}). The run directories are the source of truth: "
+            f"remake the store with `zoo results rebuild {self.root}`"
+        )
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            connection = sqlite3.connect(self.path, timeout=TIMEOUT_SECONDS, isolation_level=None)
+            connection.execute(f"PRAGMA busy_timeout = {int(TIMEOUT_SECONDS * 1000)}")
+            connection.execute("PRAGMA journal_mode = WAL")
+            connection.executescript(SCHEMA)
+            connection.execute("SELECT count(*) FROM runs").fetchone()
+        except sqlite3.DatabaseError as error:
+            raise self._corrupt(error) from None
+        return connection
+
+    def close(self) -> None:
+        self.connection.close()
+
+    def __enter__(self) -> "ResultsStore":
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.close()
+
+    def key(self, row: dict[str, Any]) -> str:
+        """The run directory relative to the store's folder when inside it, so a moved folder keeps its keys."""
+        path = Path(row["run_dir"]).resolve()
+        try:
+            return path.relative_to(self.root.resolve()).as_posix()
+        except ValueError:
+            return str(path)
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.add_many([row])
+
+    def add_many(self, rows: Iterable[dict[str, Any]]) -> int:
+        values = []
+        for row in rows:
+            row = {**row, "recorded": row.get("recorded") or time.time()}
+            values.append((self.key(row), row.get("table"), *(row.get(c) for c in COLUMNS[1:]),
+                           json.dumps(row, default=str)))
+        try:
+            with self.lock:
+                self.connection.execute("BEGIN IMMEDIATE")
+                self.connection.executemany(
+                    f"INSERT OR REPLACE INTO runs (run_key, {', '.join(COLUMNS)}, row_json) "
+                    f"VALUES ({', '.join('?' * (len(COLUMNS) + 2))})", values)
+                self.connection.execute("COMMIT")
+        except sqlite3.DatabaseError as error:
+            if self.connection.in_transaction:
+                self.connection.execute("ROLLBACK")
+            raise self._corrupt(error) from None
+        return len(values)
+
+    def rows(self, table: str | None = None, scale: str | None = None) -> list[dict[str, Any]]:
+        query, arguments = "SELECT row_json FROM runs", []
+        conditions = []
+        if table is not None:
+            conditions.append("table_name = ?")
+            arguments.append(table)
+        if scale is not None:
+            conditions.append("scale = ?")
+            arguments.append(scale)
+        if conditions:
+            query += " WHERE " + " AND ".join(conditions)
+        try:
+            found = self.connection.execute(query + " ORDER BY run_key", arguments).fetchall()
+        except sqlite3.DatabaseError as error:
+            raise self._corrupt(error) from None
+        return [json.loads(text) for (text,) in found]
+
+
+def find_rows(folder: Path) -> Iterable[dict[str, Any]]:
+    """Every row under ``folder``: a cell's ``result.json`` where there is one, else one made from the run
+    directory (a run added with ``zoo results add`` keeps a ``result.json`` too)."""
+    from zoo.experiment import run_dir as runs
+    from zoo.results.cells import RESULT_FILE, read_result
+    from zoo.results.rows import row_from_run
+
+    seen: set[Path] = set()
+    for path in sorted(folder.rglob(RESULT_FILE)):
+        row = read_result(path.parent)
+        if row is not None:
+            seen.add(path.parent.resolve())
+            row["run_dir"] = str(path.parent.resolve())  # the folder may have moved since
+            if runs.is_run_dir(path.parent) and row.get("status") != runs.status(path.parent):
+                row = {**row_from_run(path.parent, source="rebuild"),
+                       **{k: row[k] for k in ("table", "scale", "cell", "domain", "method_label", "metric") if k in row}}
+            yield row
+    for path in sorted(folder.rglob(runs.RUN_FILE)):
+        directory = path.parent
+        if directory.resolve() not in seen and runs.is_run_dir(directory) and ".superseded" not in directory.parts:
+            yield row_from_run(directory, source="rebuild")
+
+
+def rebuild(folder: str | os.PathLike) -> tuple[Path, int]:
+    """Remake ``folder/results.sqlite`` from the run directories under ``folder``; a damaged store is kept aside."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder of runs")
+    path = store_path(folder)
+    with FileLock(str(path) + ".lock", timeout=TIMEOUT_SECONDS):
+        if path.exists():
+            aside = path.with_name(f"{path.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+            path.replace(aside)
+            for suffix in ("-wal", "-shm"):
+                extra = path.with_name(path.name + suffix)
+                if extra.exists():
+                    extra.replace(aside.with_name(aside.name + suffix))
+    rows = [row for row in find_rows(folder) if ".superseded" not in Path(row["run_dir"]).parts]
+    with ResultsStore(folder) as store:
+        count = store.add_many(rows)
+    return path, count
