@@ -52,6 +52,15 @@ def test_the_best_recipe_is_the_best_trial_and_zoo_train_accepts_it(study, tmp_p
     assert load_run(tmp_path / "best").status == "complete"
 
 
+def test_every_trial_is_a_row_of_the_studys_results_store(study):
+    from zoo.results.store import ResultsStore
+
+    folder, _ = study
+    with ResultsStore(folder, create=False) as store:
+        rows = store.rows()
+    assert sorted(row["run_dir"] for row in rows) == sorted(t.user_attrs["run_dir"] for t in _stored_trials(folder))
+
+
 def test_plots_are_written(study):
     _, result = study
     assert {p.name for p in result.plots} == {"history.png", "slices.png", "importances.png"}

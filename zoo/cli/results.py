@@ -41,22 +41,10 @@ def render_table(table: str, scale: str, out: Path, to: Path | None = None, plot
 
 
 def run(args: argparse.Namespace) -> int:
-    from zoo.results.store import ResultsStore, rebuild
+    from zoo.results.store import ResultsStore, add_runs, rebuild
 
     if args.action == "add":
-        from zoo.experiment import run_dir as runs
-        from zoo.results.cells import RESULT_FILE, read_result
-        from zoo.results.rows import row_from_run
-
-        rows = []
-        for run_dir in args.run_dirs:
-            if not runs.is_run_dir(run_dir):
-                raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml and run.json)")
-            row = read_result(run_dir) or row_from_run(run_dir)
-            runs.write_json(run_dir / RESULT_FILE, row)
-            rows.append(row)
-        with ResultsStore(args.out) as store:
-            store.add_many(rows)
+        rows = add_runs(args.out, args.run_dirs)
         for row in rows:
             print(f"added {row['run_dir']}: {row['status']}, {row.get('metric')} {row.get('metric_value')}")
         return 0

@@ -41,17 +41,9 @@ def run(args: argparse.Namespace) -> int:
     parameters = parse_search(specs)
     study = args.study or Path("tune") / recipe_label(args.recipe)
     result = tune(args.recipe, parse_overrides(list(args.overrides)), parameters, args.trials, study,
-                  jobs=args.jobs, seed=args.seed, after_trial=_add_to_results_store)
+                  jobs=args.jobs, seed=args.seed)
     print(f"{result.finished} finished, {result.pruned} pruned, {result.failed} failed trials in {result.study_dir}")
     for plot in result.plots:
         print(f"  plot {plot}")
     return 0 if result.finished else 1
 
-
-def _add_to_results_store(run_dir: Path) -> None:
-    """Trials go to the results store beside the study, when that store exists in this install."""
-    try:
-        from zoo.results.store import add_run_to_default_store
-    except ImportError:
-        return
-    add_run_to_default_store(run_dir)

@@ -25,7 +25,7 @@ STORE_NAME = "results.sqlite"
 TIMEOUT_SECONDS = 60.0
 COLUMNS = ("table_name", "scale", "cell", "domain", "method_label", "method", "seed", "train_size", "status",
            "config_hash", "metric_value", "recorded")
-SCHEMA = f"""
+SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_key TEXT PRIMARY KEY,
     table_name TEXT, scale TEXT, cell TEXT, domain TEXT, method_label TEXT, method TEXT,
@@ -170,3 +170,22 @@ def rebuild(folder: str | os.PathLike) -> tuple[Path, int]:
     with ResultsStore(folder) as store:
         count = store.add_many(rows)
     return path, count
+
+
+def add_runs(folder: str | os.PathLike, run_dirs: Iterable[str | os.PathLike]) -> list[dict[str, Any]]:
+    """Add run directories (any status, zoo train's and zoo tune's too) to the store in ``folder``;
+    each row is also written into its run directory, which stays the source of truth."""
+    from zoo.experiment import run_dir as runs
+    from zoo.results.cells import RESULT_FILE, read_result
+    from zoo.results.rows import row_from_run
+
+    rows = []
+    for run_dir in map(Path, run_dirs):
+        if not runs.is_run_dir(run_dir):
+            raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml and run.json)")
+        row = read_result(run_dir) or row_from_run(run_dir)
+        runs.write_json(run_dir / RESULT_FILE, row)
+        rows.append(row)
+    with ResultsStore(folder) as store:
+        store.add_many(rows)
+    return rows

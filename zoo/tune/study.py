@@ -4,7 +4,8 @@ TPE proposes each trial's values; a median pruner stops a trial at an evaluation
 validation metric falls below the median of earlier trials at the same step. The study lives in
 an Optuna journal file in the study folder (safe for many processes, on a shared file system
 too), so running the same command again resumes it up to ``trials`` finished trials. Each trial
-is a run directory under ``trials/``, made by :func:`zoo.experiment.run`; the best one's
+is a run directory under ``trials/``, made by :func:`zoo.experiment.run` and added to the results
+store of the study folder (``zoo results show --out STUDY``); the best one's
 configuration is written as ``best.yaml``, a recipe that ``zoo train`` accepts, and PNG plots
 show the optimisation history, the parameter importances and the metric against each
 searched parameter.
@@ -95,7 +96,6 @@ def tune(
     jobs: int = 1,
     seed: int = 0,
     log: Callable[[str], None] | None = print,
-    after_trial: Callable[[Path], None] | None = None,
 ) -> TuneResult:
     import optuna
     from optuna.storages import JournalStorage
@@ -103,6 +103,7 @@ def tune(
 
     from zoo.experiment import run as run_experiment
     from zoo.experiment.run_dir import mark
+    from zoo.results.store import add_runs
 
     say = log or (lambda _message: None)
     if not parameters:
@@ -149,8 +150,8 @@ def tune(
             say(f"  trial {trial.number}: {shown} -> pruned")
             raise
         finally:
-            if after_trial is not None and out.exists():
-                after_trial(out)
+            if out.exists():  # every trial, pruned and failed ones too, is a row of the study's results store
+                add_runs(study_dir, [out])
         value = run.metrics("val").get(metric)
         if value is None:
             raise ConfigError(f"trial {trial.number} reported no validation {metric}; the recipe needs a val split")
