@@ -46,3 +46,15 @@ class AdapterFileError(ValueError):
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupt, or does not fit the model and settings."""
+
+
+class HubError(ValueError):
+    """A hub, its index or one of its entries is missing, malformed or unsafe (the message names the entry)."""
+
+
+class IntegrityError(DownloadError):
+    """A file from a hub is larger than declared or its sha256 differs; nothing was kept."""
+
+
+class FingerprintMismatch(AdapterFileError):
+    """An adapter was trained on other backbone weights than the ones at hand (``--force`` loads it anyway)."""
