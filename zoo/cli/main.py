@@ -15,8 +15,9 @@ import warnings
 
 from zoo import __version__
 from zoo.cli import cp, demo, doctor, eval, info, ls, train, validate
+from zoo.cli import predict, pull, push
 
-SUBCOMMANDS = (ls, train, eval, validate, cp, info, demo, doctor)
+SUBCOMMANDS = (ls, train, eval, validate, cp, info, demo, doctor, push, pull, predict)
 
 
 def build_parser() -> argparse.ArgumentParser:

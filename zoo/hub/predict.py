@@ -58,8 +58,10 @@ class Predictor:
     """A task model with its adapter, and how to read its outputs."""
 
     def __init__(self, model, collate: Callable[[list[Any]], Any], task_kind: str, labels: Sequence[str] | None,
-                 domain: str, name: str) -> None:
+                 domain: str, name: str, task=None, config=None) -> None:
         self.model, self.collate, self.task_kind = model.eval(), collate, task_kind
+        self.task, self.config = task, config
+        """The TrainTask (for evaluation) and the RunConfig the adapter was trained with."""
         self.labels, self.domain, self.name = list(labels) if labels else None, domain, name
 
     def outputs(self, inputs: Sequence[Any], batch_size: int = 32) -> torch.Tensor:
@@ -139,9 +141,10 @@ def from_pulled(pulled, backbone_weights=None, force: bool = False, log=say_to_s
     task = entry["task"]
     request = TaskRequest(num_outputs=task.get("num_outputs"), main_metric=config.task.main_metric,
                           options=dict(config.task.options))
-    model, _ = resolved.builder.build(backbone, request)
+    model, train_task = resolved.builder.build(backbone, request)
     zp.load_adapter(model, pulled.adapter_dir, structure=resolved.backbone.structure)
-    return Predictor(model, backbone.collate, task["kind"], task.get("labels"), entry["domain"], pulled.name)
+    return Predictor(model, backbone.collate, task["kind"], task.get("labels"), entry["domain"], pulled.name,
+                     train_task, config)
 
 
 def from_run_dir(run_dir: str | os.PathLike, log=say_to_stderr) -> Predictor:
@@ -162,7 +165,7 @@ def from_run_dir(run_dir: str | os.PathLike, log=say_to_stderr) -> Predictor:
             labels = _label_names(datasets[role])
             break
     return Predictor(built.model, built.model.backbone.collate, built.resolved.task_kind, labels,
-                     built.resolved.backbone.domain, str(run_dir))
+                     built.resolved.backbone.domain, str(run_dir), built.task, built.config)
 
 
 def load(name_or_dir: str | os.PathLike, hub: str | None = None, backbone_weights: str | os.PathLike | None = None,
