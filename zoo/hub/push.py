@@ -136,6 +136,7 @@ def _copy_atomic(source: Path, destination: Path) -> None:
     os.close(handle)
     try:
         shutil.copyfile(source, temporary)
+        os.chmod(temporary, 0o644)  # a hub folder is meant to be served: readable by a web server
         os.replace(temporary, destination)
     finally:
         Path(temporary).unlink(missing_ok=True)
@@ -155,6 +156,7 @@ def _push_folder(hub: Hub, run_dir: Path, name: str | None, version: str | None,
         for relative, source in files.items():  # files first ...
             _copy_atomic(source, root / entry["path"] / relative)
         atomic_write_text(index_path, dump_index(add_entry(index, entry)))  # ... the index last
+        os.chmod(index_path, 0o644)
     return entry
 
 
