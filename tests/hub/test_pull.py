@@ -90,7 +90,7 @@ def test_a_connection_dropped_mid_file_is_resumed(pushed_hub, serve):
 
 
 def test_a_server_that_keeps_dropping_leaves_a_resumable_partial_file(pushed_hub, serve, isolated_cache):
-    import zoo.catalog.download as download
+    from zoo.catalog import download
 
     server = serve(pushed_hub)
     source = pushed_hub / NAME / "1" / WEIGHTS
@@ -122,7 +122,7 @@ def test_two_concurrent_pulls_fetch_each_file_once(pushed_hub, serve):
     def worker():
         try:
             results.append(pull(NAME, server.url, log=None))
-        except Exception as error:  # pragma: no cover - reported below
+        except Exception as error:  # noqa: BLE001 - reported below
             errors.append(error)
 
     threads = [threading.Thread(target=worker) for _ in range(2)]

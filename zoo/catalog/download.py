@@ -9,8 +9,6 @@ error.
 
 from __future__ import annotations
 
-from zoo.errors import DownloadError, ChecksumWarning
-
 import hashlib
 import os
 import tempfile
@@ -18,6 +16,8 @@ import warnings
 from pathlib import Path
 
 import requests
+
+from zoo.errors import ChecksumWarning, DownloadError
 
 
 def sha256_of(path: str | os.PathLike, chunk_size: int = 1 << 20, algorithm: str = "sha256") -> str:
@@ -112,8 +112,7 @@ def copy_verified(source: Path, destination: Path, sha256: str, size: int, what:
     destination.parent.mkdir(parents=True, exist_ok=True)
     part = destination.with_name(destination.name + ".part")
     with open(source, "rb") as reader, open(part, "wb") as writer:
-        for chunk in iter(lambda: reader.read(1 << 20), b""):
-            writer.write(chunk)
+        writer.writelines(iter(lambda: reader.read(1 << 20), b""))
     return _finish_part(part, destination, sha256, size, what, str(source))
 
 
@@ -143,11 +142,9 @@ def download_resumable(
             with http.get(url, stream=True, timeout=timeout, headers=headers) as response:
                 if offset and response.status_code == 200:  # the server ignored the range: start again
                     offset = 0
-                elif offset and response.status_code == 206:
-                    if not response.headers.get("Content-Range", "").startswith(f"bytes {offset}-"):
-                        offset = 0
-                        part.unlink(missing_ok=True)
-                        continue
+                elif offset and response.status_code == 206 and not response.headers.get("Content-Range", "").startswith(f"bytes {offset}-"):
+                    part.unlink(missing_ok=True)  # a range other than the one asked for: start again
+                    continue
                 response.raise_for_status()
                 with open(part, "ab" if offset else "wb") as out:
                     written = offset

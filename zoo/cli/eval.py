@@ -26,9 +26,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from zoo.errors import ConfigError
     from zoo.experiment import run_dir as runs
     from zoo.experiment.build import load_built_run, load_split, resolve
-    from zoo.errors import ConfigError
 
     if not runs.is_run_dir(args.run_dir):
         from zoo.hub.evaluate import run as evaluate_hub_adapter

@@ -14,8 +14,19 @@ import sys
 import warnings
 
 from zoo import __version__
-from zoo.cli import cp, demo, doctor, eval, info, ls, train, validate
-from zoo.cli import predict, pull, push
+from zoo.cli import (
+    cp,
+    demo,
+    doctor,
+    eval,
+    info,
+    ls,
+    predict,
+    pull,
+    push,
+    train,
+    validate,
+)
 
 SUBCOMMANDS = (ls, train, eval, validate, cp, info, demo, doctor, push, pull, predict)
 

@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     for row in rows:
         shown = str(row["input"]) if len(str(row["input"])) <= width else str(row["input"])[: width - 3] + "..."
         if "label" in row:
-            print(f"{shown:<{width}}  {str(row['label']):<12} {row['scores'][row['label']]:.3f}")
+            print(f"{shown:<{width}}  {row['label']!s:<12} {row['scores'][row['label']]:.3f}")
         else:
             print(f"{shown:<{width}}  {row.get('value', row.get('labels'))}")
     return 0

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from zoo.errors import DownloadError, HubError
 from zoo.hub.index import INDEX_FILE, add_entry, dump_index, empty_index, parse_index

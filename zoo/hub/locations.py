@@ -12,9 +12,10 @@ import hashlib
 import os
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from zoo.errors import DownloadError, HubError
 from zoo.hub.index import INDEX_FILE, parse_index
@@ -127,8 +128,7 @@ def parse_hub(url: str | os.PathLike) -> Hub:
         return Hub(text, "hf", repo, revision or None)
     if text.startswith(("http://", "https://")):
         return Hub(text.rstrip("/"), "http", text.rstrip("/"))
-    if text.startswith("file://"):
-        text = text[len("file://"):]
+    text = text.removeprefix("file://")
     path = Path(text).expanduser().resolve()
     return Hub(str(path), "folder", str(path))
 

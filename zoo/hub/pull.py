@@ -18,9 +18,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from zoo.catalog.download import copy_verified, download_resumable, sha256_of
 from zoo.errors import DownloadError, HubError

@@ -14,13 +14,23 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from zoo import __version__
 from zoo.catalog.download import sha256_of
-from zoo.errors import ConfigError, HubError
-from zoo.hub.index import INDEX_FILE, add_entry, check_name, check_version, dump_index, empty_index, next_version, parse_index
+from zoo.errors import ConfigError, DataError, DownloadError, HubError
+from zoo.hub.index import (
+    INDEX_FILE,
+    add_entry,
+    check_name,
+    check_version,
+    dump_index,
+    empty_index,
+    next_version,
+    parse_index,
+)
 from zoo.hub.locations import Hub, parse_hub, say_to_stderr
 
 PUBLISHED_FILES = ("adapter/adapter_config.json", "adapter/adapter_model.safetensors", "config.yaml",
@@ -92,7 +102,7 @@ def describe_run(run_dir: Path, name: str | None, version: str, licence: str | N
     labels = None
     try:
         datasets, _, sources = load_datasets(config, resolved)
-    except Exception as error:  # the data need not be here to publish; say what is not recorded
+    except (DataError, DownloadError, OSError) as error:  # the data need not be here to publish; say what is not recorded
         log(f"{name}: the dataset could not be read again ({type(error).__name__}); its files and sizes are not recorded")
         datasets, sources = {}, {}
     for role, source in sources.items():
@@ -110,7 +120,7 @@ def describe_run(run_dir: Path, name: str | None, version: str, licence: str | N
     entry = {
         "name": name,
         "version": version,
-        "published": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "published": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "zoo_version": __version__,
         "domain": resolved.backbone.domain,
         "task": {"kind": resolved.task_kind, "num_outputs": run.record.get("num_outputs"), "labels": labels,
