@@ -50,3 +50,15 @@ class CheckpointError(RuntimeError):
 
 class ResultsStoreError(DataError):
     """The results store cannot be read or written; ``zoo results rebuild`` remakes it from the run directories."""
+
+
+class HubError(ValueError):
+    """A hub, its index or one of its entries is missing, malformed or unsafe (the message names the entry)."""
+
+
+class IntegrityError(DownloadError):
+    """A file from a hub is larger than declared or its sha256 differs; nothing was kept."""
+
+
+class FingerprintMismatch(AdapterFileError):
+    """An adapter was trained on other backbone weights than the ones at hand (``--force`` loads it anyway)."""

@@ -9,15 +9,15 @@ error.
 
 from __future__ import annotations
 
-from zoo.errors import ChecksumWarning, DownloadError
-from zoo.files import atomic_file
-
 import hashlib
 import os
 import warnings
 from pathlib import Path
 
 import requests
+
+from zoo.errors import ChecksumWarning, DownloadError
+from zoo.files import atomic_file
 
 
 def sha256_of(path: str | os.PathLike, chunk_size: int = 1 << 20, algorithm: str = "sha256") -> str:
@@ -92,3 +92,98 @@ def hf_hub_unavailable(timeout: float = HUB_PROBE_TIMEOUT_S) -> str | None:
     except requests.RequestException as error:
         return f"{endpoint} is unreachable ({type(error).__name__})"
     return None
+
+
+# -- verified, resumable fetches (the hub) ------------------------------------------------
+def _integrity_error(what: str, message: str) -> Exception:
+    from zoo.errors import IntegrityError
+
+    return IntegrityError(f"{what}: {message}")
+
+
+def _finish_part(part: Path, destination: Path, sha256: str, size: int, what: str, source: str) -> Path:
+    actual_size = part.stat().st_size
+    if actual_size != size:
+        part.unlink(missing_ok=True)
+        raise _integrity_error(what, f"{source} gave {actual_size} bytes, the index declares {size}; nothing was kept")
+    actual = sha256_of(part)
+    if actual != sha256:
+        part.unlink(missing_ok=True)
+        raise _integrity_error(
+            what, f"{source} has sha256 {actual}, the index declares {sha256}; the partial file was removed and "
+            f"nothing was kept. The file on the hub is corrupt or was replaced"
+        )
+    os.replace(part, destination)
+    return destination
+
+
+def copy_verified(source: Path, destination: Path, sha256: str, size: int, what: str) -> Path:
+    """Copy a local file to ``destination`` (atomically) if it has the declared size and sha256."""
+    source = Path(source)
+    if not source.is_file():
+        raise DownloadError(f"{what}: {source} does not exist")
+    if source.stat().st_size > size:
+        raise _integrity_error(what, f"{source} is {source.stat().st_size} bytes, larger than the {size} declared; refused")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    part = destination.with_name(destination.name + ".part")
+    with open(source, "rb") as reader, open(part, "wb") as writer:
+        writer.writelines(iter(lambda: reader.read(1 << 20), b""))
+    return _finish_part(part, destination, sha256, size, what, str(source))
+
+
+def download_resumable(
+    url: str, destination: Path, sha256: str, size: int, what: str, *, timeout: float = 30.0, attempts: int = 3,
+    session: requests.Session | None = None,
+) -> Path:
+    """Fetch ``url`` to ``destination``, resuming ``destination.part`` with an HTTP Range request.
+
+    The partial file is kept when the connection drops (the next call, in this process or another,
+    continues from where it stopped); it is removed when the file turns out larger than ``size`` or
+    its sha256 is not ``sha256``. ``destination`` appears, by rename, only once verified.
+    """
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    part = destination.with_name(destination.name + ".part")
+    http = session or requests
+    last_error: BaseException | None = None
+    for _ in range(max(1, attempts)):
+        offset = part.stat().st_size if part.exists() else 0
+        if offset > size:
+            part.unlink()
+            offset = 0
+        if offset == size:
+            break
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        try:
+            with http.get(url, stream=True, timeout=timeout, headers=headers) as response:
+                if offset and response.status_code == 200:  # the server ignored the range: start again
+                    offset = 0
+                elif offset and response.status_code == 206 and not response.headers.get("Content-Range", "").startswith(f"bytes {offset}-"):
+                    part.unlink(missing_ok=True)  # a range other than the one asked for: start again
+                    continue
+                response.raise_for_status()
+                with open(part, "ab" if offset else "wb") as out:
+                    written = offset
+                    for chunk in response.iter_content(1 << 13):  # small: a dropped connection loses at most one chunk
+                        written += len(chunk)
+                        if written > size:
+                            out.close()
+                            part.unlink(missing_ok=True)
+                            raise _integrity_error(
+                                what, f"{url} sent more than the {size} bytes the index declares; refused, nothing kept"
+                            )
+                        out.write(chunk)
+            last_error = None
+            if part.stat().st_size == size:
+                break
+            last_error = ConnectionError(f"connection closed after {part.stat().st_size} of {size} bytes")
+        except requests.HTTPError as error:
+            raise DownloadError(f"{what}: {url}: {error}") from None
+        except requests.RequestException as error:
+            last_error = error
+    if last_error is not None and (not part.exists() or part.stat().st_size < size):
+        have = part.stat().st_size if part.exists() else 0
+        raise DownloadError(
+            f"{what}: could not download {url} ({type(last_error).__name__}: {last_error}); {have} of {size} bytes "
+            f"are kept in {part} and the next pull resumes from there"
+        )
+    return _finish_part(part, destination, sha256, size, what, url)

@@ -13,19 +13,27 @@ from pathlib import Path
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("eval", help="evaluate a finished run on a split")
-    parser.add_argument("run_dir", type=Path, help="a run directory made by zoo train")
+    parser.add_argument("run_dir", type=Path, help="a run directory made by zoo train, or a hub adapter (name or pulled folder)")
     parser.add_argument("--split", default="test", help="split of the run's dataset (default test)")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the run's train.eval_batch_size")
+    parser.add_argument("--data-root", help="hub adapters: the folder holding the dataset (default: $ZOO_DATA_DIR)")
+    parser.add_argument("--dataset", help="hub adapters: another registered dataset with the same classes")
+    parser.add_argument("--hub", help="hub adapters: the hub to pull from (default: $ZOO_HUB, then zoo's own)")
+    parser.add_argument("--backbone-weights", help="hub adapters: a local checkpoint of the base backbone")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from zoo.errors import ConfigError
     from zoo.experiment import run_dir as runs
     from zoo.experiment.build import load_built_run, load_split, resolve
-    from zoo.errors import ConfigError
 
+    if not runs.is_run_dir(args.run_dir):
+        from zoo.hub.evaluate import run as evaluate_hub_adapter
+
+        return evaluate_hub_adapter(args)
     config = runs.read_config(args.run_dir)
     resolved = resolve(config)
     if args.split not in resolved.dataset.splits:

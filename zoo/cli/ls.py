@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-KINDS = ("recipes", "methods", "backbones", "datasets", "tasks", "structures")
+KINDS = ("recipes", "methods", "backbones", "datasets", "tasks", "structures", "adapters")
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("ls", help="list recipes, PEFT methods, backbones, datasets, task kinds or structures")
     parser.add_argument("what", choices=KINDS, nargs="?", default="recipes")
     parser.add_argument("pattern", nargs="?", default="*", help="shell-style filter on names, e.g. 'vision/*' or 'esm*'")
+    parser.add_argument("--hub", help="adapters: the hub to list (default: $ZOO_HUB, then zoo's own)")
     parser.set_defaults(run=run)
 
 
@@ -103,7 +104,28 @@ def _structures(pattern: str) -> None:
             print(name)
 
 
+def _adapters(pattern: str, hub: str | None) -> None:
+    import fnmatch
+
+    from zoo.hub import list_adapters
+
+    rows = [(h, e) for h, e in list_adapters(hub) if fnmatch.fnmatch(e["name"], pattern)]
+    if not rows:
+        print(f"no adapters matching {pattern!r}")
+    for hub_found, entry in rows:
+        main = entry.get("task", {}).get("main_metric")
+        measured = next(iter(entry.get("metrics", {}).values()), None) if "test" not in entry.get("metrics", {}) else entry["metrics"]["test"]
+        metric = ""
+        if measured and main in measured.get("metrics", {}):
+            metric = f"{main} {measured['metrics'][main]:.4f} ({entry['dataset']['name']} {measured['split']}, {measured.get('examples')} examples)"
+        label = f"{entry['name']}@{entry['version']}"
+        print(f"{label:<28} {entry['method']['name']} on {entry['backbone']['name']:<14} {metric}  [{hub_found}]")
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.what == "adapters":
+        _adapters(args.pattern, args.hub)
+        return 0
     {"recipes": _recipes, "methods": _methods, "backbones": _backbones, "datasets": _datasets, "tasks": _tasks,
      "structures": _structures}[args.what](args.pattern)
     return 0

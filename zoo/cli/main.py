@@ -14,9 +14,11 @@ import sys
 import warnings
 
 from zoo import __version__
-from zoo.cli import cp, demo, doctor, eval, info, ls, reproduce, results, train, tune, validate
+from zoo.cli import (
+    cp, demo, doctor, eval, info, ls, predict, pull, push, reproduce, results, train, tune, validate,
+)
 
-SUBCOMMANDS = (ls, train, eval, validate, cp, info, demo, tune, reproduce, results, doctor)
+SUBCOMMANDS = (ls, train, eval, validate, cp, info, demo, tune, reproduce, results, push, pull, predict, doctor)
 
 
 def build_parser() -> argparse.ArgumentParser:

