@@ -18,8 +18,6 @@ from zoo.peft.config import ConfigError
 from zoo.tasks import TaskModel
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-# Options that keep structural methods small on tiny backbones.
-METHOD_OPTIONS = {"prefix": {"num_virtual_tokens": 2}, "vpt": {"num_prompts": 2}, "sparse": {"density": 0.2}}
 
 
 def tiny(name: str):
@@ -55,7 +53,7 @@ def test_every_method_on_every_backbone(name, method):
     model = TaskModel(backbone, "classification", 2)
     batch = backbone.collate(backbone.example_inputs(2))
     try:
-        zp.apply(model, method, structure=spec.structure, **METHOD_OPTIONS.get(method, {}))
+        zp.apply(model, method, structure=spec.structure, **zp.get_method(method).test_options)
     except ConfigError as error:
         # A method that cannot apply must say why, naming itself.
         assert method in str(error) and len(str(error)) > 40, str(error)
