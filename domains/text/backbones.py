@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from zoo.backbones import BACKBONES, PretrainedUnavailable, PretrainedWeights, register_backbone, unavailable
+from zoo.peft.exclusions import register_exclusion
 from zoo.peft.structure import BERT_STYLE, Structure, register_structure
 
 LOCAL_FORMAT = (
@@ -68,6 +69,16 @@ T5_STRUCTURE = register_structure(
             "ffn_out": r"layer\.\d+\.DenseReluDense\.wo",
         },
     )
+)
+register_exclusion(
+    "bitfit", T5_STRUCTURE.name, reason="T5's Linear layers and layer norms have no bias", error=r"selects no module with a bias"
+)
+register_exclusion(
+    "prefix",
+    T5_STRUCTURE.name,
+    reason="T5's attention adds a relative position bias over the keys and takes no key/value cache in front of "
+    "them, and the model is an encoder-decoder: there is no place for prefix keys and values",
+    error=r"cannot insert prefixes into T5Attention",
 )
 
 
