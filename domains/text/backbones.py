@@ -22,6 +22,7 @@ from torch import nn
 
 from zoo.catalog.download import hf_hub_unavailable
 from zoo.catalog.backbones import BACKBONES, PretrainedUnavailable, PretrainedWeights, register_backbone, unavailable
+from zoo.peft.exclusions import register_exclusion
 from zoo.peft.structure import BERT_STYLE, Structure, register_structure
 
 LOCAL_FORMAT = (
@@ -41,14 +42,13 @@ BERT_TASK_STRUCTURE = BERT_STYLE
 # T5 blocks are `layer = [self-attention, (cross-attention,) feed-forward]`: the FFN is layer.1 in the
 # encoder and layer.2 in the decoder. Structure paths must be the same in every block, so each block
 # gets a read-only alias `ffn` for `layer[-1]` (see `alias_t5_ffn`). FLAN-T5's FFN is gated:
-# wo(gelu(wi_0 x) * wi_1 x). Defaults follow HF PEFT's for T5: LoRA on q and v of self- and
-# cross-attention, (IA)^3 on k, v and the FFN output.
-_T5_BLOCKS = r"(.*\.)?(encoder|decoder)\.block\.\d+"
-_T5_QV = rf"{_T5_BLOCKS}\.layer\.\d+\.(SelfAttention|EncDecAttention)\.(q|v)"
+# wo(gelu(wi_0 x) * wi_1 x). Default targets follow HF PEFT's for T5: the attention roles cover
+# self- and cross-attention (e.g. LoRA on q and v of both), the FFN output is wo.
+_T5_ATTENTION = r"layer\.\d+\.(SelfAttention|EncDecAttention)\."
 T5_STRUCTURE = register_structure(
     Structure(
         name="hf-t5",
-        blocks=_T5_BLOCKS,
+        blocks=r"(.*\.)?(encoder|decoder)\.block\.\d+",
         attention="layer.0.SelfAttention",
         attention_kind="separate",
         query="layer.0.SelfAttention.q",
@@ -59,13 +59,26 @@ T5_STRUCTURE = register_structure(
         ffn_out="ffn.DenseReluDense.wo",
         heads=("head",),
         cls_tokens=0,
-        default_targets={
-            "lora": _T5_QV,
-            "dora": _T5_QV,
-            "kadaptation": _T5_QV,
-            "ia3": rf"{_T5_BLOCKS}\.layer\.\d+\.((SelfAttention|EncDecAttention)\.(k|v)|DenseReluDense\.wo)",
+        target_patterns={
+            "query": _T5_ATTENTION + "q",
+            "key": _T5_ATTENTION + "k",
+            "value": _T5_ATTENTION + "v",
+            "attention_out": _T5_ATTENTION + "o",
+            # The `ffn` alias is a property, not a module name: targets need the real path.
+            "ffn_in": r"layer\.\d+\.DenseReluDense\.wi_0",
+            "ffn_out": r"layer\.\d+\.DenseReluDense\.wo",
         },
     )
+)
+register_exclusion(
+    "bitfit", T5_STRUCTURE.name, reason="T5's Linear layers and layer norms have no bias", error=r"selects no module with a bias"
+)
+register_exclusion(
+    "prefix",
+    T5_STRUCTURE.name,
+    reason="T5's attention adds a relative position bias over the keys and takes no key/value cache in front of "
+    "them, and the model is an encoder-decoder: there is no place for prefix keys and values",
+    error=r"cannot insert prefixes into T5Attention",
 )
 
 

@@ -28,6 +28,7 @@ from torch import nn
 
 from zoo.catalog.download import hf_hub_unavailable
 from zoo.catalog.backbones import PretrainedWeights, register_backbone
+from zoo.peft.exclusions import register_exclusion
 from zoo.peft.structure import Structure, register_structure
 
 # OpenAI's normalisation, which open_clip uses for both tags below.
@@ -67,6 +68,14 @@ OPEN_CLIP_VIT = register_structure(
         heads=("head", "temperature"),
         cls_tokens=1,
     )
+)
+register_exclusion(
+    "adapter",
+    OPEN_CLIP_VIT.name,
+    reason="open_clip's attention output is read inside `nn.MultiheadAttention` (its `out_proj` is never called) "
+    "and the module called on it, `ls_1`, is an `nn.Identity`: a serial bottleneck adapter needs an `nn.Linear` "
+    "projection to follow",
+    error=r"ls_1 is a Identity",
 )
 
 

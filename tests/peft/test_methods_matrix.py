@@ -1,7 +1,7 @@
 """Every registered method on a tiny BERT and a tiny ViT: the contract each must keep.
 
-Adding a method adds it here automatically; a method that needs options to run on these
-tiny models gets one line in OPTIONS.
+Adding a method adds it here automatically: what each test expects of it (identity at init,
+options for these tiny models) comes from its registration.
 """
 
 import copy
@@ -15,15 +15,8 @@ from zoo.peft.layers import logical_path
 
 from tests.conftest import tiny_bert, tiny_vit
 
-# Methods whose update starts at zero, so the adapted model equals the base at init.
-STARTS_AT_IDENTITY = {"full", "linear", "lora", "dora", "ia3", "kadaptation", "bitfit", "sparse", "adapter", "adaptformer"}
-OPTIONS = {
-    "kadaptation": {"n": 4},
-    "prefix": {"num_virtual_tokens": 3},
-    "vpt": {"num_prompts": 3},
-    "sparse": {"density": 0.2},
-}
 METHODS = zp.list_methods()
+STARTS_AT_IDENTITY = [m for m in METHODS if zp.get_method(m).starts_at_identity]
 BACKBONES = {"bert": tiny_bert, "vit": tiny_vit}
 
 
@@ -49,7 +42,7 @@ def setup(request):
 
 
 def apply(kind, model, method):
-    return zp.apply(model, method, **OPTIONS.get(method, {}))
+    return zp.apply(model, method, **zp.get_method(method).test_options)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -69,7 +62,7 @@ def test_only_intended_parameters_train(setup, method):
     assert {logical_path(n) for n in frozen_originals} >= base_names - {n for n in base_names if n.startswith(("classifier", "head"))}
 
 
-@pytest.mark.parametrize("method", sorted(STARTS_AT_IDENTITY & set(METHODS)))
+@pytest.mark.parametrize("method", STARTS_AT_IDENTITY)
 def test_identity_at_init(setup, method):
     kind, model, batch = setup
     base = copy.deepcopy(model)

@@ -26,6 +26,7 @@ from zoo.peft.engine import (
     unload,
     unmerge,
 )
+from zoo.peft.exclusions import Exclusion, exclusion_for, list_exclusions, register_exclusion
 from zoo.peft.io import adapter_size_bytes, load_adapter, read_adapter_dir, save_adapter
 from zoo.peft.registry import MethodSpec, get_method, list_methods, register_method
 from zoo.peft.report import ParameterReport, parameter_report
@@ -41,6 +42,7 @@ __all__ = [
     "AdapterFileError",
     "ConfigError",
     "DEFAULT_ADAPTER",
+    "Exclusion",
     "MethodConfig",
     "MethodSpec",
     "ParameterReport",
@@ -53,9 +55,11 @@ __all__ = [
     "disable_adapters",
     "disabled",
     "enable_adapters",
+    "exclusion_for",
     "get_method",
     "get_structure",
     "list_adapters",
+    "list_exclusions",
     "list_methods",
     "list_structures",
     "load_adapter",
@@ -63,6 +67,7 @@ __all__ = [
     "merge_and_unload",
     "parameter_report",
     "read_adapter_dir",
+    "register_exclusion",
     "register_method",
     "register_structure",
     "save_adapter",

@@ -102,7 +102,7 @@ class BottleneckAdapter(WrappedLayer):
         return out + self.adapter_up[name](activation(self.adapter_down[name](out)))
 
 
-@register_method("adapter", BottleneckAdapterConfig, needs_structure=True)
+@register_method("adapter", BottleneckAdapterConfig, needs_structure=True, starts_at_identity=True)
 def inject_adapter(context: InjectionContext, config: BottleneckAdapterConfig) -> None:
     structure = context.require_structure()
     places = [structure.attention_out, structure.ffn_out] if config.variant == "houlsby" else [structure.ffn_out]

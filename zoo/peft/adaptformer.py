@@ -99,7 +99,7 @@ class AdaptFormerLayer(WrappedLayer):
         self._ffn_input = None
 
 
-@register_method("adaptformer", AdaptFormerConfig, needs_structure=True)
+@register_method("adaptformer", AdaptFormerConfig, needs_structure=True, starts_at_identity=True)
 def inject_adaptformer(context: InjectionContext, config: AdaptFormerConfig) -> None:
     structure = context.require_structure()
     for block in context.block_names():

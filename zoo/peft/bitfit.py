@@ -167,7 +167,7 @@ def _bias_owners(context: InjectionContext, config: BitFitConfig) -> list[tuple[
     return list(found.values())
 
 
-@register_method("bitfit", BitFitConfig, mergeable=True)
+@register_method("bitfit", BitFitConfig, mergeable=True, starts_at_identity=True)
 def inject_bitfit(context: InjectionContext, config: BitFitConfig) -> None:
     for slot, module in _bias_owners(context, config):
         layer_class = BitFitMultiheadAttention if isinstance(module, nn.MultiheadAttention) else BitFitLayer

@@ -217,6 +217,15 @@ def dora_from_peft(peft_config: dict) -> dict | None:
     return lora_from_peft(peft_config, use_dora=True)
 
 
-@register_method("dora", DoraConfig, mergeable=True, peft_type="LORA", to_peft=dora_to_peft, from_peft=dora_from_peft)
+@register_method(
+    "dora",
+    DoraConfig,
+    mergeable=True,
+    starts_at_identity=True,
+    default_targets=("query", "value"),
+    peft_type="LORA",
+    to_peft=dora_to_peft,
+    from_peft=dora_from_peft,
+)
 def inject_dora(context: InjectionContext, config: DoraConfig) -> None:
     inject_lora_layers(context, config, linear_class=DoraLayer, mha_class=DoraMultiheadAttention)

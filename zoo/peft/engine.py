@@ -16,7 +16,7 @@ from torch import nn
 
 from zoo.peft.config import ConfigError, MethodConfig
 from zoo.peft.layers import AdapterModule, HeadCopy, replace_module
-from zoo.peft.registry import MethodSpec, get_method
+from zoo.peft.registry import MethodSpec, get_method, list_methods
 from zoo.peft.structure import Structure, detect_structure, get_structure
 from zoo.peft.targeting import Target, candidate_names, resolve_targets
 
@@ -73,10 +73,13 @@ class InjectionContext:
     def targets(
         self, config: MethodConfig, allowed: tuple[type[nn.Module], ...] = (nn.Linear,)
     ) -> list[Target]:
-        patterns = config.target_modules
-        if patterns is None and self.structure is not None:
-            patterns = self.structure.targets_for(self.method)
+        patterns = config.target_modules if config.target_modules is not None else self.default_targets()
         return resolve_targets(self.model, patterns, self.method, allowed)
+
+    def default_targets(self) -> list[str] | str | None:
+        """Where the structure puts the roles the method registered as its default targets."""
+        roles = get_method(self.method).default_targets
+        return self.structure.targets_for(roles) if self.structure is not None and roles else None
 
     def wrap(self, target_name: str, wrapper_class: type[W], factory: Callable[[nn.Module], W]) -> W:
         """The wrapper of ``wrapper_class`` at ``target_name``, created on first use."""
@@ -284,7 +287,7 @@ def _mergeable_spec(model: nn.Module, adapter_name: str | None) -> tuple[str, Me
     if not spec.mergeable:
         raise ConfigError(
             f"adapter {name!r} uses {spec.name}, which adds computation that cannot be folded into the base "
-            f"weights; merge works for lora, dora, ia3, kadaptation, bitfit and sparse"
+            f"weights; merge works for {', '.join(m for m in list_methods() if get_method(m).mergeable)}"
         )
     return name, spec
 

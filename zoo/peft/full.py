@@ -27,6 +27,6 @@ class FullConfig(MethodConfig):
         self.modules_to_save = []  # the head trains in place: no separate copy
 
 
-@register_method("full", FullConfig, trains_base=True)
+@register_method("full", FullConfig, trains_base=True, starts_at_identity=True)
 def inject_full(context: InjectionContext, config: FullConfig) -> None:
     """Nothing to inject: the engine marks every base parameter trainable."""

@@ -203,7 +203,16 @@ def ia3_from_peft(peft_config: dict) -> dict:
     }
 
 
-@register_method("ia3", IA3Config, mergeable=True, peft_type="IA3", to_peft=ia3_to_peft, from_peft=ia3_from_peft)
+@register_method(
+    "ia3",
+    IA3Config,
+    mergeable=True,
+    starts_at_identity=True,
+    default_targets=("key", "value", "ffn_out"),
+    peft_type="IA3",
+    to_peft=ia3_to_peft,
+    from_peft=ia3_from_peft,
+)
 def inject_ia3(context: InjectionContext, config: IA3Config) -> None:
     feedforward = _feedforward_names(context, config)
     for target in context.targets(config, allowed=(nn.Linear, nn.MultiheadAttention)):

@@ -197,7 +197,14 @@ def _layer_class(module: nn.Module) -> type[KAdaptationLayer]:
     return KAdaptationMultiheadAttention if isinstance(base_of(module), nn.MultiheadAttention) else KAdaptationLayer
 
 
-@register_method("kadaptation", KAdaptationConfig, mergeable=True)
+@register_method(
+    "kadaptation",
+    KAdaptationConfig,
+    mergeable=True,
+    starts_at_identity=True,
+    default_targets=("query", "value"),
+    test_options={"n": 4},
+)
 def inject_kadaptation(context: InjectionContext, config: KAdaptationConfig) -> None:
     targets = context.targets(config, allowed=(nn.Linear, nn.MultiheadAttention))
     # The shared factors live in the first layer rather than on the model root, where a root

@@ -24,7 +24,7 @@ class LinearProbeConfig(MethodConfig):
             raise ConfigError("linear: target_modules is not used, only the head trains; set modules_to_save=[head name]")
 
 
-@register_method("linear", LinearProbeConfig)
+@register_method("linear", LinearProbeConfig, starts_at_identity=True)
 def inject_linear(context: InjectionContext, config: LinearProbeConfig) -> None:
     if config.modules_to_save is None and context.structure is not None:
         config.modules_to_save = context.structure.head_names(context.model)

@@ -277,6 +277,8 @@ def lora_from_peft(peft_config: dict, use_dora: bool = False) -> dict | None:
     "lora",
     LoraConfig,
     mergeable=True,
+    starts_at_identity=True,
+    default_targets=("query", "value"),
     peft_type="LORA",
     to_peft=lora_to_peft,
     from_peft=lora_from_peft,

@@ -252,6 +252,7 @@ def import_keys(tensors: dict) -> dict:
     "prefix",
     PrefixTuningConfig,
     needs_structure=True,
+    test_options={"num_virtual_tokens": 2},
     peft_type="PREFIX_TUNING",
     to_peft=prefix_to_peft,
     from_peft=prefix_from_peft,

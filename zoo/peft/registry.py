@@ -3,15 +3,20 @@
 A method is an injection function ``inject(context, config)`` that adds the method's
 modules for one named adapter, registered with its config class::
 
-    @register_method("lora", LoraConfig, mergeable=True, peft_type="LORA")
+    @register_method("lora", LoraConfig, mergeable=True, starts_at_identity=True,
+                     default_targets=("query", "value"), peft_type="LORA")
     def inject_lora(context, config): ...
+
+Method files are found, not listed: every module of this package is imported on first use
+of the registry, so a new method is one new file.
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib
-from dataclasses import dataclass
+import pkgutil
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from zoo.peft.config import ConfigError, MethodConfig
@@ -31,6 +36,13 @@ class MethodSpec:
     """Full fine-tuning: base weights are trained in place (no separate adapter tensors)."""
     needs_structure: bool = False
     """Needs a description of blocks, attention and FFN (see :mod:`zoo.peft.structure`)."""
+    starts_at_identity: bool = False
+    """The adapted model computes exactly what the base does until training moves the adapter."""
+    default_targets: tuple[str, ...] = ()
+    """Structure roles (:data:`zoo.peft.structure.ROLES`) targeted when ``target_modules`` is not
+    given, e.g. ``("query", "value")``; each structure says where those are in its blocks."""
+    test_options: dict[str, Any] = field(default_factory=dict)
+    """Options that keep the method small on the tiny backbones of the test matrices."""
     peft_type: str | None = None
     """The ``peft_type`` HF PEFT uses for this method, when HF PEFT has it."""
     to_peft: Callable[[MethodConfig, Any, str], dict[str, Any] | None] | None = None
@@ -47,22 +59,8 @@ class MethodSpec:
 
 _METHODS: dict[str, MethodSpec] = {}
 
-# Method files, imported on first use so that registering is the only edit a new method needs.
-_METHOD_MODULES = (
-    "full",
-    "linear",
-    "bitfit",
-    "lora",
-    "dora",
-    "ia3",
-    "loreft",
-    "prefix",
-    "vpt",
-    "adapter",
-    "adaptformer",
-    "kadaptation",
-    "sparse",
-)
+# Modules of zoo.peft that are machinery, not methods: skipped when looking for method files.
+_NOT_METHODS = frozenset({"config", "engine", "exclusions", "io", "layers", "prefix_attention", "registry", "report", "structure", "targeting"})
 _loaded = False
 
 
@@ -75,7 +73,9 @@ def register_method(
     def decorator(inject: Callable[..., None]) -> Callable[..., None]:
         if name in _METHODS:
             raise ValueError(f"method {name!r} is already registered")
-        config_class.method = name
+        # A config class registered under two names keeps the first: error messages name it.
+        if not config_class.__dict__.get("method"):
+            config_class.method = name
         _METHODS[name] = MethodSpec(name=name, config_class=config_class, inject=inject, **spec_options)
         return inject
 
@@ -87,12 +87,11 @@ def _load_all() -> None:
     if _loaded:
         return
     _loaded = True
-    for module in _METHOD_MODULES:
-        try:
-            importlib.import_module(f"zoo.peft.{module}")
-        except ModuleNotFoundError as error:
-            if error.name != f"zoo.peft.{module}":
-                raise
+    import zoo.peft
+
+    for module in pkgutil.iter_modules(zoo.peft.__path__):
+        if not module.name.startswith("_") and module.name not in _NOT_METHODS:
+            importlib.import_module(f"zoo.peft.{module.name}")
 
 
 def list_methods() -> list[str]:

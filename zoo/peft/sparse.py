@@ -20,7 +20,7 @@ chosen once, at apply time, and only their deltas train:
 Trainable: ``sparse_delta.values`` (one 1-D tensor per weight); the flat ``indices`` are a
 buffer saved with the adapter, so a loaded adapter needs no calibration. No dense trainable
 copy exists: the forward adds the deltas into a copy of W by ``index_add``. Targets default
-to every Linear inside the blocks (``Structure.targets_for("sparse")``).
+to every Linear inside the blocks (its registered default target, the role ``"block"``).
 """
 
 from __future__ import annotations
@@ -138,9 +138,7 @@ class SparseLayer(WrappedLayer):
 
 def _targets(context: InjectionContext, config: SparseConfig) -> list[tuple[str, nn.Linear]]:
     """(name to wrap, innermost Linear) for each Linear selected, outermost wrapper first."""
-    patterns = config.target_modules
-    if patterns is None:
-        patterns = context.structure.targets_for("sparse") if context.structure else None
+    patterns = config.target_modules if config.target_modules is not None else context.default_targets()
     if patterns is None:
         resolve_targets(context.model, None, "sparse")  # raises, listing candidate names
     found: dict[int, tuple[str, nn.Linear]] = {}
@@ -187,7 +185,14 @@ def _gradient_scores(model: nn.Module, weights: list[torch.Tensor], calibration:
     return scores
 
 
-@register_method("sparse", SparseConfig, mergeable=True)
+@register_method(
+    "sparse",
+    SparseConfig,
+    mergeable=True,
+    starts_at_identity=True,
+    default_targets=("block",),
+    test_options={"density": 0.2},
+)
 def inject_sparse(context: InjectionContext, config: SparseConfig) -> None:
     targets = _targets(context, config)
     weights = [linear.weight for _, linear in targets]

@@ -19,6 +19,12 @@ from torch import nn
 from zoo.peft.config import ConfigError
 
 
+# Roles a method may name as its default targets (``register_method(default_targets=...)``); all
+# but "block" are fields of Structure. "block" means every module inside the blocks.
+ROLES = ("query", "key", "value", "attention_out", "ffn_in", "ffn_out", "block")
+BLOCK = "block"
+
+
 @dataclass(frozen=True)
 class Structure:
     name: str
@@ -45,8 +51,9 @@ class Structure:
     module outside the blocks."""
     cls_tokens: int = 1
     """Leading special tokens (e.g. [CLS]) that visual prompts are inserted after."""
-    default_targets: dict[str, list[str] | str] = field(default_factory=dict)
-    """Per-method default ``target_modules`` overriding the generic ones below."""
+    target_patterns: dict[str, str] = field(default_factory=dict)
+    """Per role, a regex (relative to a block) used for default targets instead of the role's path,
+    where a role has more than one module per block (e.g. self- and cross-attention)."""
 
     # -- helpers -----------------------------------------------------------------
     def block_names(self, model: nn.Module) -> list[str]:
@@ -71,28 +78,24 @@ class Structure:
             return False
         return True
 
-    def targets_for(self, method: str) -> list[str] | str | None:
-        """Default ``target_modules`` for a reparameterisation method on this backbone."""
-        if method in self.default_targets:
-            return self.default_targets[method]
-        escape = re.escape
-        if self.attention_kind == "separate":
-            qv = [self.query, self.value]
-            kv_ffn = [self.key, self.value, self.ffn_out]
-            to_regex = lambda rels: rf"{self.blocks}\.(" + "|".join(escape(r) for r in rels) + ")"
-            if method in ("lora", "dora", "kadaptation"):
-                return to_regex(qv)
-            if method == "ia3":
-                return to_regex(kv_ffn)
-        else:
-            fused = f"{self.qkv}[q,v]"
-            if method in ("lora", "dora", "kadaptation"):
-                return [fused]
-            if method == "ia3":
-                return [f"{self.qkv}[k,v]", self.ffn_out]
-        if method in ("sparse",):
+    def targets_for(self, roles: tuple[str, ...]) -> list[str] | str | None:
+        """Default ``target_modules`` for the roles a method registered (see :data:`ROLES`)."""
+        unknown = set(roles) - set(ROLES)
+        if unknown:
+            raise ValueError(f"unknown structure role(s) {sorted(unknown)}; roles are {', '.join(ROLES)}")
+        if not roles:
+            return None
+        if BLOCK in roles:
             return rf"{self.blocks}\..*"
-        return None
+        if self.attention_kind == "separate" or self.target_patterns:
+            # One regex over full names: each role's path in the block, or the structure's own
+            # pattern for it (T5's also reaches the decoder's cross-attention).
+            parts = [self.target_patterns.get(role) or re.escape(getattr(self, role)) for role in roles]
+            return rf"{self.blocks}\.(" + "|".join(parts) + ")"
+        # q, k and v are slices of one fused projection (timm's qkv, nn.MultiheadAttention).
+        slices = [role[0] for role in ("query", "key", "value") if role in roles]
+        fused = [f"{self.qkv}[{','.join(slices)}]"] if slices else []
+        return fused + [getattr(self, role) for role in roles if role not in ("query", "key", "value")]
 
     def head_names(self, model: nn.Module) -> list[str]:
         """The task head: the first of ``heads`` found outside the blocks."""

@@ -184,7 +184,7 @@ def _width(structure, model: nn.Module, block: str) -> int:
     return base_of(structure.submodule(model, block, structure.ffn_out)).out_features
 
 
-@register_method("vpt", VptConfig, needs_structure=True)
+@register_method("vpt", VptConfig, needs_structure=True, test_options={"num_prompts": 2})
 def inject_vpt(context: InjectionContext, config: VptConfig) -> None:
     structure = context.require_structure()
     model = context.model
