@@ -56,11 +56,11 @@ def push_to_hf(hub, run_dir: Path, name, version, licence, log, describe) -> dic
     return entry
 
 
-def pull_peft_adapter(reference: str, log: Callable[[str], None]):
-    """``hf://org/repo[@revision]``: a PEFT adapter's two files into the HF cache; a PulledAdapter whose
-    ``adapter_dir`` loads with ``zoo.peft.load_adapter`` onto the base model its config names."""
+def pull_peft_adapter(reference: str, log: Callable[[str], None]) -> tuple[Path, dict, Path]:
+    """``hf://org/repo[@revision]``: a PEFT adapter's two files into the HF cache; returns the snapshot
+    folder, an index-like entry, and the folder of the two files, which loads with
+    ``zoo.peft.load_adapter`` onto the base model its config names."""
     from zoo.hub.locations import parse_hub
-    from zoo.hub.pull import PulledAdapter
 
     hub = parse_hub(reference)
     paths = [Path(hub.hf_download(filename)) for filename in PEFT_FILES]
@@ -69,4 +69,4 @@ def pull_peft_adapter(reference: str, log: Callable[[str], None]):
         raise HubError(f"{reference}: adapter_config.json is not a PEFT adapter config (no peft_type)")
     log(f"{reference}: PEFT {config['peft_type']} adapter for {config.get('base_model_name_or_path')} in {paths[0].parent}")
     entry = {"name": hub.location, "version": hub.revision or "main", "peft": config}
-    return PulledAdapter(paths[0].parent.parent, entry, reference, paths[0].parent)
+    return paths[0].parent.parent, entry, paths[0].parent

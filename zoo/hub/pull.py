@@ -138,7 +138,8 @@ def pull(
     if str(reference).startswith("hf://"):
         from zoo.hub.hf import pull_peft_adapter
 
-        return pull_peft_adapter(str(reference), log)
+        root, entry, adapter_path = pull_peft_adapter(str(reference), log)
+        return PulledAdapter(root, entry, str(reference), adapter_path)
     errors = []
     for candidate in search_path(hub):
         try:

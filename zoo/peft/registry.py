@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import pkgutil
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -87,9 +88,8 @@ def _load_all() -> None:
     if _loaded:
         return
     _loaded = True
-    import zoo.peft
-
-    for module in pkgutil.iter_modules(zoo.peft.__path__):
+    # This file's own folder is the package: listing it needs no import of zoo.peft (which imports us).
+    for module in pkgutil.iter_modules([str(Path(__file__).parent)]):
         if not module.name.startswith("_") and module.name not in _NOT_METHODS:
             importlib.import_module(f"zoo.peft.{module.name}")
 
