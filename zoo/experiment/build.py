@@ -27,6 +27,8 @@ import zoo.peft as zp
 from zoo.catalog.backbones import BACKBONES, BackboneSpec, PretrainedUnavailable, create_backbone
 from zoo.experiment.config import RunConfig
 from zoo.files import atomic_directory
+from zoo.peft.block_selection import auto_count
+from zoo.peft.engine import peft_state
 from zoo.catalog.datasets import (
     DATASETS, DataError, DatasetSpec, SplitSource, data_root, dataset_dir, describe_split, load_dataset, load_noting_checksums,
     local_copy_present,
@@ -62,6 +64,8 @@ class BuiltRun:
     data_dir: Path | None = None
     sources: dict[str, SplitSource] = field(default_factory=dict)
     """By role: the file each dataset was read from, its rows and checksum (for the model card)."""
+    layer_selection: dict[str, Any] | None = None
+    """With ``method.layers=auto:K``: every block's importance and the blocks chosen."""
 
 
 def _lookup(registry: Any, name: str, key: str) -> Any:
@@ -245,8 +249,35 @@ def build_run(config: RunConfig, roles: tuple[str, ...] = ("train", "val", "test
     resolved = resolve(config)
     datasets, directory, sources = load_datasets(config, resolved, roles)
     outputs = num_outputs(config, resolved, datasets.get("train") or next(iter(datasets.values()), None))
+    selection = None
+    if auto_count(config.method.options.get("layers")) is not None:
+        config, selection = choose_layers(config, resolved, outputs, datasets.get("train"))
     model, task = build_model(config, resolved, outputs)
-    return BuiltRun(config, resolved, model, task, datasets, directory, sources)
+    return BuiltRun(config, resolved, model, task, datasets, directory, sources, selection)
+
+
+def choose_layers(config: RunConfig, resolved: Resolved, outputs: int | None, train_set: Dataset | None):
+    """``method.layers=auto:K``: the method on every block, each block's importance on a few training
+    batches, then the config with the K most important block indices in ``method.layers``."""
+    from zoo.experiment.config import MethodChoice
+    from zoo.experiment.layer_selection import block_importance, most_important
+
+    count = auto_count(config.method.options["layers"])
+    if train_set is None:
+        raise ConfigError(f"method.layers=auto:{count} measures block importance on the training split, and there is none")
+    everywhere = config.model_copy(
+        update={"method": MethodChoice(name=config.method.name, options={**config.method.options, "layers": None})}
+    )
+    model, task = build_model(everywhere, resolved, outputs)
+    blocks = peft_state(model).structure.block_names(model)
+    if count > len(blocks):
+        raise ConfigError(f"method.layers=auto:{count}: this backbone has {len(blocks)} blocks")
+    scores = block_importance(model, task, train_set, blocks, batch_size=config.train.batch_size, seed=config.train.seed)
+    chosen = most_important(scores, count)
+    selected = config.model_copy(
+        update={"method": MethodChoice(name=config.method.name, options={**config.method.options, "layers": chosen})}
+    )
+    return selected, {"rule": f"auto:{count}", "blocks": blocks, "importance": scores, "chosen": chosen}
 
 
 def check_method_applies(config: RunConfig) -> ParameterReport:

@@ -167,7 +167,12 @@ def _train(config, original, label, run_dir, command, resume, say, main, callbac
         say(f"  run directory: {run_dir}{' (resuming)' if resume else ''}")
         runs.start(run_dir, config, label, command, resume)
         outputs = getattr(getattr(built.model, "head", None), "out_features", None)
-        runs.mark(run_dir, "running", num_outputs=outputs, data_dir=str(built.data_dir) if built.data_dir else None)
+        runs.mark(run_dir, "running", num_outputs=outputs, data_dir=str(built.data_dir) if built.data_dir else None,
+                  layer_selection=built.layer_selection)
+        if built.layer_selection:
+            selection = built.layer_selection
+            shown = ", ".join(f"{i}: {score:.3g}" for i, score in enumerate(selection["importance"]))
+            say(f"  layers={selection['rule']}: block importance {shown}; training blocks {selection['chosen']}")
 
     trainer = Trainer(built.model, built.task, built.datasets["train"], built.datasets.get("val"), config.train_settings(),
                       run_dir, callbacks=callbacks)

@@ -9,6 +9,7 @@ the bad value and what is allowed.
 from __future__ import annotations
 
 from zoo.errors import ConfigError
+from zoo.peft.block_selection import check_layers
 
 import dataclasses
 import difflib
@@ -44,12 +45,18 @@ class MethodConfig:
         help="Modules trained fully and saved with the adapter, e.g. the task head. "
         "None picks the backbone's head when one is found; [] trains no head.",
     )
+    layers: list[int] | str | None = option(
+        None,
+        help="Blocks to adapt: indices, 'first:K', 'last:K' or 'auto:K' (the K most important, measured "
+        "before training); None: every block. Block-based methods only (zoo.peft.block_selection).",
+    )
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
         """Check option values; subclasses extend this and call ``super().validate()``."""
+        self.layers = check_layers(self.method, self.layers)
         if self.target_modules is not None and not isinstance(self.target_modules, (str, list, tuple)):
             raise ConfigError(
                 f"{self.method}: target_modules={self.target_modules!r} must be a list of module names or a regex string"

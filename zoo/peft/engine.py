@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterator, TypeVar
 
 from torch import nn
 
+from zoo.peft.block_selection import select_blocks
 from zoo.peft.config import ConfigError, MethodConfig
 from zoo.peft.layers import AdapterModule, HeadCopy, replace_module
 from zoo.peft.registry import MethodSpec, get_method, list_methods
@@ -59,6 +60,9 @@ class InjectionContext:
     adapter_name: str
     structure: Structure | None
     method: str
+    layers: list[int] | str | None = None
+    """The method's ``layers`` option: which blocks ``targets`` and ``block_names`` keep."""
+    layers_applied: bool = False
 
     def require_structure(self) -> Structure:
         if self.structure is None:
@@ -74,7 +78,14 @@ class InjectionContext:
         self, config: MethodConfig, allowed: tuple[type[nn.Module], ...] = (nn.Linear,)
     ) -> list[Target]:
         patterns = config.target_modules if config.target_modules is not None else self.default_targets()
-        return resolve_targets(self.model, patterns, self.method, allowed)
+        targets = resolve_targets(self.model, patterns, self.method, allowed)
+        if self.layers is None:
+            return targets
+        kept = tuple(block + "." for block in self.block_names())
+        selected = [target for target in targets if target.name.startswith(kept)]
+        if not selected:
+            raise ConfigError(f"{self.method}: layers={self.layers} keeps none of the targets ({targets[0].name}, ...)")
+        return selected
 
     def default_targets(self) -> list[str] | str | None:
         """Where the structure puts the roles the method registered as its default targets."""
@@ -90,12 +101,17 @@ class InjectionContext:
         replace_module(self.model, target_name, wrapper)
         return wrapper
 
-    def block_names(self) -> list[str]:
+    def block_names(self, selectable: bool = True) -> list[str]:
+        """The structure's blocks that ``layers`` selects; ``selectable=False`` for methods that must see
+        every block (prompts and prefixes thread through all of them)."""
         structure = self.require_structure()
         blocks = structure.block_names(self.model)
         if not blocks:
             raise ConfigError(f"{self.method}: no block of {type(self.model).__name__} matches {structure.blocks!r}")
-        return blocks
+        if self.layers is not None and not selectable:
+            raise ConfigError(f"{self.method}: layers={self.layers} does not apply; the method goes through every block")
+        self.layers_applied = True
+        return select_blocks(self.method, self.layers, blocks)
 
 
 def adapter_modules(model: nn.Module) -> Iterator[tuple[str, AdapterModule]]:
@@ -138,9 +154,11 @@ def apply(
     if any(get_method(r.method).trains_base for r in state.adapters.values()) or (spec.trains_base and state.adapters):
         raise ConfigError("full fine-tuning changes the base weights and cannot share a model with other adapters")
     resolved = _resolve_structure(model, structure)
-    context = InjectionContext(model=model, adapter_name=adapter_name, structure=resolved, method=method)
+    context = InjectionContext(model=model, adapter_name=adapter_name, structure=resolved, method=method, layers=config.layers)
     try:
         spec.inject(context, config)
+        if config.layers is not None and not context.layers_applied:
+            raise ConfigError(f"{method}: layers={config.layers} does not apply; the method does not work block by block")
         _add_heads(context, config)
     except Exception:
         _remove_adapter_modules(model, adapter_name)

@@ -69,7 +69,8 @@ def adapter_config(model: nn.Module, adapter_name: str | None = None) -> dict[st
     record = state.adapters[name]
     spec = get_method(record.method)
     config: dict[str, Any] = {}
-    if spec.peft_type is not None and spec.to_peft is not None:
+    # With a block selection the file stays in zoo's format: peft's layers_to_transform counts layers its own way.
+    if spec.peft_type is not None and spec.to_peft is not None and record.config.layers is None:
         peft_fields = spec.to_peft(record.config, model, name)
         if peft_fields is not None:
             config.update(peft_fields)

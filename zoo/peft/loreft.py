@@ -45,19 +45,11 @@ _POSITIONS = re.compile(r"^(?:f(?P<first>\d+))?\+?(?:l(?P<last>\d+))?$")
 @dataclass
 class LoreftConfig(MethodConfig):
     r: int = option(4, help="Rank of the edited subspace (pyreft's low_rank_dimension).")
-    layers: str | list[int] = option("all", help="Blocks whose outputs are edited: 'all' or a list of block indices.")
     positions: str = option("all", help="Token positions edited: 'all' or pyreft-style 'f<n>+l<m>' (first n, last m).")
 
     def validate(self) -> None:
         super().validate()
         require_int_positive(self, "r")
-        if self.layers != "all":
-            ok = isinstance(self.layers, (list, tuple)) and self.layers and all(
-                isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.layers
-            )
-            if not ok or len(set(self.layers)) != len(self.layers):
-                raise ConfigError(f"loreft: layers={self.layers!r} is not allowed; use 'all' or a list of distinct block indices >= 0")
-            self.layers = sorted(self.layers)
         self.position_span()
         if self.target_modules is not None:
             raise ConfigError(f"loreft: target_modules={self.target_modules!r} is not used; choose blocks with layers=[...]")
@@ -174,11 +166,9 @@ class LoreftIntervention(AdapterModule):
 @register_method("loreft", LoreftConfig, needs_structure=True)
 def inject_loreft(context: InjectionContext, config: LoreftConfig) -> None:
     structure = context.require_structure()
-    blocks = context.block_names()
-    indices = list(range(len(blocks))) if config.layers == "all" else config.layers
-    if indices and max(indices) >= len(blocks):
-        raise ConfigError(f"loreft: layers={config.layers!r} is not allowed; {type(context.model).__name__} has blocks 0..{len(blocks) - 1}")
-    first_block = blocks[indices[0]] if indices else None
+    blocks = context.block_names()  # those of the `layers` option (every block by default)
+    indices = list(range(len(blocks)))
+    first_block = blocks[0] if blocks else None
     attention = structure.submodule(context.model, first_block, structure.attention) if first_block else None
     if config.positions != "all" and attention is not None and sequence_first(context.model.get_submodule(first_block), attention):
         raise ConfigError(

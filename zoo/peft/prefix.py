@@ -263,7 +263,7 @@ def import_keys(tensors: dict) -> dict:
 def inject_prefix(context: InjectionContext, config: PrefixTuningConfig) -> None:
     structure = context.require_structure()
     model = context.model
-    blocks = context.block_names()
+    blocks = context.block_names(selectable=False)
     if len({name.rpartition(".")[0] for name in blocks}) > 1:
         raise ConfigError(
             f"prefix: the blocks of {type(model).__name__} lie in several stacks (e.g. encoder and decoder); zoo's "

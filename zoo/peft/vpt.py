@@ -188,7 +188,7 @@ def _width(structure, model: nn.Module, block: str) -> int:
 def inject_vpt(context: InjectionContext, config: VptConfig) -> None:
     structure = context.require_structure()
     model = context.model
-    blocks = context.block_names()
+    blocks = context.block_names(selectable=False)
     if len({name.rpartition(".")[0] for name in blocks}) > 1:
         raise ConfigError(
             f"vpt: the blocks of {type(model).__name__} lie in several stacks (e.g. encoder and decoder); prompts "
