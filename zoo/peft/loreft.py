@@ -35,7 +35,6 @@ from zoo.peft.config import ConfigError, MethodConfig, option, require_int_posit
 from zoo.peft.engine import InjectionContext
 from zoo.peft.layers import AdapterModule
 from zoo.peft.registry import register_method
-from zoo.peft.structure import sequence_first
 from zoo.peft.targeting import base_of
 
 CHILD_NAME = "zoo_loreft"
@@ -180,7 +179,7 @@ def inject_loreft(context: InjectionContext, config: LoreftConfig) -> None:
         raise ConfigError(f"loreft: layers={config.layers!r} is not allowed; {type(context.model).__name__} has blocks 0..{len(blocks) - 1}")
     first_block = blocks[indices[0]] if indices else None
     attention = structure.submodule(context.model, first_block, structure.attention) if first_block else None
-    if config.positions != "all" and attention is not None and sequence_first(context.model.get_submodule(first_block), attention):
+    if config.positions != "all" and attention is not None and not structure.is_batch_first(context.model.get_submodule(first_block), attention):
         raise ConfigError(
             f"loreft: positions={config.positions!r} needs batch-first blocks, but {type(attention).__name__} takes "
             f"(tokens, batch, dim); use positions='all'"
