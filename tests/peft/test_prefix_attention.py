@@ -135,10 +135,13 @@ KINDS = {
 
 
 def toy(kind):
+    # The domain packages register these libraries' attention forwards with zoo.peft.
     if kind == "torchaudio":
         pytest.importorskip("torchaudio")
+        import domains.speech  # noqa: F401
     if kind == "esm":
         pytest.importorskip("esm")
+        import domains.protein  # noqa: F401
     torch.manual_seed(0)
     return Toy(*KINDS[kind]).eval()
 

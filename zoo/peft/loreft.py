@@ -35,7 +35,6 @@ from zoo.peft.config import ConfigError, MethodConfig, option, require_int_posit
 from zoo.peft.engine import InjectionContext
 from zoo.peft.layers import AdapterModule
 from zoo.peft.registry import register_method
-from zoo.peft.structure import sequence_first
 from zoo.peft.targeting import base_of
 
 CHILD_NAME = "zoo_loreft"
@@ -170,7 +169,7 @@ def inject_loreft(context: InjectionContext, config: LoreftConfig) -> None:
     indices = list(range(len(blocks)))
     first_block = blocks[0] if blocks else None
     attention = structure.submodule(context.model, first_block, structure.attention) if first_block else None
-    if config.positions != "all" and attention is not None and sequence_first(context.model.get_submodule(first_block), attention):
+    if config.positions != "all" and attention is not None and not structure.is_batch_first(context.model.get_submodule(first_block), attention):
         raise ConfigError(
             f"loreft: positions={config.positions!r} needs batch-first blocks, but {type(attention).__name__} takes "
             f"(tokens, batch, dim); use positions='all'"

@@ -17,11 +17,9 @@ An adapter saved here loads with ``peft.PeftModel.from_pretrained`` and vice ver
 How the prefix gets in: HF attention modules take a key/value cache (``past_key_values`` in
 transformers 4.5x, ``cache`` in 5.x) and call ``cache.update(k, v)``; a forward pre-hook passes a stand-in cache that returns
 [prefix; k] and [prefix; v], and extends the attention mask. Attention modules that take
-no cache (timm's ``Attention``, torch's ``nn.MultiheadAttention`` as in open_clip,
-torchaudio's wav2vec2/HuBERT ``SelfAttention``, fair-esm's rotary ``MultiheadAttention``)
-get an equivalent forward that concatenates the prefixes, restored on unload; see
-:mod:`zoo.peft.prefix_attention`, which also says why prefix keys are not rotated on
-rotary models.
+no cache (timm's ``Attention``, torch's ``nn.MultiheadAttention`` as in open_clip, and those
+domain packages register) get an equivalent forward that
+concatenates the prefixes, restored on unload; see :mod:`zoo.peft.prefix_attention`.
 """
 
 from __future__ import annotations
@@ -36,7 +34,7 @@ from torch import nn
 from zoo.peft.config import ConfigError, MethodConfig, option, require_int_positive
 from zoo.peft.engine import InjectionContext
 from zoo.peft.layers import AdapterModule
-from zoo.peft.prefix_attention import SUPPORTED, join_prefix, prefix_forward, prepend_attended
+from zoo.peft.prefix_attention import join_prefix, prefix_forward, prepend_attended, supported
 from zoo.peft.registry import register_method
 from zoo.peft.targeting import base_of
 
@@ -126,7 +124,7 @@ class PrefixTuning(AdapterModule):
         if forward is None:
             raise ConfigError(
                 f"prefix: cannot insert prefixes into {type(attention).__name__}: it is neither an HF attention "
-                f"taking attention_mask and a key/value cache ({' or '.join(CACHE_ARGUMENTS)}) nor {SUPPORTED}"
+                f"taking attention_mask and a key/value cache ({' or '.join(CACHE_ARGUMENTS)}) nor one of {supported()}"
             )
         attention.forward = functools.partial(forward, self, index, attention)
         self._patched.append(attention)

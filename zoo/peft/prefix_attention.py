@@ -10,14 +10,10 @@ computes exactly what the original does, plus the prefixes:
 - torch's ``nn.MultiheadAttention`` (open_clip): q, k, v from ``in_proj_weight``/``in_proj_bias``;
   ``attn_mask`` and ``key_padding_mask`` (bool: True = masked, or additive floats) are
   extended so that every query attends to every prefix.
-- torchaudio's wav2vec2/HuBERT ``SelfAttention``: its additive ``attention_mask``
-  ``(batch, 1, frames, frames)`` is extended; ``position_bias`` and ``key_padding_mask`` are
-  unused there, as in the original.
-- fair-esm's ``MultiheadAttention`` (ESM-2), sequence-first, with rotary position embeddings.
-  Prefixes have no position: token queries and keys are rotated as before (positions 0..T-1)
-  and the prefix keys are used unrotated. A prefix key is a free parameter, so any fixed
-  rotation of it could be learned into it; this is what prefix tuning does on rotary models
-  in HF PEFT (LLaMA's cached past keys are not rotated again) and in LLaMA-Adapter.
+
+Domain packages register the attention classes of their own libraries with
+:func:`register_prefix_attention` (domains.speech and domains.protein do), using
+:func:`join_prefix` and :func:`prepend_attended` from here.
 
 Every forward takes the owning :class:`~zoo.peft.prefix.PrefixTuning` (``prefixes``) and the
 layer index; ``prefixes.current_prefix(index)`` gives (keys, values), each (P, hidden), or
@@ -151,72 +147,6 @@ def _check_multihead(attn) -> None:
         )
 
 
-# -- torchaudio wav2vec2 / HuBERT SelfAttention -----------------------------------------
-def torchaudio_forward(prefixes, index, attn, x, attention_mask=None, position_bias=None, key_padding_mask=None):
-    prefix = prefixes.current_prefix(index)
-    if prefix is None:
-        return type(attn).forward(attn, x, attention_mask, position_bias, key_padding_mask)
-    batch, length, _ = x.shape
-    shape = (batch, length, attn.num_heads, attn.head_dim)
-    q, k, v = (projection(x).view(*shape).transpose(2, 1) for projection in (attn.q_proj, attn.k_proj, attn.v_proj))
-    k, v = join_prefix(prefix[0], k), join_prefix(prefix[1], v)
-    mask = prepend_attended(attention_mask, prefix[0].shape[0])  # additive (batch, 1, frames, frames)
-    dropout = attn.dropout if attn.training else 0.0
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
-    return attn.out_proj(out.transpose(1, 2).reshape(batch, length, -1)), None
-
-
-# -- fair-esm MultiheadAttention (rotary) -----------------------------------------------
-def esm_forward(
-    prefixes, index, attn, query, key, value, key_padding_mask=None, incremental_state=None, need_weights=True,
-    static_kv=False, attn_mask=None, before_softmax=False, need_head_weights=False,
-):
-    prefix = prefixes.current_prefix(index)
-    if prefix is None:
-        return type(attn).forward(
-            attn, query, key, value, key_padding_mask=key_padding_mask, incremental_state=incremental_state,
-            need_weights=need_weights, static_kv=static_kv, attn_mask=attn_mask, before_softmax=before_softmax,
-            need_head_weights=need_head_weights,
-        )
-    if incremental_state is not None or static_kv or before_softmax:
-        raise RuntimeError("prefix tuning on fair-esm attention runs whole sequences: no incremental_state, static_kv or before_softmax")
-    if attn.self_attention:
-        key = value = query
-    tokens, batch, embed = query.shape  # sequence-first, as fairseq
-    heads, head_dim = attn.num_heads, attn.head_dim
-    to_heads = lambda states: states.contiguous().view(states.shape[0], batch * heads, head_dim).transpose(0, 1)
-    q = to_heads(attn.q_proj(query) * attn.scaling)
-    k, v = to_heads(attn.k_proj(key)), to_heads(attn.v_proj(value))
-    if attn.rot_emb is not None:
-        q, k = attn.rot_emb(q, k)  # tokens only: the prefixes carry no position
-    count = prefix[0].shape[0]
-    # (P, hidden) -> (batch * heads, P, head_dim), ordered as the tokens' batch * heads axis.
-    spread = lambda p: p.to(q.dtype).view(count, heads, head_dim).transpose(0, 1).expand(batch, -1, -1, -1).reshape(-1, count, head_dim)
-    k, v = torch.cat([spread(prefix[0]), k], dim=1), torch.cat([spread(prefix[1]), v], dim=1)
-    scores = torch.bmm(q, k.transpose(1, 2))
-    if attn_mask is not None:  # additive (tokens, keys)
-        scores = scores + prepend_attended(attn_mask, count).unsqueeze(0)
-    if key_padding_mask is not None:  # (batch, keys), True / 1 = padding
-        padding = torch.cat([key_padding_mask.new_zeros(batch, count), key_padding_mask], dim=1).to(torch.bool)
-        scores = scores.view(batch, heads, tokens, -1).masked_fill(padding[:, None, None, :], float("-inf"))
-        scores = scores.view(batch * heads, tokens, -1)
-    probabilities_float = F.softmax(scores.float(), dim=-1)  # float softmax, as fair-esm's utils_softmax
-    probabilities = F.dropout(probabilities_float.type_as(scores), p=attn.dropout, training=attn.training)
-    out = torch.bmm(probabilities, v).transpose(0, 1).contiguous().view(tokens, batch, embed)
-    out = attn.out_proj(out)
-    weights = None
-    if need_weights or need_head_weights:
-        weights = probabilities_float.view(batch, heads, tokens, -1).type_as(out).transpose(1, 0)
-        if not need_head_weights:
-            weights = weights.mean(dim=0)
-    return out, weights
-
-
-def _check_esm(attn) -> None:
-    if attn.bias_k is not None or attn.add_zero_attn:
-        raise ConfigError("prefix: fair-esm attention with add_bias_kv or add_zero_attn is not supported")
-
-
 # -- dispatch -----------------------------------------------------------------------------
 def _library_class(module: str, name: str) -> type | None:
     # An attention of that class exists only once its library is imported: look, never import here,
@@ -225,14 +155,32 @@ def _library_class(module: str, name: str) -> type | None:
     return getattr(loaded, name, None) if loaded is not None else None
 
 
-_KINDS = (
-    # (module, class, forward, configuration check); the library is imported only when needed
-    ("timm.layers.attention", "Attention", timm_forward, None),
-    ("torch.nn", "MultiheadAttention", multihead_forward, _check_multihead),
-    ("torchaudio.models.wav2vec2.components", "SelfAttention", torchaudio_forward, None),
-    ("esm.multihead_attention", "MultiheadAttention", esm_forward, _check_esm),
-)
-SUPPORTED = "timm's Attention, torch's nn.MultiheadAttention, torchaudio's wav2vec2 SelfAttention or fair-esm's MultiheadAttention"
+# (module, class name, forward, configuration check), in registration order.
+_KINDS: list[tuple[str, str, Callable, Callable[[nn.Module], None] | None]] = []
+_DESCRIPTIONS: list[str] = []
+
+
+def register_prefix_attention(
+    module: str, class_name: str, forward: Callable, check: Callable[[nn.Module], None] | None = None,
+    description: str | None = None,
+) -> None:
+    """Teach prefix tuning an attention class that takes no key/value cache.
+
+    ``module`` and ``class_name`` locate the class (its library is never imported here); ``forward``
+    is ``forward(prefixes, index, attn, *args, **kwargs)``, computing what the class's forward does
+    plus the prefixes; ``check(attn)`` raises ConfigError for a configuration it cannot handle.
+    """
+    _KINDS.append((module, class_name, forward, check))
+    _DESCRIPTIONS.append(description or f"{module}.{class_name}")
+
+
+def supported() -> str:
+    """The attention classes registered, for error messages."""
+    return ", ".join(_DESCRIPTIONS)
+
+
+register_prefix_attention("timm.layers.attention", "Attention", timm_forward, description="timm's Attention")
+register_prefix_attention("torch.nn", "MultiheadAttention", multihead_forward, _check_multihead, description="torch's nn.MultiheadAttention")
 
 
 def prefix_forward(attention: nn.Module) -> Callable | None:

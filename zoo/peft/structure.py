@@ -10,7 +10,6 @@ a generic HF BERT-style encoder and a timm ViT; domain packages register their o
 
 from __future__ import annotations
 
-import inspect
 import re
 from dataclasses import dataclass, field
 
@@ -51,6 +50,10 @@ class Structure:
     module outside the blocks."""
     cls_tokens: int = 1
     """Leading special tokens (e.g. [CLS]) that visual prompts are inserted after."""
+    batch_first: bool | None = None
+    """Whether blocks take (batch, tokens, dim); False for sequence-first layers ("Time x
+    Batch x Channel"). None: read it off torch's own modules, else batch-first. Methods that index
+    token positions (vpt, loreft positions) need to know."""
     target_patterns: dict[str, str] = field(default_factory=dict)
     """Per role, a regex (relative to a block) used for default targets instead of the role's path,
     where a role has more than one module per block (e.g. self- and cross-attention)."""
@@ -97,6 +100,15 @@ class Structure:
         fused = [f"{self.qkv}[{','.join(slices)}]"] if slices else []
         return fused + [getattr(self, role) for role in roles if role not in ("query", "key", "value")]
 
+    def is_batch_first(self, block: nn.Module, attention: nn.Module) -> bool:
+        if self.batch_first is not None:
+            return self.batch_first
+        if isinstance(block, nn.TransformerEncoderLayer | nn.TransformerDecoderLayer):
+            return block.self_attn.batch_first
+        if isinstance(attention, nn.MultiheadAttention):
+            return attention.batch_first
+        return True
+
     def head_names(self, model: nn.Module) -> list[str]:
         """The task head: the first of ``heads`` found outside the blocks."""
         regex = re.compile(self.blocks + r"(\..*)?")
@@ -107,19 +119,6 @@ class Structure:
                 if name and name.rsplit(".", 1)[-1] == head and outside_blocks and has_parameters:
                     return [name]
         return []
-
-
-def sequence_first(block: nn.Module, attention: nn.Module) -> bool:
-    """Whether a block takes (tokens, batch, dim) rather than (batch, tokens, dim): one whose
-    attention is an ``nn.MultiheadAttention`` without ``batch_first``, or a fairseq-style layer
-    (``forward(x, self_attn_padding_mask=...)``, e.g. fair-esm's), documented as "Time x Batch x
-    Channel". Methods that index token positions (vpt, loreft positions) need to know."""
-    if isinstance(block, nn.TransformerEncoderLayer | nn.TransformerDecoderLayer):
-        return not block.self_attn.batch_first
-    if isinstance(attention, nn.MultiheadAttention):
-        return not attention.batch_first
-    parameters = inspect.signature(block.forward).parameters
-    return "self_attn_padding_mask" in parameters or "encoder_padding_mask" in parameters
 
 
 _STRUCTURES: dict[str, Structure] = {}

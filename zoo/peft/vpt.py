@@ -29,7 +29,6 @@ from zoo.peft.config import ConfigError, MethodConfig, option, require_choice, r
 from zoo.peft.engine import InjectionContext
 from zoo.peft.layers import AdapterModule
 from zoo.peft.registry import register_method
-from zoo.peft.structure import sequence_first
 from zoo.peft.targeting import base_of
 
 ROOT_NAME = "zoo_vpt"
@@ -195,7 +194,7 @@ def inject_vpt(context: InjectionContext, config: VptConfig) -> None:
             f"are inserted before the first block and removed after the last, so vpt needs one stack of blocks"
         )
     attention = structure.submodule(model, blocks[0], structure.attention)
-    if sequence_first(model.get_submodule(blocks[0]), attention):
+    if not structure.is_batch_first(model.get_submodule(blocks[0]), attention):
         raise ConfigError(
             f"vpt: the blocks of {type(model).__name__} take (tokens, batch, dim) ({type(attention).__name__}); "
             f"vpt inserts prompts along the token axis of batch-first blocks only"
