@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -130,9 +132,13 @@ def test_two_shards_share_one_output_folder(zoo, small_table):
     assert len(rows_of(Path("res"))) == 6
 
 
-def test_slurm_executor_submits_a_job_array(zoo, small_table):
-    # submitit's debug executor runs the array's tasks in this process: the same code path as Slurm's
-    code, out, err = zoo("reproduce", small_table, "--out", "res", "--executor", "slurm", "--slurm", "cluster=debug")
+def test_slurm_executor_submits_a_job_array(small_table):
+    # submitit's debug executor runs the array's tasks in the submitting process (the same code path as
+    # Slurm's) and swaps that process's stdout and stderr while it does: run it in a process of its own.
+    command = [sys.executable, "-m", "zoo.cli.main", "reproduce", str(small_table), "--out", "res",
+               "--executor", "slurm", "--slurm", "cluster=debug"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    code, out, err = done.returncode, done.stdout, done.stderr
     assert code == 0, err
     assert "submitted 6 cells" in out and "5 complete" in out and "1 n/a" in out
     assert len(rows_of(Path("res"))) == 6
