@@ -81,6 +81,7 @@ class SharedKroneckerFactors(AdapterModule):
 
 class KAdaptationLayer(WrappedLayer):
     adapter_groups = ("kadaptation_u", "kadaptation_v")
+    adapter_settings = ("scaling", "slices", "shared")
     weight_name = "weight"
     """The base module's attribute holding the adapted weight."""
 
@@ -119,12 +120,6 @@ class KAdaptationLayer(WrappedLayer):
         self.scaling[name] = config.scaling
         self.slices[name] = bounds
         self.shared[name] = shared
-
-    def delete_adapter(self, name: str) -> None:
-        super().delete_adapter(name)
-        self.scaling.pop(name, None)
-        self.slices.pop(name, None)
-        self.shared.pop(name, None)
 
     def update(self, name: str, x: torch.Tensor) -> torch.Tensor:
         """The update for every slice, ``(..., slices, rows)``, computed without forming dW."""

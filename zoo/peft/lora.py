@@ -67,6 +67,7 @@ class LoraLayer(WrappedLayer):
     """LoRA on a Linear or Conv2d, optionally restricted to slices of a fused q/k/v output."""
 
     adapter_groups = ("lora_A", "lora_B")
+    adapter_settings = ("lora_dropout", "scaling", "slices")
 
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__(base_layer)
@@ -108,13 +109,6 @@ class LoraLayer(WrappedLayer):
             self.lora_A[name], self.lora_B[name] = self._make_pair(config.r)
         self.lora_dropout[name] = nn.Dropout(config.lora_dropout) if config.lora_dropout else nn.Identity()
         self.scaling[name] = config.scaling
-
-    def delete_adapter(self, name: str) -> None:
-        super().delete_adapter(name)
-        if name in self.lora_dropout:
-            del self.lora_dropout[name]
-        self.scaling.pop(name, None)
-        self.slices.pop(name, None)
 
     def delta_weight(self, name: str) -> torch.Tensor:
         """The dense update (lora_alpha / r) B A, shaped like the base weight."""
