@@ -173,6 +173,23 @@ class WrappedLayer(AdapterModule):
             return getattr(self.base_layer, name)
 
 
+class DeltaWeightLayer(WrappedLayer):
+    """A wrapped layer whose adapter adds a dense update ``delta_weight(name)`` to one base tensor;
+    merging adds that update in place (unmerge restores the saved copy bit for bit)."""
+
+    weight_name = "weight"
+    """The base module's attribute holding the adapted weight."""
+
+    def delta_weight(self, name: str) -> torch.Tensor:
+        raise NotImplementedError
+
+    def merge(self, name: str) -> None:
+        with torch.no_grad():
+            weight = self._keep_original(f"base_layer.{self.weight_name}")
+            weight += self.delta_weight(name).to(weight.dtype)
+        self.merged_adapter = name
+
+
 class HeadCopy(AdapterModule):
     """A task head trained and saved with an adapter (HF PEFT's ``modules_to_save``).
 
