@@ -90,7 +90,7 @@ def test_identity_at_init_and_magnitude_is_row_norm(bert, token_batch):
     expected = torch.linalg.vector_norm(base.bert.encoder.layer[0].attention.self.query.weight, dim=1)
     torch.testing.assert_close(layer.lora_magnitude_vector["default"], expected)
     trainable = {n for n, p in bert.named_parameters() if p.requires_grad}
-    assert f"bert.encoder.layer.1.attention.self.value.lora_magnitude_vector.default" in trainable
+    assert "bert.encoder.layer.1.attention.self.value.lora_magnitude_vector.default" in trainable
     assert len(trainable) == 2 * 2 * 3 + 2  # (A, B, m) x (query, value) x 2 layers + head
 
 

@@ -10,7 +10,6 @@ from safetensors.torch import load_file
 import zoo.peft as zp
 from zoo.errors import ConfigError
 
-from tests.peft.test_lora import randomise_trainable
 
 # Full-name regexes, so that peft and zoo pick the same modules: a plain "output.dense" suffix
 # would also match BERT's attention.output.dense.
