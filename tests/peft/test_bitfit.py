@@ -12,6 +12,7 @@ import zoo.peft as zp
 from zoo.errors import ConfigError
 from zoo.peft.io import adapter_tensors
 
+from tests.peft.method_checks import bert_batch, check_loss_decreases
 from tests.peft.test_lora import randomise_trainable
 
 
@@ -188,15 +189,7 @@ def test_save_load_round_trip_is_exact(trained, token_batch, tmp_path):
 def test_a_few_steps_lower_the_loss(bert, token_batch):
     zp.apply(bert, "bitfit")
     bert.train()
-    optimizer = torch.optim.AdamW([p for p in bert.parameters() if p.requires_grad], lr=1e-2)
-    losses = []
-    for _ in range(8):
-        loss = bert(**token_batch).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    assert losses[-1] < losses[0]
+    check_loss_decreases(bert, bert_batch(token_batch))
 
 
 def test_bad_options_name_the_option(bert):

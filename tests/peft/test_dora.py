@@ -12,6 +12,7 @@ from torch import nn
 import zoo.peft as zp
 from zoo.errors import ConfigError
 
+from tests.peft.method_checks import bert_batch, check_loss_decreases
 from tests.peft.test_lora import randomise_trainable
 
 
@@ -90,7 +91,7 @@ def test_identity_at_init_and_magnitude_is_row_norm(bert, token_batch):
     expected = torch.linalg.vector_norm(base.bert.encoder.layer[0].attention.self.query.weight, dim=1)
     torch.testing.assert_close(layer.lora_magnitude_vector["default"], expected)
     trainable = {n for n, p in bert.named_parameters() if p.requires_grad}
-    assert f"bert.encoder.layer.1.attention.self.value.lora_magnitude_vector.default" in trainable
+    assert "bert.encoder.layer.1.attention.self.value.lora_magnitude_vector.default" in trainable
     assert len(trainable) == 2 * 2 * 3 + 2  # (A, B, m) x (query, value) x 2 layers + head
 
 
@@ -183,15 +184,7 @@ def test_save_load_round_trip_is_exact(trained_dora, token_batch, tmp_path):
 def test_a_few_steps_lower_the_loss(bert, token_batch):
     zp.apply(bert, "dora", r=4, lora_alpha=8)
     bert.train()
-    optimizer = torch.optim.AdamW([p for p in bert.parameters() if p.requires_grad], lr=1e-2)
-    losses = []
-    for _ in range(8):
-        loss = bert(**token_batch).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    assert losses[-1] < losses[0]
+    check_loss_decreases(bert, bert_batch(token_batch))
 
 
 def test_lora_and_dora_adapters_share_a_layer(bert, token_batch):

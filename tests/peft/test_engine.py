@@ -39,6 +39,10 @@ def test_two_named_adapters_switch_and_disable(bert, token_batch):
     assert torch.equal(logits(bert, token_batch), out_a)
     zp.delete_adapter(bert, "a")
     assert zp.list_adapters(bert) == {"b": "lora"}
+    for module in bert.modules():  # no per-adapter entry of "a" is left behind
+        if isinstance(module, AdapterModule):
+            for attribute in module.adapter_groups + module.adapter_settings:
+                assert "a" not in getattr(module, attribute)
     assert torch.equal(logits(bert, token_batch), out_b)
     zp.unload(bert)
     assert torch.equal(logits(bert, token_batch), logits(base, token_batch))

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 import zoo.peft as zp
 from zoo.errors import ConfigError
 
-from tests.peft.test_lora import randomise_trainable
+from tests.peft.method_checks import bert_batch, check_loss_decreases
 
 # Full-name regexes, so that peft and zoo pick the same modules: a plain "output.dense" suffix
 # would also match BERT's attention.output.dense.
@@ -182,15 +182,7 @@ def test_fused_adapter_round_trip_in_zoo_format(vit, image_batch, tmp_path):
 def test_a_few_steps_lower_the_loss(bert, token_batch):
     zp.apply(bert, "ia3")
     bert.train()
-    optimizer = torch.optim.AdamW([p for p in bert.parameters() if p.requires_grad], lr=3e-2)
-    losses = []
-    for _ in range(8):
-        loss = bert(**token_batch).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    assert losses[-1] < losses[0]
+    check_loss_decreases(bert, bert_batch(token_batch), lr=3e-2)
 
 
 def test_bad_options_name_the_option(bert, vit):

@@ -11,6 +11,7 @@ from torch import nn
 import zoo.peft as zp
 from zoo.errors import ConfigError
 
+from tests.peft.method_checks import check_loss_decreases, vit_batch
 from tests.peft.test_lora import randomise_trainable
 
 
@@ -141,18 +142,9 @@ def test_two_adapters_have_their_own_slow_weights(bert, token_batch):
 
 
 def test_a_few_steps_lower_the_loss(vit, image_batch):
-    images, labels = image_batch
     zp.apply(vit, "kadaptation", r=2)
     vit.train()
-    optimizer = torch.optim.AdamW([p for p in vit.parameters() if p.requires_grad], lr=1e-2)
-    losses = []
-    for _ in range(8):
-        loss = F.cross_entropy(vit(images), labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    assert losses[-1] < losses[0]
+    check_loss_decreases(vit, vit_batch(image_batch))
 
 
 @pytest.mark.parametrize("options, name", [({"n": 0}, "n"), ({"r": 0}, "r"), ({"alpha": 0}, "alpha"), ({"n": 5}, "n=5")])

@@ -72,6 +72,7 @@ class BottleneckAdapter(WrappedLayer):
     """A projection followed by serial bottleneck adapters, one per adapter name."""
 
     adapter_groups = ("adapter_down", "adapter_up")
+    adapter_settings = ("non_linearity",)
 
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__(base_layer)
@@ -88,10 +89,6 @@ class BottleneckAdapter(WrappedLayer):
         self.adapter_down[name] = down.to(base.weight.device, base.weight.dtype)
         self.adapter_up[name] = up.to(base.weight.device, base.weight.dtype)
         self.non_linearity[name] = non_linearity
-
-    def delete_adapter(self, name: str) -> None:
-        super().delete_adapter(name)
-        self.non_linearity.pop(name, None)
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         out = self.base_layer(x, *args, **kwargs)

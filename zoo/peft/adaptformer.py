@@ -54,6 +54,7 @@ class AdaptFormerLayer(WrappedLayer):
     """The FFN's output Linear plus the scaled parallel bottleneck fed by the FFN's input."""
 
     adapter_groups = ("down_proj", "up_proj")
+    adapter_settings = ("scale", "dropout")
 
     def __init__(self, base_layer: nn.Module, ffn_in: nn.Module) -> None:
         super().__init__(base_layer)
@@ -73,11 +74,6 @@ class AdaptFormerLayer(WrappedLayer):
         self.up_proj[name] = up.to(base.weight.device, base.weight.dtype)
         self.scale[name] = config.scale
         self.dropout[name] = config.adapter_dropout
-
-    def delete_adapter(self, name: str) -> None:
-        super().delete_adapter(name)
-        self.scale.pop(name, None)
-        self.dropout.pop(name, None)
 
     def _keep_ffn_input(self, module, args):
         if self.active is not None:

@@ -58,6 +58,7 @@ class IA3Layer(WrappedLayer):
     """Rescales the output rows (or, for a feed-forward layer, the input) of a Linear."""
 
     adapter_groups = ("ia3_l",)
+    adapter_settings = ("is_feedforward", "slices")
     weight_name, bias_name = "weight", "bias"
     """The base module's attributes holding the rescaled weight and bias."""
 
@@ -81,11 +82,6 @@ class IA3Layer(WrappedLayer):
         self.ia3_l[name] = nn.Parameter(vector.to(weight.device, weight.dtype))
         self.is_feedforward[name] = feedforward
         self.slices[name] = bounds
-
-    def delete_adapter(self, name: str) -> None:
-        super().delete_adapter(name)
-        self.is_feedforward.pop(name, None)
-        self.slices.pop(name, None)
 
     def scale_vector(self, name: str) -> torch.Tensor:
         """The factor per output row (input column for feed-forward layers); 1 outside adapted slices."""

@@ -32,7 +32,7 @@ from torch.func import functional_call
 
 from zoo.peft.config import ConfigError, MethodConfig, option, require_int_positive, require_positive
 from zoo.peft.engine import InjectionContext
-from zoo.peft.layers import AdapterModule, WrappedLayer
+from zoo.peft.layers import AdapterModule, DeltaWeightLayer
 from zoo.peft.lora import _param_path, _slice_bounds
 from zoo.peft.registry import register_method
 from zoo.peft.targeting import FUSED_SLICE_NAMES, base_of
@@ -79,10 +79,9 @@ class SharedKroneckerFactors(AdapterModule):
         return None
 
 
-class KAdaptationLayer(WrappedLayer):
+class KAdaptationLayer(DeltaWeightLayer):
     adapter_groups = ("kadaptation_u", "kadaptation_v")
-    weight_name = "weight"
-    """The base module's attribute holding the adapted weight."""
+    adapter_settings = ("scaling", "slices", "shared")
 
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__(base_layer)
@@ -120,12 +119,6 @@ class KAdaptationLayer(WrappedLayer):
         self.slices[name] = bounds
         self.shared[name] = shared
 
-    def delete_adapter(self, name: str) -> None:
-        super().delete_adapter(name)
-        self.scaling.pop(name, None)
-        self.slices.pop(name, None)
-        self.shared.pop(name, None)
-
     def update(self, name: str, x: torch.Tensor) -> torch.Tensor:
         """The update for every slice, ``(..., slices, rows)``, computed without forming dW."""
         factors = self.shared[name].kadaptation_A[name]
@@ -150,12 +143,6 @@ class KAdaptationLayer(WrappedLayer):
         for index, (start, end) in enumerate(self.slices[name].values()):
             delta[start:end] = dense[index]
         return delta
-
-    def merge(self, name: str) -> None:
-        with torch.no_grad():
-            weight = self._keep_original(f"base_layer.{self.weight_name}")
-            weight += self.delta_weight(name).to(weight.dtype)
-        self.merged_adapter = name
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         out = self.base_layer(x, *args, **kwargs)

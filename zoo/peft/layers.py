@@ -35,6 +35,10 @@ class AdapterModule(nn.Module):
     """A module holding one or more named adapters, at most one of them active."""
 
     adapter_groups: tuple[str, ...] = ()
+    """Attributes holding each adapter's saved tensors (``nn.ModuleDict``/``nn.ParameterDict``)."""
+    adapter_settings: tuple[str, ...] = ()
+    """Other attributes keyed by adapter name and not saved (dicts, sets, parameter-free
+    ``nn.ModuleDict``s): deleting an adapter removes its entry from these too."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -107,9 +111,11 @@ class AdapterModule(nn.Module):
     def delete_adapter(self, name: str) -> None:
         if self.merged_adapter == name:
             self.unmerge()
-        for group in self.adapter_groups:
-            container = getattr(self, group)
-            if name in container:
+        for attribute in self.adapter_groups + self.adapter_settings:
+            container = getattr(self, attribute)
+            if isinstance(container, set):
+                container.discard(name)
+            elif name in container:
                 del container[name]
         if self.active_adapter == name:
             self.active_adapter = None
@@ -165,6 +171,23 @@ class WrappedLayer(AdapterModule):
             if name == "base_layer" or _is_special(name):
                 raise
             return getattr(self.base_layer, name)
+
+
+class DeltaWeightLayer(WrappedLayer):
+    """A wrapped layer whose adapter adds a dense update ``delta_weight(name)`` to one base tensor;
+    merging adds that update in place (unmerge restores the saved copy bit for bit)."""
+
+    weight_name = "weight"
+    """The base module's attribute holding the adapted weight."""
+
+    def delta_weight(self, name: str) -> torch.Tensor:
+        raise NotImplementedError
+
+    def merge(self, name: str) -> None:
+        with torch.no_grad():
+            weight = self._keep_original(f"base_layer.{self.weight_name}")
+            weight += self.delta_weight(name).to(weight.dtype)
+        self.merged_adapter = name
 
 
 class HeadCopy(AdapterModule):

@@ -25,7 +25,7 @@ from torch.func import functional_call
 
 from zoo.peft.config import ConfigError, MethodConfig, option, require_int_positive, require_positive, require_probability
 from zoo.peft.engine import InjectionContext, adapter_modules
-from zoo.peft.layers import WrappedLayer, logical_path
+from zoo.peft.layers import DeltaWeightLayer, logical_path
 from zoo.peft.registry import register_method
 from zoo.peft.targeting import FUSED_SLICE_NAMES, base_of
 
@@ -63,10 +63,11 @@ def _init_pair(a: nn.Module, b: nn.Module) -> None:
     nn.init.zeros_(b.weight)
 
 
-class LoraLayer(WrappedLayer):
+class LoraLayer(DeltaWeightLayer):
     """LoRA on a Linear or Conv2d, optionally restricted to slices of a fused q/k/v output."""
 
     adapter_groups = ("lora_A", "lora_B")
+    adapter_settings = ("lora_dropout", "scaling", "slices")
 
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__(base_layer)
@@ -109,13 +110,6 @@ class LoraLayer(WrappedLayer):
         self.lora_dropout[name] = nn.Dropout(config.lora_dropout) if config.lora_dropout else nn.Identity()
         self.scaling[name] = config.scaling
 
-    def delete_adapter(self, name: str) -> None:
-        super().delete_adapter(name)
-        if name in self.lora_dropout:
-            del self.lora_dropout[name]
-        self.scaling.pop(name, None)
-        self.slices.pop(name, None)
-
     def delta_weight(self, name: str) -> torch.Tensor:
         """The dense update (lora_alpha / r) B A, shaped like the base weight."""
         base = base_of(self.base_layer)
@@ -131,12 +125,6 @@ class LoraLayer(WrappedLayer):
         else:
             delta = b @ a
         return delta * self.scaling[name]
-
-    def merge(self, name: str) -> None:
-        with torch.no_grad():
-            weight = self._keep_original("base_layer.weight")
-            weight += self.delta_weight(name).to(weight.dtype)
-        self.merged_adapter = name
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         out = self.base_layer(x, *args, **kwargs)
@@ -169,6 +157,8 @@ class LoraMultiheadAttention(LoraLayer):
     so the update is added to that weight and the module is called with the sum.
     """
 
+    weight_name = "in_proj_weight"
+
     def add_adapter(self, name: str, config: LoraConfig, slices: tuple[str, ...] | None) -> None:
         base = base_of(self.base_layer)
         if not base._qkv_same_embed_dim:
@@ -195,12 +185,6 @@ class LoraMultiheadAttention(LoraLayer):
         for slice_name, (start, end) in self.slices[name].items():
             delta[start:end] = self.lora_B[name][slice_name].weight @ self.lora_A[name][slice_name].weight
         return delta * self.scaling[name]
-
-    def merge(self, name: str) -> None:
-        with torch.no_grad():
-            weight = self._keep_original("base_layer.in_proj_weight")
-            weight += self.delta_weight(name).to(weight.dtype)
-        self.merged_adapter = name
 
     def forward(self, *args, **kwargs):
         name = self.active

@@ -101,6 +101,7 @@ class LoreftIntervention(AdapterModule):
     """R, W, b of each adapter for one block, attached to it; a forward hook edits the block's output."""
 
     adapter_groups = ("rotate_layer", "learned_source")
+    adapter_settings = ("spans",)
 
     def __init__(self, model: nn.Module, block: nn.Module) -> None:
         super().__init__()
@@ -122,10 +123,6 @@ class LoreftIntervention(AdapterModule):
         self.rotate_layer[name] = rotate.to(reference.device, reference.dtype)
         self.learned_source[name] = nn.Linear(dim, config.r).to(reference.device, reference.dtype)
         self.spans[name] = config.position_span()
-
-    def delete_adapter(self, name: str) -> None:
-        super().delete_adapter(name)
-        self.spans.pop(name, None)
 
     def _capture_mask(self, model, args, kwargs):
         mask = kwargs.get("attention_mask")

@@ -86,6 +86,7 @@ class PrefixTuning(AdapterModule):
     """All layers' prefixes of every adapter, attached to the model root; hooks put them in."""
 
     adapter_groups = ("prompt_embeddings",)
+    adapter_settings = ("num_virtual_tokens",)
 
     def __init__(self, model: nn.Module, attentions: list[nn.Module], hidden: int) -> None:
         super().__init__()
@@ -134,10 +135,6 @@ class PrefixTuning(AdapterModule):
         # N(0, 1), as HF PEFT's nn.Embedding initialises its prompt table.
         self.prompt_embeddings[name] = nn.Parameter(torch.randn(shape, device=reference.device, dtype=reference.dtype))
         self.num_virtual_tokens[name] = config.num_virtual_tokens
-
-    def delete_adapter(self, name: str) -> None:
-        super().delete_adapter(name)
-        self.num_virtual_tokens.pop(name, None)
 
     def layer_prefix(self, name: str, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values (each (P, hidden)) of layer ``index``."""

@@ -83,6 +83,7 @@ class SparseDelta(nn.Module):
 
 class SparseLayer(WrappedLayer):
     adapter_groups = ("sparse_delta",)
+    adapter_settings = ("needs_indices",)
 
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__(base_layer)
@@ -100,10 +101,6 @@ class SparseLayer(WrappedLayer):
         super().load_adapter_state(name, state, where)
         if "sparse_delta.indices" in state:
             self.needs_indices.discard(name)
-
-    def delete_adapter(self, name: str) -> None:
-        super().delete_adapter(name)
-        self.needs_indices.discard(name)
 
     def effective_weight(self, name: str) -> torch.Tensor:
         weight = base_of(self.base_layer).weight

@@ -77,6 +77,7 @@ class VisualPrompts(AdapterModule):
     """Every adapter's prompts, attached to the model root; block hooks insert and strip them."""
 
     adapter_groups = ("prompt_embeddings",)
+    adapter_settings = ("deep", "dropout")
 
     def __init__(self, blocks: list[nn.Module], cls_tokens: int) -> None:
         super().__init__()
@@ -97,11 +98,6 @@ class VisualPrompts(AdapterModule):
         self.prompt_embeddings[name] = nn.Parameter(prompts)
         self.deep[name] = config.deep
         self.dropout[name] = config.prompt_dropout
-
-    def delete_adapter(self, name: str) -> None:
-        super().delete_adapter(name)
-        self.deep.pop(name, None)
-        self.dropout.pop(name, None)
 
     def _prompts(self, name: str, index: int, batch: int, like: torch.Tensor) -> torch.Tensor:
         prompts = F.dropout(self.prompt_embeddings[name][index], self.dropout[name], self.training)
