@@ -282,6 +282,7 @@ def reset_peak_rss() -> bool:
 
 def memory_worker(family: str, variant: str, s: Settings) -> dict:
     import peft  # noqa: F401  -- imported before the baseline so that library code is not counted
+
     import zoo.peft  # noqa: F401
 
     model, batch = build_backbone(family, s), make_batch(family, s)
@@ -344,7 +345,7 @@ def ratio_rows(family: str, result: dict) -> list[dict]:
         source = {"step": result["train"], "memory": result["memory"], "inference": result["inference"]}[kind]
         top, bottom = source.get(numerator, {}), source.get(denominator, {})
 
-        def ratio(key):
+        def ratio(key, top=top, bottom=bottom):
             return top[key] / bottom[key] if top.get(key) and bottom.get(key) else None
 
         key = "peak_delta_mib" if kind == "memory" else "median_ms"

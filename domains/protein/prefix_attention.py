@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from zoo.peft.config import ConfigError
-from zoo.peft.prefix_attention import join_prefix, prepend_attended, register_prefix_attention
+from zoo.peft.prefix_attention import prepend_attended, register_prefix_attention
 
 
 def esm_forward(

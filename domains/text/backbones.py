@@ -20,8 +20,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from zoo.catalog.download import hf_hub_unavailable
 from zoo.catalog.backbones import BACKBONES, PretrainedUnavailable, PretrainedWeights, register_backbone, unavailable
+from zoo.catalog.download import hf_hub_unavailable
 from zoo.peft.exclusions import register_exclusion
 from zoo.peft.structure import BERT_STYLE, Structure, register_structure
 

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.tasks import metrics
 from zoo.errors import ConfigError
+from zoo.tasks import metrics
 from zoo.tasks.heads import IGNORE_INDEX
 from zoo.tasks.train_tasks import TaskRequest, register_task_builder, unwrap
 

@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoo.catalog.download import hf_hub_unavailable
 from zoo.catalog.backbones import PretrainedWeights, register_backbone
+from zoo.catalog.download import hf_hub_unavailable
 from zoo.peft.exclusions import register_exclusion
 from zoo.peft.structure import Structure, register_structure
 

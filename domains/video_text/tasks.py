@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from zoo.tasks import metrics
 from zoo.errors import ConfigError
+from zoo.tasks import metrics
 from zoo.tasks.heads import TaskSpec
 from zoo.tasks.train_tasks import ModelTask, TaskRequest, register_task_builder
 

@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 from domains.vision.images import prepare_images
-from zoo.catalog.download import hf_hub_unavailable
 from zoo.catalog.backbones import PretrainedUnavailable, PretrainedWeights, register_backbone
+from zoo.catalog.download import hf_hub_unavailable
 from zoo.peft.structure import VIT_STYLE
 
 DOMAIN = "vision"

@@ -12,12 +12,11 @@ import pytest
 import torch
 
 import zoo.peft as zp
-from zoo.catalog.backbones import BACKBONES, create_backbone
-from zoo.tasks.heads import TaskModel
-
 from tests.peft.test_lora import randomise_trainable
 from tests.peft.test_multihead_attention import METHODS, reference_tensors
 from tests.peft.test_prefix_attention import multihead_weights, reference_attention, separate_weights
+from zoo.catalog.backbones import BACKBONES, create_backbone
+from zoo.tasks.heads import TaskModel
 
 pytest.importorskip("open_clip")
 SEQUENCES = ["MKTAYIAKQR", "GSHM", "PEELKKLLEELAKRHGW"]

@@ -38,8 +38,8 @@ def msrvtt(tmp_path):
 
 # -- backbone --------------------------------------------------------------------------------------
 def test_features_are_open_clip_frame_embeddings_and_pool_ignores_padding():
-    from PIL import Image
     import open_clip
+    from PIL import Image
 
     backbone = tiny()
     generator = torch.Generator().manual_seed(0)

@@ -7,12 +7,17 @@ import torch
 import torch.nn.functional as F
 
 import zoo.peft as zp
-from zoo.errors import ConfigError
-
 from tests.peft.method_checks import (
-    bert_batch, check_disable_exact, check_loss_decreases, check_save_load_exact, logits, perturb_trainable,
-    trainable_names, vit_batch,
+    bert_batch,
+    check_disable_exact,
+    check_loss_decreases,
+    check_save_load_exact,
+    logits,
+    perturb_trainable,
+    trainable_names,
+    vit_batch,
 )
+from zoo.errors import ConfigError
 
 PLACES = {
     "bert": {"houlsby": ["attention.output.dense", "output.dense"], "pfeiffer": ["output.dense"]},

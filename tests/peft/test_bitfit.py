@@ -9,11 +9,10 @@ from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
 import zoo.peft as zp
-from zoo.errors import ConfigError
-from zoo.peft.io import adapter_tensors
-
 from tests.peft.method_checks import bert_batch, check_loss_decreases
 from tests.peft.test_lora import randomise_trainable
+from zoo.errors import ConfigError
+from zoo.peft.io import adapter_tensors
 
 
 def inputs_of(batch):

@@ -10,10 +10,9 @@ from safetensors.torch import load_file
 from torch import nn
 
 import zoo.peft as zp
-from zoo.errors import ConfigError
-
 from tests.peft.method_checks import bert_batch, check_loss_decreases
 from tests.peft.test_lora import randomise_trainable
+from zoo.errors import ConfigError
 
 
 def inputs_of(batch):

@@ -8,12 +8,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import zoo.peft as zp
+from tests.conftest import tiny_bert
+from tests.peft.test_lora import randomise_trainable
 from zoo.errors import ConfigError
 from zoo.peft.io import AdapterFileError
 from zoo.peft.layers import AdapterModule
-
-from tests.conftest import tiny_bert
-from tests.peft.test_lora import randomise_trainable
 
 
 def logits(model, batch):

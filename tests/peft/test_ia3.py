@@ -8,9 +8,8 @@ import torch
 from safetensors.torch import load_file
 
 import zoo.peft as zp
-from zoo.errors import ConfigError
-
 from tests.peft.method_checks import bert_batch, check_loss_decreases
+from zoo.errors import ConfigError
 
 # Full-name regexes, so that peft and zoo pick the same modules: a plain "output.dense" suffix
 # would also match BERT's attention.output.dense.

@@ -6,13 +6,18 @@ import pytest
 import torch
 
 import zoo.peft as zp
+from tests.peft.method_checks import (
+    bert_batch,
+    check_disable_exact,
+    check_loss_decreases,
+    check_save_load_exact,
+    logits,
+    perturb_trainable,
+    trainable_names,
+    vit_batch,
+)
 from zoo.errors import ConfigError
 from zoo.peft.loreft import position_mask
-
-from tests.peft.method_checks import (
-    bert_batch, check_disable_exact, check_loss_decreases, check_save_load_exact, logits, perturb_trainable,
-    trainable_names, vit_batch,
-)
 
 
 def raw_tensors(block):

@@ -11,9 +11,8 @@ import torch
 import torch.nn.functional as F
 
 import zoo.peft as zp
-from zoo.peft.layers import logical_path
-
 from tests.conftest import tiny_bert, tiny_vit
+from zoo.peft.layers import logical_path
 
 METHODS = zp.list_methods()
 STARTS_AT_IDENTITY = [m for m in METHODS if zp.get_method(m).starts_at_identity]

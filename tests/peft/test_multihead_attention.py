@@ -10,9 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import zoo.peft as zp
-from zoo.errors import ConfigError
-
 from tests.peft.test_lora import randomise_trainable
+from zoo.errors import ConfigError
 
 DIM, HEADS = 8, 2
 

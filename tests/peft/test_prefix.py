@@ -11,14 +11,19 @@ import transformers
 from torch import nn
 
 import zoo.peft as zp
-from zoo.errors import ConfigError
-from zoo.peft.structure import Structure
-
 from tests.peft import reference as ref
 from tests.peft.method_checks import (
-    bert_batch, check_disable_exact, check_loss_decreases, check_save_load_exact, logits, perturb_trainable,
-    trainable_names, vit_batch,
+    bert_batch,
+    check_disable_exact,
+    check_loss_decreases,
+    check_save_load_exact,
+    logits,
+    perturb_trainable,
+    trainable_names,
+    vit_batch,
 )
+from zoo.errors import ConfigError
+from zoo.peft.structure import Structure
 
 P = 3
 

@@ -13,9 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import zoo.peft as zp
-from zoo.peft.structure import Structure
-
 from tests.peft.method_checks import perturb_trainable
+from zoo.peft.structure import Structure
 
 P = 3
 HIDDEN, HEADS = 16, 2

@@ -9,11 +9,10 @@ from safetensors.torch import load_file
 from torch import nn
 
 import zoo.peft as zp
-from zoo.errors import ConfigError
-from zoo.peft.engine import peft_state
-
 from tests.peft.method_checks import check_loss_decreases, vit_batch
 from tests.peft.test_lora import randomise_trainable
+from zoo.errors import ConfigError
+from zoo.peft.engine import peft_state
 
 
 def inputs_of(batch):

@@ -7,13 +7,18 @@ import pytest
 import torch
 
 import zoo.peft as zp
-from zoo.errors import ConfigError
-
 from tests.peft import reference as ref
 from tests.peft.method_checks import (
-    bert_batch, check_disable_exact, check_loss_decreases, check_save_load_exact, logits, perturb_trainable,
-    trainable_names, vit_batch,
+    bert_batch,
+    check_disable_exact,
+    check_loss_decreases,
+    check_save_load_exact,
+    logits,
+    perturb_trainable,
+    trainable_names,
+    vit_batch,
 )
+from zoo.errors import ConfigError
 
 P = 3
 

@@ -66,7 +66,7 @@ def test_blocks_are_recomputed_and_updates_unchanged(tmp_path, case):
         model = build()
         calls = []
         # a pre-hook inside the block: recomputation may stop early, before post-hooks would run
-        model.get_submodule(inner_name).register_forward_pre_hook(lambda *args: calls.append(1))
+        model.get_submodule(inner_name).register_forward_pre_hook(lambda *args, calls=calls: calls.append(1))
         settings = TrainSettings(lr=1e-2, max_steps=2, batch_size=8, gradient_checkpointing=enabled, device="cpu")
         Trainer(model, task(), dataset(), None, settings, tmp_path / str(enabled)).fit()
         results[enabled] = (len(calls), {n: p.detach() for n, p in model.named_parameters() if p.requires_grad})

@@ -10,8 +10,6 @@ says what was needed and how to pass a local checkpoint instead.
 
 from __future__ import annotations
 
-from zoo.errors import PretrainedUnavailable
-
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +18,9 @@ from typing import Any, Callable, Protocol
 import torch
 from torch import nn
 
-from zoo.peft.structure import Structure
 from zoo.catalog.registry import Registry
+from zoo.errors import PretrainedUnavailable
+from zoo.peft.structure import Structure
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,6 @@ missing file downloaded and verified.
 
 from __future__ import annotations
 
-from zoo.errors import DataError
-
 import os
 import shutil
 import tarfile
@@ -27,6 +25,8 @@ from torch.utils.data import Dataset
 
 from zoo.catalog.download import ChecksumWarning, check_local_copy, download, sha256_of
 from zoo.catalog.registry import Registry
+from zoo.errors import DataError
+
 
 @dataclass(frozen=True)
 class RemoteFile:
@@ -233,7 +233,7 @@ def describe_local_copy(spec: DatasetSpec, root: str | os.PathLike | None = None
     lines = []
     for split in spec.splits:
         try:
-            dataset, differing = load_noting_checksums(lambda: load_dataset(spec.name, split, root, allow_download=False))
+            dataset, differing = load_noting_checksums(lambda split=split: load_dataset(spec.name, split, root, allow_download=False))
         except (DataError, FileNotFoundError) as error:
             lines.append(f"{split}: cannot be read ({' '.join(str(error).split())})")
             continue

@@ -6,11 +6,11 @@ by name and never imports a domain directly (see :func:`zoo.catalog.domains.load
 
 from __future__ import annotations
 
-from zoo.errors import UnknownNameError
-
 import difflib
 import fnmatch
 from typing import Callable, Generic, Iterator, TypeVar
+
+from zoo.errors import UnknownNameError
 
 T = TypeVar("T")
 

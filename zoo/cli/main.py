@@ -15,7 +15,20 @@ import warnings
 
 from zoo import __version__
 from zoo.cli import (
-    cp, demo, doctor, eval, info, ls, predict, pull, push, reproduce, results, train, tune, validate,
+    cp,
+    demo,
+    doctor,
+    eval,
+    info,
+    ls,
+    predict,
+    pull,
+    push,
+    reproduce,
+    results,
+    train,
+    tune,
+    validate,
 )
 
 SUBCOMMANDS = (ls, train, eval, validate, cp, info, demo, tune, reproduce, results, push, pull, predict, doctor)

@@ -25,20 +25,28 @@ from torch.utils.data import Dataset, Subset
 
 import zoo.peft as zp
 from zoo.catalog.backbones import BACKBONES, BackboneSpec, PretrainedUnavailable, create_backbone
+from zoo.catalog.datasets import (
+    DATASETS,
+    DataError,
+    DatasetSpec,
+    SplitSource,
+    data_root,
+    dataset_dir,
+    describe_split,
+    load_dataset,
+    load_noting_checksums,
+    local_copy_present,
+)
+from zoo.catalog.download import ChecksumWarning, DownloadError
+from zoo.catalog.registry import UnknownNameError
+from zoo.errors import ConfigError
 from zoo.experiment.config import RunConfig
 from zoo.files import atomic_directory
 from zoo.peft.block_selection import auto_count
 from zoo.peft.engine import peft_state
-from zoo.catalog.datasets import (
-    DATASETS, DataError, DatasetSpec, SplitSource, data_root, dataset_dir, describe_split, load_dataset, load_noting_checksums,
-    local_copy_present,
-)
-from zoo.catalog.download import ChecksumWarning, DownloadError
-from zoo.errors import ConfigError
 from zoo.peft.report import ParameterReport
-from zoo.catalog.registry import UnknownNameError
-from zoo.train.task import TrainTask
 from zoo.tasks.train_tasks import TASK_BUILDERS, TaskBuilder, TaskRequest
+from zoo.train.task import TrainTask
 
 SPLIT_KEYS = {"train": "train_split", "val": "val_split", "test": "test_split"}
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from zoo.experiment.config import RunConfig
 from zoo.catalog.datasets import SplitSource
+from zoo.experiment.config import RunConfig
 from zoo.peft.report import ParameterReport
 
 

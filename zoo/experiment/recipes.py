@@ -17,8 +17,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from zoo.experiment.yaml_files import merge, read_yaml
 from zoo.errors import ConfigError
+from zoo.experiment.yaml_files import merge, read_yaml
 
 RECIPE_SUFFIX = ".yaml"
 NOT_RECIPES = ("tables",)

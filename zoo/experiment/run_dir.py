@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from zoo import __version__
+from zoo.errors import ConfigError
 from zoo.experiment.config import RunConfig
 from zoo.experiment.yaml_files import read_yaml
-from zoo.errors import ConfigError
 from zoo.files import atomic_write_text  # noqa: F401  (runs.atomic_write_text writes the card)
 
 CONFIG_FILE = "config.yaml"

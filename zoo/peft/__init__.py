@@ -7,7 +7,13 @@
 """
 
 from zoo.errors import (
-    AdapterFileError, CheckpointError, ChecksumWarning, ConfigError, DataError, DownloadError, PretrainedUnavailable,
+    AdapterFileError,
+    CheckpointError,
+    ChecksumWarning,
+    ConfigError,
+    DataError,
+    DownloadError,
+    PretrainedUnavailable,
     UnknownNameError,
 )
 from zoo.peft.config import MethodConfig

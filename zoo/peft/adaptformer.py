@@ -25,7 +25,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.peft.config import ConfigError, MethodConfig, option, require_int_positive, require_positive, require_probability
+from zoo.peft.config import (
+    ConfigError,
+    MethodConfig,
+    option,
+    require_int_positive,
+    require_positive,
+    require_probability,
+)
 from zoo.peft.engine import InjectionContext
 from zoo.peft.layers import WrappedLayer
 from zoo.peft.registry import register_method
@@ -104,6 +111,6 @@ def inject_adaptformer(context: InjectionContext, config: AdaptFormerConfig) -> 
         for part, module in ((structure.ffn_in, ffn_in), (structure.ffn_out, ffn_out)):
             if not isinstance(base_of(module), nn.Linear):
                 raise ConfigError(f"adaptformer: {block}.{part} is a {type(base_of(module)).__name__}; AdaptFormer needs Linear FFN layers")
-        layer = context.wrap(f"{block}.{structure.ffn_out}", AdaptFormerLayer, lambda base: AdaptFormerLayer(base, ffn_in))
+        layer = context.wrap(f"{block}.{structure.ffn_out}", AdaptFormerLayer, lambda base, ffn_in=ffn_in: AdaptFormerLayer(base, ffn_in))
         layer.add_adapter(context.adapter_name, config, base_of(ffn_in).in_features)
         layer.train(context.model.training)  # the bottleneck's dropout follows the model's mode

@@ -8,13 +8,13 @@ the bad value and what is allowed.
 
 from __future__ import annotations
 
-from zoo.errors import ConfigError
-from zoo.peft.block_selection import check_layers
-
 import dataclasses
 import difflib
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
+
+from zoo.errors import ConfigError
+from zoo.peft.block_selection import check_layers
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", **kwargs: Any) -> Any:

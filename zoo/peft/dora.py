@@ -40,7 +40,13 @@ from torch.func import functional_call
 from zoo.peft.config import MethodConfig
 from zoo.peft.engine import InjectionContext
 from zoo.peft.lora import (
-    LoraConfig, LoraLayer, LoraMultiheadAttention, _param_path, inject_lora_layers, lora_from_peft, lora_to_peft,
+    LoraConfig,
+    LoraLayer,
+    LoraMultiheadAttention,
+    _param_path,
+    inject_lora_layers,
+    lora_from_peft,
+    lora_to_peft,
 )
 from zoo.peft.registry import register_method
 from zoo.peft.targeting import base_of

@@ -9,8 +9,6 @@ unexpected or mis-shaped tensor is an error naming it, and the model is left as 
 
 from __future__ import annotations
 
-from zoo.errors import AdapterFileError
-
 import json
 import os
 import shutil
@@ -23,6 +21,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save, save_file
 from torch import nn
 
+from zoo.errors import AdapterFileError
 from zoo.peft.config import ConfigError
 from zoo.peft.engine import (
     DEFAULT_ADAPTER,

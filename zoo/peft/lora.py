@@ -23,7 +23,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from zoo.peft.config import ConfigError, MethodConfig, option, require_int_positive, require_positive, require_probability
+from zoo.peft.config import (
+    ConfigError,
+    MethodConfig,
+    option,
+    require_int_positive,
+    require_positive,
+    require_probability,
+)
 from zoo.peft.engine import InjectionContext, adapter_modules
 from zoo.peft.layers import DeltaWeightLayer, logical_path
 from zoo.peft.registry import register_method

@@ -16,8 +16,8 @@ from __future__ import annotations
 import difflib
 import importlib
 import pkgutil
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from zoo.peft.config import ConfigError, MethodConfig

@@ -17,7 +17,6 @@ from torch import nn
 
 from zoo.peft.config import ConfigError
 
-
 # Roles a method may name as its default targets (``register_method(default_targets=...)``); all
 # but "block" are fields of Structure. "block" means every module inside the blocks.
 ROLES = ("query", "key", "value", "attention_out", "ffn_in", "ffn_out", "block")

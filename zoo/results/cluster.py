@@ -37,7 +37,7 @@ def submit(pending: list, out: Path, summary, say: Callable[[str], None], option
     jobs = executor.map_array(run_cell, [cell.to_dict() for cell in pending], [str(out)] * len(pending))
     say(f"submitted {len(jobs)} cells of {summary.table} as job array {jobs[0].job_id.split('_')[0]} "
         f"(logs in {out / '.submitit'})")
-    for cell, job in zip(pending, jobs):
+    for cell in pending[: len(jobs)]:
         summary.outcomes[cell.id] = "submitted"
     if not wait:
         say(f"when it is done: zoo results table {summary.table} --scale {summary.scale} --out {out}")

@@ -19,12 +19,13 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from zoo.errors import ConfigError
 from zoo.catalog.registry import Registry
+from zoo.errors import ConfigError
 from zoo.tasks.heads import IGNORE_INDEX, TASKS, TaskModel, TaskSpec
 from zoo.tasks.metrics import greater_is_better
 from zoo.train.loop import move_to_device
 from zoo.train.task import TrainTask
+
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The model inside a DistributedDataParallel / FSDP wrapper."""

@@ -14,9 +14,6 @@ its contents, so a file damaged later (truncated, bytes flipped on disk) is reco
 
 from __future__ import annotations
 
-from zoo.errors import CheckpointError
-from zoo.files import atomic_file
-
 import hashlib
 import random
 from pathlib import Path
@@ -25,6 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from zoo.errors import CheckpointError
+from zoo.files import atomic_file
 
 CHECKPOINT_DIR = "checkpoints"
 LAST_NAME = "last.pt"

@@ -24,7 +24,7 @@ def enable_gradient_checkpointing(model: nn.Module) -> str:
     """Switch recomputation on in ``model``; returns how (for the log). Raises ConfigError if it cannot."""
     hf_models = _outermost_hf_models(model)
     if hf_models:
-        for name, module in hf_models:
+        for _name, module in hf_models:
             # non-reentrant: works with frozen inputs (PEFT) and keyword arguments
             module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         return "transformers gradient_checkpointing_enable on " + ", ".join(name or "<model>" for name, _ in hf_models)

@@ -94,7 +94,7 @@ def _summary_writer(log_dir: Path, purge_step: int | None):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:  # declared as a dependency; a broken install should not stop training
-        warnings.warn("tensorboard is not installed: no TensorBoard events are written (pip install tensorboard)")
+        warnings.warn("tensorboard is not installed: no TensorBoard events are written (pip install tensorboard)", stacklevel=2)
         return None
     return SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
 
