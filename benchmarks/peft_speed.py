@@ -79,8 +79,18 @@ class Settings:
 
     @classmethod
     def quick(cls, threads: int) -> "Settings":
-        return cls(threads=threads, bert_layers=2, bert_batch=2, bert_seq=32, vit_depth=2, vit_batch=2,
-                   rounds=2, steps_per_round=2, memory_steps=1, inference_rounds=4)
+        return cls(
+            threads=threads,
+            bert_layers=2,
+            bert_batch=2,
+            bert_seq=32,
+            vit_depth=2,
+            vit_batch=2,
+            rounds=2,
+            steps_per_round=2,
+            memory_steps=1,
+            inference_rounds=4,
+        )
 
 
 # -- models and batches -------------------------------------------------------------
@@ -89,13 +99,19 @@ def build_backbone(family: str, s: Settings) -> torch.nn.Module:
     if family == "bert":
         from transformers import BertConfig, BertForSequenceClassification
 
-        config = BertConfig(hidden_size=768, num_hidden_layers=s.bert_layers, num_attention_heads=12,
-                            intermediate_size=3072, num_labels=2)
+        config = BertConfig(
+            hidden_size=768,
+            num_hidden_layers=s.bert_layers,
+            num_attention_heads=12,
+            intermediate_size=3072,
+            num_labels=2,
+        )
         return BertForSequenceClassification(config)
     import timm
 
-    return timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=2, depth=s.vit_depth,
-                             img_size=s.vit_image)
+    return timm.create_model(
+        "vit_small_patch16_224", pretrained=False, num_classes=2, depth=s.vit_depth, img_size=s.vit_image
+    )
 
 
 def make_batch(family: str, s: Settings) -> dict[str, torch.Tensor]:
@@ -151,12 +167,25 @@ def prepare(family: str, variant: str, model: torch.nn.Module, s: Settings) -> t
     if library == "zoo":
         import zoo.peft as zp
 
-        return zp.apply(model, method, r=RANK, lora_alpha=ALPHA, lora_dropout=0.0, target_modules=targets,
-                        modules_to_save=[HEAD[family]])
+        return zp.apply(
+            model,
+            method,
+            r=RANK,
+            lora_alpha=ALPHA,
+            lora_dropout=0.0,
+            target_modules=targets,
+            modules_to_save=[HEAD[family]],
+        )
     import peft
 
-    config = peft.LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=0.0, target_modules=targets,
-                             modules_to_save=[HEAD[family]], use_dora=method == "dora")
+    config = peft.LoraConfig(
+        r=RANK,
+        lora_alpha=ALPHA,
+        lora_dropout=0.0,
+        target_modules=targets,
+        modules_to_save=[HEAD[family]],
+        use_dora=method == "dora",
+    )
     return peft.get_peft_model(model, config)
 
 
@@ -192,7 +221,9 @@ class Stopwatch:
         self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
 
 
-def interleaved(runners: dict[str, callable], s: Settings, rounds: int, per_round: int) -> dict[str, list[tuple[float, float]]]:
+def interleaved(
+    runners: dict[str, callable], s: Settings, rounds: int, per_round: int
+) -> dict[str, list[tuple[float, float]]]:
     """Warm up every runner, then time them in rounds with a rotating order."""
     names = list(runners)
     for name in names:
@@ -211,9 +242,15 @@ def summary(samples: list[tuple[float, float]]) -> dict:
     walls, cpus = [w for w, _ in samples], [c for _, c in samples]
     ordered = sorted(walls)
     quartiles = statistics.quantiles(ordered, n=4) if len(ordered) > 1 else [ordered[0]] * 3
-    return {"median_ms": 1e3 * statistics.median(ordered), "min_ms": 1e3 * ordered[0], "p25_ms": 1e3 * quartiles[0],
-            "p75_ms": 1e3 * quartiles[2], "cpu_median_ms": 1e3 * statistics.median(cpus),
-            "samples_ms": [round(1e3 * w, 2) for w in walls], "cpu_samples_ms": [round(1e3 * c, 2) for c in cpus]}
+    return {
+        "median_ms": 1e3 * statistics.median(ordered),
+        "min_ms": 1e3 * ordered[0],
+        "p25_ms": 1e3 * quartiles[0],
+        "p75_ms": 1e3 * quartiles[2],
+        "cpu_median_ms": 1e3 * statistics.median(cpus),
+        "samples_ms": [round(1e3 * w, 2) for w in walls],
+        "cpu_samples_ms": [round(1e3 * c, 2) for c in cpus],
+    }
 
 
 def time_training(family: str, names: list[str], s: Settings) -> dict[str, dict]:
@@ -252,13 +289,17 @@ def time_inference(family: str, s: Settings) -> dict:
             with Stopwatch() as watch, torch.inference_mode():
                 forward(family, model, batch)
             return watch.wall, watch.cpu
+
         return run
 
     models = {"base": base, "merged": merged, "unmerged": adapted}
     times = interleaved({n: runner(m) for n, m in models.items()}, s, s.inference_rounds, 1)
     leftover = [n for n, m in merged.named_modules() if type(m).__module__.startswith("zoo.")]
-    return {**{n: summary(t) for n, t in times.items()},
-            "merged_vs_unmerged_max_abs_diff": difference, "zoo_modules_left_after_unload": leftover}
+    return {
+        **{n: summary(t) for n, t in times.items()},
+        "merged_vs_unmerged_max_abs_diff": difference,
+        "zoo_modules_left_after_unload": leftover,
+    }
 
 
 # -- memory (one subprocess per variant) -----------------------------------------------
@@ -296,16 +337,26 @@ def memory_worker(family: str, variant: str, s: Settings) -> dict:
     for _ in range(s.memory_steps):
         trainer.step()
     peak = status_kib("VmHWM") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"peak_delta_mib": (peak - baseline) / 1024, "baseline_rss_mib": baseline / 1024,
-            "peak_rss_mib": peak / 1024, "method": "VmHWM after clear_refs" if exact else "ru_maxrss",
-            "baseline_is_peak": not exact and peak <= baseline_maxrss}
+    return {
+        "peak_delta_mib": (peak - baseline) / 1024,
+        "baseline_rss_mib": baseline / 1024,
+        "peak_rss_mib": peak / 1024,
+        "method": "VmHWM after clear_refs" if exact else "ru_maxrss",
+        "baseline_is_peak": not exact and peak <= baseline_maxrss,
+    }
 
 
 def measure_memory(family: str, names: list[str], s: Settings) -> dict[str, dict]:
     results = {}
     for name in names:
-        command = [sys.executable, os.path.abspath(__file__), "--memory-worker", f"{family}:{name}",
-                   "--settings-json", json.dumps(asdict(s))]
+        command = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--memory-worker",
+            f"{family}:{name}",
+            "--settings-json",
+            json.dumps(asdict(s)),
+        ]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
             results[name] = {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"}
@@ -350,15 +401,23 @@ def ratio_rows(family: str, result: dict) -> list[dict]:
 
         key = "peak_delta_mib" if kind == "memory" else "median_ms"
         median = ratio(key)
-        rows.append({
-            "model": family, "comparison": label, "numerator": numerator, "denominator": denominator,
-            "value": top.get(key), "peer": bottom.get(key), "unit": "MiB" if kind == "memory" else "ms",
-            "ratio": median,
-            # less sensitive to other processes competing for the CPU than the ratio of medians
-            "ratio_of_min": None if kind == "memory" else ratio("min_ms"),
-            "ratio_of_cpu_time": None if kind == "memory" else ratio("cpu_median_ms"),
-            "target": target, "ok": None if median is None or bounds is None else bounds[0] <= median <= bounds[1],
-        })
+        rows.append(
+            {
+                "model": family,
+                "comparison": label,
+                "numerator": numerator,
+                "denominator": denominator,
+                "value": top.get(key),
+                "peer": bottom.get(key),
+                "unit": "MiB" if kind == "memory" else "ms",
+                "ratio": median,
+                # less sensitive to other processes competing for the CPU than the ratio of medians
+                "ratio_of_min": None if kind == "memory" else ratio("min_ms"),
+                "ratio_of_cpu_time": None if kind == "memory" else ratio("cpu_median_ms"),
+                "target": target,
+                "ok": None if median is None or bounds is None else bounds[0] <= median <= bounds[1],
+            }
+        )
     return rows
 
 
@@ -371,15 +430,23 @@ def markdown(rows: list[dict], results: dict) -> str:
     def times(value):
         return "n/a" if value is None else f"{value:.3f}x"
 
-    lines = ["| model | comparison | zoo / numerator | peer / denominator | ratio (median) | ratio (min) | ratio (CPU time) "
-             "| target | ok |", "|---|---|---:|---:|---:|---:|---:|---|---|"]
+    lines = [
+        "| model | comparison | zoo / numerator | peer / denominator | ratio (median) | ratio (min) | ratio (CPU time) "
+        "| target | ok |",
+        "|---|---|---:|---:|---:|---:|---:|---|---|",
+    ]
     for r in rows:
         ok = {None: "", True: "yes", False: "NO"}[r["ok"]]
         extra = "| | |" if r["unit"] == "MiB" else f"| {times(r['ratio_of_min'])} | {times(r['ratio_of_cpu_time'])} |"
-        lines.append(f"| {r['model']} | {r['comparison']} | {number(r['value'], r['unit'])} | "
-                     f"{number(r['peer'], r['unit'])} | {times(r['ratio'])} {extra} {r['target']} | {ok} |")
-    lines += ["", "| model | variant | step median (ms) | min (ms) | p25-p75 (ms) | peak memory delta (MiB) | trainable params |",
-              "|---|---|---:|---:|---:|---:|---:|"]
+        lines.append(
+            f"| {r['model']} | {r['comparison']} | {number(r['value'], r['unit'])} | "
+            f"{number(r['peer'], r['unit'])} | {times(r['ratio'])} {extra} {r['target']} | {ok} |"
+        )
+    lines += [
+        "",
+        "| model | variant | step median (ms) | min (ms) | p25-p75 (ms) | peak memory delta (MiB) | trainable params |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     for family, result in results.items():
         for name, timing in result["train"].items():
             memory = result["memory"].get(name, {})
@@ -387,12 +454,16 @@ def markdown(rows: list[dict], results: dict) -> str:
                 lines.append(f"| {family} | {name} | n/a ({timing['error'][:80]}) | | | | |")
                 continue
             peak = f"{memory['peak_delta_mib']:.0f}" if "peak_delta_mib" in memory else "n/a"
-            lines.append(f"| {family} | {name} | {timing['median_ms']:.0f} | {timing['min_ms']:.0f} | {timing['p25_ms']:.0f}-{timing['p75_ms']:.0f} "
-                         f"| {peak} | {timing['trainable_parameters']:,} |")
+            lines.append(
+                f"| {family} | {name} | {timing['median_ms']:.0f} | {timing['min_ms']:.0f} | {timing['p25_ms']:.0f}-{timing['p75_ms']:.0f} "
+                f"| {peak} | {timing['trainable_parameters']:,} |"
+            )
         inference = result["inference"]
         for name in ("base", "merged", "unmerged"):
-            lines.append(f"| {family} | inference {name} | {inference[name]['median_ms']:.1f} | {inference[name]['min_ms']:.1f} "
-                         f"| {inference[name]['p25_ms']:.1f}-{inference[name]['p75_ms']:.1f} | | |")
+            lines.append(
+                f"| {family} | inference {name} | {inference[name]['median_ms']:.1f} | {inference[name]['min_ms']:.1f} "
+                f"| {inference[name]['p25_ms']:.1f}-{inference[name]['p75_ms']:.1f} | | |"
+            )
     return "\n".join(lines)
 
 
@@ -408,16 +479,25 @@ class OtherLoad:
             ticks = [int(v) for v in handle.readline().split()[1:9]]
         user, nice, system, idle, iowait, irq, softirq, steal = ticks
         hertz = os.sysconf("SC_CLK_TCK")
-        own = sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
-                  for f in ("ru_utime", "ru_stime"))
+        own = sum(
+            getattr(resource.getrusage(who), f)
+            for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+            for f in ("ru_utime", "ru_stime")
+        )
         return (user + nice + system + irq + softirq) / hertz, steal / hertz, own
 
     def report(self, wall_seconds: float) -> dict:
         busy, steal, own = (end - start for end, start in zip(self._sample(), self.start))
         capacity = wall_seconds * (os.cpu_count() or 1)
         other = max(busy - own, 0.0)
-        return {"other_processes_cpu_s": other, "steal_s": steal, "own_cpu_s": own, "capacity_cpu_s": capacity,
-                "other_fraction": other / capacity, "steal_fraction": steal / capacity}
+        return {
+            "other_processes_cpu_s": other,
+            "steal_s": steal,
+            "own_cpu_s": own,
+            "capacity_cpu_s": capacity,
+            "other_fraction": other / capacity,
+            "steal_fraction": steal / capacity,
+        }
 
 
 def describe(s: Settings, dora: bool) -> str:
@@ -425,16 +505,19 @@ def describe(s: Settings, dora: bool) -> str:
     import timm
     import transformers
 
-    return (f"torch {torch.__version__}, peft {peft.__version__}, transformers {transformers.__version__}, "
-            f"timm {timm.__version__}; {s.threads} threads; lora/dora r={RANK} alpha={ALPHA:g} dropout 0, head trained "
-            f"as modules_to_save; AdamW.\nbert: BertForSequenceClassification hidden 768, {s.bert_layers} layers, "
-            f"12 heads, random weights, batch {s.bert_batch} x seq {s.bert_seq}, targets query,value.\n"
-            f"vit: vit_small_patch16_224 (pretrained=False, num_classes=2), depth {s.vit_depth}, batch {s.vit_batch} "
-            f"at {s.vit_image}x{s.vit_image}, targets qkv (peft, zoo_lora) and qkv[q,v] (zoo_lora_qv).\n"
-            f"timing: median of {s.rounds * s.steps_per_round} train steps per variant after {s.warmup} warm-up, "
-            f"{s.rounds} interleaved rounds; inference: median of {s.inference_rounds} forwards (train mode for steps, "
-            f"eval for inference).\nmemory: separate process per variant, peak RSS (VmHWM, reset after building "
-            f"model and batch) after {s.memory_steps} train steps minus RSS after building model and batch." + ("" if dora else "\nzoo dora: not available (zoo/peft/dora.py missing)."))
+    return (
+        f"torch {torch.__version__}, peft {peft.__version__}, transformers {transformers.__version__}, "
+        f"timm {timm.__version__}; {s.threads} threads; lora/dora r={RANK} alpha={ALPHA:g} dropout 0, head trained "
+        f"as modules_to_save; AdamW.\nbert: BertForSequenceClassification hidden 768, {s.bert_layers} layers, "
+        f"12 heads, random weights, batch {s.bert_batch} x seq {s.bert_seq}, targets query,value.\n"
+        f"vit: vit_small_patch16_224 (pretrained=False, num_classes=2), depth {s.vit_depth}, batch {s.vit_batch} "
+        f"at {s.vit_image}x{s.vit_image}, targets qkv (peft, zoo_lora) and qkv[q,v] (zoo_lora_qv).\n"
+        f"timing: median of {s.rounds * s.steps_per_round} train steps per variant after {s.warmup} warm-up, "
+        f"{s.rounds} interleaved rounds; inference: median of {s.inference_rounds} forwards (train mode for steps, "
+        f"eval for inference).\nmemory: separate process per variant, peak RSS (VmHWM, reset after building "
+        f"model and batch) after {s.memory_steps} train steps minus RSS after building model and batch."
+        + ("" if dora else "\nzoo dora: not available (zoo/peft/dora.py missing).")
+    )
 
 
 def main() -> None:
@@ -468,8 +551,11 @@ def main() -> None:
     for family in args.models.split(","):
         names = [n for n in variants_for(family) if dora or "dora" not in n.split("_")[1:2]]
         memory = measure_memory(family, names, s)
-        results[family] = {"train": time_training(family, names, s), "memory": memory,
-                           "inference": time_inference(family, s)}
+        results[family] = {
+            "train": time_training(family, names, s),
+            "memory": memory,
+            "inference": time_inference(family, s),
+        }
         rows += ratio_rows(family, results[family])
     elapsed = time.perf_counter() - started
     contention = load.report(elapsed)
@@ -477,15 +563,29 @@ def main() -> None:
     print(describe(s, dora))
     print()
     print(markdown(rows, results))
-    print(f"\nwall time {elapsed:.0f} s; other processes used {100 * contention['other_fraction']:.0f}% and "
-          f"hypervisor steal {100 * contention['steal_fraction']:.0f}% of the {os.cpu_count()} CPUs meanwhile "
-          f"(high values make the median ratios noisy: compare the ratio of the fastest steps, or run with "
-          f"--threads 1 and read the CPU-time ratio)")
+    print(
+        f"\nwall time {elapsed:.0f} s; other processes used {100 * contention['other_fraction']:.0f}% and "
+        f"hypervisor steal {100 * contention['steal_fraction']:.0f}% of the {os.cpu_count()} CPUs meanwhile "
+        f"(high values make the median ratios noisy: compare the ratio of the fastest steps, or run with "
+        f"--threads 1 and read the CPU-time ratio)"
+    )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"settings": asdict(s), "quick": args.quick, "dora_available": dora,
-                               "description": describe(s, dora), "ratios": rows, "results": results,
-                               "wall_time_s": elapsed, "contention": contention}, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "settings": asdict(s),
+                "quick": args.quick,
+                "dora_available": dora,
+                "description": describe(s, dora),
+                "ratios": rows,
+                "results": results,
+                "wall_time_s": elapsed,
+                "contention": contention,
+            },
+            indent=2,
+        )
+    )
     print(f"results written to {out}")
 
 

@@ -78,16 +78,29 @@ def build_model(args) -> torch.nn.Module:
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=args.vocab, hidden_size=args.hidden, num_hidden_layers=args.layers,
-                        num_attention_heads=max(1, args.hidden // 64), intermediate_size=4 * args.hidden,
-                        max_position_embeddings=max(512, args.length), num_labels=2)
+    config = BertConfig(
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        num_hidden_layers=args.layers,
+        num_attention_heads=max(1, args.hidden // 64),
+        intermediate_size=4 * args.hidden,
+        max_position_embeddings=max(512, args.length),
+        num_labels=2,
+    )
     model = BertForSequenceClassification(config)
     return peft.apply(model, "lora", r=8, lora_alpha=16, target_modules=["query", "value"])
 
 
 def run_trainer(model, dataset, args, device) -> tuple[float, float]:
-    settings = TrainSettings(lr=1e-4, max_steps=args.steps, batch_size=args.batch, warmup_ratio=0.1,
-                             log_every=args.log_every, device=device.type, load_best_at_end=False)
+    settings = TrainSettings(
+        lr=1e-4,
+        max_steps=args.steps,
+        batch_size=args.batch,
+        warmup_ratio=0.1,
+        log_every=args.log_every,
+        device=device.type,
+        load_best_at_end=False,
+    )
     with tempfile.TemporaryDirectory() as run_dir:
         start, start_cpu = time.perf_counter(), time.process_time()
         Trainer(model, ClassificationTask(), dataset, None, settings, run_dir).fit()
@@ -166,24 +179,38 @@ def main() -> None:
     ratio, best_ratio = median["trainer"] / median["bare"], best["trainer"] / best["bare"]
     cpu_median = {name: statistics.median(values) for name, values in cpu_samples.items()}
     cpu_ratio = cpu_median["trainer"] / cpu_median["bare"]
-    print(f"model: BERT {args.layers} x {args.hidden}, {args.length} tokens, LoRA r=8 q/v; batch {args.batch}; "
-          f"{args.steps} steps x {args.rounds} rounds; device {args.device}, {args.threads} CPU threads")
+    print(
+        f"model: BERT {args.layers} x {args.hidden}, {args.length} tokens, LoRA r=8 q/v; batch {args.batch}; "
+        f"{args.steps} steps x {args.rounds} rounds; device {args.device}, {args.threads} CPU threads"
+    )
     print("| side | examples/s (median) | examples/s (best) | examples per CPU-second (median) |")
     print("|---|---|---|---|")
     for name in sides:
         print(f"| {name} | {median[name]:.1f} | {best[name]:.1f} | {cpu_median[name]:.1f} |")
     verdict = "meets" if ratio >= 0.95 else "misses"
-    print(f"\ntrainer / bare throughput: {ratio:.3f}x median, {best_ratio:.3f}x best ({verdict} the 0.95x target); "
-          f"per CPU-second {cpu_ratio:.3f}x")
+    print(
+        f"\ntrainer / bare throughput: {ratio:.3f}x median, {best_ratio:.3f}x best ({verdict} the 0.95x target); "
+        f"per CPU-second {cpu_ratio:.3f}x"
+    )
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
-        "args": vars(args), "samples_examples_per_second": samples, "ratio_median": ratio, "ratio_best": best_ratio,
-        "samples_examples_per_cpu_second": cpu_samples, "ratio_cpu_median": cpu_ratio,
-        "torch": torch.__version__, "machine": platform.platform(),
-        "device_name": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor(),
-    }, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "args": vars(args),
+                "samples_examples_per_second": samples,
+                "ratio_median": ratio,
+                "ratio_best": best_ratio,
+                "samples_examples_per_cpu_second": cpu_samples,
+                "ratio_cpu_median": cpu_ratio,
+                "torch": torch.__version__,
+                "machine": platform.platform(),
+                "device_name": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor(),
+            },
+            indent=2,
+        )
+    )
     if not math.isfinite(ratio):
         sys.exit(1)
 

@@ -29,8 +29,14 @@ def tiny_vit(num_classes: int = 3, seed: int = 0):
 
     torch.manual_seed(seed)
     return timm.create_model(
-        "vit_tiny_patch16_224", pretrained=False, num_classes=num_classes, img_size=32, patch_size=8, depth=2,
-        embed_dim=32, num_heads=4,
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        num_classes=num_classes,
+        img_size=32,
+        patch_size=8,
+        depth=2,
+        embed_dim=32,
+        num_heads=4,
     ).eval()
 
 

@@ -133,7 +133,7 @@ def fix_commands(package: str) -> list[str]:
     commands = []
     root = checkout_root()
     if root is not None:
-        commands.append(f"cd {shlex.quote(str(root))} && {_pip()} -c requirements.lock -e \".[test]\"")
+        commands.append(f'cd {shlex.quote(str(root))} && {_pip()} -c requirements.lock -e ".[test]"')
     declared = declared_requirements()
     names = TORCH_SET if package in TORCH_SET else (_BY_MODULE[package].distribution,)
     pins = [declared[_canonical(name)] for name in names if _canonical(name) in declared]
@@ -171,8 +171,7 @@ class Problem:
 
     def report(self, prefix: str = "zoo") -> str:
         """The diagnosis a zoo command prints instead of a traceback."""
-        return "\n".join([f"{prefix}: error: {self.headline()}", *self.lines(),
-                          "run `zoo doctor` for the full report"])
+        return "\n".join([f"{prefix}: error: {self.headline()}", *self.lines(), "run `zoo doctor` for the full report"])
 
 
 def one_line(error: BaseException) -> str:
@@ -320,9 +319,15 @@ def _check_peft() -> str:
 
 
 CHECKS: dict[str, Callable[[], str]] = {
-    "torch": _check_torch, "torchvision": _check_torchvision, "torchaudio": _check_torchaudio,
-    "transformers": _check_transformers, "timm": _check_timm, "open_clip": _check_open_clip, "esm": _check_esm,
-    "huggingface_hub": _check_huggingface_hub, "peft": _check_peft,
+    "torch": _check_torch,
+    "torchvision": _check_torchvision,
+    "torchaudio": _check_torchaudio,
+    "transformers": _check_transformers,
+    "timm": _check_timm,
+    "open_clip": _check_open_clip,
+    "esm": _check_esm,
+    "huggingface_hub": _check_huggingface_hub,
+    "peft": _check_peft,
 }
 
 

@@ -37,7 +37,9 @@ FAIR_ESM_REGRESSION_URL = "https://dl.fbaipublicfiles.com/fair-esm/regression/{n
 """Contact-prediction weights, published next to each model; not needed for features."""
 DOWNLOAD_TIMEOUT_S = 10.0
 LICENCE = "MIT (fair-esm)"
-LOCAL_FORMAT = "a fair-esm ESM-2 checkpoint file <name>.pt (as downloaded from dl.fbaipublicfiles.com), or a folder holding it"
+LOCAL_FORMAT = (
+    "a fair-esm ESM-2 checkpoint file <name>.pt (as downloaded from dl.fbaipublicfiles.com), or a folder holding it"
+)
 
 # One-letter residue codes of fair-esm's ESM-1b/ESM-2 alphabet (esm.constants.proteinseq_toks
 # without the gap tokens '.' and '-'): the 20 standard amino acids plus X (unknown),
@@ -67,7 +69,9 @@ ESM2_STRUCTURE = register_structure(
 def check_sequence(sequence: Any, where: str) -> str:
     """``sequence`` if it is a non-empty string of ESM residue letters, else DataError naming ``where``."""
     if not isinstance(sequence, str):
-        raise DataError(f"{where}: a protein sequence must be a string of one-letter codes, got {type(sequence).__name__}")
+        raise DataError(
+            f"{where}: a protein sequence must be a string of one-letter codes, got {type(sequence).__name__}"
+        )
     if not sequence:
         raise DataError(f"{where}: empty protein sequence")
     bad = set(sequence) - _ALLOWED
@@ -212,8 +216,11 @@ def _random_esm2(variant: Esm2Variant) -> nn.Module:
 
     alphabet = esm.Alphabet.from_architecture("ESM-1b")
     model = esm.model.esm2.ESM2(
-        num_layers=variant.num_layers, embed_dim=variant.embed_dim, attention_heads=variant.attention_heads,
-        alphabet=alphabet, token_dropout=True,
+        num_layers=variant.num_layers,
+        embed_dim=variant.embed_dim,
+        attention_heads=variant.attention_heads,
+        alphabet=alphabet,
+        token_dropout=True,
     )
     return EsmBackbone(model, alphabet)
 
@@ -241,7 +248,9 @@ def read_checkpoint(path: Path) -> dict:
     if isinstance(config, dict):  # a plain-dict config (e.g. converted from omegaconf) works the same
         data["cfg"] = {**data["cfg"], "model": argparse.Namespace(**config)}
     elif not isinstance(config, argparse.Namespace):
-        raise PretrainedUnavailable(f"{path}: cfg['model'] must be an argparse.Namespace or a dict, got {type(config).__name__}")
+        raise PretrainedUnavailable(
+            f"{path}: cfg['model'] must be an argparse.Namespace or a dict, got {type(config).__name__}"
+        )
     return data
 
 

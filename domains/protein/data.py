@@ -158,9 +158,13 @@ def _structure_labels(states: str, mask: str | None, where: str, padding: tuple[
     index = {state: i for i, state in enumerate(SECONDARY_STRUCTURE_STATES)}
     bad = set(states) - set(index)
     if bad:
-        raise DataError(f"{where}: secondary-structure label {min(bad)!r} is not allowed; allowed: {', '.join(SECONDARY_STRUCTURE_STATES)}")
+        raise DataError(
+            f"{where}: secondary-structure label {min(bad)!r} is not allowed; allowed: {', '.join(SECONDARY_STRUCTURE_STATES)}"
+        )
     if mask is not None and set(mask) - {"0", "1"}:
-        raise DataError(f"{where}: mask may hold only 0 (unresolved, ignored) and 1, found {sorted(set(mask) - {'0', '1'})}")
+        raise DataError(
+            f"{where}: mask may hold only 0 (unresolved, ignored) and 1, found {sorted(set(mask) - {'0', '1'})}"
+        )
     values = [index[s] if mask is None or mask[i] == "1" else IGNORE_INDEX for i, s in enumerate(states)]
     before, after = padding
     return torch.tensor([IGNORE_INDEX] * before + values + [IGNORE_INDEX] * after, dtype=torch.long)
@@ -168,9 +172,13 @@ def _structure_labels(states: str, mask: str | None, where: str, padding: tuple[
 
 def _check_lengths(sequence: str, labels: str, mask: str | None, where: str) -> None:
     if len(labels) != len(sequence):
-        raise DataError(f"{where}: {len(labels)} per-residue labels for a sequence of {len(sequence)} residues; they must match")
+        raise DataError(
+            f"{where}: {len(labels)} per-residue labels for a sequence of {len(sequence)} residues; they must match"
+        )
     if mask is not None and len(mask) != len(sequence):
-        raise DataError(f"{where}: mask of length {len(mask)} for a sequence of {len(sequence)} residues; they must match")
+        raise DataError(
+            f"{where}: mask of length {len(mask)} for a sequence of {len(sequence)} residues; they must match"
+        )
 
 
 def load_flip_secondary_structure(
@@ -182,8 +190,14 @@ def load_flip_secondary_structure(
     0/1 per residue, 0 = unresolved, ignored). FLIP's earlier CSV form, ``splits/<split_name>.csv``
     with ``sequence,target,set,validation`` (target = the H/E/C string), is read too."""
     _check_split(split)
-    if not (isinstance(label_padding, (tuple, list)) and len(label_padding) == 2 and all(isinstance(n, int) and n >= 0 for n in label_padding)):
-        raise DataError(f"label_padding={label_padding!r} must be two counts (before, after), e.g. (1, 1) for ESM's <cls> and <eos>")
+    if not (
+        isinstance(label_padding, (tuple, list))
+        and len(label_padding) == 2
+        and all(isinstance(n, int) and n >= 0 for n in label_padding)
+    ):
+        raise DataError(
+            f"label_padding={label_padding!r} must be two counts (before, after), e.g. (1, 1) for ESM's <cls> and <eos>"
+        )
     archive = Path(directory) / "splits.zip"
     members = zip_members(archive)
     padding = tuple(label_padding)
@@ -208,7 +222,9 @@ def load_flip_secondary_structure(
     )
 
 
-def _secondary_structure_fasta(archive: Path, members: dict[str, str], split: str, split_name: str, padding) -> SequenceDataset:
+def _secondary_structure_fasta(
+    archive: Path, members: dict[str, str], split: str, split_name: str, padding
+) -> SequenceDataset:
     def records(name: str) -> tuple[str, list[tuple[str, str]]]:
         where = f"{archive}:{members[name]}"
         return where, read_fasta(read_zip_text(archive, members[name]), where)
@@ -253,9 +269,7 @@ def make_flip_secondary_structure_fixture(directory: Path) -> None:
     ]
     sets = ["train", "train", "train", "train", "test", "test"]
     sequences = "".join(f">{i}\n{s}\n" for i, (s, _) in enumerate(proteins))
-    labels = "".join(
-        f">{i} SET={sets[i]} VALIDATION={i == 3}\n{states}\n" for i, (_, states) in enumerate(proteins)
-    )
+    labels = "".join(f">{i} SET={sets[i]} VALIDATION={i == 3}\n{states}\n" for i, (_, states) in enumerate(proteins))
     masks = "".join(f">{i}\n{'0' + '1' * (len(s) - 2) + '0'}\n" for i, (s, _) in enumerate(proteins))
     with zipfile.ZipFile(directory / "splits.zip", "w", zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("splits/sequences.fasta", sequences)
@@ -308,7 +322,14 @@ def load_sequence_fasta(directory: Path, split: str, task: str, num_classes: int
 
 
 def _own_rows(task: str) -> list[tuple[str, str]]:
-    sequences = ["MKTAYIAKQRQISFVK", "GSHMLEDPVAVVTGAS", "MSEEKAVLIVGLGRAG", "PEELKKLLEELAKRHG", "TTYKLILNGKTLKGET", "ADLEDNWETLNDNLKV"]
+    sequences = [
+        "MKTAYIAKQRQISFVK",
+        "GSHMLEDPVAVVTGAS",
+        "MSEEKAVLIVGLGRAG",
+        "PEELKKLLEELAKRHG",
+        "TTYKLILNGKTLKGET",
+        "ADLEDNWETLNDNLKV",
+    ]
     return [(s, str(i % 2) if task == "classification" else f"{0.5 * i - 1:.2f}") for i, s in enumerate(sequences)]
 
 
@@ -377,6 +398,10 @@ for _kind, _layout, _load in (("csv", CSV_LAYOUT, load_sequence_csv), ("fasta", 
                 make_fixture=_make_own_fixture(_kind, _task),
                 folder=None,
                 description=f"your protein sequences for {_task}: {_layout}"
-                + ("; labels are class indices 0..C-1 (option num_classes=C checks the range)" if _task == "classification" else "; labels are numbers"),
+                + (
+                    "; labels are class indices 0..C-1 (option num_classes=C checks the range)"
+                    if _task == "classification"
+                    else "; labels are numbers"
+                ),
             )
         )

@@ -21,8 +21,14 @@ def zip_members(archive: Path) -> dict[str, str]:
     except FileNotFoundError:
         raise DataError(f"{archive} does not exist") from None
     except (zipfile.BadZipFile, OSError) as error:
-        raise DataError(f"{archive} is not a readable zip archive ({error}); the file is corrupt or incomplete, delete it and fetch it again") from None
-    return {n.rsplit("/", 1)[-1]: n for n in names if not n.endswith("/") and "__MACOSX" not in n and not n.rsplit("/", 1)[-1].startswith(".")}
+        raise DataError(
+            f"{archive} is not a readable zip archive ({error}); the file is corrupt or incomplete, delete it and fetch it again"
+        ) from None
+    return {
+        n.rsplit("/", 1)[-1]: n
+        for n in names
+        if not n.endswith("/") and "__MACOSX" not in n and not n.rsplit("/", 1)[-1].startswith(".")
+    }
 
 
 def read_zip_text(archive: Path, member: str) -> str:
@@ -30,7 +36,9 @@ def read_zip_text(archive: Path, member: str) -> str:
         with zipfile.ZipFile(archive) as handle:
             return handle.read(member).decode("utf-8")
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, UnicodeDecodeError) as error:
-        raise DataError(f"{archive}: member {member} cannot be read ({type(error).__name__}: {error}); the archive is corrupt") from None
+        raise DataError(
+            f"{archive}: member {member} cannot be read ({type(error).__name__}: {error}); the archive is corrupt"
+        ) from None
 
 
 def read_text(path: Path, layout: str) -> str:
@@ -49,11 +57,15 @@ def read_csv_rows(text: str, where: str, required: Iterable[str]) -> list[tuple[
         columns = reader.fieldnames or []
         missing = [c for c in required if c not in columns]
         if missing:
-            raise DataError(f"{where}: missing column(s) {', '.join(missing)}; found {', '.join(columns) or 'no header'}")
+            raise DataError(
+                f"{where}: missing column(s) {', '.join(missing)}; found {', '.join(columns) or 'no header'}"
+            )
         rows = []
         for row in reader:
             if None in row or any(value is None for value in row.values()):
-                raise DataError(f"{where} line {reader.line_num}: expected {len(columns)} fields ({', '.join(columns)})")
+                raise DataError(
+                    f"{where} line {reader.line_num}: expected {len(columns)} fields ({', '.join(columns)})"
+                )
             rows.append((reader.line_num, row))
     except csv.Error as error:
         raise DataError(f"{where} line {reader.line_num}: not valid CSV ({error})") from None

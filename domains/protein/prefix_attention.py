@@ -17,18 +17,39 @@ from zoo.peft.prefix_attention import prepend_attended, register_prefix_attentio
 
 
 def esm_forward(
-    prefixes, index, attn, query, key, value, key_padding_mask=None, incremental_state=None, need_weights=True,
-    static_kv=False, attn_mask=None, before_softmax=False, need_head_weights=False,
+    prefixes,
+    index,
+    attn,
+    query,
+    key,
+    value,
+    key_padding_mask=None,
+    incremental_state=None,
+    need_weights=True,
+    static_kv=False,
+    attn_mask=None,
+    before_softmax=False,
+    need_head_weights=False,
 ):
     prefix = prefixes.current_prefix(index)
     if prefix is None:
         return type(attn).forward(
-            attn, query, key, value, key_padding_mask=key_padding_mask, incremental_state=incremental_state,
-            need_weights=need_weights, static_kv=static_kv, attn_mask=attn_mask, before_softmax=before_softmax,
+            attn,
+            query,
+            key,
+            value,
+            key_padding_mask=key_padding_mask,
+            incremental_state=incremental_state,
+            need_weights=need_weights,
+            static_kv=static_kv,
+            attn_mask=attn_mask,
+            before_softmax=before_softmax,
             need_head_weights=need_head_weights,
         )
     if incremental_state is not None or static_kv or before_softmax:
-        raise RuntimeError("prefix tuning on fair-esm attention runs whole sequences: no incremental_state, static_kv or before_softmax")
+        raise RuntimeError(
+            "prefix tuning on fair-esm attention runs whole sequences: no incremental_state, static_kv or before_softmax"
+        )
     if attn.self_attention:
         key = value = query
     tokens, batch, embed = query.shape  # sequence-first, as fairseq
@@ -40,7 +61,13 @@ def esm_forward(
         q, k = attn.rot_emb(q, k)  # tokens only: the prefixes carry no position
     count = prefix[0].shape[0]
     # (P, hidden) -> (batch * heads, P, head_dim), ordered as the tokens' batch * heads axis.
-    spread = lambda p: p.to(q.dtype).view(count, heads, head_dim).transpose(0, 1).expand(batch, -1, -1, -1).reshape(-1, count, head_dim)
+    spread = lambda p: (
+        p.to(q.dtype)
+        .view(count, heads, head_dim)
+        .transpose(0, 1)
+        .expand(batch, -1, -1, -1)
+        .reshape(-1, count, head_dim)
+    )
     k, v = torch.cat([spread(prefix[0]), k], dim=1), torch.cat([spread(prefix[1]), v], dim=1)
     scores = torch.bmm(q, k.transpose(1, 2))
     if attn_mask is not None:  # additive (tokens, keys)
@@ -67,5 +94,9 @@ def _check_esm(attn) -> None:
 
 
 register_prefix_attention(
-    "esm.multihead_attention", "MultiheadAttention", esm_forward, _check_esm, description="fair-esm's MultiheadAttention"
+    "esm.multihead_attention",
+    "MultiheadAttention",
+    esm_forward,
+    _check_esm,
+    description="fair-esm's MultiheadAttention",
 )

@@ -110,17 +110,28 @@ class SpeechEncoder(nn.Module):
         waveforms = []
         for index, example in enumerate(examples):
             if not (isinstance(example, (tuple, list)) and len(example) == 2):
-                raise DataError(f"speech example {index}: expected a (waveform, sample_rate) pair, got {type(example).__name__}")
+                raise DataError(
+                    f"speech example {index}: expected a (waveform, sample_rate) pair, got {type(example).__name__}"
+                )
             waveform, sample_rate = example
             waveform = torch.as_tensor(waveform, dtype=torch.float32)
             if waveform.dim() == 2:  # (channels, time): average the channels
                 waveform = waveform.mean(0)
             if waveform.dim() != 1:
-                raise DataError(f"speech example {index}: waveform has shape {tuple(waveform.shape)}; allowed (time,) or (channels, time)")
+                raise DataError(
+                    f"speech example {index}: waveform has shape {tuple(waveform.shape)}; allowed (time,) or (channels, time)"
+                )
             if waveform.numel() == 0:
                 raise DataError(f"speech example {index}: the waveform is empty (0 samples)")
-            if not isinstance(sample_rate, numbers.Real) or isinstance(sample_rate, bool) or sample_rate <= 0 or sample_rate != int(sample_rate):
-                raise DataError(f"speech example {index}: sample_rate={sample_rate!r}; expected a positive whole number of Hz")
+            if (
+                not isinstance(sample_rate, numbers.Real)
+                or isinstance(sample_rate, bool)
+                or sample_rate <= 0
+                or sample_rate != int(sample_rate)
+            ):
+                raise DataError(
+                    f"speech example {index}: sample_rate={sample_rate!r}; expected a positive whole number of Hz"
+                )
             if int(sample_rate) != SAMPLE_RATE:
                 waveform = AF.resample(waveform, int(sample_rate), SAMPLE_RATE)
             if self.normalize_waveform:  # per-utterance zero mean, unit variance (large wav2vec2 models)

@@ -59,7 +59,12 @@ def write_tone(path: Path, frequency: float, seconds: float, sample_rate: int, s
     time = np.arange(int(seconds * sample_rate)) / sample_rate
     noise = np.random.default_rng(seed).normal(0.0, 0.02, time.shape)
     path.parent.mkdir(parents=True, exist_ok=True)
-    soundfile.write(str(path), (0.4 * np.sin(2 * np.pi * frequency * time) + noise).astype(np.float32), sample_rate, subtype="PCM_16")
+    soundfile.write(
+        str(path),
+        (0.4 * np.sin(2 * np.pi * frequency * time) + noise).astype(np.float32),
+        sample_rate,
+        subtype="PCM_16",
+    )
 
 
 def _no_empty(dataset: AudioClips, name: str, split: str, where: Path) -> AudioClips:
@@ -81,7 +86,9 @@ FSDD_SPLITS = {"test": range(0, 5), "val": range(5, 10), "train": range(10, 10**
 def load_fsdd(directory: Path, split: str) -> AudioClips:
     recordings = directory / "recordings"
     if not recordings.is_dir():
-        raise DataError(f"dataset fsdd: {recordings} is missing; expected recordings/{{digit}}_{{speaker}}_{{index}}.wav")
+        raise DataError(
+            f"dataset fsdd: {recordings} is missing; expected recordings/{{digit}}_{{speaker}}_{{index}}.wav"
+        )
     files, labels = [], []
     for file in sorted(recordings.glob("*.wav")):
         match = FSDD_NAME.fullmatch(file.stem)
@@ -183,8 +190,12 @@ def make_speech_commands_fixture(directory: Path) -> None:
         for s, speaker in enumerate(speakers):
             write_tone(directory / word / f"{speaker}_nohash_0.wav", 300 + 100 * w, 0.1, 16000, seed=10 * w + s)
     write_tone(directory / "_background_noise_" / "white_noise.wav", 50, 0.2, 16000, seed=99)
-    (directory / "validation_list.txt").write_text("".join(f"{w}/{speakers[1]}_nohash_0.wav\n" for w in ("yes", "no", "up", "down")))
-    (directory / "testing_list.txt").write_text("".join(f"{w}/{speakers[2]}_nohash_0.wav\n" for w in ("yes", "no", "up", "down")))
+    (directory / "validation_list.txt").write_text(
+        "".join(f"{w}/{speakers[1]}_nohash_0.wav\n" for w in ("yes", "no", "up", "down"))
+    )
+    (directory / "testing_list.txt").write_text(
+        "".join(f"{w}/{speakers[2]}_nohash_0.wav\n" for w in ("yes", "no", "up", "down"))
+    )
 
 
 register_dataset(
@@ -218,7 +229,13 @@ def load_audio_folder(directory: Path, split: str, classes: Sequence[str] | None
     split_dir = directory / split
     if not split_dir.is_dir():
         raise DataError(f"dataset audio_folder: {split_dir} is missing; expected <root>/{split}/<class>/<clip>.wav")
-    found = {p.name for s in ("train", "val", "test") if (directory / s).is_dir() for p in (directory / s).iterdir() if p.is_dir()}
+    found = {
+        p.name
+        for s in ("train", "val", "test")
+        if (directory / s).is_dir()
+        for p in (directory / s).iterdir()
+        if p.is_dir()
+    }
     classes = list(classes) if classes is not None else sorted(found)
     index = {name: i for i, name in enumerate(classes)}
     files, labels = [], []

@@ -27,5 +27,8 @@ def torchaudio_forward(prefixes, index, attn, x, attention_mask=None, position_b
 
 
 register_prefix_attention(
-    "torchaudio.models.wav2vec2.components", "SelfAttention", torchaudio_forward, description="torchaudio's wav2vec2 SelfAttention"
+    "torchaudio.models.wav2vec2.components",
+    "SelfAttention",
+    torchaudio_forward,
+    description="torchaudio's wav2vec2 SelfAttention",
 )

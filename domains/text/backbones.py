@@ -71,7 +71,10 @@ T5_STRUCTURE = register_structure(
     )
 )
 register_exclusion(
-    "bitfit", T5_STRUCTURE.name, reason="T5's Linear layers and layer norms have no bias", error=r"selects no module with a bias"
+    "bitfit",
+    T5_STRUCTURE.name,
+    reason="T5's Linear layers and layer norms have no bias",
+    error=r"selects no module with a bias",
 )
 register_exclusion(
     "prefix",
@@ -148,7 +151,9 @@ def _aliased_t5_block_class(base: type) -> type:
     if "_T5BlockWithFFNAlias" not in globals():
         # Keeps the class name T5Block (transformers and accelerate match `_no_split_modules` by name);
         # the module-level binding lets pickle find it.
-        cls = type("T5Block", (base,), {"ffn": property(lambda self: self.layer[-1], doc="The feed-forward sub-layer.")})
+        cls = type(
+            "T5Block", (base,), {"ffn": property(lambda self: self.layer[-1], doc="The feed-forward sub-layer.")}
+        )
         cls.__module__, cls.__qualname__ = __name__, "_T5BlockWithFFNAlias"
         globals()["_T5BlockWithFFNAlias"] = cls
     return globals()["_T5BlockWithFFNAlias"]
@@ -184,8 +189,14 @@ def load_pretrained(
                 f"{' or '.join(map(repr, model_types))}"
             )
         model, info = model_class.from_pretrained(
-            source, config=config, local_files_only=local_files_only, output_loading_info=True,
-            weights_only=True, dtype=torch.float32, **options, **model_options,
+            source,
+            config=config,
+            local_files_only=local_files_only,
+            output_loading_info=True,
+            weights_only=True,
+            dtype=torch.float32,
+            **options,
+            **model_options,
         )
         missing = [key for key in info.get("missing_keys", ()) if not key.endswith("position_ids")]
         if missing:
@@ -213,8 +224,9 @@ def load_pretrained(
 def _encoder_builder(
     name: str, model_type: str, pooling: str, tiny_config: Callable[[Any], Any], tiny_tokenizer: Callable[[], Any]
 ) -> Callable[..., nn.Module]:
-    def build(pretrained: bool | Path, tiny: bool, pooling: str = pooling, max_length: int = 128,
-              cache_dir: str | None = None) -> nn.Module:
+    def build(
+        pretrained: bool | Path, tiny: bool, pooling: str = pooling, max_length: int = 128, cache_dir: str | None = None
+    ) -> nn.Module:
         from transformers import AutoModel
 
         if tiny or not pretrained:
@@ -223,7 +235,9 @@ def _encoder_builder(
             model = AutoModel.from_config(config, add_pooling_layer=False)
         else:
             # The pooler (dense + tanh on [CLS]) is not used: pooling is mean or the raw first token.
-            model, tokenizer = load_pretrained(name, AutoModel, pretrained, (model_type,), cache_dir, add_pooling_layer=False)
+            model, tokenizer = load_pretrained(
+                name, AutoModel, pretrained, (model_type,), cache_dir, add_pooling_layer=False
+            )
         return TextBackbone(model, tokenizer, pooling=pooling, max_length=max_length)
 
     return build
@@ -247,15 +261,22 @@ def _base_tokenizer(name: str, cache_dir: str | None):
     from transformers import AutoTokenizer
 
     _base_config(name, cache_dir)
-    return AutoTokenizer.from_pretrained(BACKBONES.get(name).weights.source.removeprefix("hf-hub:"), local_files_only=True, cache_dir=cache_dir)
+    return AutoTokenizer.from_pretrained(
+        BACKBONES.get(name).weights.source.removeprefix("hf-hub:"), local_files_only=True, cache_dir=cache_dir
+    )
 
 
 def _tiny_bert(tokenizer):
     from transformers import BertConfig
 
     return BertConfig(
-        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-        max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        pad_token_id=tokenizer.pad_token_id,
     )
 
 
@@ -264,8 +285,16 @@ def _tiny_roberta(tokenizer):
 
     # RoBERTa numbers positions from pad_token_id + 1, so it needs two extra position slots.
     return RobertaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-        max_position_embeddings=130, pad_token_id=1, bos_token_id=0, eos_token_id=2, type_vocab_size=1,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=130,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+        type_vocab_size=1,
     )
 
 
@@ -273,15 +302,27 @@ def _tiny_t5(tokenizer):
     from transformers import T5Config
 
     return T5Config(
-        vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4,
-        relative_attention_num_buckets=8, relative_attention_max_distance=32, feed_forward_proj="gated-gelu",
-        tie_word_embeddings=False, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+        vocab_size=len(tokenizer),
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=32,
+        feed_forward_proj="gated-gelu",
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
     )
 
 
 def _hub(hub_id: str, licence: str) -> PretrainedWeights:
-    return PretrainedWeights(source=f"hf-hub:{hub_id}", licence=licence, local_format=LOCAL_FORMAT,
-                             url=f"https://huggingface.co/{hub_id}")
+    return PretrainedWeights(
+        source=f"hf-hub:{hub_id}", licence=licence, local_format=LOCAL_FORMAT, url=f"https://huggingface.co/{hub_id}"
+    )
 
 
 def _register_encoder(name, hub_id, licence, model_type, pooling, tiny_config, tiny_tokenizer, description):
@@ -292,18 +333,47 @@ def _register_encoder(name, hub_id, licence, model_type, pooling, tiny_config, t
     )(_encoder_builder(name, model_type, pooling, tiny_config, getattr(tiny_tokenizers, tiny_tokenizer)))
 
 
-_register_encoder("bert_base", "google-bert/bert-base-uncased", "Apache-2.0", "bert", "cls", _tiny_bert,
-                  "tiny_wordpiece_tokenizer", "BERT-base uncased (Devlin et al. 2019), 12 layers, hidden 768")
-_register_encoder("roberta_base", "FacebookAI/roberta-base", "MIT", "roberta", "cls", _tiny_roberta,
-                  "tiny_byte_level_tokenizer", "RoBERTa-base (Liu et al. 2019), 12 layers, hidden 768")
-_register_encoder("minilm_l6", "sentence-transformers/all-MiniLM-L6-v2", "Apache-2.0", "bert", "mean", _tiny_bert,
-                  "tiny_wordpiece_tokenizer",
-                  "all-MiniLM-L6-v2 sentence encoder (Wang et al. 2020; Reimers and Gurevych 2019), 6 layers, hidden 384, mean pooling")
+_register_encoder(
+    "bert_base",
+    "google-bert/bert-base-uncased",
+    "Apache-2.0",
+    "bert",
+    "cls",
+    _tiny_bert,
+    "tiny_wordpiece_tokenizer",
+    "BERT-base uncased (Devlin et al. 2019), 12 layers, hidden 768",
+)
+_register_encoder(
+    "roberta_base",
+    "FacebookAI/roberta-base",
+    "MIT",
+    "roberta",
+    "cls",
+    _tiny_roberta,
+    "tiny_byte_level_tokenizer",
+    "RoBERTa-base (Liu et al. 2019), 12 layers, hidden 768",
+)
+_register_encoder(
+    "minilm_l6",
+    "sentence-transformers/all-MiniLM-L6-v2",
+    "Apache-2.0",
+    "bert",
+    "mean",
+    _tiny_bert,
+    "tiny_wordpiece_tokenizer",
+    "all-MiniLM-L6-v2 sentence encoder (Wang et al. 2020; Reimers and Gurevych 2019), 6 layers, hidden 384, mean pooling",
+)
 
 
 def _t5_builder(name: str) -> Callable[..., nn.Module]:
-    def build(pretrained: bool | Path, tiny: bool, encoder_only: bool = True, pooling: str = "mean",
-              max_length: int = 512, cache_dir: str | None = None) -> nn.Module:
+    def build(
+        pretrained: bool | Path,
+        tiny: bool,
+        encoder_only: bool = True,
+        pooling: str = "mean",
+        max_length: int = 512,
+        cache_dir: str | None = None,
+    ) -> nn.Module:
         from transformers import T5EncoderModel, T5ForConditionalGeneration
 
         from domains.text.tiny_tokenizers import tiny_unigram_tokenizer
@@ -319,8 +389,14 @@ def _t5_builder(name: str) -> Callable[..., nn.Module]:
     return build
 
 
-for _name, _hub_id, _size in (("flan_t5_small", "google/flan-t5-small", "77M"), ("flan_t5_base", "google/flan-t5-base", "248M")):
+for _name, _hub_id, _size in (
+    ("flan_t5_small", "google/flan-t5-small", "77M"),
+    ("flan_t5_base", "google/flan-t5-base", "248M"),
+):
     register_backbone(
-        _name, domain="text", weights=_hub(_hub_id, "Apache-2.0"), structure=T5_STRUCTURE,
+        _name,
+        domain="text",
+        weights=_hub(_hub_id, "Apache-2.0"),
+        structure=T5_STRUCTURE,
         description=f"FLAN-T5 {_size} (Chung et al. 2022) encoder-decoder; features are the encoder's",
     )(_t5_builder(_name))

@@ -25,8 +25,9 @@ class TextClassification(Dataset):
     """Texts with integer labels; ``label_names[i]`` names class i. ``source`` is the file read and
     ``selection`` which of its rows, when not all (e.g. a split made from one file)."""
 
-    def __init__(self, texts: Sequence[str], labels: Sequence[int], label_names: Sequence[str], source: Path,
-                 selection: str = "") -> None:
+    def __init__(
+        self, texts: Sequence[str], labels: Sequence[int], label_names: Sequence[str], source: Path, selection: str = ""
+    ) -> None:
         self.texts, self.labels, self.label_names, self.source = list(texts), list(labels), list(label_names), source
         self.selection = selection
 
@@ -62,8 +63,10 @@ def read_lines(path: Path) -> Iterator[tuple[int, str]]:
             try:
                 line = raw.decode("utf-8-sig" if line_number == 1 else "utf-8")
             except UnicodeDecodeError as error:
-                raise DataError(f"{path}, line {line_number}: not UTF-8 text ({error.reason} at column {error.start + 1}); "
-                                f"the file is corrupt or in another encoding") from None
+                raise DataError(
+                    f"{path}, line {line_number}: not UTF-8 text ({error.reason} at column {error.start + 1}); "
+                    f"the file is corrupt or in another encoding"
+                ) from None
             yield line_number, line.rstrip("\r\n")
 
 
@@ -103,9 +106,13 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as error:
-            raise DataError(f"{path}, line {line_number}: not valid JSON ({error.msg} at column {error.colno})") from None
+            raise DataError(
+                f"{path}, line {line_number}: not valid JSON ({error.msg} at column {error.colno})"
+            ) from None
         if not isinstance(record, dict):
-            raise DataError(f"{path}, line {line_number}: expected a JSON object per line, found {type(record).__name__}")
+            raise DataError(
+                f"{path}, line {line_number}: expected a JSON object per line, found {type(record).__name__}"
+            )
         yield line_number, record
 
 
@@ -168,9 +175,14 @@ def load_sst2(directory: Path, split: str) -> TextClassification:
 
 def make_sst2_fixture(directory: Path) -> None:
     rows = {
-        "train.tsv": [("a gripping , beautifully acted film ", 1), ("dull and far too long ", 0),
-                      ("the best thing about it is the music ", 1), ("never finds its footing ", 0),
-                      ("warm , funny and smart ", 1), ("a tedious mess ", 0)],
+        "train.tsv": [
+            ("a gripping , beautifully acted film ", 1),
+            ("dull and far too long ", 0),
+            ("the best thing about it is the music ", 1),
+            ("never finds its footing ", 0),
+            ("warm , funny and smart ", 1),
+            ("a tedious mess ", 0),
+        ],
         "dev.tsv": [("it 's a charming and often affecting journey . ", 1), ("unflinchingly bleak and desperate ", 0)],
     }
     directory.mkdir(parents=True, exist_ok=True)
@@ -228,12 +240,16 @@ def load_agnews(directory: Path, split: str) -> TextClassification:
     csv_path = directory / AGNEWS_CSV.get(split, "-")
     tsv_path = directory / AGNEWS_TSV[split]
     dev_path = directory / AGNEWS_TSV["val"]
-    dev_only = dev_path.exists() and not any((directory / files["train"]).exists() for files in (AGNEWS_CSV, AGNEWS_TSV))
+    dev_only = dev_path.exists() and not any(
+        (directory / files["train"]).exists() for files in (AGNEWS_CSV, AGNEWS_TSV)
+    )
     if csv_path.exists():
         path = csv_path
         for line_number, row in read_csv(path):
             if len(row) != 3:
-                raise DataError(f"{path}, line {line_number}: expected 3 fields (class index, title, description), found {len(row)}")
+                raise DataError(
+                    f"{path}, line {line_number}: expected 3 fields (class index, title, description), found {len(row)}"
+                )
             if row[0].strip() not in ("1", "2", "3", "4"):
                 raise DataError(f"{path}, line {line_number}: class index {row[0]!r} is out of range; allowed 1..4")
             labels.append(int(row[0]) - 1)
@@ -246,8 +262,11 @@ def load_agnews(directory: Path, split: str) -> TextClassification:
                 labels.append(label)
                 texts.append(text.strip())
         if dev_only:
-            selection = (f"lines ending in {AGNEWS_DEV_ONLY[split]}" if split in AGNEWS_DEV_ONLY else
-                         f"lines not ending in {' or '.join(map(str, AGNEWS_DEV_ONLY.values()))}")
+            selection = (
+                f"lines ending in {AGNEWS_DEV_ONLY[split]}"
+                if split in AGNEWS_DEV_ONLY
+                else f"lines not ending in {' or '.join(map(str, AGNEWS_DEV_ONLY.values()))}"
+            )
     else:
         where = f"{csv_path.name} (canonical CSV) or {tsv_path.name}" if split in AGNEWS_CSV else tsv_path.name
         raise FileNotFoundError(f"dataset agnews: split {split!r} needs {where} in {directory}")
@@ -259,7 +278,7 @@ def make_agnews_fixture(directory: Path) -> None:
     examples = [
         (1, "Talks resume", "Diplomats met in Geneva on Monday to restart negotiations."),
         (2, "Late winner", "A stoppage-time goal sent the home side into the final."),
-        (3, "Shares climb", "Stocks rose after the \"surprise\" earnings report, analysts said."),
+        (3, "Shares climb", 'Stocks rose after the "surprise" earnings report, analysts said.'),
         (4, "New chip", "The company unveiled a faster, cooler processor for laptops."),
     ]
     directory.mkdir(parents=True, exist_ok=True)
@@ -311,7 +330,9 @@ def _user_file(root: Path, split: str, form: str) -> Path:
         for suffix in suffixes:
             if (root / f"{stem}{suffix}").exists():
                 return root / f"{stem}{suffix}"
-    raise FileNotFoundError(f"no {split} file in {root}: expected one of {', '.join(s + x for s in stems for x in suffixes)}")
+    raise FileNotFoundError(
+        f"no {split} file in {root}: expected one of {', '.join(s + x for s in stems for x in suffixes)}"
+    )
 
 
 def _records(path: Path, form: str) -> Iterator[tuple[int, dict]]:
@@ -341,8 +362,14 @@ def _text(record: dict, column: str, path: Path, line_number: int) -> str:
 
 
 def _classification_loader(form: str):
-    def load(root: Path, split: str, text_column: str = "text", label_column: str = "label",
-             labels: Sequence[str] | None = None, num_classes: int | None = None) -> TextClassification:
+    def load(
+        root: Path,
+        split: str,
+        text_column: str = "text",
+        label_column: str = "label",
+        labels: Sequence[str] | None = None,
+        num_classes: int | None = None,
+    ) -> TextClassification:
         path = _user_file(Path(root), split, form)
         texts, targets = [], []
         for line_number, record in _records(path, form):
@@ -369,11 +396,17 @@ def _generation_loader(form: str):
     return load
 
 
-CLASSIFICATION_FIXTURE = [("a delight from start to finish", "1"), ("I want my two hours back", "0"),
-                          ("sharp, funny, humane", "1"), ("the plot makes no sense", "0")]
-GENERATION_FIXTURE = [("summarize: The meeting moved to Friday because the room was booked.", "Meeting moved to Friday."),
-                      ("summarize: Rain is expected all weekend, so the match is postponed.", "Match postponed for rain."),
-                      ("translate English to German: thank you", "danke")]
+CLASSIFICATION_FIXTURE = [
+    ("a delight from start to finish", "1"),
+    ("I want my two hours back", "0"),
+    ("sharp, funny, humane", "1"),
+    ("the plot makes no sense", "0"),
+]
+GENERATION_FIXTURE = [
+    ("summarize: The meeting moved to Friday because the room was booked.", "Meeting moved to Friday."),
+    ("summarize: Rain is expected all weekend, so the match is postponed.", "Match postponed for rain."),
+    ("translate English to German: thank you", "danke"),
+]
 
 
 def _write_fixture(directory: Path, form: str, header: tuple[str, str], rows: list[tuple[str, str]]) -> None:

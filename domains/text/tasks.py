@@ -65,7 +65,9 @@ class Seq2SeqModel(nn.Module):
         labels = batch["labels"]
         decoder_input_ids = self.model._shift_right(labels)  # start token, then the target; -100 becomes pad
         return self.model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], decoder_input_ids=decoder_input_ids,
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            decoder_input_ids=decoder_input_ids,
             use_cache=False,
         ).logits
 
@@ -77,8 +79,11 @@ class Seq2SeqModel(nn.Module):
         batch = self.backbone.collate(list(sources))
         device = next(self.parameters()).device
         output = self.model.generate(
-            input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-            max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
+            input_ids=batch["input_ids"].to(device),
+            attention_mask=batch["attention_mask"].to(device),
+            max_new_tokens=max_new_tokens,
+            num_beams=num_beams,
+            do_sample=False,
         )
         return self.tokenizer.batch_decode(output, skip_special_tokens=True)
 

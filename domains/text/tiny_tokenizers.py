@@ -76,10 +76,15 @@ def tiny_unigram_tokenizer():
 
     backend = Tokenizer(Unigram(pieces, unk_id=2, byte_fallback=False))
     backend.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always", split=True)]
+        [
+            pre_tokenizers.WhitespaceSplit(),
+            pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always", split=True),
+        ]
     )
     backend.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always", split=True)
     backend.post_processor = processors.TemplateProcessing(
         single=["$A", "</s>"], pair=["$A", "</s>", "$B", "</s>"], special_tokens=[("</s>", 1)]
     )
-    return T5TokenizerFast(tokenizer_object=backend, extra_ids=0, eos_token="</s>", unk_token="<unk>", pad_token="<pad>")
+    return T5TokenizerFast(
+        tokenizer_object=backend, extra_ids=0, eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
+    )

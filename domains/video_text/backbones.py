@@ -126,7 +126,9 @@ class ClipVideoBackbone(nn.Module):
 
     def encode_text(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         if not self.has_text_tower:
-            raise RuntimeError("this backbone was built with text_tower=False; rebuild it with the text tower to encode captions")
+            raise RuntimeError(
+                "this backbone was built with text_tower=False; rebuild it with the text tower to encode captions"
+            )
         if "input_ids" not in batch:
             raise ValueError("the batch has no captions (input_ids); collate (frames, caption) pairs to encode text")
         return self.clip.encode_text(batch["input_ids"])
@@ -170,7 +172,9 @@ class ClipVideoBackbone(nn.Module):
 
         if not torch.is_tensor(frames) or frames.dim() != 4 or frames.shape[1] not in (1, 3) or frames.shape[0] == 0:
             shape = tuple(frames.shape) if torch.is_tensor(frames) else type(frames).__name__
-            raise ValueError(f"example {index}: frames must be a tensor (F, C, H, W) with F >= 1 and C = 1 or 3, got {shape}")
+            raise ValueError(
+                f"example {index}: frames must be a tensor (F, C, H, W) with F >= 1 and C = 1 or 3, got {shape}"
+            )
         if frames.dtype == torch.uint8:
             frames = frames.float() / 255.0
         frames = frames.float()
@@ -183,10 +187,13 @@ class ClipVideoBackbone(nn.Module):
 
     def example_inputs(self, count: int) -> list[Any]:
         generator = torch.Generator().manual_seed(0)
-        words = ["a dog runs on the beach", "a man is cooking pasta", "people dance at a party", "a car drives at night"]
-        return [
-            (torch.rand(2 + i % 2, 3, 40, 48, generator=generator), words[i % len(words)]) for i in range(count)
+        words = [
+            "a dog runs on the beach",
+            "a man is cooking pasta",
+            "people dance at a party",
+            "a car drives at night",
         ]
+        return [(torch.rand(2 + i % 2, 3, 40, 48, generator=generator), words[i % len(words)]) for i in range(count)]
 
 
 # -- building and loading -------------------------------------------------------------------
@@ -195,7 +202,11 @@ def _clip_from_config(model_config: dict[str, Any], quick_gelu: bool) -> nn.Modu
 
     config = dict(model_config)
     unsupported = [k for k in ("custom_text", "multimodal_cfg") if config.get(k)]
-    unsupported += [k for k in ("timm_model_name", "hf_model_name") if config.get("vision_cfg", {}).get(k) or config.get("text_cfg", {}).get(k)]
+    unsupported += [
+        k
+        for k in ("timm_model_name", "hf_model_name")
+        if config.get("vision_cfg", {}).get(k) or config.get("text_cfg", {}).get(k)
+    ]
     if unsupported:
         raise ValueError(
             f"the config uses {', '.join(unsupported)}; this backbone takes open_clip's built-in ViT CLIP "
@@ -339,7 +350,8 @@ def clip_vit_b32(pretrained: bool | Path = False, tiny: bool = False, **options:
     weights=PretrainedWeights(
         source="open_clip:ViT-B-32/openai",
         licence="MIT",
-        local_format=LOCAL_FORMAT + " (QuickGELU; OpenAI's TorchScript ViT-B-32.pt is not read: it is not a plain state dict)",
+        local_format=LOCAL_FORMAT
+        + " (QuickGELU; OpenAI's TorchScript ViT-B-32.pt is not read: it is not a plain state dict)",
         url="https://huggingface.co/timm/vit_base_patch32_clip_224.openai",
         sha256=None,
     ),

@@ -100,7 +100,9 @@ def _record(video_id, caption, category, where: str) -> Record:
         raise DataError(f"{where}: video_id {video_id!r} must be a non-empty file name")
     if not isinstance(caption, str) or not caption.strip():
         raise DataError(f"{where}: video {video_id} has an empty caption ({caption!r})")
-    if category is not None and (isinstance(category, bool) or not isinstance(category, int) or not 0 <= category < len(CATEGORIES)):
+    if category is not None and (
+        isinstance(category, bool) or not isinstance(category, int) or not 0 <= category < len(CATEGORIES)
+    ):
         raise DataError(f"{where}: video {video_id} has category {category!r}; categories are 0..{len(CATEGORIES) - 1}")
     return Record(video_id, caption.strip(), category, where)
 
@@ -136,7 +138,9 @@ def _read_canonical(root: Path, split: str, task: str) -> list[Record]:
             data = json.load(handle)
         entries = data["annotations"]
     except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise DataError(f"{annotation}: not MSR-VTT's COCO-style annotation file ({type(error).__name__}: {error})") from None
+        raise DataError(
+            f"{annotation}: not MSR-VTT's COCO-style annotation file ({type(error).__name__}: {error})"
+        ) from None
     categories = {}
     for video in data.get("images", []) + data.get("videos", []):
         if isinstance(video, dict) and "category" in video:
@@ -146,7 +150,9 @@ def _read_canonical(root: Path, split: str, task: str) -> list[Record]:
         captions.setdefault(entry.get("image_id"), []).append(entry.get("caption"))
     missing = [v for v in wanted if v not in captions]
     if missing:
-        raise DataError(f"{list_path} names video {missing[0]} ({len(missing)} in all), which has no caption in {annotation}")
+        raise DataError(
+            f"{list_path} names video {missing[0]} ({len(missing)} in all), which has no caption in {annotation}"
+        )
     if task == "category":
         if not categories:
             raise DataError(
@@ -157,7 +163,9 @@ def _read_canonical(root: Path, split: str, task: str) -> list[Record]:
     if split == "train":
         return [_record(v, c, categories.get(v), f"{annotation} (video {v})") for v in wanted for c in captions[v]]
     picks = _test_caption_picks(lists / "jsfusion_val_caption_idx.pkl")
-    return [_record(v, captions[v][int(picks.get(v, 0))], categories.get(v), f"{annotation} (video {v})") for v in wanted]
+    return [
+        _record(v, captions[v][int(picks.get(v, 0))], categories.get(v), f"{annotation} (video {v})") for v in wanted
+    ]
 
 
 def _test_caption_picks(path: Path) -> dict[str, int]:
@@ -236,7 +244,9 @@ class MsrvttCategories(Dataset):
             if record.category is None:
                 raise DataError(f"{record.where}: video {record.video_id} has no category, which msrvtt_category needs")
             if categories.setdefault(record.video_id, record.category) != record.category:
-                raise DataError(f"{record.where}: video {record.video_id} has category {record.category}, elsewhere {categories[record.video_id]}")
+                raise DataError(
+                    f"{record.where}: video {record.video_id} has category {record.category}, elsewhere {categories[record.video_id]}"
+                )
         self.paths = _resolve_clips(records, videos)
         self.video_ids = list(categories)
         self.labels = [categories[v] for v in self.video_ids]

@@ -135,51 +135,134 @@ class MedMNISTFile(NamedTuple):
     description: str
 
 
-ORGANS = ("bladder", "femur-left", "femur-right", "heart", "kidney-left", "kidney-right", "liver", "lung-left",
-          "lung-right", "pancreas", "spleen")
+ORGANS = (
+    "bladder",
+    "femur-left",
+    "femur-right",
+    "heart",
+    "kidney-left",
+    "kidney-right",
+    "liver",
+    "lung-left",
+    "lung-right",
+    "pancreas",
+    "spleen",
+)
 MEDMNIST = {
     "pneumoniamnist": MedMNISTFile(
-        "28209eda62fecd6e6a2d98b1501bb15f", 1, ("normal", "pneumonia"), "CC BY 4.0",
-        "paediatric chest X-ray, pneumonia vs normal (4708/524/624)"),
+        "28209eda62fecd6e6a2d98b1501bb15f",
+        1,
+        ("normal", "pneumonia"),
+        "CC BY 4.0",
+        "paediatric chest X-ray, pneumonia vs normal (4708/524/624)",
+    ),
     "breastmnist": MedMNISTFile(
-        "750601b1f35ba3300ea97c75c52ff8f6", 1, ("malignant", "normal, benign"), "CC BY 4.0",
-        "breast ultrasound, malignant vs normal/benign (546/78/156)"),
+        "750601b1f35ba3300ea97c75c52ff8f6",
+        1,
+        ("malignant", "normal, benign"),
+        "CC BY 4.0",
+        "breast ultrasound, malignant vs normal/benign (546/78/156)",
+    ),
     "dermamnist": MedMNISTFile(
-        "0744692d530f8e62ec473284d019b0c7", 3,
-        ("actinic keratoses and intraepithelial carcinoma", "basal cell carcinoma", "benign keratosis-like lesions",
-         "dermatofibroma", "melanoma", "melanocytic nevi", "vascular lesions"), "CC BY-NC 4.0",
-        "dermatoscopy (HAM10000), 7 skin lesion classes (7007/1003/2005)"),
+        "0744692d530f8e62ec473284d019b0c7",
+        3,
+        (
+            "actinic keratoses and intraepithelial carcinoma",
+            "basal cell carcinoma",
+            "benign keratosis-like lesions",
+            "dermatofibroma",
+            "melanoma",
+            "melanocytic nevi",
+            "vascular lesions",
+        ),
+        "CC BY-NC 4.0",
+        "dermatoscopy (HAM10000), 7 skin lesion classes (7007/1003/2005)",
+    ),
     "bloodmnist": MedMNISTFile(
-        "7053d0359d879ad8a5505303e11de1dc", 3,
-        ("basophil", "eosinophil", "erythroblast", "immature granulocytes", "lymphocyte", "monocyte", "neutrophil",
-         "platelet"), "CC BY 4.0", "blood cell microscopy, 8 cell types (11959/1712/3421)"),
+        "7053d0359d879ad8a5505303e11de1dc",
+        3,
+        (
+            "basophil",
+            "eosinophil",
+            "erythroblast",
+            "immature granulocytes",
+            "lymphocyte",
+            "monocyte",
+            "neutrophil",
+            "platelet",
+        ),
+        "CC BY 4.0",
+        "blood cell microscopy, 8 cell types (11959/1712/3421)",
+    ),
     "organamnist": MedMNISTFile(
-        "68e3f8846a6bd62f0c9bf841c0d9eacc", 1, ORGANS, "CC BY 4.0",
-        "abdominal CT, axial view, 11 organs (34561/6491/17778)"),
+        "68e3f8846a6bd62f0c9bf841c0d9eacc",
+        1,
+        ORGANS,
+        "CC BY 4.0",
+        "abdominal CT, axial view, 11 organs (34561/6491/17778)",
+    ),
     "organcmnist": MedMNISTFile(
-        "b9ceb9546e10131b32923c5bbeaea2b1", 1, ORGANS, "CC BY 4.0",
-        "abdominal CT, coronal view, 11 organs (12975/2392/8216)"),
+        "b9ceb9546e10131b32923c5bbeaea2b1",
+        1,
+        ORGANS,
+        "CC BY 4.0",
+        "abdominal CT, coronal view, 11 organs (12975/2392/8216)",
+    ),
     "organsmnist": MedMNISTFile(
-        "9ab87b696fb54e2a387ebe992d6ed5f1", 1, ORGANS, "CC BY 4.0",
-        "abdominal CT, sagittal view, 11 organs (13932/2452/8827)"),
+        "9ab87b696fb54e2a387ebe992d6ed5f1",
+        1,
+        ORGANS,
+        "CC BY 4.0",
+        "abdominal CT, sagittal view, 11 organs (13932/2452/8827)",
+    ),
     "octmnist": MedMNISTFile(
-        "c68d92d5b585d8d81f7112f81e2d0842", 1,
-        ("choroidal neovascularization", "diabetic macular edema", "drusen", "normal"), "CC BY 4.0",
-        "retinal OCT, 4 diagnoses (97477/10832/1000)"),
+        "c68d92d5b585d8d81f7112f81e2d0842",
+        1,
+        ("choroidal neovascularization", "diabetic macular edema", "drusen", "normal"),
+        "CC BY 4.0",
+        "retinal OCT, 4 diagnoses (97477/10832/1000)",
+    ),
     "pathmnist": MedMNISTFile(
-        "a8b06965200029087d5bd730944a56c1", 3,
-        ("adipose", "background", "debris", "lymphocytes", "mucus", "smooth muscle", "normal colon mucosa",
-         "cancer-associated stroma", "colorectal adenocarcinoma epithelium"), "CC BY 4.0",
-        "colon pathology (NCT-CRC-HE), 9 tissue types (89996/10004/7180)"),
+        "a8b06965200029087d5bd730944a56c1",
+        3,
+        (
+            "adipose",
+            "background",
+            "debris",
+            "lymphocytes",
+            "mucus",
+            "smooth muscle",
+            "normal colon mucosa",
+            "cancer-associated stroma",
+            "colorectal adenocarcinoma epithelium",
+        ),
+        "CC BY 4.0",
+        "colon pathology (NCT-CRC-HE), 9 tissue types (89996/10004/7180)",
+    ),
     "tissuemnist": MedMNISTFile(
-        "ebe78ee8b05294063de985d821c1c34b", 1,
-        ("collecting duct, connecting tubule", "distal convoluted tubule", "glomerular endothelial cells",
-         "interstitial endothelial cells", "leukocytes", "podocytes", "proximal tubule segments",
-         "thick ascending limb"), "CC BY 4.0", "kidney cortex cell microscopy, 8 types (165466/23640/47280)"),
+        "ebe78ee8b05294063de985d821c1c34b",
+        1,
+        (
+            "collecting duct, connecting tubule",
+            "distal convoluted tubule",
+            "glomerular endothelial cells",
+            "interstitial endothelial cells",
+            "leukocytes",
+            "podocytes",
+            "proximal tubule segments",
+            "thick ascending limb",
+        ),
+        "CC BY 4.0",
+        "kidney cortex cell microscopy, 8 types (165466/23640/47280)",
+    ),
     # Ordinal 5-level grading upstream; MedMNIST reports it with the multi-class AUC and ACC.
     "retinamnist": MedMNISTFile(
-        "bd4c0672f1bba3e3a89f0e4e876791e4", 3, ("0", "1", "2", "3", "4"), "CC BY 4.0",
-        "fundus photographs, diabetic retinopathy grade 0-4 (1080/120/400)"),
+        "bd4c0672f1bba3e3a89f0e4e876791e4",
+        3,
+        ("0", "1", "2", "3", "4"),
+        "CC BY 4.0",
+        "fundus photographs, diabetic retinopathy grade 0-4 (1080/120/400)",
+    ),
 }
 # chestmnist (14 labels per image) is not registered: zoo.tasks.heads has no multi-label task yet;
 # load_medmnist(..., multi_label=True) already reads it.
@@ -211,7 +294,10 @@ for _name, _info in MEDMNIST.items():
 # The shared offline copy is a subset of PneumoniaMNIST (2428/270/468 images): same layout,
 # checked against the official file's MD5 so that it loads with a ChecksumWarning.
 _register_medmnist(
-    "pneumoniamnist_subset", "pneumoniamnist_subset.npz", "pneumoniamnist", MEDMNIST["pneumoniamnist"],
+    "pneumoniamnist_subset",
+    "pneumoniamnist_subset.npz",
+    "pneumoniamnist",
+    MEDMNIST["pneumoniamnist"],
     "PneumoniaMNIST, a local subset in the official layout (the official file if downloaded)",
 )
 
@@ -276,9 +362,7 @@ def load_image_folder(directory: Path, split: str, classes: Sequence[str] | None
             if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith("."):
                 samples.append((path, index_of[class_folder.name]))
     if not samples:
-        raise DataError(
-            f"image folder {split_root}: no images ({', '.join(IMAGE_EXTENSIONS)}) in its class folders"
-        )
+        raise DataError(f"image folder {split_root}: no images ({', '.join(IMAGE_EXTENSIONS)}) in its class folders")
     return ImageFolderDataset(samples, classes)
 
 

@@ -15,8 +15,13 @@ from zoo.experiment.recipes import list_recipes
 pytestmark = pytest.mark.filterwarnings("ignore::zoo.catalog.download.ChecksumWarning")
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 # Small enough to train on a CPU in a second, built by the real vit_b16 loading code from a local file.
-SMALL_VIT = ("backbone.options.img_size=32", "backbone.options.patch_size=8", "backbone.options.depth=2",
-             "backbone.options.embed_dim=32", "backbone.options.num_heads=4")
+SMALL_VIT = (
+    "backbone.options.img_size=32",
+    "backbone.options.patch_size=8",
+    "backbone.options.depth=2",
+    "backbone.options.embed_dim=32",
+    "backbone.options.num_heads=4",
+)
 
 
 def write_fixture(name: str, root: Path) -> Path:
@@ -29,10 +34,17 @@ def assert_nothing_written(tmp_path: Path) -> None:
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize(("what", "expected"), [
-    ("recipes", "vision/medical-lora"), ("methods", "lora"), ("backbones", "vit_b16"),
-    ("datasets", "pneumoniamnist_subset"), ("tasks", "retrieval"), ("structures", "timm-vit"),
-])
+@pytest.mark.parametrize(
+    ("what", "expected"),
+    [
+        ("recipes", "vision/medical-lora"),
+        ("methods", "lora"),
+        ("backbones", "vit_b16"),
+        ("datasets", "pneumoniamnist_subset"),
+        ("tasks", "retrieval"),
+        ("structures", "timm-vit"),
+    ],
+)
 def test_ls_lists_each_kind(zoo, what, expected):
     code, out, _ = zoo("ls", what)
     assert code == 0 and expected in out
@@ -98,7 +110,9 @@ def test_pretrained_weights_unavailable_offline_say_how_to_pass_a_checkpoint(zoo
     assert code == 2 and "backbone vit_b16" in err
     assert "backbone.pretrained=/path/to/checkpoint" in err and "scale=tiny" in err
     assert "never switches to random weights" in err
-    code, _, err = zoo("train", "vision/medical-lora", f"data.root={root}", f"backbone.pretrained={tmp_path / 'nope.pt'}")
+    code, _, err = zoo(
+        "train", "vision/medical-lora", f"data.root={root}", f"backbone.pretrained={tmp_path / 'nope.pt'}"
+    )
     assert code == 2 and "nope.pt does not exist" in err
     assert_nothing_written(tmp_path)
 
@@ -117,13 +131,22 @@ def test_offline_route_local_data_root_and_local_checkpoint(zoo, tmp_path, data,
     else:
         root = write_fixture("pneumoniamnist_subset", tmp_path / "data")
     monkeypatch.setenv("ZOO_DATA_DIR", str(root))
-    vit = timm.create_model("vit_base_patch16_224", num_classes=0, img_size=32, patch_size=8, depth=2, embed_dim=32,
-                            num_heads=4)
+    vit = timm.create_model(
+        "vit_base_patch16_224", num_classes=0, img_size=32, patch_size=8, depth=2, embed_dim=32, num_heads=4
+    )
     save_file(vit.state_dict(), tmp_path / "vit.safetensors")
     code, out, err = zoo(
-        "train", "vision/medical-lora", "data.name=pneumoniamnist_subset", f"backbone.pretrained={tmp_path / 'vit.safetensors'}",
-        *SMALL_VIT, "data.max_train_examples=16", "data.max_eval_examples=16", "train.max_steps=2", "train.precision=fp32",
-        "--out", "offline",
+        "train",
+        "vision/medical-lora",
+        "data.name=pneumoniamnist_subset",
+        f"backbone.pretrained={tmp_path / 'vit.safetensors'}",
+        *SMALL_VIT,
+        "data.max_train_examples=16",
+        "data.max_eval_examples=16",
+        "train.max_steps=2",
+        "train.precision=fp32",
+        "--out",
+        "offline",
     )
     assert code == 0, err
     card = (tmp_path / "offline" / "README.md").read_text()

@@ -39,9 +39,16 @@ def minilm_folder() -> Path:
 def test_card_states_the_files_read_and_the_backbone_that_ran(zoo, tmp_path):
     folder = write_sst2(tmp_path / "data", train_rows=10, dev_rows=7)
     code, _, err = zoo(
-        "train", "text/sst2-lora", "backbone.name=minilm_l6", f"backbone.pretrained={minilm_folder()}",
-        f"data.root={tmp_path / 'data'}", "train.max_steps=1", "train.batch_size=4", "train.precision=fp32",
-        "--out", "run",
+        "train",
+        "text/sst2-lora",
+        "backbone.name=minilm_l6",
+        f"backbone.pretrained={minilm_folder()}",
+        f"data.root={tmp_path / 'data'}",
+        "train.max_steps=1",
+        "train.batch_size=4",
+        "train.precision=fp32",
+        "--out",
+        "run",
     )
     assert code == 0, err
     card = (tmp_path / "run" / "README.md").read_text()
@@ -85,4 +92,6 @@ def test_ls_datasets_on_the_shared_copies(zoo, monkeypatch):
     assert "differs from the canonical file" in out
     _, out, _ = zoo("ls", "datasets", "agnews")
     assert "train: dev.tsv (lines not ending in 9 or 0), 8,001 rows" in out
-    assert "val: dev.tsv (lines ending in 9), 1,000 rows" in out and "test: dev.tsv (lines ending in 0), 1,000 rows" in out
+    assert (
+        "val: dev.tsv (lines ending in 9), 1,000 rows" in out and "test: dev.tsv (lines ending in 0), 1,000 rows" in out
+    )

@@ -25,8 +25,14 @@ from zoo.cli import ls
 REPO = Path(__file__).resolve().parents[2]
 SYMBOL = "torch_exception_get_what_without_backtrace"
 LABELS = {  # label in the report -> distribution name, as the task states them (not read from zoo)
-    "torch": "torch", "torchvision": "torchvision", "torchaudio": "torchaudio", "transformers": "transformers",
-    "timm": "timm", "open_clip": "open_clip_torch", "fair-esm": "fair-esm", "huggingface_hub": "huggingface-hub",
+    "torch": "torch",
+    "torchvision": "torchvision",
+    "torchaudio": "torchaudio",
+    "transformers": "transformers",
+    "timm": "timm",
+    "open_clip": "open_clip_torch",
+    "fair-esm": "fair-esm",
+    "huggingface_hub": "huggingface-hub",
     "peft": "peft",
 }
 
@@ -51,14 +57,16 @@ def broken_torchaudio(tmp_path_factory) -> Path:
     compiler = shutil.which("gcc") or shutil.which("cc")
     if compiler:
         source = root / "probe.c"
-        source.write_text(f"extern const char *{SYMBOL}(void *);\n"
-                          f"const char *zoo_probe(void *e) {{ return {SYMBOL}(e); }}\n")
+        source.write_text(
+            f"extern const char *{SYMBOL}(void *);\nconst char *zoo_probe(void *e) {{ return {SYMBOL}(e); }}\n"
+        )
         subprocess.run([compiler, "-shared", "-fPIC", "-o", str(library), str(source)], check=True)
         loader = "import torch\n\ntorch.ops.load_library(LIBRARY)\n"
     else:
         loader = f"raise OSError(str(LIBRARY) + ': undefined symbol: {SYMBOL}')\n"
     (package / "_extension" / "__init__.py").write_text(
-        f"from pathlib import Path\n\nLIBRARY = Path(__file__).parents[1] / 'lib' / 'libtorchaudio.so'\n{loader}")
+        f"from pathlib import Path\n\nLIBRARY = Path(__file__).parents[1] / 'lib' / 'libtorchaudio.so'\n{loader}"
+    )
     return root
 
 
@@ -76,7 +84,7 @@ def torchaudio_broken_here(broken_torchaudio, monkeypatch):
 def rows(out: str, section: str) -> dict[str, str]:
     """The rows of one section of the report: first word -> the rest of the line."""
     lines = out.splitlines()
-    lines = lines[lines.index(section) + 1:]
+    lines = lines[lines.index(section) + 1 :]
     table = {}
     for line in lines:
         if not line.startswith("  "):
@@ -126,7 +134,7 @@ def test_a_command_that_imports_the_broken_torchaudio_prints_the_diagnosis_not_a
     result = subprocess.run(command, check=False, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1, result.stdout + result.stderr
     err = result.stderr
-    assert "Traceback" not in err and "File \"" not in err
+    assert "Traceback" not in err and 'File "' not in err
     assert err.startswith(f"zoo validate: error: torchaudio {metadata.version('torchaudio')} does not load")
     assert f"undefined symbol: {SYMBOL}" in err
     assert " ".join(declared_pins()) in err and 'pip install -c requirements.lock -e ".[test]"' in err
@@ -137,8 +145,18 @@ def test_a_torch_that_does_not_import_is_blamed_on_torch_not_on_what_imports_it(
     (tmp_path / "torch").mkdir()
     (tmp_path / "torch" / "__init__.py").write_text("raise ImportError('cannot import name _C from torch')\n")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(REPO)]))
-    doctor, demo = (subprocess.run([sys.executable, "-m", "zoo.cli.main", *argv], check=False, env=env, cwd=tmp_path,
-                                   capture_output=True, text=True, timeout=300) for argv in (["doctor"], ["demo", "lora"]))
+    doctor, demo = (
+        subprocess.run(
+            [sys.executable, "-m", "zoo.cli.main", *argv],
+            check=False,
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        for argv in (["doctor"], ["demo", "lora"])
+    )
     assert doctor.returncode == 1, doctor.stdout + doctor.stderr
     checks = rows(doctor.stdout, "checks")
     assert checks["torch"].startswith("FAILED  ImportError: cannot import name _C from torch")
@@ -159,8 +177,10 @@ def test_a_missing_torchvision_operator_is_blamed_on_torchvision():
         try:
             raise RuntimeError("operator torchvision::nms does not exist")
         except RuntimeError as inner:  # how transformers' lazy import reports it
-            raise RuntimeError("Failed to import transformers.models.bert.modeling_bert because of the "
-                               "following error (look up to see its traceback):\n" + str(inner)) from inner
+            raise RuntimeError(
+                "Failed to import transformers.models.bert.modeling_bert because of the "
+                "following error (look up to see its traceback):\n" + str(inner)
+            ) from inner
     except RuntimeError as error:
         problem = environment.diagnose(error)
     assert problem is not None and problem.package == "torchvision"

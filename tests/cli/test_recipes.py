@@ -19,7 +19,13 @@ from zoo.experiment.config import load_config
 from zoo.experiment.recipes import list_recipes, recipe_summary, recipes_root
 
 RECIPES = list_recipes()
-END_TO_END = ("vision/medical-lora", "text/sst2-dora", "protein/gb1-ia3", "speech/digits-adapter", "video_text/retrieval-vpt")
+END_TO_END = (
+    "vision/medical-lora",
+    "text/sst2-dora",
+    "protein/gb1-ia3",
+    "speech/digits-adapter",
+    "video_text/retrieval-vpt",
+)
 VISION_REQUIRED = ("lora", "dora", "adaptformer", "kadaptation", "vpt", "bitfit", "adapter", "full", "linear")
 DOMAINS = {"vision": "medical", "text": "sst2", "protein": "gb1", "speech": "digits", "video_text": "retrieval"}
 
@@ -45,7 +51,12 @@ def domain_structure(domain: str) -> str | None:
 
 def exclusions() -> list[tuple[str, str]]:
     """(domain, method) pairs that the declared exclusions leave without a recipe."""
-    return [(domain, row.method) for domain in DOMAINS for row in declared_exclusions() if row.structure == domain_structure(domain)]
+    return [
+        (domain, row.method)
+        for domain in DOMAINS
+        for row in declared_exclusions()
+        if row.structure == domain_structure(domain)
+    ]
 
 
 def test_readme_lists_exactly_the_declared_exclusions():
@@ -54,8 +65,11 @@ def test_readme_lists_exactly_the_declared_exclusions():
 
 
 def test_recipe_list_comes_from_the_folder():
-    files = {p.relative_to(recipes_root()).with_suffix("").as_posix()
-             for p in recipes_root().glob("*/*.yaml") if not p.name.startswith("_") and p.parent.name != "tables"}
+    files = {
+        p.relative_to(recipes_root()).with_suffix("").as_posix()
+        for p in recipes_root().glob("*/*.yaml")
+        if not p.name.startswith("_") and p.parent.name != "tables"
+    }
     assert set(RECIPES) == files and len(RECIPES) >= 50
 
 

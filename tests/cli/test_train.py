@@ -113,8 +113,16 @@ def test_interrupted_run_resumes_to_the_same_adapter(zoo, tmp_path):
         alive.kill()
     assert code == 2 and f"still being trained by process {alive.pid}" in err
 
-    code, out, err = zoo("train", "vision/medical-lora", "scale=tiny", "train.max_steps=7", "train.checkpoint_every=1",
-                         "--out", "cut", "--resume")
+    code, out, err = zoo(
+        "train",
+        "vision/medical-lora",
+        "scale=tiny",
+        "train.max_steps=7",
+        "train.checkpoint_every=1",
+        "--out",
+        "cut",
+        "--resume",
+    )
     assert code == 2 and "train.max_steps: 6 in the run, 7 now" in err  # resuming with other settings is refused
     code, out, err = zoo(*args, "--out", "cut", "--resume")
     assert code == 0, err

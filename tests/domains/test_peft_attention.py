@@ -54,7 +54,9 @@ def test_clip_default_targets_match_hand_set_in_proj(method):
     with torch.no_grad():
         for block, adapted in zip(reference.backbone.clip.visual.transformer.resblocks, blocks):
             assert hasattr(adapted.attn, "base_layer")  # open-clip-vit's default targets reach every attention
-            weight, bias = reference_tensors(method, adapted.attn, block.attn.in_proj_weight, block.attn.in_proj_bias, factors)
+            weight, bias = reference_tensors(
+                method, adapted.attn, block.attn.in_proj_weight, block.attn.in_proj_bias, factors
+            )
             block.attn.in_proj_weight.copy_(weight)
             block.attn.in_proj_bias.copy_(bias)
             if method == "ia3":  # and the input of the FFN's output projection
@@ -134,10 +136,17 @@ def test_speech_prefix_matches_dense_reference(name):
 def esm_reference(attention, prefix):
     weights = [t.detach() for t in separate_weights(attention)]
 
-    def forward(query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None, need_head_weights=False, **unused):
+    def forward(
+        query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None, need_head_weights=False, **unused
+    ):
         assert attn_mask is None and not need_head_weights
         out, averaged = reference_attention(
-            query.transpose(0, 1), *weights, attention.num_heads, *prefix, key_padding=key_padding_mask, rotary=True,
+            query.transpose(0, 1),
+            *weights,
+            attention.num_heads,
+            *prefix,
+            key_padding=key_padding_mask,
+            rotary=True,
         )
         return out.transpose(0, 1), averaged
 

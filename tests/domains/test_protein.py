@@ -48,8 +48,12 @@ def write_fair_esm_checkpoint(model, path: Path, config_as_dict: bool = False) -
             continue
         prefix = "encoder." if key.startswith("lm_head") else "encoder.sentence_encoder."
         state[prefix + key] = value.clone()
-    config = dict(encoder_layers=model.num_layers, encoder_embed_dim=model.embed_dim,
-                  encoder_attention_heads=model.attention_heads, token_dropout=model.token_dropout)
+    config = dict(
+        encoder_layers=model.num_layers,
+        encoder_embed_dim=model.embed_dim,
+        encoder_attention_heads=model.attention_heads,
+        token_dropout=model.token_dropout,
+    )
     torch.save({"model": state, "cfg": {"model": config if config_as_dict else argparse.Namespace(**config)}}, path)
     return path
 

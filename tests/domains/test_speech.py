@@ -36,7 +36,9 @@ def tiny_torchaudio_model(seed: int = 0):
 @pytest.fixture
 def tiny_bundle(monkeypatch):
     """Makes the real loading code build the tiny architecture, so tiny checkpoints stand in for the bundle's."""
-    bundle = SimpleNamespace(_path="wav2vec2_fairseq_base_ls960.pth", _params=speech.TINY_PARAMS, _normalize_waveform=False)
+    bundle = SimpleNamespace(
+        _path="wav2vec2_fairseq_base_ls960.pth", _params=speech.TINY_PARAMS, _normalize_waveform=False
+    )
     monkeypatch.setattr(speech, "_bundle", lambda name: bundle)
     return bundle
 
@@ -83,7 +85,10 @@ def test_offline_pretrained_fails_fast_and_says_how_to_pass_a_file(tmp_path, mon
         create_backbone("wav2vec2_base", pretrained=True)
     message = str(error.value)
     assert "torchaudio:WAV2VEC2_BASE" in message and "pretrained=/path/to/it" in message and ".pth" in message
-    assert len(calls) == 1 and calls[0][0] == "https://download.pytorch.org/torchaudio/models/wav2vec2_fairseq_base_ls960.pth"
+    assert (
+        len(calls) == 1
+        and calls[0][0] == "https://download.pytorch.org/torchaudio/models/wav2vec2_fairseq_base_ls960.pth"
+    )
     assert calls[0][1]["timeout"] <= 30  # one short try, no hanging on an unreachable host
     assert not list(tmp_path.rglob("*.pth"))  # nothing half-downloaded left in the cache
 
@@ -254,7 +259,9 @@ def test_speech_commands_fixture_uses_the_official_lists(tmp_path):
     assert {s: len(d) for s, d in splits.items()} == {"train": 4, "val": 4, "test": 4}
     assert all("1b4c9b89" in f.name for f in splits["val"].files)
     assert not any("_background_noise_" in str(f) for d in splits.values() for f in d.files)
-    (waveform, sample_rate), label = splits["train"][splits["train"].files.index(tmp_path / "yes" / "0a7c2a8d_nohash_0.wav")]
+    (waveform, sample_rate), label = splits["train"][
+        splits["train"].files.index(tmp_path / "yes" / "0a7c2a8d_nohash_0.wav")
+    ]
     assert data.SPEECH_COMMANDS_WORDS[label] == "yes" and sample_rate == 16000 and len(data.SPEECH_COMMANDS_WORDS) == 35
     assert DATASETS.get("speech_commands").num_classes == 35
 

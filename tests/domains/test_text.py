@@ -45,7 +45,9 @@ def test_padding_does_not_change_a_sentence_or_its_pooled_features(name):
     length = alone_batch["input_ids"].shape[1]
     assert batch["attention_mask"][0].sum() == length and batch["attention_mask"][1].all()
     torch.testing.assert_close(together[0, :length], alone[0], atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(backbone.pool(together, batch)[0], backbone.pool(alone, alone_batch)[0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        backbone.pool(together, batch)[0], backbone.pool(alone, alone_batch)[0], atol=1e-5, rtol=1e-4
+    )
 
 
 def test_pooling_modes_match_a_hand_computation():
@@ -60,7 +62,9 @@ def test_pooling_modes_match_a_hand_computation():
         create_backbone("bert_base", scale="tiny", pooling="max")
 
 
-@pytest.mark.parametrize("name,encoder_only", [*[(n, True) for n in ENCODERS], ("flan_t5_small", True), ("flan_t5_small", False)])
+@pytest.mark.parametrize(
+    "name,encoder_only", [*[(n, True) for n in ENCODERS], ("flan_t5_small", True), ("flan_t5_small", False)]
+)
 def test_local_checkpoint_round_trip(name, encoder_only, tmp_path):
     """A tiny model written in the transformers folder format loads through the real loading code."""
     options = {} if name in ENCODERS else {"encoder_only": encoder_only}
@@ -105,8 +109,13 @@ def test_pretrained_by_hub_id_fails_fast_offline(monkeypatch, tmp_path):
 
 def test_pretrained_by_hub_id_fails_fast_when_the_hub_is_unreachable(monkeypatch, tmp_path):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(text_backbones, "hf_hub_unavailable", lambda: "https://huggingface.co is unreachable (ConnectionError)")
-    with pytest.raises(PretrainedUnavailable, match="google/flan-t5-small is not in the local hub cache and https://huggingface.co is unreachable"):
+    monkeypatch.setattr(
+        text_backbones, "hf_hub_unavailable", lambda: "https://huggingface.co is unreachable (ConnectionError)"
+    )
+    with pytest.raises(
+        PretrainedUnavailable,
+        match="google/flan-t5-small is not in the local hub cache and https://huggingface.co is unreachable",
+    ):
         create_backbone("flan_t5_small", pretrained=True, cache_dir=str(tmp_path))
 
 
@@ -125,13 +134,19 @@ def _minilm_folder() -> Path:
 def test_real_minilm_embeddings_are_sane_and_match_sentence_transformers():
     folder = _minilm_folder()
     backbone = create_backbone("minilm_l6", pretrained=folder)
-    sentences = ["A man is playing a guitar.", "Someone plays an acoustic guitar.", "The stock market fell sharply today."]
+    sentences = [
+        "A man is playing a guitar.",
+        "Someone plays an acoustic guitar.",
+        "The stock market fell sharply today.",
+    ]
     output, batch = features(backbone, sentences)
     embeddings = torch.nn.functional.normalize(backbone.pool(output, batch), dim=-1)
     similarity = embeddings @ embeddings.T
     assert similarity[0, 1] > 0.6 and similarity[0, 1] > similarity[0, 2] + 0.4 and similarity[1, 2] < 0.3
     sentence_transformers = pytest.importorskip("sentence_transformers")
-    reference = sentence_transformers.SentenceTransformer(str(folder), device="cpu").encode(sentences, convert_to_tensor=True)
+    reference = sentence_transformers.SentenceTransformer(str(folder), device="cpu").encode(
+        sentences, convert_to_tensor=True
+    )
     torch.testing.assert_close(embeddings, reference.cpu(), atol=1e-5, rtol=1e-4)
 
 
@@ -152,8 +167,12 @@ def test_t5_structure_covers_encoder_and_decoder_blocks():
     blocks = structure.block_names(model)
     assert blocks == [f"backbone.model.{part}.block.{i}" for part in ("encoder", "decoder") for i in range(2)]
     # The FFN is layer.1 in encoder blocks and layer.2 in decoder blocks; `ffn` reaches both.
-    assert structure.submodule(model, blocks[0], structure.ffn_out) is model.get_submodule(f"{blocks[0]}.layer.1.DenseReluDense.wo")
-    assert structure.submodule(model, blocks[2], structure.ffn_in) is model.get_submodule(f"{blocks[2]}.layer.2.DenseReluDense.wi_0")
+    assert structure.submodule(model, blocks[0], structure.ffn_out) is model.get_submodule(
+        f"{blocks[0]}.layer.1.DenseReluDense.wo"
+    )
+    assert structure.submodule(model, blocks[2], structure.ffn_in) is model.get_submodule(
+        f"{blocks[2]}.layer.2.DenseReluDense.wi_0"
+    )
     assert not any(".ffn." in key for key in model.state_dict())
 
 
@@ -162,16 +181,28 @@ def test_t5_default_lora_targets_are_those_of_hf_peft():
     torch.manual_seed(0)
     ours = Seq2SeqModel(create_backbone("flan_t5_small", scale="tiny", encoder_only=False))
     zp.apply(ours, "lora", r=2)
-    wrapped = {n.removeprefix("backbone.model.") for n, m in ours.named_modules() if n.endswith((".q", ".v")) and hasattr(m, "base_layer")}
+    wrapped = {
+        n.removeprefix("backbone.model.")
+        for n, m in ours.named_modules()
+        if n.endswith((".q", ".v")) and hasattr(m, "base_layer")
+    }
     reference = peft.get_peft_model(
-        create_backbone("flan_t5_small", scale="tiny", encoder_only=False).model, peft.LoraConfig(r=2, task_type="SEQ_2_SEQ_LM")
+        create_backbone("flan_t5_small", scale="tiny", encoder_only=False).model,
+        peft.LoraConfig(r=2, task_type="SEQ_2_SEQ_LM"),
     )
-    theirs = {n.removeprefix("base_model.model.") for n, m in reference.named_modules() if n.endswith((".q", ".v")) and hasattr(m, "base_layer")}
+    theirs = {
+        n.removeprefix("base_model.model.")
+        for n, m in reference.named_modules()
+        if n.endswith((".q", ".v")) and hasattr(m, "base_layer")
+    }
     assert wrapped == theirs and len(wrapped) == 2 * 2 + 2 * 4  # encoder self q,v; decoder self and cross q,v
 
 
 # -- generation ---------------------------------------------------------------------------------
-PAIRS = [("translate English to German: thank you", "danke"), ("summarize: rain all weekend, match off", "match postponed")]
+PAIRS = [
+    ("translate English to German: thank you", "danke"),
+    ("summarize: rain all weekend, match off", "match postponed"),
+]
 
 
 def test_seq2seq_loss_is_the_target_cross_entropy_of_transformers():
@@ -179,7 +210,9 @@ def test_seq2seq_loss_is_the_target_cross_entropy_of_transformers():
     model = Seq2SeqModel(create_backbone("flan_t5_small", scale="tiny", encoder_only=False)).eval()
     batch = model.collate(PAIRS)
     assert (batch["labels"] == -100).any()  # the shorter target is padded with the ignore index
-    reference = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+    reference = model.model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
+    ).loss
     torch.testing.assert_close(model.loss(model(batch), batch["labels"]), reference)
 
 
@@ -244,7 +277,9 @@ def test_sst2_downloads_and_unpacks_the_glue_archive(tmp_path, monkeypatch):
 
 
 def test_sst2_missing_offline_names_the_file_and_url(tmp_path):
-    with pytest.raises(DataError, match=r"sst2/train.tsv is missing\. Download https://dl.fbaipublicfiles.com/glue/data/SST-2.zip"):
+    with pytest.raises(
+        DataError, match=r"sst2/train.tsv is missing\. Download https://dl.fbaipublicfiles.com/glue/data/SST-2.zip"
+    ):
         load_dataset("sst2", "train", root=tmp_path, allow_download=False)
 
 
@@ -305,9 +340,15 @@ def test_agnews_tsv_layout_without_csv_files_is_read_without_a_download(tmp_path
     monkeypatch.setattr("zoo.catalog.datasets.download", _no_download)
     folder = tmp_path / "agnews"
     folder.mkdir()
-    (folder / "train.tsv").write_text("Talks resume\tWorld\nLate winner\tSports\nNew chip\tSci/Tech\n", encoding="utf-8")
+    (folder / "train.tsv").write_text(
+        "Talks resume\tWorld\nLate winner\tSports\nNew chip\tSci/Tech\n", encoding="utf-8"
+    )
     (folder / "test.tsv").write_text("Shares climb\tBusiness\n", encoding="utf-8")
-    assert list(load_dataset("agnews", "train", root=tmp_path)) == [("Talks resume", 0), ("Late winner", 1), ("New chip", 3)]
+    assert list(load_dataset("agnews", "train", root=tmp_path)) == [
+        ("Talks resume", 0),
+        ("Late winner", 1),
+        ("New chip", 3),
+    ]
     assert list(load_dataset("agnews", "test", root=tmp_path)) == [("Shares climb", 2)]
     with pytest.raises(FileNotFoundError, match="dev.tsv"):  # no val file in this layout, and no download either
         load_dataset("agnews", "val", root=tmp_path)
@@ -331,7 +372,9 @@ def test_agnews_bad_csv_names_file_and_line(tmp_path, row, message):
 
 def test_agnews_unknown_class_name(tmp_path):
     (tmp_path / "dev.tsv").write_text("Some text\tWorld\nOther text\tWeather\n", encoding="utf-8")
-    with pytest.raises(DataError, match=r"dev.tsv, line 2: label 'Weather' is not a known class; allowed: World, Sports"):
+    with pytest.raises(
+        DataError, match=r"dev.tsv, line 2: label 'Weather' is not a known class; allowed: World, Sports"
+    ):
         DATASETS.get("agnews").load(tmp_path, "val")
 
 
@@ -363,7 +406,9 @@ def test_real_agnews_copy(monkeypatch):
 def test_own_csv_with_named_columns_and_class_names(tmp_path):
     with open(tmp_path / "train.csv", "w", newline="", encoding="utf-8") as handle:
         csv.writer(handle).writerows([["id", "review", "stars"], ["1", "great, truly", "good"], ["2", "awful", "bad"]])
-    data = load_dataset("text_csv", root=tmp_path / "train.csv", text_column="review", label_column="stars", labels=["bad", "good"])
+    data = load_dataset(
+        "text_csv", root=tmp_path / "train.csv", text_column="review", label_column="stars", labels=["bad", "good"]
+    )
     assert list(data) == [("great, truly", 1), ("awful", 0)] and data.num_classes == 2
     with pytest.raises(FileNotFoundError, match="single file, which is the train split"):
         load_dataset("text_csv", "val", root=tmp_path / "train.csv")
@@ -404,7 +449,9 @@ def test_ffn_methods_reach_the_decoder_ffn_of_seq2seq(method):
     batch = model.collate(PAIRS)
     model.loss(model(batch), batch["labels"]).backward()
     decoder_grads = [p.grad for n, p in model.named_parameters() if p.requires_grad and ".decoder." in n]
-    assert decoder_grads and any(g is not None and g.abs().sum() > 0 for g in decoder_grads)  # zero-initialised parts get none yet
+    assert decoder_grads and any(
+        g is not None and g.abs().sum() > 0 for g in decoder_grads
+    )  # zero-initialised parts get none yet
 
 
 def test_ia3_scales_the_input_of_t5_ffn_outputs_and_the_output_of_k_v():

@@ -50,7 +50,9 @@ def test_features_are_open_clip_frame_embeddings_and_pool_ignores_padding():
     assert batch["frame_mask"].tolist() == [[True] * 3, [True, True, False]]
     # open_clip's own eval transform on PIL images (bicubic resize, centre crop, normalise)
     transform = open_clip.image_transform(32, is_train=False)
-    reference = torch.stack([transform(Image.fromarray((f.permute(1, 2, 0) * 255).round().byte().numpy())) for f in long_clip])
+    reference = torch.stack(
+        [transform(Image.fromarray((f.permute(1, 2, 0) * 255).round().byte().numpy())) for f in long_clip]
+    )
     assert torch.allclose(batch["pixel_values"][0], reference, atol=0.03)  # within a uint8 step
     with torch.no_grad():
         features = backbone(batch)
@@ -110,7 +112,9 @@ def _write_open_clip_folder(folder, clip, weights_name):
     return folder / weights_name
 
 
-@pytest.mark.parametrize("weights_name,pass_file", [("open_clip_model.safetensors", False), ("open_clip_pytorch_model.bin", True)])
+@pytest.mark.parametrize(
+    "weights_name,pass_file", [("open_clip_model.safetensors", False), ("open_clip_pytorch_model.bin", True)]
+)
 def test_local_checkpoint_in_open_clip_format_loads(tmp_path, weights_name, pass_file):
     import open_clip
 
@@ -303,7 +307,9 @@ def _write_canonical(root, caption_picks):
         clip, caption, category = synthetic_clip(index)
         np.save(base / "videos" / "all" / f"video{index}.npy", clip)
         images.append({"id": f"video{index}", "category": category})
-        annotations += [{"image_id": f"video{index}", "caption": f"{caption} #{k}", "id": 3 * index + k} for k in range(3)]
+        annotations += [
+            {"image_id": f"video{index}", "caption": f"{caption} #{k}", "id": 3 * index + k} for k in range(3)
+        ]
     (base / "annotation" / "MSR_VTT.json").write_text(json.dumps({"images": images, "annotations": annotations}))
     for name, videos in {"train_list_jsfusion.txt": [0, 1], "val_list_jsfusion.txt": [2, 3], "train_list_full.txt": [0, 1],
                          "val_list_full.txt": [2], "test_list_full.txt": [3]}.items():  # fmt: skip
@@ -329,7 +335,9 @@ def test_download_msrvtt_unpacks_a_present_archive(tmp_path):
 
     _write_canonical(tmp_path / "source", {"video2": 0, "video3": 0})
     (tmp_path / "root" / "msrvtt").mkdir(parents=True)
-    shutil.make_archive(str(tmp_path / "root" / "msrvtt" / "MSRVTT"), "zip", tmp_path / "source")  # no download: it exists
+    shutil.make_archive(
+        str(tmp_path / "root" / "msrvtt" / "MSRVTT"), "zip", tmp_path / "source"
+    )  # no download: it exists
     assert download_msrvtt(tmp_path / "root") == tmp_path / "root" / "msrvtt"
     assert len(load_dataset("msrvtt", "test", root=tmp_path / "root", allow_download=False)) == 2
 
@@ -429,7 +437,9 @@ def test_structure_points_at_modules_that_run_on_the_attention_and_ffn_outputs()
     assert len(blocks) == 2 and all(".visual." in b for b in blocks)
     seen = {}
     for block in blocks:
-        model.get_submodule(block).register_forward_pre_hook(lambda m, args, key=block: seen.setdefault((key, "input"), args[0]))
+        model.get_submodule(block).register_forward_pre_hook(
+            lambda m, args, key=block: seen.setdefault((key, "input"), args[0])
+        )
         for part in ("attention_out", "ffn_in", "ffn_out"):
             module = OPEN_CLIP_VIT.submodule(model, block, getattr(OPEN_CLIP_VIT, part))
             module.register_forward_hook(lambda m, args, out, key=(block, part): seen.setdefault(key, out))

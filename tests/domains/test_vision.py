@@ -31,8 +31,10 @@ def reference_vit(seed: int = 0, **overrides):
 
 
 # -- preprocessing ----------------------------------------------------------------------
-@pytest.mark.parametrize("name, timm_name", [("vit_s16", "vit_small_patch16_224.augreg_in21k"),
-                                             ("deit_s16", "deit_small_patch16_224.fb_in1k")])
+@pytest.mark.parametrize(
+    "name, timm_name",
+    [("vit_s16", "vit_small_patch16_224.augreg_in21k"), ("deit_s16", "deit_small_patch16_224.fb_in1k")],
+)
 def test_collate_normalises_every_image_form_with_the_pretrained_mean_and_std(name, timm_name):
     import timm
 
@@ -63,18 +65,25 @@ def test_collate_keeps_the_image_orientation():
     backbone = create_backbone("vit_b16", scale="tiny")
     generator = np.random.default_rng(0)
     image = generator.integers(0, 256, (20, 44, 3), dtype=np.uint8)  # H != W, HWC
-    reference = TF.resize(torch.from_numpy(image).permute(2, 0, 1).float() / 255, [32, 32],
-                          interpolation=InterpolationMode.BICUBIC, antialias=True).clamp(0, 1)
+    reference = TF.resize(
+        torch.from_numpy(image).permute(2, 0, 1).float() / 255,
+        [32, 32],
+        interpolation=InterpolationMode.BICUBIC,
+        antialias=True,
+    ).clamp(0, 1)
     reference = (reference - 0.5) / 0.5
     torch.testing.assert_close(backbone.collate([image])["pixel_values"][0], reference, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("bad, message", [
-    (torch.zeros(5, 8, 8), "5 channels"),
-    (np.full((8, 8), 200.0, np.float32), "[0, 1]"),
-    ("scan.png", "not an image"),
-    (np.zeros((2, 3, 4, 5), np.uint8), "shape"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (torch.zeros(5, 8, 8), "5 channels"),
+        (np.full((8, 8), 200.0, np.float32), "[0, 1]"),
+        ("scan.png", "not an image"),
+        (np.zeros((2, 3, 4, 5), np.uint8), "shape"),
+    ],
+)
 def test_collate_rejects_what_is_not_an_image(bad, message):
     backbone = create_backbone("vit_s16", scale="tiny")
     with pytest.raises(DataError, match="image 1") as caught:
@@ -236,8 +245,10 @@ def test_medmnist_reads_the_official_layout_and_feeds_a_model(name, rgb, tmp_pat
 
     backbone = create_backbone("vit_s16", scale="tiny")
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=3, collate_fn=lambda items: (backbone.collate([i for i, _ in items]),
-                                                         torch.tensor([y for _, y in items])))
+        dataset,
+        batch_size=3,
+        collate_fn=lambda items: (backbone.collate([i for i, _ in items]), torch.tensor([y for _, y in items])),
+    )
     inputs, labels = next(iter(loader))
     model = TaskModel(backbone, "classification", 7 if rgb else 2)
     assert model(inputs).shape == (3, 7 if rgb else 2) and labels.tolist() == [0, 1, 0]
@@ -268,7 +279,9 @@ def test_npz_with_corrupt_member_names_the_file(tmp_path):
         members = {info.filename: archive.read(info.filename) for info in archive.infolist()}
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
         for member, content in members.items():
-            archive.writestr(member, content[:64] + b"\xff" * (len(content) - 64) if "train_images" in member else content)
+            archive.writestr(
+                member, content[:64] + b"\xff" * (len(content) - 64) if "train_images" in member else content
+            )
     with pytest.raises(DataError, match="organamnist.npz"):
         load_medmnist(tmp_path, "train", filename="organamnist.npz", num_classes=11)
 
@@ -282,13 +295,16 @@ def test_missing_keys_are_named(tmp_path):
         load_medmnist(tmp_path, "test", filename="octmnist.npz", num_classes=4)
 
 
-@pytest.mark.parametrize("labels, message", [
-    (np.array([[0], [1], [2], [1], [0], [1]]), "out of range"),
-    (np.array([[0], [1], [-1], [1], [0], [1]]), "out of range"),
-    (np.array([[0], [1], [0]]), "6 images but 3 labels"),
-    (np.zeros((6, 2), np.uint8), "(N, 1)"),
-    (np.full((6, 1), 0.5), "integers"),
-])
+@pytest.mark.parametrize(
+    "labels, message",
+    [
+        (np.array([[0], [1], [2], [1], [0], [1]]), "out of range"),
+        (np.array([[0], [1], [-1], [1], [0], [1]]), "out of range"),
+        (np.array([[0], [1], [0]]), "6 images but 3 labels"),
+        (np.zeros((6, 2), np.uint8), "(N, 1)"),
+        (np.full((6, 1), 0.5), "integers"),
+    ],
+)
 def test_bad_labels_are_refused(labels, message, tmp_path):
     _write_npz(tmp_path / "pneumoniamnist.npz", **_medmnist_arrays(labels=labels))
     with pytest.raises(DataError, match="pneumoniamnist.npz") as caught:
@@ -380,7 +396,9 @@ def test_image_folder_bad_layouts(tmp_path):
 def _pairwise_auc(positive: np.ndarray, scores: np.ndarray) -> float:
     """AUC as the probability that a positive outscores a negative (ties count half)."""
     pos, neg = scores[positive], scores[~positive]
-    return float(((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (len(pos) * len(neg)))
+    return float(
+        ((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (len(pos) * len(neg))
+    )
 
 
 @pytest.mark.parametrize("classes", [2, 5])

@@ -17,14 +17,16 @@ def fixture_cache(tmp_path, monkeypatch):
 
 
 def tiny_run(backbone: str, dataset: str, method: str = "lora", data: dict | None = None, **task):
-    config = validate({
-        "scale": "tiny",
-        "backbone": {"name": backbone},
-        "data": {"name": dataset, **(data or {})},
-        "task": task,
-        "method": {"name": method},
-        "train": {"batch_size": 4, "max_steps": 2},
-    })
+    config = validate(
+        {
+            "scale": "tiny",
+            "backbone": {"name": backbone},
+            "data": {"name": dataset, **(data or {})},
+            "task": task,
+            "method": {"name": method},
+            "train": {"batch_size": 4, "max_steps": 2},
+        }
+    )
     return build_run(config)
 
 

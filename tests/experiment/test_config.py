@@ -57,7 +57,12 @@ def test_values_are_read_as_yaml_with_exponent_floats():
 
 def test_overrides_nest_by_dots():
     nested = parse_overrides(["method.r=16", "train.lr=3e-4", "backbone.options.img_size=384", "scale=tiny"])
-    assert nested == {"method": {"r": 16}, "train": {"lr": 3e-4}, "backbone": {"options": {"img_size": 384}}, "scale": "tiny"}
+    assert nested == {
+        "method": {"r": 16},
+        "train": {"lr": 3e-4},
+        "backbone": {"options": {"img_size": 384}},
+        "scale": "tiny",
+    }
 
 
 @pytest.mark.parametrize(
@@ -113,8 +118,16 @@ def test_tiny_section_applies_only_at_tiny_scale_and_overrides_still_win(recipes
 def test_overrides_reach_every_section(recipes, tmp_path):
     config = load_config(
         "vision/medical-lora",
-        ["method.r=16", "method.lora_alpha=32", "train.lr=1e-2", f"data.root={tmp_path}", "backbone.options.img_size=64",
-         "task.num_outputs=3", "data.max_train_examples=10", "description=mine"],
+        [
+            "method.r=16",
+            "method.lora_alpha=32",
+            "train.lr=1e-2",
+            f"data.root={tmp_path}",
+            "backbone.options.img_size=64",
+            "task.num_outputs=3",
+            "data.max_train_examples=10",
+            "description=mine",
+        ],
     )
     assert config.method.options == {"r": 16, "lora_alpha": 32}
     assert config.train.lr == 1e-2 and config.data.root == str(tmp_path.resolve())

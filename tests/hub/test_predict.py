@@ -32,14 +32,18 @@ def test_predict_from_a_hub_matches_the_run_directory(tiny_run, pushed_hub, serv
     server = serve(pushed_hub)
     text_file = tmp_path / "inputs.txt"
     text_file.write_text(TEXTS[2] + "\n\n")
-    code, out, err = run_cli(capsys, "predict", NAME, TEXTS[0], TEXTS[1], str(text_file), "--hub", server.url, "--format", "json")
+    code, out, err = run_cli(
+        capsys, "predict", NAME, TEXTS[0], TEXTS[1], str(text_file), "--hub", server.url, "--format", "json"
+    )
     assert code == 0, err
     rows = json.loads(out)
     expected = reference_probabilities(tiny_run.dir, TEXTS)
     assert [row["input"] for row in rows] == TEXTS
     for row, probabilities in zip(rows, expected):
         assert set(row["scores"]) == {"negative", "positive"}
-        assert torch.allclose(torch.tensor([row["scores"]["negative"], row["scores"]["positive"]]), probabilities, atol=1e-5)
+        assert torch.allclose(
+            torch.tensor([row["scores"]["negative"], row["scores"]["positive"]]), probabilities, atol=1e-5
+        )
         assert row["label"] == ["negative", "positive"][int(probabilities.argmax())]
     # the run directory itself gives the same json
     code, out_run, err = run_cli(capsys, "predict", str(tiny_run.dir), *TEXTS, "--format", "json")

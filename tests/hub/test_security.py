@@ -25,8 +25,9 @@ def edit_entry(hub, change):
     index_path.write_text(json.dumps(index))
 
 
-@pytest.mark.parametrize("bad", ["/etc/passwd.json", "../../outside.json", "adapter/../../x.json", "C:/x.json",
-                                 "adapter\\..\\x.json"])
+@pytest.mark.parametrize(
+    "bad", ["/etc/passwd.json", "../../outside.json", "adapter/../../x.json", "C:/x.json", "adapter\\..\\x.json"]
+)
 def test_an_entry_naming_a_path_outside_its_folder_is_refused(hub_copy, tmp_path, bad):
     (tmp_path / "outside.json").write_text("{}")
     edit_entry(hub_copy, lambda e: e["files"].append({"path": bad, "size": 2, "sha256": "0" * 64}))

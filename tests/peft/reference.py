@@ -41,15 +41,35 @@ def bert_layer(layer, h, key_valid=None, prefix_k=None, prefix_v=None):
     """One BertLayer from its raw weights."""
     self_attention = layer.attention.self
     a = attention(
-        h, self_attention.query.weight, self_attention.query.bias, self_attention.key.weight, self_attention.key.bias,
-        self_attention.value.weight, self_attention.value.bias, self_attention.num_attention_heads, key_valid,
-        prefix_k, prefix_v,
+        h,
+        self_attention.query.weight,
+        self_attention.query.bias,
+        self_attention.key.weight,
+        self_attention.key.bias,
+        self_attention.value.weight,
+        self_attention.value.bias,
+        self_attention.num_attention_heads,
+        key_valid,
+        prefix_k,
+        prefix_v,
     )
     out = layer.attention.output
-    h = F.layer_norm(F.linear(a, out.dense.weight, out.dense.bias) + h, out.LayerNorm.normalized_shape, out.LayerNorm.weight, out.LayerNorm.bias, out.LayerNorm.eps)
+    h = F.layer_norm(
+        F.linear(a, out.dense.weight, out.dense.bias) + h,
+        out.LayerNorm.normalized_shape,
+        out.LayerNorm.weight,
+        out.LayerNorm.bias,
+        out.LayerNorm.eps,
+    )
     inner = F.gelu(F.linear(h, layer.intermediate.dense.weight, layer.intermediate.dense.bias))
     out = layer.output
-    return F.layer_norm(F.linear(inner, out.dense.weight, out.dense.bias) + h, out.LayerNorm.normalized_shape, out.LayerNorm.weight, out.LayerNorm.bias, out.LayerNorm.eps)
+    return F.layer_norm(
+        F.linear(inner, out.dense.weight, out.dense.bias) + h,
+        out.LayerNorm.normalized_shape,
+        out.LayerNorm.weight,
+        out.LayerNorm.bias,
+        out.LayerNorm.eps,
+    )
 
 
 def bert_head(model, h):
@@ -75,7 +95,19 @@ def vit_block(block, x, prefix_k=None, prefix_v=None):
     dim = x.shape[-1]
     w, b = qkv.weight, qkv.bias
     y = block.norm1(x)
-    a = attention(y, w[:dim], b[:dim], w[dim : 2 * dim], b[dim : 2 * dim], w[2 * dim :], b[2 * dim :], block.attn.num_heads, None, prefix_k, prefix_v)
+    a = attention(
+        y,
+        w[:dim],
+        b[:dim],
+        w[dim : 2 * dim],
+        b[dim : 2 * dim],
+        w[2 * dim :],
+        b[2 * dim :],
+        block.attn.num_heads,
+        None,
+        prefix_k,
+        prefix_v,
+    )
     x = x + F.linear(a, block.attn.proj.weight, block.attn.proj.bias)
     return x + block.mlp(block.norm2(x))
 

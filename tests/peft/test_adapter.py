@@ -57,7 +57,9 @@ def test_matches_dense_reference(kind, variant, bert, vit, token_batch, image_ba
     zp.apply(model, "adapter", variant=variant, size="tiny", non_linearity="gelu", modules_to_save=[])
     perturb_trainable(model, std=0.3)
     with torch.no_grad():
-        torch.testing.assert_close(logits(model, batch), reference_logits(kind, base, model, variant, batch, F.gelu), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(
+            logits(model, batch), reference_logits(kind, base, model, variant, batch, F.gelu), atol=1e-5, rtol=1e-4
+        )
 
 
 @pytest.mark.parametrize("kind", ["bert", "vit"])
@@ -68,10 +70,16 @@ def test_trainable_parameters_and_bottleneck(kind, variant, bert, vit):
     prefix = "bert.encoder.layer" if kind == "bert" else "blocks"
     expected = {
         f"{prefix}.{i}.{place}.adapter_{side}.default.{tensor}"
-        for i in range(2) for place in PLACES[kind][variant] for side in ("down", "up") for tensor in ("weight", "bias")
+        for i in range(2)
+        for place in PLACES[kind][variant]
+        for side in ("down", "up")
+        for tensor in ("weight", "bias")
     }
     assert trainable_names(model) == expected
-    assert blocks_of(kind, model)[0].get_submodule(PLACES[kind][variant][0]).adapter_down["default"].out_features == 32 // 4
+    assert (
+        blocks_of(kind, model)[0].get_submodule(PLACES[kind][variant][0]).adapter_down["default"].out_features
+        == 32 // 4
+    )
 
 
 @pytest.mark.parametrize("kind", ["bert", "vit"])
@@ -99,9 +107,14 @@ def test_size_names_and_default_reduction(vit):
 
 @pytest.mark.parametrize(
     "options, option_name",
-    [({"variant": "serial"}, "variant"), ({"reduction_factor": 0}, "reduction_factor"), ({"size": "huge"}, "size"),
-     ({"size": "tiny", "reduction_factor": 8}, "reduction_factor"), ({"non_linearity": "softmax"}, "non_linearity"),
-     ({"target_modules": ["query"]}, "target_modules")],
+    [
+        ({"variant": "serial"}, "variant"),
+        ({"reduction_factor": 0}, "reduction_factor"),
+        ({"size": "huge"}, "size"),
+        ({"size": "tiny", "reduction_factor": 8}, "reduction_factor"),
+        ({"non_linearity": "softmax"}, "non_linearity"),
+        ({"target_modules": ["query"]}, "target_modules"),
+    ],
 )
 def test_bad_options(bert, options, option_name):
     with pytest.raises(ConfigError, match=option_name):

@@ -33,7 +33,11 @@ def reference_logits(kind, base, model, batch, scale):
         wrapper = block.get_submodule(ffn_out)
         down, up = wrapper.down_proj["default"], wrapper.up_proj["default"]
         seen = {}
-        handles.append(base_block.get_submodule(ffn_in).register_forward_pre_hook(lambda m, args, seen=seen: seen.update(x=args[0])))
+        handles.append(
+            base_block.get_submodule(ffn_in).register_forward_pre_hook(
+                lambda m, args, seen=seen: seen.update(x=args[0])
+            )
+        )
 
         def add_branch(module, args, out, seen=seen, wd=down.weight, bd=down.bias, wu=up.weight, bu=up.bias):
             return out + scale * F.linear(F.relu(F.linear(seen["x"], wd, bd)), wu, bu)
@@ -54,7 +58,9 @@ def test_matches_dense_reference(kind, bert, vit, token_batch, image_batch):
     zp.apply(model, "adaptformer", bottleneck=5, scale=0.7, modules_to_save=[])
     perturb_trainable(model, std=0.3)
     with torch.no_grad():
-        torch.testing.assert_close(logits(model, batch), reference_logits(kind, base, model, batch, 0.7), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(
+            logits(model, batch), reference_logits(kind, base, model, batch, 0.7), atol=1e-5, rtol=1e-4
+        )
 
 
 @pytest.mark.parametrize("kind", ["bert", "vit"])
@@ -64,7 +70,9 @@ def test_trainable_parameters(kind, bert, vit):
     prefix = "bert.encoder.layer" if kind == "bert" else "blocks"
     expected = {
         f"{prefix}.{i}.{FFN[kind][1]}.{side}_proj.default.{tensor}"
-        for i in range(2) for side in ("down", "up") for tensor in ("weight", "bias")
+        for i in range(2)
+        for side in ("down", "up")
+        for tensor in ("weight", "bias")
     }
     assert trainable_names(model) == expected
     down = blocks_of(kind, model)[0].get_submodule(FFN[kind][1]).down_proj["default"]
@@ -102,8 +110,12 @@ def test_dropout_follows_the_model_mode(vit, image_batch):
 
 @pytest.mark.parametrize(
     "options, option_name",
-    [({"bottleneck": 0}, "bottleneck"), ({"scale": -1.0}, "scale"), ({"adapter_dropout": 1.0}, "adapter_dropout"),
-     ({"target_modules": ["fc2"]}, "target_modules")],
+    [
+        ({"bottleneck": 0}, "bottleneck"),
+        ({"scale": -1.0}, "scale"),
+        ({"adapter_dropout": 1.0}, "adapter_dropout"),
+        ({"target_modules": ["fc2"]}, "target_modules"),
+    ],
 )
 def test_bad_options(vit, options, option_name):
     with pytest.raises(ConfigError, match=option_name):

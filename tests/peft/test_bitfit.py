@@ -23,11 +23,7 @@ def bias_deltas(model):
     """Logical bias name -> delta, read from the adapter's saved tensors."""
     tensors = adapter_tensors(model)
     prefix = "base_model.model."
-    return {
-        key[len(prefix) : -len("_delta")]: value
-        for key, value in tensors.items()
-        if key.endswith("bias_delta")
-    }
+    return {key[len(prefix) : -len("_delta")]: value for key, value in tensors.items() if key.endswith("bias_delta")}
 
 
 def reference_with_biases(base, model):
@@ -44,13 +40,16 @@ def reference_with_biases(base, model):
 def test_trains_exactly_every_bias_but_the_heads(bert):
     base = copy.deepcopy(bert)
     zp.apply(bert, "bitfit")
-    biases = {n: p.numel() for n, p in base.named_parameters() if n.endswith("bias") and not n.startswith("classifier.")}
+    biases = {
+        n: p.numel() for n, p in base.named_parameters() if n.endswith("bias") and not n.startswith("classifier.")
+    }
     head = sum(p.numel() for p in base.classifier.parameters())
     trainable = {n: p for n, p in bert.named_parameters() if p.requires_grad}
     assert sum(p.numel() for p in trainable.values()) == sum(biases.values()) + head
     assert {n.replace(".bias_delta.default", ".bias") for n in trainable if "bias_delta" in n} == set(biases)
     assert {n for n in trainable if "bias_delta" not in n} == {
-        "classifier.modules_to_save.default.weight", "classifier.modules_to_save.default.bias"
+        "classifier.modules_to_save.default.weight",
+        "classifier.modules_to_save.default.bias",
     }
 
 
@@ -126,7 +125,8 @@ def test_parametrized_modules_are_adapted_copied_and_saved(tmp_path):
     assert torch.equal(copied(x), model(x))
     zp.save_adapter(model, tmp_path / "adapter")
     assert set(load_file(tmp_path / "adapter" / "adapter_model.safetensors")) == {
-        "base_model.model.0.bias_delta", "base_model.model.2.bias_delta"
+        "base_model.model.0.bias_delta",
+        "base_model.model.2.bias_delta",
     }
     loaded = zp.load_adapter(copy.deepcopy(base), tmp_path / "adapter")
     assert torch.equal(loaded(x), model(x))

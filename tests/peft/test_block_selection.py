@@ -69,8 +69,14 @@ def test_methods_that_thread_through_every_block_refuse(bert, method):
 
 @pytest.mark.parametrize(
     "layers, message",
-    [([4], "has 4 blocks"), ("last:5", "has 4"), ("auto:2", "measure before training"), ("middle:2", "'first:K'"),
-     ([-1], "block indices"), ("first:0", "K >= 1")],
+    [
+        ([4], "has 4 blocks"),
+        ("last:5", "has 4"),
+        ("auto:2", "measure before training"),
+        ("middle:2", "'first:K'"),
+        ([-1], "block indices"),
+        ("first:0", "K >= 1"),
+    ],
 )
 def test_bad_selections_name_the_problem(bert, layers, message):
     with pytest.raises(ConfigError, match=message):

@@ -36,8 +36,11 @@ def test_linear_matches_dense_equation():
         layer = model[index]
         weights.append(
             dense_dora_weight(
-                base[index].weight, layer.lora_A["default"].weight, layer.lora_B["default"].weight,
-                layer.lora_magnitude_vector["default"], 3.0,
+                base[index].weight,
+                layer.lora_A["default"].weight,
+                layer.lora_B["default"].weight,
+                layer.lora_magnitude_vector["default"],
+                3.0,
             )
         )
     expected = F.linear(torch.tanh(F.linear(x, weights[0], base[0].bias)), weights[1])
@@ -85,7 +88,9 @@ def test_identity_at_init_and_magnitude_is_row_norm(bert, token_batch):
     base = copy.deepcopy(bert)
     zp.apply(bert, "dora", r=4)
     # scale is exactly 1 at init; the base product and its bias may be added in another order than addmm does
-    torch.testing.assert_close(bert(**inputs_of(token_batch)).logits, base(**inputs_of(token_batch)).logits, atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        bert(**inputs_of(token_batch)).logits, base(**inputs_of(token_batch)).logits, atol=1e-6, rtol=0
+    )
     layer = bert.bert.encoder.layer[0].attention.self.query
     expected = torch.linalg.vector_norm(base.bert.encoder.layer[0].attention.self.query.weight, dim=1)
     torch.testing.assert_close(layer.lora_magnitude_vector["default"], expected)
@@ -118,7 +123,8 @@ def test_gradient_reaches_magnitude_a_and_b_but_not_the_norm():
 
 def test_saved_keys_are_peft_keys(bert, tmp_path):
     peft_model = peft.get_peft_model(
-        copy.deepcopy(bert), peft.LoraConfig(r=4, target_modules=["query", "value"], use_dora=True, modules_to_save=["classifier"])
+        copy.deepcopy(bert),
+        peft.LoraConfig(r=4, target_modules=["query", "value"], use_dora=True, modules_to_save=["classifier"]),
     )
     peft_model.save_pretrained(tmp_path / "peft")
     zp.apply(bert, "dora", r=4, target_modules=["query", "value"])
@@ -146,7 +152,9 @@ def test_zoo_adapter_loads_in_peft(trained_dora, token_batch, tmp_path):
 
 def test_peft_adapter_loads_in_zoo(bert, token_batch, tmp_path):
     base = copy.deepcopy(bert)
-    config = peft.LoraConfig(r=4, lora_alpha=16, target_modules=["query", "value"], use_dora=True, modules_to_save=["classifier"])
+    config = peft.LoraConfig(
+        r=4, lora_alpha=16, target_modules=["query", "value"], use_dora=True, modules_to_save=["classifier"]
+    )
     peft_model = peft.get_peft_model(bert, config)
     randomise_trainable(peft_model, seed=3)
     peft_model.eval()
@@ -204,7 +212,9 @@ def test_lora_and_dora_adapters_share_a_layer(bert, token_batch):
         assert torch.equal(bert(**inputs_of(token_batch)).logits, base(**inputs_of(token_batch)).logits)
 
 
-@pytest.mark.parametrize("options, name", [({"r": 0}, "r"), ({"lora_alpha": -1}, "lora_alpha"), ({"lora_dropout": 1.5}, "lora_dropout")])
+@pytest.mark.parametrize(
+    "options, name", [({"r": 0}, "r"), ({"lora_alpha": -1}, "lora_alpha"), ({"lora_dropout": 1.5}, "lora_dropout")]
+)
 def test_bad_options_name_the_option(bert, options, name):
     with pytest.raises(ConfigError, match=rf"dora: {name}="):
         zp.apply(bert, "dora", **options)

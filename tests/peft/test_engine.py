@@ -68,7 +68,10 @@ def test_save_load_round_trip_is_exact(bert, token_batch, tmp_path):
     zp.apply(bert, "lora", r=4)
     randomise_trainable(bert)
     zp.save_adapter(bert, tmp_path / "adapter")
-    assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
     assert zp.adapter_size_bytes(bert) == sum(p.stat().st_size for p in (tmp_path / "adapter").iterdir())
     loaded = zp.load_adapter(base, tmp_path / "adapter")
     assert torch.equal(logits(loaded, token_batch), logits(bert, token_batch))
@@ -93,8 +96,16 @@ def test_target_pattern_matching_nothing_lists_candidates(bert):
     assert not any(isinstance(m, AdapterModule) for m in bert.modules())
 
 
-@pytest.mark.parametrize("options, key", [({"r": 0}, "r"), ({"r": -2}, "r"), ({"r": 2.5}, "r"),
-                                          ({"lora_alpha": 0}, "lora_alpha"), ({"lora_dropout": 1.5}, "lora_dropout")])
+@pytest.mark.parametrize(
+    "options, key",
+    [
+        ({"r": 0}, "r"),
+        ({"r": -2}, "r"),
+        ({"r": 2.5}, "r"),
+        ({"lora_alpha": 0}, "lora_alpha"),
+        ({"lora_dropout": 1.5}, "lora_dropout"),
+    ],
+)
 def test_bad_option_values_name_the_option(bert, options, key):
     with pytest.raises(ConfigError, match=rf"{key}=.*not allowed"):
         zp.apply(bert, "lora", **options)
@@ -147,10 +158,21 @@ def test_wrong_shape_names_the_tensor_and_leaves_model_unchanged(tmp_path, bert,
     directory = _saved(bert, tmp_path)
     from transformers import BertConfig, BertForSequenceClassification
 
-    other = BertForSequenceClassification(BertConfig(vocab_size=100, hidden_size=48, num_hidden_layers=2,
-                                                     num_attention_heads=4, intermediate_size=64, num_labels=3))
+    other = BertForSequenceClassification(
+        BertConfig(
+            vocab_size=100,
+            hidden_size=48,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            num_labels=3,
+        )
+    )
     before = {k: v.clone() for k, v in other.state_dict().items()}
-    with pytest.raises(AdapterFileError, match=r"tensor base_model\.model\.bert\.encoder\.layer\.0\.attention\.self\.query\.lora_A\.weight has shape"):
+    with pytest.raises(
+        AdapterFileError,
+        match=r"tensor base_model\.model\.bert\.encoder\.layer\.0\.attention\.self\.query\.lora_A\.weight has shape",
+    ):
         zp.load_adapter(other, directory)
     assert zp.list_adapters(other) == {}
     after = other.state_dict()

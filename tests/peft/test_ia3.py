@@ -64,7 +64,10 @@ def test_identity_at_init_and_trainable_vectors(bert, token_batch):
     trainable = {n: p.numel() for n, p in bert.named_parameters() if p.requires_grad}
     vectors = {n: c for n, c in trainable.items() if "ia3_l" in n}
     assert len(vectors) == 2 * 3 and sum(vectors.values()) == 2 * (32 + 32 + 64)
-    assert set(trainable) - set(vectors) == {"classifier.modules_to_save.default.weight", "classifier.modules_to_save.default.bias"}
+    assert set(trainable) - set(vectors) == {
+        "classifier.modules_to_save.default.weight",
+        "classifier.modules_to_save.default.bias",
+    }
 
 
 def test_fused_qkv_scales_only_k_and_v(vit, image_batch):

@@ -146,7 +146,9 @@ def test_a_few_steps_lower_the_loss(vit, image_batch):
     check_loss_decreases(vit, vit_batch(image_batch))
 
 
-@pytest.mark.parametrize("options, name", [({"n": 0}, "n"), ({"r": 0}, "r"), ({"alpha": 0}, "alpha"), ({"n": 5}, "n=5")])
+@pytest.mark.parametrize(
+    "options, name", [({"n": 0}, "n"), ({"r": 0}, "r"), ({"alpha": 0}, "alpha"), ({"n": 5}, "n=5")]
+)
 def test_bad_options_name_the_option(bert, options, name):
     with pytest.raises(ConfigError, match=rf"kadaptation: {name}"):
         zp.apply(bert, "kadaptation", **options)

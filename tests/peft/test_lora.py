@@ -127,7 +127,9 @@ def test_identity_at_init_and_default_targets(bert, token_batch):
     trainable = {n for n, p in bert.named_parameters() if p.requires_grad}
     expected = {
         f"bert.encoder.layer.{i}.attention.self.{proj}.lora_{ab}.default.weight"
-        for i in range(2) for proj in ("query", "value") for ab in "AB"
+        for i in range(2)
+        for proj in ("query", "value")
+        for ab in "AB"
     } | {"classifier.modules_to_save.default.weight", "classifier.modules_to_save.default.bias"}
     assert trainable == expected
 
@@ -164,7 +166,9 @@ def test_peft_adapter_loads_in_zoo(bert, token_batch, tmp_path):
 
 def test_unsupported_peft_options_are_refused(bert, tmp_path):
     base = copy.deepcopy(bert)
-    peft.get_peft_model(bert, peft.LoraConfig(r=2, target_modules=["query"], bias="all")).save_pretrained(tmp_path / "a")
+    peft.get_peft_model(bert, peft.LoraConfig(r=2, target_modules=["query"], bias="all")).save_pretrained(
+        tmp_path / "a"
+    )
     with pytest.raises(ConfigError, match="bias"):
         zp.load_adapter(base, tmp_path / "a")
 

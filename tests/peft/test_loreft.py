@@ -37,7 +37,9 @@ def reference_logits(base, base_blocks, adapted_blocks, selected, run):
 
         def edit(module, args, output, r=r, w=w, b=b):
             h = output[0] if isinstance(output, tuple) else output
-            delta = torch.einsum("rd,btr->btd", r, torch.einsum("rd,btd->btr", w, h) + b - torch.einsum("rd,btd->btr", r, h))
+            delta = torch.einsum(
+                "rd,btr->btd", r, torch.einsum("rd,btd->btr", w, h) + b - torch.einsum("rd,btd->btr", r, h)
+            )
             if selected is not None:
                 delta = delta * selected[..., None]
             # transformers 4 blocks return a tuple (hidden, ...), transformers 5 ones a tensor
@@ -61,7 +63,9 @@ def test_bert_all_layers_first_and_last_positions(bert, token_batch):
     selected[:, 0] = True
     selected[[0, 2, 3], 7:] = True
     selected[1, 4:6] = True
-    expected = reference_logits(base, base.bert.encoder.layer, bert.bert.encoder.layer, selected, lambda m: logits(m, token_batch))
+    expected = reference_logits(
+        base, base.bert.encoder.layer, bert.bert.encoder.layer, selected, lambda m: logits(m, token_batch)
+    )
     with torch.no_grad():
         torch.testing.assert_close(logits(bert, token_batch), expected, atol=1e-5, rtol=1e-4)
 
@@ -70,11 +74,15 @@ def test_left_padding_counts_from_the_real_tokens(bert):
     base = copy.deepcopy(bert)
     zp.apply(bert, "loreft", positions="f2+l1", modules_to_save=[])
     perturb_trainable(bert, std=0.3)
-    batch = {"input_ids": torch.randint(0, 100, (2, 6), generator=torch.Generator().manual_seed(0)),
-             "attention_mask": torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])}
+    batch = {
+        "input_ids": torch.randint(0, 100, (2, 6), generator=torch.Generator().manual_seed(0)),
+        "attention_mask": torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]]),
+    }
     selected = torch.tensor([[False, False, True, True, False, True], [True, True, False, False, False, True]])
     assert torch.equal(position_mask((2, 1), 2, 6, batch["attention_mask"], "cpu"), selected)
-    expected = reference_logits(base, base.bert.encoder.layer, bert.bert.encoder.layer, selected, lambda m: logits(m, batch))
+    expected = reference_logits(
+        base, base.bert.encoder.layer, bert.bert.encoder.layer, selected, lambda m: logits(m, batch)
+    )
     with torch.no_grad():
         torch.testing.assert_close(logits(bert, batch), expected, atol=1e-5, rtol=1e-4)
 
@@ -129,8 +137,15 @@ def test_train_save_load_disable(kind, bert, vit, token_batch, image_batch, tmp_
 
 @pytest.mark.parametrize(
     "options, option_name",
-    [({"r": 0}, "r="), ({"r": 64}, "r="), ({"layers": [5]}, "layers"), ({"layers": "some"}, "layers"),
-     ({"positions": "first3"}, "positions"), ({"positions": "+"}, "positions"), ({"target_modules": ["query"]}, "target_modules")],
+    [
+        ({"r": 0}, "r="),
+        ({"r": 64}, "r="),
+        ({"layers": [5]}, "layers"),
+        ({"layers": "some"}, "layers"),
+        ({"positions": "first3"}, "positions"),
+        ({"positions": "+"}, "positions"),
+        ({"target_modules": ["query"]}, "target_modules"),
+    ],
 )
 def test_bad_options(bert, options, option_name):
     with pytest.raises(ConfigError, match=option_name):
@@ -152,9 +167,13 @@ def test_mask_inside_a_batch_dict_is_used(bert):
     model = DictModel(bert)
     zp.apply(model, "loreft", positions="l1", structure="hf-bert", modules_to_save=[])
     perturb_trainable(model, std=0.3)
-    batch = {"input_ids": torch.randint(0, 100, (2, 5), generator=torch.Generator().manual_seed(0)),
-             "attention_mask": torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])}
+    batch = {
+        "input_ids": torch.randint(0, 100, (2, 5), generator=torch.Generator().manual_seed(0)),
+        "attention_mask": torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]),
+    }
     selected = torch.tensor([[False, False, True, False, False], [False, False, False, False, True]])
-    expected = reference_logits(base, base.bert.encoder.layer, bert.bert.encoder.layer, selected, lambda m: logits(m, batch))
+    expected = reference_logits(
+        base, base.bert.encoder.layer, bert.bert.encoder.layer, selected, lambda m: logits(m, batch)
+    )
     with torch.no_grad():
         torch.testing.assert_close(model(batch), expected, atol=1e-5, rtol=1e-4)

@@ -58,7 +58,9 @@ def test_only_intended_parameters_train(setup, method):
     for name in trainable:
         assert ".default" in name, f"{method}: {name} is trainable but belongs to no adapter"
     frozen_originals = {n for n, p in model.named_parameters() if not p.requires_grad}
-    assert {logical_path(n) for n in frozen_originals} >= base_names - {n for n in base_names if n.startswith(("classifier", "head"))}
+    assert {logical_path(n) for n in frozen_originals} >= base_names - {
+        n for n in base_names if n.startswith(("classifier", "head"))
+    }
 
 
 @pytest.mark.parametrize("method", STARTS_AT_IDENTITY)

@@ -164,4 +164,10 @@ def test_different_kdim_is_refused(method):
     model = nn.Module()
     model.attn = nn.MultiheadAttention(DIM, HEADS, kdim=4, vdim=4)
     with pytest.raises(ConfigError, match="kdim == vdim == embed_dim"):
-        zp.apply(model, method, target_modules=["attn[q,v]"], modules_to_save=[], **({"n": 2} if method == "kadaptation" else {}))
+        zp.apply(
+            model,
+            method,
+            target_modules=["attn[q,v]"],
+            modules_to_save=[],
+            **({"n": 2} if method == "kadaptation" else {}),
+        )

@@ -47,7 +47,9 @@ def test_bert_matches_dense_reference(bert, token_batch):
     base = copy.deepcopy(bert)
     zp.apply(bert, "prefix", num_virtual_tokens=P, modules_to_save=[])
     perturb_trainable(bert)
-    expected = bert_reference(base, layer_prefixes(bert, 2, 32), token_batch["input_ids"], token_batch["attention_mask"])
+    expected = bert_reference(
+        base, layer_prefixes(bert, 2, 32), token_batch["input_ids"], token_batch["attention_mask"]
+    )
     with torch.no_grad():
         torch.testing.assert_close(logits(bert, token_batch), expected, atol=1e-5, rtol=1e-4)
         # the padded row really is masked: its padding tokens do not change the output
@@ -69,7 +71,9 @@ def test_vit_matches_dense_reference(vit, image_batch):
 def test_only_prefixes_and_head_train(bert, vit):
     zp.apply(bert, "prefix", num_virtual_tokens=P)
     assert trainable_names(bert) == {
-        "zoo_prefix.prompt_embeddings.default", "classifier.modules_to_save.default.weight", "classifier.modules_to_save.default.bias",
+        "zoo_prefix.prompt_embeddings.default",
+        "classifier.modules_to_save.default.weight",
+        "classifier.modules_to_save.default.bias",
     }
     assert bert.zoo_prefix.prompt_embeddings["default"].shape == (P, 2 * 2 * 32)
     zp.apply(vit, "prefix", num_virtual_tokens=P, modules_to_save=[])
@@ -138,8 +142,11 @@ def test_peft_adapter_loads_in_zoo(bert, token_batch, tmp_path):
 
 @pytest.mark.parametrize(
     "options, option_name",
-    [({"num_virtual_tokens": 0}, "num_virtual_tokens"), ({"prefix_projection": True}, "prefix_projection"),
-     ({"target_modules": ["query"]}, "target_modules")],
+    [
+        ({"num_virtual_tokens": 0}, "num_virtual_tokens"),
+        ({"prefix_projection": True}, "prefix_projection"),
+        ({"target_modules": ["query"]}, "target_modules"),
+    ],
 )
 def test_bad_options(bert, options, option_name):
     with pytest.raises(ConfigError, match=option_name):
@@ -170,8 +177,14 @@ def blocks_of(*attentions):
 def test_unknown_attention_is_refused():
     model = blocks_of(CustomAttention(), CustomAttention())
     structure = Structure(
-        name="test-custom", blocks=r"blocks\.\d+", attention="attn", attention_kind="fused_qkv", qkv="attn.qkv",
-        attention_out="fc1", ffn_in="fc1", ffn_out="fc2",
+        name="test-custom",
+        blocks=r"blocks\.\d+",
+        attention="attn",
+        attention_kind="fused_qkv",
+        qkv="attn.qkv",
+        attention_out="fc1",
+        ffn_in="fc1",
+        ffn_out="fc2",
     )
     with pytest.raises(ConfigError, match="prefix: cannot insert prefixes into CustomAttention"):
         zp.apply(model, "prefix", structure=structure, modules_to_save=[])
@@ -179,10 +192,18 @@ def test_unknown_attention_is_refused():
 
 
 def test_unsupported_multihead_attention_setting_is_refused_and_nothing_stays_patched():
-    model = blocks_of(nn.MultiheadAttention(8, 2, batch_first=True), nn.MultiheadAttention(8, 2, batch_first=True, add_bias_kv=True))
+    model = blocks_of(
+        nn.MultiheadAttention(8, 2, batch_first=True), nn.MultiheadAttention(8, 2, batch_first=True, add_bias_kv=True)
+    )
     structure = Structure(
-        name="test-mha", blocks=r"blocks\.\d+", attention="attn", attention_kind="mha", qkv="attn",
-        attention_out="fc1", ffn_in="fc1", ffn_out="fc2",
+        name="test-mha",
+        blocks=r"blocks\.\d+",
+        attention="attn",
+        attention_kind="mha",
+        qkv="attn",
+        attention_out="fc1",
+        ffn_in="fc1",
+        ffn_out="fc2",
     )
     with pytest.raises(ConfigError, match="prefix.*add_bias_kv"):
         zp.apply(model, "prefix", structure=structure, modules_to_save=[])

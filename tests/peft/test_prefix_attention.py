@@ -34,7 +34,9 @@ def rotate(x, positions):
     return x * cos + torch.cat([-x[..., d // 2 :], x[..., : d // 2]], -1) * sin
 
 
-def reference_attention(x, w_q, b_q, w_k, b_k, w_v, b_v, w_o, b_o, heads, prefix_k, prefix_v, bias=None, key_padding=None, rotary=False):
+def reference_attention(
+    x, w_q, b_q, w_k, b_k, w_v, b_v, w_o, b_o, heads, prefix_k, prefix_v, bias=None, key_padding=None, rotary=False
+):
     """Self-attention of x (batch, tokens, hidden) over [prefix; tokens], from raw weights.
 
     bias: additive scores over token keys (broadcast to (batch, heads, tokens, tokens));
@@ -120,10 +122,19 @@ def esm_attention():
 
 
 def structure(kind):
-    parts = dict(blocks=r"blocks\.\d+", attention="attn", attention_out="fc1", ffn_in="fc1", ffn_out="fc2", heads=("head",))
+    parts = dict(
+        blocks=r"blocks\.\d+", attention="attn", attention_out="fc1", ffn_in="fc1", ffn_out="fc2", heads=("head",)
+    )
     if kind == "multihead":
         return Structure(name="toy-mha", attention_kind="mha", qkv="attn", **parts)
-    return Structure(name=f"toy-{kind}", attention_kind="separate", query="attn.q_proj", key="attn.k_proj", value="attn.v_proj", **parts)
+    return Structure(
+        name=f"toy-{kind}",
+        attention_kind="separate",
+        query="attn.q_proj",
+        key="attn.k_proj",
+        value="attn.v_proj",
+        **parts,
+    )
 
 
 KINDS = {
@@ -178,9 +189,16 @@ def test_multihead_attention_matches_dense_reference(batch_first, need_weights, 
     attn_mask = causal if bool_attn_mask else torch.zeros(6, 6).masked_fill(causal, float("-inf"))
     given = x if batch_first else x.transpose(0, 1)
     with torch.no_grad():
-        out, weights = attn(given, given, given, key_padding_mask=padding, attn_mask=attn_mask, need_weights=need_weights)
+        out, weights = attn(
+            given, given, given, key_padding_mask=padding, attn_mask=attn_mask, need_weights=need_weights
+        )
         expected, expected_weights = reference_attention(
-            x, *multihead_weights(attn), HEADS, prefix_k, prefix_v, bias=torch.zeros(6, 6).masked_fill(causal, float("-inf")),
+            x,
+            *multihead_weights(attn),
+            HEADS,
+            prefix_k,
+            prefix_v,
+            bias=torch.zeros(6, 6).masked_fill(causal, float("-inf")),
             key_padding=padding,
         )
     torch.testing.assert_close(out if batch_first else out.transpose(0, 1), expected, atol=1e-5, rtol=1e-5)
@@ -190,7 +208,11 @@ def test_multihead_attention_matches_dense_reference(batch_first, need_weights, 
     else:
         assert weights is None
     with torch.no_grad():  # an unbatched (tokens, hidden) input is one row of the batch
-        alone = attn(given.select(1 - int(batch_first), 0), given.select(1 - int(batch_first), 0), given.select(1 - int(batch_first), 0))[0]
+        alone = attn(
+            given.select(1 - int(batch_first), 0),
+            given.select(1 - int(batch_first), 0),
+            given.select(1 - int(batch_first), 0),
+        )[0]
         row = attn(given, given, given, need_weights=False)[0]
     torch.testing.assert_close(alone, row[0] if batch_first else row[:, 0], atol=1e-5, rtol=1e-5)
 
@@ -240,9 +262,21 @@ def test_esm_rotary_attention_matches_dense_reference(need_head_weights):
     x, padding = inputs()
     sequence_first = x.transpose(0, 1)
     with torch.no_grad():
-        out, weights = attn(sequence_first, sequence_first, sequence_first, key_padding_mask=padding, need_head_weights=need_head_weights)
+        out, weights = attn(
+            sequence_first,
+            sequence_first,
+            sequence_first,
+            key_padding_mask=padding,
+            need_head_weights=need_head_weights,
+        )
         expected, expected_weights = reference_attention(
-            x, *separate_weights(attn), HEADS, prefix_k, prefix_v, key_padding=padding, rotary=True,
+            x,
+            *separate_weights(attn),
+            HEADS,
+            prefix_k,
+            prefix_v,
+            key_padding=padding,
+            rotary=True,
         )
     torch.testing.assert_close(out.transpose(0, 1), expected, atol=1e-5, rtol=1e-5)
     if need_head_weights:
@@ -297,7 +331,14 @@ def test_prefix_reaches_multihead_attention_under_lora():
     perturb_trainable(model)
     with torch.no_grad():
         lora_out = model(x, padding)
-    zp.apply(model, "prefix", adapter_name="prefix", structure=structure("multihead"), num_virtual_tokens=P, modules_to_save=[])
+    zp.apply(
+        model,
+        "prefix",
+        adapter_name="prefix",
+        structure=structure("multihead"),
+        num_virtual_tokens=P,
+        modules_to_save=[],
+    )
     attn = model.blocks[0].attn
     assert "forward" in attn.base_layer.__dict__
     h = torch.randn(2, 5, HIDDEN)

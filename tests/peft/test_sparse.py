@@ -118,7 +118,15 @@ def test_gradient_selection_uses_summed_abs_gradients():
     def calibration(m):
         return (F.mse_loss(m(x), y) for x, y in batches)
 
-    zp.apply(model, "sparse", density=0.3, selection="gradient", calibration=calibration, target_modules=["0", "2"], modules_to_save=[])
+    zp.apply(
+        model,
+        "sparse",
+        density=0.3,
+        selection="gradient",
+        calibration=calibration,
+        target_modules=["0", "2"],
+        modules_to_save=[],
+    )
     assert peft_state(model).adapters["default"].config.calibration is None
     scores = [torch.zeros_like(base[i].weight) for i in (0, 2)]
     for x, y in batches:
@@ -204,8 +212,14 @@ def test_a_few_steps_lower_the_loss(vit, image_batch):
 
 @pytest.mark.parametrize(
     "options, name",
-    [({"density": 0}, "density"), ({"density": 1.5}, "density"), ({"density": -0.1}, "density"),
-     ({"selection": "fisher"}, "selection"), ({"calibration": 3}, "calibration"), ({"seed": 1.5}, "seed")],
+    [
+        ({"density": 0}, "density"),
+        ({"density": 1.5}, "density"),
+        ({"density": -0.1}, "density"),
+        ({"selection": "fisher"}, "selection"),
+        ({"calibration": 3}, "calibration"),
+        ({"seed": 1.5}, "seed"),
+    ],
 )
 def test_bad_options_name_the_option(bert, options, name):
     with pytest.raises(ConfigError, match=rf"sparse: {name}="):

@@ -69,7 +69,11 @@ def test_bert_matches_dense_reference_with_padding(bert, token_batch, deep):
 
 def test_only_prompts_and_head_train_and_xavier_bound(vit, bert):
     zp.apply(vit, "vpt", num_prompts=P, deep=True)
-    assert trainable_names(vit) == {"zoo_vpt.prompt_embeddings.default", "head.modules_to_save.default.weight", "head.modules_to_save.default.bias"}
+    assert trainable_names(vit) == {
+        "zoo_vpt.prompt_embeddings.default",
+        "head.modules_to_save.default.weight",
+        "head.modules_to_save.default.bias",
+    }
     bound = math.sqrt(6 / (3 * 8 * 8 + 32))  # fan_in = 3 * patch area, as in the paper
     prompts = vit.zoo_vpt.prompt_embeddings["default"]
     assert prompts.abs().max() <= bound and prompts.abs().max() > bound / 2
@@ -108,8 +112,13 @@ def test_prompt_dropout_only_in_training(vit, image_batch):
 
 @pytest.mark.parametrize(
     "options, option_name",
-    [({"num_prompts": 0}, "num_prompts"), ({"deep": "yes"}, "deep"), ({"prompt_dropout": 1.5}, "prompt_dropout"),
-     ({"init": "orthogonal"}, "init"), ({"target_modules": ["qkv"]}, "target_modules")],
+    [
+        ({"num_prompts": 0}, "num_prompts"),
+        ({"deep": "yes"}, "deep"),
+        ({"prompt_dropout": 1.5}, "prompt_dropout"),
+        ({"init": "orthogonal"}, "init"),
+        ({"target_modules": ["qkv"]}, "target_modules"),
+    ],
 )
 def test_bad_options(vit, options, option_name):
     with pytest.raises(ConfigError, match=option_name):
@@ -128,8 +137,16 @@ def test_sequence_first_blocks_and_several_stacks_are_refused():
             self.fc1, self.fc2 = nn.Linear(8, 16), nn.Linear(16, 8)
 
     def structure(blocks):
-        return Structure(name="toy", blocks=blocks, attention="attn", attention_kind="mha", qkv="attn",
-                         attention_out="attn.out_proj", ffn_in="fc1", ffn_out="fc2")
+        return Structure(
+            name="toy",
+            blocks=blocks,
+            attention="attn",
+            attention_kind="mha",
+            qkv="attn",
+            attention_out="attn.out_proj",
+            ffn_in="fc1",
+            ffn_out="fc2",
+        )
 
     model = nn.Module()
     model.blocks = nn.Sequential(Block(batch_first=False))

@@ -8,11 +8,25 @@ from tests.results.conftest import SMALL, write_table
 
 
 def row(method: str, domain: str, seed: int, value: float, random_init: bool = False, **fields) -> dict:
-    return {"run_dir": f"/runs/{domain}/{method}/{seed}", "status": "complete", "table": "small", "scale": "cpu",
-            "domain": domain, "method_label": method, "seed": seed, "train_size": None, "metric": "accuracy",
-            "metric_split": "val", "metric_value": value, "trainable_parameters": 1000 if method != "full" else 100000,
-            "trainable_percent": 1.0 if method != "full" else 100.0, "peak_memory_bytes": 2**20 * 100,
-            "train_seconds": 10.0, "random_init": random_init, **fields}
+    return {
+        "run_dir": f"/runs/{domain}/{method}/{seed}",
+        "status": "complete",
+        "table": "small",
+        "scale": "cpu",
+        "domain": domain,
+        "method_label": method,
+        "seed": seed,
+        "train_size": None,
+        "metric": "accuracy",
+        "metric_split": "val",
+        "metric_value": value,
+        "trainable_parameters": 1000 if method != "full" else 100000,
+        "trainable_percent": 1.0 if method != "full" else 100.0,
+        "peak_memory_bytes": 2**20 * 100,
+        "train_seconds": 10.0,
+        "random_init": random_init,
+        **fields,
+    }
 
 
 def test_mean_std_delta_and_published_match_a_hand_computation(tmp_path):
@@ -20,11 +34,20 @@ def test_mean_std_delta_and_published_match_a_hand_computation(tmp_path):
     from zoo.results.spec import load_table
 
     spec = load_table(write_table(tmp_path, SMALL))
-    rows = [row("full", "text", 0, 0.90), row("full", "text", 1, 0.95),
-            row("bitfit", "text", 0, 0.80), row("bitfit", "text", 1, 0.90), row("bitfit", "text", 2, 0.70),
-            row("bitfit", "video_text", 0, 0.25, random_init=True, metric="R@1"),
-            {**row("adapter-tiny", "video_text", 0, 0.0), "status": "n/a", "metric_value": None,
-             "error": "adapter does not fit open_clip attention"}]
+    rows = [
+        row("full", "text", 0, 0.90),
+        row("full", "text", 1, 0.95),
+        row("bitfit", "text", 0, 0.80),
+        row("bitfit", "text", 1, 0.90),
+        row("bitfit", "text", 2, 0.70),
+        row("bitfit", "video_text", 0, 0.25, random_init=True, metric="R@1"),
+        {
+            **row("adapter-tiny", "video_text", 0, 0.0),
+            "status": "n/a",
+            "metric_value": None,
+            "error": "adapter does not fit open_clip attention",
+        },
+    ]
     files = render(rows, tmp_path / "out", spec, scale="cpu", command="zoo reproduce small --scale cpu")
     names = {path.name for path in files}
     assert {"small.md", "small.csv", "small-metric-vs-parameters.png", "small-memory-time.png"} <= names
@@ -41,15 +64,24 @@ def test_mean_std_delta_and_published_match_a_hand_computation(tmp_path):
     bitfit = records[("text", "bitfit")]
     assert abs(float(bitfit["mean"]) - 0.8) < 1e-12 and abs(float(bitfit["std"]) - 0.1) < 1e-12
     assert abs(float(bitfit["delta_vs_baseline"]) + 0.125) < 1e-12 and bitfit["seeds"] == "3"
-    assert float(records[("text", "full")]["published"]) == 0.948 and records[("text", "full")]["delta_vs_baseline"] == ""
+    assert (
+        float(records[("text", "full")]["published"]) == 0.948 and records[("text", "full")]["delta_vs_baseline"] == ""
+    )
     assert float(bitfit["peak_memory_mib"]) == 100.0 and float(bitfit["trainable_percent"]) == 1.0
 
 
 def test_data_scale_plot_when_there_are_several_sizes(tmp_path):
     from zoo.results.render import render
 
-    rows = [row(m, "sst2", 0, v, train_size=n, steps_to_95pct_best_val=s)
-            for m, n, v, s in (("full", 100, 0.6, 5), ("full", 1000, 0.8, 10), ("lora", 100, 0.55, 15), ("lora", 1000, 0.8, 20))]
+    rows = [
+        row(m, "sst2", 0, v, train_size=n, steps_to_95pct_best_val=s)
+        for m, n, v, s in (
+            ("full", 100, 0.6, 5),
+            ("full", 1000, 0.8, 10),
+            ("lora", 100, 0.55, 15),
+            ("lora", 1000, 0.8, 20),
+        )
+    ]
     names = {p.name for p in render(rows, tmp_path, None)}
     assert "results-data-scale.png" in names
     assert "## 100 training examples" in (tmp_path / "results.md").read_text()

@@ -25,7 +25,9 @@ def test_table_runs_its_cells_and_a_second_run_skips_every_one(zoo, small_table)
     assert code == 0, err
     assert "6 cells" in out and "5 complete" in out and "1 n/a" in out
     rows = rows_of(Path("res"))
-    assert sorted(rows) == sorted(f"{d}/{m}/seed0" for d in ("text", "video_text") for m in ("full", "bitfit", "adapter-tiny"))
+    assert sorted(rows) == sorted(
+        f"{d}/{m}/seed0" for d in ("text", "video_text") for m in ("full", "bitfit", "adapter-tiny")
+    )
     na = rows["video_text/adapter-tiny/seed0"]
     assert na["status"] == "n/a" and "adapter" in na["error"]
     lora = rows["text/bitfit/seed0"]
@@ -135,8 +137,19 @@ def test_two_shards_share_one_output_folder(zoo, small_table):
 def test_slurm_executor_submits_a_job_array(small_table):
     # submitit's debug executor runs the array's tasks in the submitting process (the same code path as
     # Slurm's) and swaps that process's stdout and stderr while it does: run it in a process of its own.
-    command = [sys.executable, "-m", "zoo.cli.main", "reproduce", str(small_table), "--out", "res",
-               "--executor", "slurm", "--slurm", "cluster=debug"]
+    command = [
+        sys.executable,
+        "-m",
+        "zoo.cli.main",
+        "reproduce",
+        str(small_table),
+        "--out",
+        "res",
+        "--executor",
+        "slurm",
+        "--slurm",
+        "cluster=debug",
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     code, out, err = done.returncode, done.stdout, done.stderr
     assert code == 0, err
@@ -150,8 +163,12 @@ def test_table_spec_errors_are_clear(zoo, tmp_path):
     write_table(tmp_path, "name: bad\ndomains: {}\nmethods: [lora]\nseedz: [1]\n", "bad")
     code, _, err = zoo("reproduce", tmp_path / "bad.yaml", "--dry-run")
     assert code == 2 and "unknown key 'seedz'" in err
-    write_table(tmp_path, 'domains: {text: {recipe: "text/sst2-{method}", metric: accuracy}}\nmethods: [lorra]\n'
-                "baseline: null\nscales: {tiny: {}}\n", "typo")
+    write_table(
+        tmp_path,
+        'domains: {text: {recipe: "text/sst2-{method}", metric: accuracy}}\nmethods: [lorra]\n'
+        "baseline: null\nscales: {tiny: {}}\n",
+        "typo",
+    )
     code, _, err = zoo("reproduce", tmp_path / "typo.yaml", "--dry-run")
     assert code == 2 and "cell text/lorra/seed0" in err and "'lora'" in err  # the unknown method, with close matches
     code, _, err = zoo("reproduce", "cross-domain", "--scale", "paper", "--dry-run", "--shard", "3/2")

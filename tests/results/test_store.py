@@ -70,11 +70,18 @@ def test_missing_store_is_a_clear_error(zoo):
 def test_steps_to_95_percent_of_best():
     from zoo.results.rows import steps_to_fraction_of_best
 
-    history = [{"split": "val", "step": 10, "acc": 0.5}, {"split": "train", "step": 15, "acc": 9.0},
-               {"split": "val", "step": 20, "acc": 0.86}, {"split": "val", "step": 30, "acc": 0.9}]
+    history = [
+        {"split": "val", "step": 10, "acc": 0.5},
+        {"split": "train", "step": 15, "acc": 9.0},
+        {"split": "val", "step": 20, "acc": 0.86},
+        {"split": "val", "step": 30, "acc": 0.9},
+    ]
     assert steps_to_fraction_of_best(history, "acc", True) == 20  # 0.86 >= 0.95 * 0.9 = 0.855
-    losses = [{"split": "val", "step": 5, "loss": 2.0}, {"split": "val", "step": 9, "loss": 1.04},
-              {"split": "val", "step": 12, "loss": 1.0}]
+    losses = [
+        {"split": "val", "step": 5, "loss": 2.0},
+        {"split": "val", "step": 9, "loss": 1.04},
+        {"split": "val", "step": 12, "loss": 1.0},
+    ]
     assert steps_to_fraction_of_best(losses, "loss", False) == 9  # 1.04 <= 1.0 + 0.05 * 1.0
     assert steps_to_fraction_of_best([], "acc", True) is None
 

@@ -52,8 +52,18 @@ class TokensTask:
 
 
 def settings(strategy: str) -> TrainSettings:
-    return TrainSettings(lr=5e-3, epochs=2, batch_size=8, grad_accum=2, warmup_ratio=0.2, log_every=2,
-                         strategy=strategy, device="cpu", eval_every=3, checkpoint_every=2)
+    return TrainSettings(
+        lr=5e-3,
+        epochs=2,
+        batch_size=8,
+        grad_accum=2,
+        warmup_ratio=0.2,
+        log_every=2,
+        strategy=strategy,
+        device="cpu",
+        eval_every=3,
+        checkpoint_every=2,
+    )
 
 
 class Killed(Exception):

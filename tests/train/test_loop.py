@@ -20,8 +20,10 @@ def reference_training(dataset, lr, epochs, batch_size, warmup_ratio, weight_dec
     model = TinyClassifier()
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
-        [{"params": [p for p in trainable if p.ndim >= 2], "weight_decay": weight_decay},
-         {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0}],
+        [
+            {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
+        ],
         lr=lr,
     )
     per_epoch = math.ceil(len(dataset) / batch_size)
@@ -31,10 +33,14 @@ def reference_training(dataset, lr, epochs, batch_size, warmup_ratio, weight_dec
     for epoch in range(epochs):
         order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed + epoch)).tolist()
         for start in range(0, len(dataset), batch_size):
-            factor = (step + 1) / warmup if step < warmup else 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
+            factor = (
+                (step + 1) / warmup
+                if step < warmup
+                else 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
+            )
             for group in optimizer.param_groups:
                 group["lr"] = lr * factor
-            items = [dataset[i] for i in order[start:start + batch_size]]
+            items = [dataset[i] for i in order[start : start + batch_size]]
             inputs, labels = torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
             F.cross_entropy(model({"x": inputs}), labels).backward()
             torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
@@ -48,8 +54,9 @@ def test_updates_equal_a_hand_written_loop(tmp_path):
     dataset = PointsDataset(40)
     reference = reference_training(dataset, 1e-2, 2, 8, 0.25, 0.05, 0.5, seed=3)
     model = TinyClassifier()
-    settings = TrainSettings(lr=1e-2, epochs=2, batch_size=8, warmup_ratio=0.25, weight_decay=0.05,
-                             max_grad_norm=0.5, seed=3, device="cpu")
+    settings = TrainSettings(
+        lr=1e-2, epochs=2, batch_size=8, warmup_ratio=0.25, weight_decay=0.05, max_grad_norm=0.5, seed=3, device="cpu"
+    )
     result = Trainer(model, PointsTask(), dataset, None, settings, tmp_path).fit()
     assert result.steps == 10 and result.best_metric is None
     expected = trainable_state(reference)
@@ -61,8 +68,16 @@ def test_gradient_accumulation_equals_the_larger_batch(tmp_path):
     dataset = PointsDataset(48)
     reference = reference_training(dataset, 1e-2, 1, 16, 0.0, 0.0, 1e9, seed=0)
     model = TinyClassifier()
-    settings = TrainSettings(lr=1e-2, epochs=1, batch_size=8, grad_accum=2, warmup_ratio=0.0, weight_decay=0.0,
-                             max_grad_norm=None, device="cpu")
+    settings = TrainSettings(
+        lr=1e-2,
+        epochs=1,
+        batch_size=8,
+        grad_accum=2,
+        warmup_ratio=0.0,
+        weight_decay=0.0,
+        max_grad_norm=None,
+        device="cpu",
+    )
     assert Trainer(model, PointsTask(), dataset, None, settings, tmp_path).fit().steps == 3
     expected = trainable_state(reference)
     for name, value in trainable_state(model).items():
@@ -197,7 +212,9 @@ def test_progress_bar_on_a_terminal_only(tmp_path, monkeypatch):
         monkeypatch.undo()
         text = stream.getvalue()
         if terminal:  # total, rate/ETA and the live loss and validation metric
-            assert "4/4" in text and "loss=" in text and "val_accuracy=" in text and ("step/s" in text or "s/step" in text)
+            assert (
+                "4/4" in text and "loss=" in text and "val_accuracy=" in text and ("step/s" in text or "s/step" in text)
+            )
         else:
             assert "loss=" not in text
 

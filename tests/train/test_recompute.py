@@ -53,7 +53,12 @@ class TokenTask(ImageTask):
 
 
 CASES = {
-    "transformers": (lambda: peft.apply(tiny_bert(), "lora", r=4), Tokens, TokenTask, "bert.encoder.layer.0.attention.self.query"),
+    "transformers": (
+        lambda: peft.apply(tiny_bert(), "lora", r=4),
+        Tokens,
+        TokenTask,
+        "bert.encoder.layer.0.attention.self.query",
+    ),
     "structure": (lambda: peft.apply(tiny_vit(), "lora", r=4), Images, ImageTask, "blocks.0.attn.qkv"),
 }
 

@@ -21,15 +21,18 @@ def kill_at(step):
     return callback
 
 
-SETTINGS = dict(lr=1e-2, epochs=3, batch_size=16, grad_accum=2, log_every=2, checkpoint_every=3, eval_every=4, device="cpu")
+SETTINGS = dict(
+    lr=1e-2, epochs=3, batch_size=16, grad_accum=2, log_every=2, checkpoint_every=3, eval_every=4, device="cpu"
+)
 
 
 def make_trainer(run_dir, callbacks=(), **overrides):
     model = TinyClassifier(dropout=0.3)  # dropout: the RNG state must be restored too
     settings = TrainSettings(**{**SETTINGS, **overrides})
     # 100 examples / 16 = 7 micro-batches: 4 steps per epoch, the last one short
-    trainer = Trainer(model, PointsTask(), PointsDataset(100), PointsDataset(40, seed=1), settings, run_dir,
-                      callbacks=callbacks)
+    trainer = Trainer(
+        model, PointsTask(), PointsDataset(100), PointsDataset(40, seed=1), settings, run_dir, callbacks=callbacks
+    )
     return trainer, model
 
 

@@ -8,7 +8,13 @@ from zoo.train import TrainSettings
 
 def test_defaults_are_the_documented_ones():
     settings = TrainSettings()
-    assert (settings.lr, settings.epochs, settings.batch_size, settings.precision, settings.strategy) == (1e-3, 3, 32, "fp32", "ddp")
+    assert (settings.lr, settings.epochs, settings.batch_size, settings.precision, settings.strategy) == (
+        1e-3,
+        3,
+        32,
+        "fp32",
+        "ddp",
+    )
     assert settings.max_steps is None and settings.eval_every is None and settings.early_stopping_patience is None
 
 

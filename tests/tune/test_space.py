@@ -8,11 +8,18 @@ from zoo.tune.space import GRAMMAR, SearchParameter, parse_search
 
 def test_the_three_kinds_parse_from_the_command_line_and_from_a_recipe():
     command_line = parse_search(
-        ["method.r=int:2..64:log", "train.lr=float:1e-5..1e-2:log", "method.target_modules=choice:[query,value]|[query,key,value]"]
+        [
+            "method.r=int:2..64:log",
+            "train.lr=float:1e-5..1e-2:log",
+            "method.target_modules=choice:[query,value]|[query,key,value]",
+        ]
     )
     assert command_line == parse_search(
-        {"method.r": "int:2..64:log", "train.lr": "float:1e-5..1e-2:log",
-         "method.target_modules": "choice:[query,value]|[query,key,value]"}
+        {
+            "method.r": "int:2..64:log",
+            "train.lr": "float:1e-5..1e-2:log",
+            "method.target_modules": "choice:[query,value]|[query,key,value]",
+        }
     )
     rank, lr, targets = command_line
     assert rank == SearchParameter("method.r", "int", 2, 64, True)

@@ -135,7 +135,9 @@ def _download_and_unpack(remote: RemoteFile, directory: Path, what: str) -> None
     """Fetch an archive (verified), unpack its folder ``remote.unpack`` into ``directory``, drop the archive."""
     directory.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".unpack-", dir=directory) as scratch:
-        archive = download(remote.url, Path(scratch) / remote.url.rsplit("/", 1)[-1], remote.sha256, what, md5=remote.md5)
+        archive = download(
+            remote.url, Path(scratch) / remote.url.rsplit("/", 1)[-1], remote.sha256, what, md5=remote.md5
+        )
         unpacked = Path(scratch) / "unpacked"
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as handle:
@@ -204,13 +206,21 @@ def describe_split(
     file its split reads. ``differing``: files a ChecksumWarning named while it was loaded."""
     file = getattr(dataset, "source", None)
     if not (isinstance(file, (str, os.PathLike)) and Path(file).is_file()):
-        candidates = [directory / f.path for f in spec.files if f.split in (None, split) and f.unpack is None] if directory else []
+        candidates = (
+            [directory / f.path for f in spec.files if f.split in (None, split) and f.unpack is None]
+            if directory
+            else []
+        )
         file = candidates[0] if len(candidates) == 1 and candidates[0].is_file() else None
     file = Path(file) if file is not None else None
     canonical = False if file is not None and file.resolve() in {p.resolve() for p in differing} else None
     return SplitSource(
-        split=split, rows=len(dataset), file=file, sha256=sha256_of(file) if file is not None else None,
-        selection=getattr(dataset, "selection", "") or "", canonical=canonical,
+        split=split,
+        rows=len(dataset),
+        file=file,
+        sha256=sha256_of(file) if file is not None else None,
+        selection=getattr(dataset, "selection", "") or "",
+        canonical=canonical,
     )
 
 
@@ -233,7 +243,9 @@ def describe_local_copy(spec: DatasetSpec, root: str | os.PathLike | None = None
     lines = []
     for split in spec.splits:
         try:
-            dataset, differing = load_noting_checksums(lambda split=split: load_dataset(spec.name, split, root, allow_download=False))
+            dataset, differing = load_noting_checksums(
+                lambda split=split: load_dataset(spec.name, split, root, allow_download=False)
+            )
         except (DataError, FileNotFoundError) as error:
             lines.append(f"{split}: cannot be read ({' '.join(str(error).split())})")
             continue

@@ -110,8 +110,9 @@ def _finish_part(part: Path, destination: Path, sha256: str, size: int, what: st
     if actual != sha256:
         part.unlink(missing_ok=True)
         raise _integrity_error(
-            what, f"{source} has sha256 {actual}, the index declares {sha256}; the partial file was removed and "
-            f"nothing was kept. The file on the hub is corrupt or was replaced"
+            what,
+            f"{source} has sha256 {actual}, the index declares {sha256}; the partial file was removed and "
+            f"nothing was kept. The file on the hub is corrupt or was replaced",
         )
     os.replace(part, destination)
     return destination
@@ -123,7 +124,9 @@ def copy_verified(source: Path, destination: Path, sha256: str, size: int, what:
     if not source.is_file():
         raise DownloadError(f"{what}: {source} does not exist")
     if source.stat().st_size > size:
-        raise _integrity_error(what, f"{source} is {source.stat().st_size} bytes, larger than the {size} declared; refused")
+        raise _integrity_error(
+            what, f"{source} is {source.stat().st_size} bytes, larger than the {size} declared; refused"
+        )
     destination.parent.mkdir(parents=True, exist_ok=True)
     part = destination.with_name(destination.name + ".part")
     with open(source, "rb") as reader, open(part, "wb") as writer:
@@ -132,7 +135,14 @@ def copy_verified(source: Path, destination: Path, sha256: str, size: int, what:
 
 
 def download_resumable(
-    url: str, destination: Path, sha256: str, size: int, what: str, *, timeout: float = 30.0, attempts: int = 3,
+    url: str,
+    destination: Path,
+    sha256: str,
+    size: int,
+    what: str,
+    *,
+    timeout: float = 30.0,
+    attempts: int = 3,
     session: requests.Session | None = None,
 ) -> Path:
     """Fetch ``url`` to ``destination``, resuming ``destination.part`` with an HTTP Range request.
@@ -157,7 +167,11 @@ def download_resumable(
             with http.get(url, stream=True, timeout=timeout, headers=headers) as response:
                 if offset and response.status_code == 200:  # the server ignored the range: start again
                     offset = 0
-                elif offset and response.status_code == 206 and not response.headers.get("Content-Range", "").startswith(f"bytes {offset}-"):
+                elif (
+                    offset
+                    and response.status_code == 206
+                    and not response.headers.get("Content-Range", "").startswith(f"bytes {offset}-")
+                ):
                     part.unlink(missing_ok=True)  # a range other than the one asked for: start again
                     continue
                 response.raise_for_status()

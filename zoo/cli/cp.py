@@ -38,8 +38,7 @@ def run(args: argparse.Namespace) -> int:
     header = header.split("\n\n")[0] if header else ""
     text = (
         f"{header}# Copied from {source} with its defaults merged in; edit it and run: zoo train {dest}\n"
-        f"# The tiny: section is what scale=tiny changes (a smoke run on synthetic data).\n\n"
-        + dump_yaml(ordered)
+        f"# The tiny: section is what scale=tiny changes (a smoke run on synthetic data).\n\n" + dump_yaml(ordered)
     )
     atomic_write_text(dest, text)
     print(f"copied {args.recipe} to {dest}")

@@ -19,8 +19,14 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--backbone", choices=("bert", "vit"), default="bert")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="where the adapter is saved")
-    parser.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
-                        help="method option, e.g. -o r=16 (values are parsed as JSON when they can be)")
+    parser.add_argument(
+        "--option",
+        "-o",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="method option, e.g. -o r=16 (values are parsed as JSON when they can be)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -45,16 +51,30 @@ def _backbone(kind: str) -> tuple[torch.nn.Module, dict, torch.Tensor]:  # noqa:
     if kind == "bert":
         from transformers import BertConfig, BertForSequenceClassification
 
-        config = BertConfig(vocab_size=200, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                            intermediate_size=128, num_labels=2)
+        config = BertConfig(
+            vocab_size=200,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=128,
+            num_labels=2,
+        )
         model = BertForSequenceClassification(config)
         input_ids = torch.randint(1, 200, (32, 16), generator=generator)
         labels = (input_ids[:, 0] % 2).long()  # learnable from the first token
         return model, {"input_ids": input_ids}, labels
     import timm
 
-    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=2, img_size=32, patch_size=8,
-                              depth=2, embed_dim=64, num_heads=4)
+    model = timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        num_classes=2,
+        img_size=32,
+        patch_size=8,
+        depth=2,
+        embed_dim=64,
+        num_heads=4,
+    )
     images = torch.randn(32, 3, 32, 32, generator=generator)
     labels = (images[:, 0].mean(dim=(1, 2)) > 0).long()
     return model, {"x": images}, labels

@@ -23,8 +23,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def _table(rows: list[tuple[str, ...]], indent: str = "  ") -> list[str]:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    return [(indent + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1]).rstrip()
-            for row in rows]
+    return [
+        (indent + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1]).rstrip()
+        for row in rows
+    ]
 
 
 def _versions() -> list[str]:
@@ -33,8 +35,15 @@ def _versions() -> list[str]:
 
     rows = [("", "version", "zoo declares", "package"), ("python", platform.python_version(), "", sys.executable)]
     root = env.checkout_root()
-    rows.append(("zoo", __version__, "", f"{env.DISTRIBUTION} {env.version(env.DISTRIBUTION) or '(not installed)'}"
-                                         + (f", from {root}" if root else "")))
+    rows.append(
+        (
+            "zoo",
+            __version__,
+            "",
+            f"{env.DISTRIBUTION} {env.version(env.DISTRIBUTION) or '(not installed)'}"
+            + (f", from {root}" if root else ""),
+        )
+    )
     for library in env.LIBRARIES:
         installed = env.version(library.distribution)
         allowed = env.declared_range(library.distribution)
@@ -56,8 +65,10 @@ def run(args: argparse.Namespace) -> int:
     print("devices")
     print("\n".join(_table(env.devices(sys.modules.get("torch") if results[0].ok else None))))
     print("checks")
-    rows = [(r.library.label, "ok" if r.ok else "FAILED", r.detail + ("" if r.skipped else f" ({r.seconds:.1f} s)"))
-            for r in results]
+    rows = [
+        (r.library.label, "ok" if r.ok else "FAILED", r.detail + ("" if r.skipped else f" ({r.seconds:.1f} s)"))
+        for r in results
+    ]
     print("\n".join(_table(rows)))
     problems = {}
     for result in results:

@@ -13,7 +13,9 @@ from pathlib import Path
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("eval", help="evaluate a finished run on a split")
-    parser.add_argument("run_dir", type=Path, help="a run directory made by zoo train, or a hub adapter (name or pulled folder)")
+    parser.add_argument(
+        "run_dir", type=Path, help="a run directory made by zoo train, or a hub adapter (name or pulled folder)"
+    )
     parser.add_argument("--split", default="test", help="split of the run's dataset (default test)")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the run's train.eval_batch_size")
     parser.add_argument("--data-root", help="hub adapters: the folder holding the dataset (default: $ZOO_DATA_DIR)")
@@ -47,7 +49,9 @@ def run(args: argparse.Namespace) -> int:
     batch_size = args.batch_size or config.train.eval_batch_size
     with torch.no_grad():
         metrics = built.task.evaluate(model, dataset, batch_size)
-    runs.update_eval_results(args.run_dir, args.split, metrics, note=f"zoo eval, {len(dataset)} examples", at=runs.now())
+    runs.update_eval_results(
+        args.run_dir, args.split, metrics, note=f"zoo eval, {len(dataset)} examples", at=runs.now()
+    )
     print(f"{args.run_dir} on {config.data.name} {args.split} ({len(dataset)} examples):")
     for name, value in metrics.items():
         print(f"  {name:<14} {value:.4f}")

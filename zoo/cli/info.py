@@ -21,18 +21,27 @@ def run(args: argparse.Namespace) -> int:
     state = record.get("status", "unknown")
     print(f"{run_dir}: {record.get('recipe', '?')} ({state})")
     print(f"  command   {record.get('command', '?')}")
-    print(f"  started   {record.get('started', '?')}" + (f", finished {record['finished']}" if record.get("finished") else ""))
-    print(f"  model     {config.method.name} on {config.backbone.name}"
-          f"{' (scale=tiny)' if config.tiny else ''}, data {config.data.name}")
+    print(
+        f"  started   {record.get('started', '?')}"
+        + (f", finished {record['finished']}" if record.get("finished") else "")
+    )
+    print(
+        f"  model     {config.method.name} on {config.backbone.name}"
+        f"{' (scale=tiny)' if config.tiny else ''}, data {config.data.name}"
+    )
     if record.get("trainable_parameters"):
         print(f"  trainable {record['trainable_parameters']:,} of {record['total_parameters']:,} parameters")
     if state == "complete":
-        print(f"  steps     {record.get('steps')}; best {record.get('main_metric')} {record.get('best_metric')} "
-              f"at step {record.get('best_step')}")
+        print(
+            f"  steps     {record.get('steps')}; best {record.get('main_metric')} {record.get('best_metric')} "
+            f"at step {record.get('best_step')}"
+        )
     elif state in ("running", "interrupted", "failed"):
         if record.get("error"):
             print(f"  error     {record['error']}")
-        print(f"  not complete: continue with `{runs.resume_command(record.get('command', 'zoo train RECIPE'), run_dir)}`")
+        print(
+            f"  not complete: continue with `{runs.resume_command(record.get('command', 'zoo train RECIPE'), run_dir)}`"
+        )
     for split, entry in runs.read_json(run_dir / runs.EVAL_FILE).items():
         metrics = ", ".join(f"{k} {v:.4f}" for k, v in entry.get("metrics", {}).items())
         print(f"  {split:<9} {metrics}" + (f"  ({entry['note']})" if entry.get("note") else ""))

@@ -10,7 +10,9 @@ KINDS = ("recipes", "methods", "backbones", "datasets", "tasks", "structures", "
 def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("ls", help="list recipes, PEFT methods, backbones, datasets, task kinds or structures")
     parser.add_argument("what", choices=KINDS, nargs="?", default="recipes")
-    parser.add_argument("pattern", nargs="?", default="*", help="shell-style filter on names, e.g. 'vision/*' or 'esm*'")
+    parser.add_argument(
+        "pattern", nargs="?", default="*", help="shell-style filter on names, e.g. 'vision/*' or 'esm*'"
+    )
     parser.add_argument("--hub", help="adapters: the hub to list (default: $ZOO_HUB, then zoo's own)")
     parser.set_defaults(run=run)
 
@@ -44,7 +46,9 @@ def _methods(pattern: str) -> None:
             continue
         spec = get_method(name)
         doc = (__import__(spec.inject.__module__, fromlist=["_"]).__doc__ or "").strip().split("\n\n")[0]
-        flags = ", ".join(f for f, on in (("mergeable", spec.mergeable), (f"peft:{spec.peft_type}", spec.peft_type)) if on)
+        flags = ", ".join(
+            f for f, on in (("mergeable", spec.mergeable), (f"peft:{spec.peft_type}", spec.peft_type)) if on
+        )
         print(f"{name:<12} {_short(doc)}" + (f"  [{flags}]" if flags else ""))
 
 
@@ -114,7 +118,11 @@ def _adapters(pattern: str, hub: str | None) -> None:
         print(f"no adapters matching {pattern!r}")
     for hub_found, entry in rows:
         main = entry.get("task", {}).get("main_metric")
-        measured = next(iter(entry.get("metrics", {}).values()), None) if "test" not in entry.get("metrics", {}) else entry["metrics"]["test"]
+        measured = (
+            next(iter(entry.get("metrics", {}).values()), None)
+            if "test" not in entry.get("metrics", {})
+            else entry["metrics"]["test"]
+        )
         metric = ""
         if measured and main in measured.get("metrics", {}):
             metric = f"{main} {measured['metrics'][main]:.4f} ({entry['dataset']['name']} {measured['split']}, {measured.get('examples')} examples)"
@@ -126,6 +134,12 @@ def run(args: argparse.Namespace) -> int:
     if args.what == "adapters":
         _adapters(args.pattern, args.hub)
         return 0
-    {"recipes": _recipes, "methods": _methods, "backbones": _backbones, "datasets": _datasets, "tasks": _tasks,
-     "structures": _structures}[args.what](args.pattern)
+    {
+        "recipes": _recipes,
+        "methods": _methods,
+        "backbones": _backbones,
+        "datasets": _datasets,
+        "tasks": _tasks,
+        "structures": _structures,
+    }[args.what](args.pattern)
     return 0

@@ -52,8 +52,14 @@ def _errors() -> tuple[type[BaseException], ...]:
     from zoo.train.checkpoint import CheckpointError
 
     return (
-        ConfigError, ValueError, FileNotFoundError, PretrainedUnavailable, DownloadError, UnknownNameError,
-        CheckpointError, FloatingPointError,
+        ConfigError,
+        ValueError,
+        FileNotFoundError,
+        PretrainedUnavailable,
+        DownloadError,
+        UnknownNameError,
+        CheckpointError,
+        FloatingPointError,
     )
 
 

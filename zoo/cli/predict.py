@@ -21,7 +21,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--format", choices=("table", "json", "csv"), default="table")
     parser.add_argument("--hub", help="the hub to pull NAME from (default: $ZOO_HUB, then zoo's own)")
     parser.add_argument("--backbone-weights", help="a local checkpoint of the base backbone (used before any other)")
-    parser.add_argument("--force", action="store_true", help="load an adapter even if the base weights' fingerprint differs")
+    parser.add_argument(
+        "--force", action="store_true", help="load an adapter even if the base weights' fingerprint differs"
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.set_defaults(run=run)
 
@@ -47,7 +49,9 @@ def run(args: argparse.Namespace) -> int:
         value_columns = ["label"] if "label" in rows[0] else [key for key in rows[0] if key != "input"]
         writer.writerow(["input", *value_columns, *classes])
         for row in rows:
-            writer.writerow([row["input"], *(row.get(k) for k in value_columns), *(f"{row['scores'][c]:.6f}" for c in classes)])
+            writer.writerow(
+                [row["input"], *(row.get(k) for k in value_columns), *(f"{row['scores'][c]:.6f}" for c in classes)]
+            )
         return 0
     width = min(60, max(len(str(row["input"])) for row in rows))
     for row in rows:

@@ -15,7 +15,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("push", help="publish a finished run's adapter on a hub (a folder or hf://org/repo)")
     parser.add_argument("run_dir", type=Path, help="a complete run directory made by zoo train")
     parser.add_argument("--hub", required=True, help="destination: a folder, or hf://org/repo[@branch]")
-    parser.add_argument("--name", help="<domain>/<task>-<method> (default: from the run's backbone, dataset and method)")
+    parser.add_argument(
+        "--name", help="<domain>/<task>-<method> (default: from the run's backbone, dataset and method)"
+    )
     parser.add_argument("--version", help="default: the next integer version of NAME on the hub")
     parser.add_argument("--licence", help="the adapter's licence (default: the base weights' licence)")
     parser.set_defaults(run=run)

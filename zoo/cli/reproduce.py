@@ -9,18 +9,31 @@ from pathlib import Path
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
-        "reproduce", help="run a result table (recipes/tables/) and render it",
+        "reproduce",
+        help="run a result table (recipes/tables/) and render it",
         description="Run every cell of a result table that is not done yet (a rerun skips finished cells and "
-                    "resumes interrupted ones), store a row per cell and render the table.")
+        "resumes interrupted ones), store a row per cell and render the table.",
+    )
     parser.add_argument("table", help="a table under recipes/tables (cross-domain, data-scale) or a YAML file")
-    parser.add_argument("--scale", choices=("tiny", "cpu", "paper"), default="tiny",
-                        help="tiny: tiny random backbones on fixtures (seconds); cpu: real MiniLM for text on the shared "
-                             "data, small random backbones elsewhere; paper: the recipes as written")
-    parser.add_argument("--out", type=Path, default=Path("results"), help="output folder (run directories and the store)")
+    parser.add_argument(
+        "--scale",
+        choices=("tiny", "cpu", "paper"),
+        default="tiny",
+        help="tiny: tiny random backbones on fixtures (seconds); cpu: real MiniLM for text on the shared "
+        "data, small random backbones elsewhere; paper: the recipes as written",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("results"), help="output folder (run directories and the store)"
+    )
     parser.add_argument("--jobs", type=int, default=1, help="cells run at once on this machine (local executor)")
     parser.add_argument("--executor", choices=("local", "slurm"), default="local")
-    parser.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
-                        help="submitit parameter, e.g. slurm_partition=gpu timeout_min=120 (cluster=debug runs locally)")
+    parser.add_argument(
+        "--slurm",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="submitit parameter, e.g. slurm_partition=gpu timeout_min=120 (cluster=debug runs locally)",
+    )
     parser.add_argument("--no-wait", action="store_true", help="slurm: submit and return without waiting")
     parser.add_argument("--shard", default=None, metavar="I/N", help="run shard I of N (every N-th cell)")
     parser.add_argument("--dry-run", action="store_true", help="list the cells and what is already done; run nothing")
@@ -49,18 +62,34 @@ def run(args: argparse.Namespace) -> int:
         for cell in summary.cells:
             print(f"{summary.states[cell.id]:<7} {cell.id:<40} {cell.recipe} {' '.join(cell.overrides)}")
         counts = {s: list(summary.states.values()).count(s) for s in dict.fromkeys(summary.states.values())}
-        print(f"{len(summary.cells)} cells of {summary.table} at scale {args.scale}: "
-              + ", ".join(f"{n} {s}" for s, n in counts.items()))
+        print(
+            f"{len(summary.cells)} cells of {summary.table} at scale {args.scale}: "
+            + ", ".join(f"{n} {s}" for s, n in counts.items())
+        )
         return 0
     try:
-        summary = reproduce(args.table, args.scale, args.out, jobs=args.jobs, executor=args.executor, shard=args.shard,
-                            slurm=_slurm_options(args.slurm), wait=not args.no_wait)
+        summary = reproduce(
+            args.table,
+            args.scale,
+            args.out,
+            jobs=args.jobs,
+            executor=args.executor,
+            shard=args.shard,
+            slurm=_slurm_options(args.slurm),
+            wait=not args.no_wait,
+        )
     except RunInterrupted:
         print(f"\ninterrupted; the running cell is marked interrupted. Continue with: {args.command_line}")
         return 130
-    counts = {o: summary.count(o) for o in ("complete", "skipped", "n/a", "failed", "submitted", "interrupted") if summary.count(o)}
-    print(f"{summary.table} ({args.scale}): {len(summary.cells)} cells in {summary.seconds:.1f}s: "
-          + ", ".join(f"{n} {o}" for o, n in counts.items()))
+    counts = {
+        o: summary.count(o)
+        for o in ("complete", "skipped", "n/a", "failed", "submitted", "interrupted")
+        if summary.count(o)
+    }
+    print(
+        f"{summary.table} ({args.scale}): {len(summary.cells)} cells in {summary.seconds:.1f}s: "
+        + ", ".join(f"{n} {o}" for o, n in counts.items())
+    )
     if "submitted" not in counts or not args.no_wait:
         from zoo.cli.results import render_table
 

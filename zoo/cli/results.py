@@ -7,8 +7,11 @@ from pathlib import Path
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("results", help="the results store: add runs, rebuild it, render tables",
-                                 description="The results store, results.sqlite in the output folder (default results/).")
+    parser = commands.add_parser(
+        "results",
+        help="the results store: add runs, rebuild it, render tables",
+        description="The results store, results.sqlite in the output folder (default results/).",
+    )
     actions = parser.add_subparsers(dest="action", required=True)
     add = actions.add_parser("add", help="add run directories (zoo train ones too) to the store")
     add.add_argument("run_dirs", nargs="+", type=Path)
@@ -27,8 +30,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-def render_table(table: str, scale: str, out: Path, to: Path | None = None, plots: bool = True,
-                 command: str = "") -> list[Path]:
+def render_table(
+    table: str, scale: str, out: Path, to: Path | None = None, plots: bool = True, command: str = ""
+) -> list[Path]:
     from zoo.results.render import render
     from zoo.results.spec import load_table
     from zoo.results.store import ResultsStore
@@ -58,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     with ResultsStore(args.out, create=False) as store:
         for row in store.rows(args.table):
-            print(f"{row.get('table') or '-':<14} {row.get('scale') or '-':<6} {row.get('cell') or row['run_dir']:<40} "
-                  f"{row['status']:<10} {row.get('metric') or ''} {row.get('metric_value')}")
+            print(
+                f"{row.get('table') or '-':<14} {row.get('scale') or '-':<6} {row.get('cell') or row['run_dir']:<40} "
+                f"{row['status']:<10} {row.get('metric') or ''} {row.get('metric_value')}"
+            )
     return 0

@@ -20,8 +20,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("recipe", help="a recipe name (vision/medical-lora) or a YAML file")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. train.lr=3e-4 method.r=16 scale=tiny")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="run directory (default runs/<recipe>, runs/tiny/<recipe> at scale=tiny; -2, -3... if taken)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="run directory (default runs/<recipe>, runs/tiny/<recipe> at scale=tiny; -2, -3... if taken)",
+    )
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
     parser.add_argument("--nproc", type=int, default=1, help="processes (DDP through torchrun; GPUs or CPU with gloo)")
     parser.set_defaults(run=run, accepts_overrides=True)

@@ -23,8 +23,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("recipe", help="a recipe name (zoo ls recipes) or YAML file")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="fixed overrides, e.g. scale=tiny")
     parser.add_argument("--trials", type=int, required=True, help="finished trials the study should have")
-    parser.add_argument("--search", action="append", default=[], metavar="KEY=SPEC",
-                        help="a searched key (repeatable); default: the recipe's search: section")
+    parser.add_argument(
+        "--search",
+        action="append",
+        default=[],
+        metavar="KEY=SPEC",
+        help="a searched key (repeatable); default: the recipe's search: section",
+    )
     parser.add_argument("--study", type=Path, default=None, help="study folder (default tune/<recipe>)")
     parser.add_argument("--jobs", type=int, default=1, help="trials run at once in this process")
     parser.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler")
@@ -40,10 +45,16 @@ def run(args: argparse.Namespace) -> int:
     specs = args.search or read_recipe(find_recipe(args.recipe)).get("search") or {}
     parameters = parse_search(specs)
     study = args.study or Path("tune") / recipe_label(args.recipe)
-    result = tune(args.recipe, parse_overrides(list(args.overrides)), parameters, args.trials, study,
-                  jobs=args.jobs, seed=args.seed)
+    result = tune(
+        args.recipe,
+        parse_overrides(list(args.overrides)),
+        parameters,
+        args.trials,
+        study,
+        jobs=args.jobs,
+        seed=args.seed,
+    )
     print(f"{result.finished} finished, {result.pruned} pruned, {result.failed} failed trials in {result.study_dir}")
     for plot in result.plots:
         print(f"  plot {plot}")
     return 0 if result.finished else 1
-

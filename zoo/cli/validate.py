@@ -41,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"  method    {config.method.name} ({options}); on the tiny variant: {report}")
     settings = config.train
     budget = f"max_steps {settings.max_steps}" if settings.max_steps else f"{settings.epochs} epochs"
-    print(f"  train     lr {settings.lr}, batch {settings.batch_size} x {settings.grad_accum}, {budget}, "
-          f"{settings.precision}, seed {settings.seed}")
+    print(
+        f"  train     lr {settings.lr}, batch {settings.batch_size} x {settings.grad_accum}, {budget}, "
+        f"{settings.precision}, seed {settings.seed}"
+    )
     return 0

@@ -121,7 +121,13 @@ def _data_hint(config: RunConfig, spec: DatasetSpec) -> str:
     present = []  # datasets of the same kind whose files are under this root (e.g. a local subset)
     for name in DATASETS.names():
         other = DATASETS.get(name)
-        if name != spec.name and other.domain == spec.domain and other.task == spec.task and other.folder and other.files:
+        if (
+            name != spec.name
+            and other.domain == spec.domain
+            and other.task == spec.task
+            and other.folder
+            and other.files
+        ):
             if local_copy_present(other, dataset_dir(other, root)):
                 present.append(name)
     where = f"{spec.folder}/" if spec.folder else ""
@@ -220,7 +226,9 @@ def build_backbone(config: RunConfig, resolved: Resolved, tiny: bool | None = No
     options = {**resolved.builder.backbone_options, **config.backbone.options}
     pretrained = False if tiny else config.backbone.pretrained
     try:
-        return create_backbone(resolved.backbone.name, pretrained=pretrained, scale="tiny" if tiny else "default", **options)
+        return create_backbone(
+            resolved.backbone.name, pretrained=pretrained, scale="tiny" if tiny else "default", **options
+        )
     except TypeError as error:
         if "unexpected keyword" not in str(error):
             raise
@@ -272,7 +280,9 @@ def choose_layers(config: RunConfig, resolved: Resolved, outputs: int | None, tr
 
     count = auto_count(config.method.options["layers"])
     if train_set is None:
-        raise ConfigError(f"method.layers=auto:{count} measures block importance on the training split, and there is none")
+        raise ConfigError(
+            f"method.layers=auto:{count} measures block importance on the training split, and there is none"
+        )
     everywhere = config.model_copy(
         update={"method": MethodChoice(name=config.method.name, options={**config.method.options, "layers": None})}
     )
@@ -280,7 +290,9 @@ def choose_layers(config: RunConfig, resolved: Resolved, outputs: int | None, tr
     blocks = peft_state(model).structure.block_names(model)
     if count > len(blocks):
         raise ConfigError(f"method.layers=auto:{count}: this backbone has {len(blocks)} blocks")
-    scores = block_importance(model, task, train_set, blocks, batch_size=config.train.batch_size, seed=config.train.seed)
+    scores = block_importance(
+        model, task, train_set, blocks, batch_size=config.train.batch_size, seed=config.train.seed
+    )
     chosen = most_important(scores, count)
     selected = config.model_copy(
         update={"method": MethodChoice(name=config.method.name, options={**config.method.options, "layers": chosen})}

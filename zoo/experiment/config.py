@@ -68,9 +68,12 @@ class DataConfig(Section):
 
 
 class TaskConfig(Section):
-    kind: str | None = Field(None, description="classification, regression, per_residue, retrieval, generation; "
-                             "null: the dataset's task.")
-    num_outputs: int | None = Field(None, description="Head outputs; null: the dataset's class count (1 for regression).")
+    kind: str | None = Field(
+        None, description="classification, regression, per_residue, retrieval, generation; null: the dataset's task."
+    )
+    num_outputs: int | None = Field(
+        None, description="Head outputs; null: the dataset's class count (1 for regression)."
+    )
     main_metric: str | None = Field(None, description="Metric for model selection; null: the task's own.")
     options: dict[str, Any] = Field(default_factory=dict, description="Passed to the task builder.")
 
@@ -172,7 +175,9 @@ def check_keys(
             raise _unknown(key, top, where, "")
         if key == "tiny" and allow_file_keys:
             if not isinstance(value, dict):
-                raise ConfigError(f"tiny{where} must be a mapping of overrides for scale=tiny, e.g. {{train: {{max_steps: 4}}}}")
+                raise ConfigError(
+                    f"tiny{where} must be a mapping of overrides for scale=tiny, e.g. {{train: {{max_steps: 4}}}}"
+                )
             check_keys(value, f" (under tiny{where and ','}{where})", method_name=method_name)
             continue
         if key not in SECTIONS or value is None:
@@ -287,7 +292,9 @@ def _validate_method(value: Any) -> MethodChoice:
     types = method_option_types(name)  # unknown method: ConfigError with close matches
     for key, option in options.items():
         try:
-            TypeAdapter(types[key], config=ConfigDict(strict=True, arbitrary_types_allowed=True)).validate_python(option)
+            TypeAdapter(types[key], config=ConfigDict(strict=True, arbitrary_types_allowed=True)).validate_python(
+                option
+            )
         except ValidationError as error:
             raise ConfigError(
                 f"method.{key}={option!r} is not allowed for {name}: {error.errors()[0]['msg']}; "
@@ -305,7 +312,9 @@ def validate(data: dict[str, Any], where: str = "") -> RunConfig:
     check_keys(data, where)
     for section in ("backbone", "data", "method"):
         if data.get(section) is None:
-            raise ConfigError(f"section {section!r} is missing{where}; a recipe states backbone, data, method and train")
+            raise ConfigError(
+                f"section {section!r} is missing{where}; a recipe states backbone, data, method and train"
+            )
     scale = data.get("scale", "default")
     if scale not in SCALES:
         raise ConfigError(f"scale={scale!r} is not allowed; choose one of {', '.join(SCALES)}")

@@ -27,7 +27,13 @@ from zoo.errors import ConfigError
 
 
 def block_importance(
-    model: nn.Module, task: Any, dataset: Dataset, block_names: Sequence[str], batches: int = 4, batch_size: int = 8, seed: int = 0
+    model: nn.Module,
+    task: Any,
+    dataset: Dataset,
+    block_names: Sequence[str],
+    batches: int = 4,
+    batch_size: int = 8,
+    seed: int = 0,
 ) -> list[float]:
     """The importance of each block in ``block_names`` (same order); the model's gradients are left cleared."""
     from zoo.train.loop import move_to_device
@@ -52,7 +58,9 @@ def block_importance(
             model.zero_grad(set_to_none=True)
             task.loss(model, move_to_device(batch, device), move_to_device(labels, device)).backward()
             for position, block in enumerate(block_names):
-                squared[position] += sum(float(p.grad.double().pow(2).sum()) for p in owned[block] if p.grad is not None)
+                squared[position] += sum(
+                    float(p.grad.double().pow(2).sum()) for p in owned[block] if p.grad is not None
+                )
     finally:
         model.zero_grad(set_to_none=True)
         model.train(was_training)

@@ -85,7 +85,9 @@ def model_card(
     if config.tiny:
         backbone = f"`{backbone_spec.name}`, tiny random-weight configuration (scale=tiny)"
     elif isinstance(config.backbone.pretrained, str):
-        backbone = f"`{backbone_spec.name}` ({backbone_spec.description}); local checkpoint `{config.backbone.pretrained}`"
+        backbone = (
+            f"`{backbone_spec.name}` ({backbone_spec.description}); local checkpoint `{config.backbone.pretrained}`"
+        )
     elif config.backbone.pretrained and backbone_spec.weights is not None:
         weights = backbone_spec.weights
         backbone = f"`{backbone_spec.name}` ({backbone_spec.description}); weights `{weights.source}`, licence {weights.licence}"
@@ -101,13 +103,17 @@ def model_card(
     lines = [
         f"# {recipe}: {method.name} on {backbone_spec.name} for {dataset_spec.name}",
         "",
-        f"Ran `{method.name}`" + (f" ({options})" if options != "defaults" else "")
+        f"Ran `{method.name}`"
+        + (f" ({options})" if options != "defaults" else "")
         + f" on `{backbone_spec.name}` for `{dataset_spec.name}`.",
         "",
     ]
     if changed:  # the recipe's own text would describe another run
-        lines += [f"The recipe `{recipe}` was run with overrides that change what its description says "
-                  f"({', '.join(f'`{c}`' for c in changed)}); see the table below for what ran.", ""]
+        lines += [
+            f"The recipe `{recipe}` was run with overrides that change what its description says "
+            f"({', '.join(f'`{c}`' for c in changed)}); see the table below for what ran.",
+            "",
+        ]
     elif config.description:
         lines += [config.description, ""]
     if config.tiny:
@@ -120,8 +126,10 @@ def model_card(
         "| | |",
         "|---|---|",
         f"| Backbone | {backbone} |",
-        f"| Data | {dataset}" + (f"; read from `{data_dir}`" if data_dir and not config.tiny else "")
-        + ("; files below" if sources else "") + " |",
+        f"| Data | {dataset}"
+        + (f"; read from `{data_dir}`" if data_dir and not config.tiny else "")
+        + ("; files below" if sources else "")
+        + " |",
         f"| Task | {task_kind}; model selection on validation `{main_metric}` |",
         f"| Method | `{method.name}` ({options}) |",
         f"| Trainable parameters | {report.trainable:,} of {report.total:,} ({100 * report.trainable_fraction:.4f}%), "
@@ -160,7 +168,7 @@ def model_card(
         "```",
         "",
         "`adapter/` holds `adapter_config.json` and `adapter_model.safetensors` in the zoo / HF PEFT format: "
-        "`zoo.peft.load_adapter(model, \"adapter\")` adds it to a model built the same way.",
+        '`zoo.peft.load_adapter(model, "adapter")` adds it to a model built the same way.',
         "",
         "## Files",
         "",

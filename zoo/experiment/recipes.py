@@ -63,7 +63,9 @@ def find_recipe(recipe: str | os.PathLike) -> Path:
         return candidate
     known = list_recipes()
     # a bare method or task name ("kadaptation", "sst2") lists the recipes containing it; else close spellings
-    close = [name for name in known if text and text in name][:6] or difflib.get_close_matches(text, known, n=3, cutoff=0.5)
+    close = [name for name in known if text and text in name][:6] or difflib.get_close_matches(
+        text, known, n=3, cutoff=0.5
+    )
     hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
     raise ConfigError(
         f"unknown recipe {text!r}.{hint} `zoo ls recipes` lists the {len(known)} recipes under {recipes_root()}; "

@@ -128,7 +128,11 @@ def run(
         scale = {"scale": config.scale} if config.scale != "default" else {}
         original = load_config(recipe, scale)
     if command is None:
-        shown = " ".join(overrides) if not isinstance(overrides, dict) else " ".join(f"{k}={v}" for k, v in overrides.items())
+        shown = (
+            " ".join(overrides)
+            if not isinstance(overrides, dict)
+            else " ".join(f"{k}={v}" for k, v in overrides.items())
+        )
         command = f"zoo train {label}" + (f" {shown}" if shown else "") + (f" --out {out}" if out else "")
     say = log if (log is not None and is_main_process()) else (lambda _message: None)
     main = is_main_process()
@@ -161,21 +165,35 @@ def _train(config, original, label, run_dir, command, resume, say, main, callbac
     report = zp.parameter_report(built.model)
     if main:
         sizes = ", ".join(f"{role} {len(dataset)}" for role, dataset in built.datasets.items())
-        say(f"{label}{' (scale=tiny)' if config.tiny else ''}: {config.method.name} on {config.backbone.name}, "
-            f"{config.data.name} ({sizes})")
+        say(
+            f"{label}{' (scale=tiny)' if config.tiny else ''}: {config.method.name} on {config.backbone.name}, "
+            f"{config.data.name} ({sizes})"
+        )
         say(f"  {report}")
         say(f"  run directory: {run_dir}{' (resuming)' if resume else ''}")
         runs.start(run_dir, config, label, command, resume)
         outputs = getattr(getattr(built.model, "head", None), "out_features", None)
-        runs.mark(run_dir, "running", num_outputs=outputs, data_dir=str(built.data_dir) if built.data_dir else None,
-                  layer_selection=built.layer_selection)
+        runs.mark(
+            run_dir,
+            "running",
+            num_outputs=outputs,
+            data_dir=str(built.data_dir) if built.data_dir else None,
+            layer_selection=built.layer_selection,
+        )
         if built.layer_selection:
             selection = built.layer_selection
             shown = ", ".join(f"{i}: {score:.3g}" for i, score in enumerate(selection["importance"]))
             say(f"  layers={selection['rule']}: block importance {shown}; training blocks {selection['chosen']}")
 
-    trainer = Trainer(built.model, built.task, built.datasets["train"], built.datasets.get("val"), config.train_settings(),
-                      run_dir, callbacks=callbacks)
+    trainer = Trainer(
+        built.model,
+        built.task,
+        built.datasets["train"],
+        built.datasets.get("val"),
+        config.train_settings(),
+        run_dir,
+        callbacks=callbacks,
+    )
     reset_worked = reset_peak_memory()
     try:
         result = trainer.fit(resume=resume)
@@ -193,8 +211,18 @@ def _train(config, original, label, run_dir, command, resume, say, main, callbac
         raise
     with trainer.full_weights():  # whole tensors on rank 0 under FSDP; every process must enter
         if main:
-            _finish(run_dir, built, label, command, report, result, test_metrics, described_changes(original, config), say,
-                    memory)
+            _finish(
+                run_dir,
+                built,
+                label,
+                command,
+                report,
+                result,
+                test_metrics,
+                described_changes(original, config),
+                say,
+                memory,
+            )
 
 
 def _finish(run_dir, built, label, command, report, result, test_metrics, changed, say, memory=None) -> None:
@@ -205,28 +233,64 @@ def _finish(run_dir, built, label, command, report, result, test_metrics, change
     zp.save_adapter(built.model, run_dir / runs.ADAPTER_DIR)
     results = {}
     if result.best_metrics:
-        results["val"] = {"metrics": result.best_metrics, "step": result.best_step, "note": f"best step {result.best_step}"}
+        results["val"] = {
+            "metrics": result.best_metrics,
+            "step": result.best_step,
+            "note": f"best step {result.best_step}",
+        }
     if test_metrics is not None:
-        weights = "best validation checkpoint" if (config.train.load_best_at_end and result.best_metrics) else "final weights"
-        results["test"] = {"metrics": test_metrics, "step": result.best_step if "best" in weights else result.steps,
-                           "note": weights}
+        weights = (
+            "best validation checkpoint" if (config.train.load_best_at_end and result.best_metrics) else "final weights"
+        )
+        results["test"] = {
+            "metrics": test_metrics,
+            "step": result.best_step if "best" in weights else result.steps,
+            "note": weights,
+        }
     runs.write_json(run_dir / runs.EVAL_FILE, results)
-    training = {"steps": result.steps, "epochs": result.epochs, "stopped_early": result.stopped_early,
-                "seconds": result.train_seconds}
+    training = {
+        "steps": result.steps,
+        "epochs": result.epochs,
+        "stopped_early": result.stopped_early,
+        "seconds": result.train_seconds,
+    }
     card = model_card(
-        recipe=label, command=command, config=config, backbone_spec=built.resolved.backbone,
-        dataset_spec=built.resolved.dataset, task_kind=built.resolved.task_kind, main_metric=built.task.main_metric,
-        report=report, results=results, training=training, data_dir=built.data_dir, run_dir=run_dir,
-        sources=built.sources, rows_used={role: len(dataset) for role, dataset in built.datasets.items()},
+        recipe=label,
+        command=command,
+        config=config,
+        backbone_spec=built.resolved.backbone,
+        dataset_spec=built.resolved.dataset,
+        task_kind=built.resolved.task_kind,
+        main_metric=built.task.main_metric,
+        report=report,
+        results=results,
+        training=training,
+        data_dir=built.data_dir,
+        run_dir=run_dir,
+        sources=built.sources,
+        rows_used={role: len(dataset) for role, dataset in built.datasets.items()},
         changed=list(changed),
     )
     runs.atomic_write_text(run_dir / runs.CARD_FILE, card)
     runs.mark(
-        run_dir, "complete", finished=runs.now(), steps=result.steps, main_metric=built.task.main_metric,
-        best_metric=result.best_metric, best_step=result.best_step, trainable_parameters=report.trainable,
-        total_parameters=report.total, train_seconds=round(result.train_seconds, 3), **(memory or {}),
-        data={"name": config.data.name, "splits": {
-            role: {"rows_used": len(dataset), **_source(built.sources.get(role))} for role, dataset in built.datasets.items()}},
+        run_dir,
+        "complete",
+        finished=runs.now(),
+        steps=result.steps,
+        main_metric=built.task.main_metric,
+        best_metric=result.best_metric,
+        best_step=result.best_step,
+        trainable_parameters=report.trainable,
+        total_parameters=report.total,
+        train_seconds=round(result.train_seconds, 3),
+        **(memory or {}),
+        data={
+            "name": config.data.name,
+            "splits": {
+                role: {"rows_used": len(dataset), **_source(built.sources.get(role))}
+                for role, dataset in built.datasets.items()
+            },
+        },
     )
     for split, entry in results.items():
         shown = ", ".join(f"{k} {v:.4f}" for k, v in entry["metrics"].items() if isinstance(v, (int, float)))

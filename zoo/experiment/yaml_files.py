@@ -49,7 +49,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping of sections (backbone, data, ...), found a {type(data).__name__}")
+        raise ConfigError(
+            f"{path} must hold a mapping of sections (backbone, data, ...), found a {type(data).__name__}"
+        )
     return data
 
 

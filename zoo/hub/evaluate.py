@@ -25,7 +25,9 @@ def run(args: argparse.Namespace) -> int:
     config.data.download = False
     resolved = resolve(config)
     if args.split not in resolved.dataset.splits:
-        raise ConfigError(f"--split {args.split!r}: dataset {resolved.dataset.name} has the splits {', '.join(resolved.dataset.splits)}")
+        raise ConfigError(
+            f"--split {args.split!r}: dataset {resolved.dataset.name} has the splits {', '.join(resolved.dataset.splits)}"
+        )
     dataset, _ = load_split(config, resolved, args.split)
     metrics = predictor.task.evaluate(predictor.model, dataset, args.batch_size or config.train.eval_batch_size)
     print(f"{predictor.name} on {config.data.name} {args.split} ({len(dataset)} examples):")

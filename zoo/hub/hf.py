@@ -48,11 +48,19 @@ def push_to_hf(hub, run_dir: Path, name, version, licence, log, describe) -> dic
             destination = Path(staging) / entry["path"] / relative
             destination.parent.mkdir(parents=True, exist_ok=True)
             destination.write_bytes(source.read_bytes())
-        api.upload_folder(folder_path=staging, repo_id=hub.location, revision=hub.revision,
-                          commit_message=f"zoo push {entry['name']}@{entry['version']}: files")
-    api.upload_file(path_or_fileobj=dump_index(add_entry(index, entry)).encode(), path_in_repo=INDEX_FILE,
-                    repo_id=hub.location, revision=hub.revision,
-                    commit_message=f"zoo push {entry['name']}@{entry['version']}: index")
+        api.upload_folder(
+            folder_path=staging,
+            repo_id=hub.location,
+            revision=hub.revision,
+            commit_message=f"zoo push {entry['name']}@{entry['version']}: files",
+        )
+    api.upload_file(
+        path_or_fileobj=dump_index(add_entry(index, entry)).encode(),
+        path_in_repo=INDEX_FILE,
+        repo_id=hub.location,
+        revision=hub.revision,
+        commit_message=f"zoo push {entry['name']}@{entry['version']}: index",
+    )
     return entry
 
 
@@ -67,6 +75,8 @@ def pull_peft_adapter(reference: str, log: Callable[[str], None]) -> tuple[Path,
     config = json.loads(paths[0].read_text())
     if not isinstance(config, dict) or "peft_type" not in config:
         raise HubError(f"{reference}: adapter_config.json is not a PEFT adapter config (no peft_type)")
-    log(f"{reference}: PEFT {config['peft_type']} adapter for {config.get('base_model_name_or_path')} in {paths[0].parent}")
+    log(
+        f"{reference}: PEFT {config['peft_type']} adapter for {config.get('base_model_name_or_path')} in {paths[0].parent}"
+    )
     entry = {"name": hub.location, "version": hub.revision or "main", "peft": config}
     return paths[0].parent.parent, entry, paths[0].parent

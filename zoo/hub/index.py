@@ -139,7 +139,11 @@ def find_entry(index: dict[str, Any], reference: str, source: str) -> dict[str, 
         import difflib
 
         close = difflib.get_close_matches(name, list(index["adapters"]), n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else f"; it has {', '.join(sorted(index['adapters'])) or 'none'}"
+        hint = (
+            f"; did you mean {', '.join(close)}?"
+            if close
+            else f"; it has {', '.join(sorted(index['adapters'])) or 'none'}"
+        )
         raise HubError(f"{source} has no adapter {name!r}{hint} (zoo ls adapters)")
     version = version or record.get("latest") or list(record["versions"])[-1]
     if version not in record["versions"]:

@@ -115,8 +115,10 @@ READERS = {"text": read_text, "vision": read_images, "protein": read_fasta_or_se
 def read_inputs(domain: str, arguments: list[str]) -> tuple[list[Any], list[str]]:
     """(inputs for the backbone's collate, a display name for each)."""
     if domain not in READERS:
-        raise DataError(f"zoo predict reads inputs for {', '.join(READERS)}; {domain} inputs are not supported from "
-                        f"the command line (use zoo.hub.load(...).predict([...]) with the dataset's items)")
+        raise DataError(
+            f"zoo predict reads inputs for {', '.join(READERS)}; {domain} inputs are not supported from "
+            f"the command line (use zoo.hub.load(...).predict([...]) with the dataset's items)"
+        )
     if not arguments:
         raise DataError("no inputs given")
     return READERS[domain](arguments)

@@ -113,7 +113,9 @@ class Hub:
                 atomic_write_text(cached, text.decode())
                 return index
         elif not cached.is_file():
-            raise HubError(f"ZOO_OFFLINE is set and {self} has never been read on this machine: nothing cached in {cached}")
+            raise HubError(
+                f"ZOO_OFFLINE is set and {self} has never been read on this machine: nothing cached in {cached}"
+            )
         else:
             log(f"offline (ZOO_OFFLINE): using the cached index of {self}")
         return parse_index(cached.read_bytes(), str(cached))
@@ -122,7 +124,7 @@ class Hub:
 def parse_hub(url: str | os.PathLike) -> Hub:
     text = str(url)
     if text.startswith("hf://"):
-        repo, _, revision = text[len("hf://"):].partition("@")
+        repo, _, revision = text[len("hf://") :].partition("@")
         if repo.count("/") != 1 or not all(repo.split("/")):
             raise HubError(f"hub {text!r}: write a Hugging Face Hub repository as hf://org/repo[@revision]")
         return Hub(text, "hf", repo, revision or None)

@@ -64,8 +64,17 @@ def choose_weights(config, backbone_weights: str | os.PathLike | None) -> tuple[
 class Predictor:
     """A task model with its adapter, and how to read its outputs."""
 
-    def __init__(self, model, collate: Callable[[list[Any]], Any], task_kind: str, labels: Sequence[str] | None,
-                 domain: str, name: str, task=None, config=None) -> None:
+    def __init__(
+        self,
+        model,
+        collate: Callable[[list[Any]], Any],
+        task_kind: str,
+        labels: Sequence[str] | None,
+        domain: str,
+        name: str,
+        task=None,
+        config=None,
+    ) -> None:
         self.model, self.collate, self.task_kind = model.eval(), collate, task_kind
         self.task, self.config = task, config
         """The TrainTask (for evaluation) and the RunConfig the adapter was trained with."""
@@ -80,7 +89,7 @@ class Predictor:
         chunks = []
         with torch.no_grad():
             for start in range(0, len(inputs), batch_size):
-                batch = self.collate(list(inputs[start:start + batch_size]))
+                batch = self.collate(list(inputs[start : start + batch_size]))
                 chunks.append(self.model(move_to_device(batch, device)).float().cpu())
         return torch.cat(chunks) if chunks else torch.empty(0)
 
@@ -100,8 +109,13 @@ class Predictor:
             else:
                 probabilities = output.softmax(-1).tolist()
                 index = int(output.argmax())
-                results.append({"label": self._name(index), "index": index,
-                                "scores": {self._name(i): p for i, p in enumerate(probabilities)}})
+                results.append(
+                    {
+                        "label": self._name(index),
+                        "index": index,
+                        "scores": {self._name(i): p for i, p in enumerate(probabilities)},
+                    }
+                )
         return results
 
     def _name(self, index: int) -> str | int:
@@ -114,7 +128,9 @@ def _check_adapter_folder(pulled) -> None:
     for path in pulled.adapter_dir.rglob("*"):
         relative = path.relative_to(pulled.dir).as_posix()
         if path.is_file() and relative not in listed:
-            raise HubError(f"{path} is not among the files of {pulled.name}'s index entry; refusing to load the adapter")
+            raise HubError(
+                f"{path} is not among the files of {pulled.name}'s index entry; refusing to load the adapter"
+            )
 
 
 def from_pulled(pulled, backbone_weights=None, force: bool = False, log=say_to_stderr) -> Predictor:
@@ -130,28 +146,40 @@ def from_pulled(pulled, backbone_weights=None, force: bool = False, log=say_to_s
     _check_adapter_folder(pulled)
     config = validate(read_yaml(pulled.dir / "config.yaml"), f" in {pulled.dir / 'config.yaml'}")
     if config.backbone.name != entry["backbone"]["name"]:
-        raise HubError(f"{pulled.name}: config.yaml names backbone {config.backbone.name}, the index {entry['backbone']['name']}")
+        raise HubError(
+            f"{pulled.name}: config.yaml names backbone {config.backbone.name}, the index {entry['backbone']['name']}"
+        )
     resolved = resolve(config)
     pretrained, where = choose_weights(config, backbone_weights)
     log(f"{pulled.name}: base weights from {where}")
     torch.manual_seed(config.train.seed)
-    backbone = create_backbone(config.backbone.name, pretrained=pretrained, scale="tiny" if config.tiny else "default",
-                               **{**resolved.builder.backbone_options, **config.backbone.options})
+    backbone = create_backbone(
+        config.backbone.name,
+        pretrained=pretrained,
+        scale="tiny" if config.tiny else "default",
+        **{**resolved.builder.backbone_options, **config.backbone.options},
+    )
     expected, actual = entry["backbone"]["fingerprint"], backbone_fingerprint(backbone)
     if actual != expected:
-        message = (f"{pulled.name} was trained on {config.backbone.name} weights with fingerprint {expected}, but the "
-                   f"weights from {where} have fingerprint {actual}")
+        message = (
+            f"{pulled.name} was trained on {config.backbone.name} weights with fingerprint {expected}, but the "
+            f"weights from {where} have fingerprint {actual}"
+        )
         if not force:
-            raise FingerprintMismatch(f"{message}; pass the checkpoint it was trained on (--backbone-weights PATH), "
-                                      f"or --force to load it anyway")
+            raise FingerprintMismatch(
+                f"{message}; pass the checkpoint it was trained on (--backbone-weights PATH), "
+                f"or --force to load it anyway"
+            )
         warnings.warn(f"{message}; loading it anyway (--force)", stacklevel=2)
     task = entry["task"]
-    request = TaskRequest(num_outputs=task.get("num_outputs"), main_metric=config.task.main_metric,
-                          options=dict(config.task.options))
+    request = TaskRequest(
+        num_outputs=task.get("num_outputs"), main_metric=config.task.main_metric, options=dict(config.task.options)
+    )
     model, train_task = resolved.builder.build(backbone, request)
     zp.load_adapter(model, pulled.adapter_dir, structure=resolved.backbone.structure)
-    return Predictor(model, backbone.collate, task["kind"], task.get("labels"), entry["domain"], pulled.name,
-                     train_task, config)
+    return Predictor(
+        model, backbone.collate, task["kind"], task.get("labels"), entry["domain"], pulled.name, train_task, config
+    )
 
 
 def from_run_dir(run_dir: str | os.PathLike, log=say_to_stderr) -> Predictor:
@@ -172,12 +200,25 @@ def from_run_dir(run_dir: str | os.PathLike, log=say_to_stderr) -> Predictor:
         if role in datasets:
             labels = _label_names(datasets[role])
             break
-    return Predictor(built.model, built.model.backbone.collate, built.resolved.task_kind, labels,
-                     built.resolved.backbone.domain, str(run_dir), built.task, built.config)
+    return Predictor(
+        built.model,
+        built.model.backbone.collate,
+        built.resolved.task_kind,
+        labels,
+        built.resolved.backbone.domain,
+        str(run_dir),
+        built.task,
+        built.config,
+    )
 
 
-def load(name_or_dir: str | os.PathLike, hub: str | None = None, backbone_weights: str | os.PathLike | None = None,
-         force: bool = False, log: Callable[[str], None] | None = say_to_stderr) -> Predictor:
+def load(
+    name_or_dir: str | os.PathLike,
+    hub: str | None = None,
+    backbone_weights: str | os.PathLike | None = None,
+    force: bool = False,
+    log: Callable[[str], None] | None = say_to_stderr,
+) -> Predictor:
     """A :class:`Predictor` from a hub name (``text/agnews-lora[@version]``), a pulled adapter folder or a run
     directory."""
     from zoo.experiment.run_dir import is_run_dir

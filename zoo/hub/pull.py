@@ -81,7 +81,11 @@ def _fetch(hub: Hub, entry: dict[str, Any], target: Path, log: Callable[[str], N
     staging.mkdir(parents=True, exist_ok=True)
     for item in entry["files"]:
         destination = staging / item["path"]
-        if destination.is_file() and destination.stat().st_size == item["size"] and sha256_of(destination) == item["sha256"]:
+        if (
+            destination.is_file()
+            and destination.stat().st_size == item["size"]
+            and sha256_of(destination) == item["sha256"]
+        ):
             continue  # verified by an earlier, interrupted pull
         destination.parent.mkdir(parents=True, exist_ok=True)
         _fetch_file(hub, entry, item, destination)
@@ -106,7 +110,9 @@ def pull_entry(hub: Hub, entry: dict[str, Any], log: Callable[[str], None] = say
             log(f"{label}: the cached copy in {target} does not match the index; fetching it again")
             shutil.rmtree(target)
         if offline_requested() and hub.is_remote:
-            raise HubError(f"{label} is not in the cache ({target}) and ZOO_OFFLINE is set; pull it once with network access")
+            raise HubError(
+                f"{label} is not in the cache ({target}) and ZOO_OFFLINE is set; pull it once with network access"
+            )
         _fetch(hub, entry, target, log)
     log(f"{label}: pulled from {hub} into {target} ({len(entry['files'])} files, sha256 verified)")
     return PulledAdapter(target, entry, str(hub))
@@ -120,8 +126,13 @@ def cached_entry(hub: Hub, reference: str) -> dict[str, Any] | None:
     root = hub.cache_dir / "adapters" / name
     if not root.is_dir():
         return None
-    folders = [root / version] if version else sorted(
-        (p for p in root.iterdir() if p.is_dir() and not p.name.endswith(".partial")), key=lambda p: p.stat().st_mtime
+    folders = (
+        [root / version]
+        if version
+        else sorted(
+            (p for p in root.iterdir() if p.is_dir() and not p.name.endswith(".partial")),
+            key=lambda p: p.stat().st_mtime,
+        )
     )
     for folder in reversed(folders):
         if (folder / ENTRY_FILE).is_file():

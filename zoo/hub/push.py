@@ -33,8 +33,13 @@ from zoo.hub.index import (
 )
 from zoo.hub.locations import Hub, parse_hub, say_to_stderr
 
-PUBLISHED_FILES = ("adapter/adapter_config.json", "adapter/adapter_model.safetensors", "config.yaml",
-                   "eval_results.json", "README.md")
+PUBLISHED_FILES = (
+    "adapter/adapter_config.json",
+    "adapter/adapter_model.safetensors",
+    "config.yaml",
+    "eval_results.json",
+    "README.md",
+)
 
 
 def _weights_source(config, spec) -> dict[str, Any]:
@@ -75,8 +80,9 @@ def _label_names(dataset) -> list[str] | None:
     return None
 
 
-def describe_run(run_dir: Path, name: str | None, version: str, licence: str | None,
-                 log: Callable[[str], None]) -> tuple[dict[str, Any], dict[str, Path]]:
+def describe_run(
+    run_dir: Path, name: str | None, version: str, licence: str | None, log: Callable[[str], None]
+) -> tuple[dict[str, Any], dict[str, Path]]:
     """The index entry of a finished run (without ``path``) and the files to publish, by hub path."""
     import torch
 
@@ -87,7 +93,9 @@ def describe_run(run_dir: Path, name: str | None, version: str, licence: str | N
 
     run = load_run(run_dir)
     if run.status != "complete":
-        raise HubError(f"{run_dir} is a {run.status} run; only a complete run (with its adapter and metrics) can be pushed")
+        raise HubError(
+            f"{run_dir} is a {run.status} run; only a complete run (with its adapter and metrics) can be pushed"
+        )
     config = run.config
     resolved = resolve(config)
     files = {relative: run_dir / relative for relative in PUBLISHED_FILES if (run_dir / relative).is_file()}
@@ -102,20 +110,34 @@ def describe_run(run_dir: Path, name: str | None, version: str, licence: str | N
     labels = None
     try:
         datasets, _, sources = load_datasets(config, resolved)
-    except (DataError, DownloadError, OSError) as error:  # the data need not be here to publish; say what is not recorded
-        log(f"{name}: the dataset could not be read again ({type(error).__name__}); its files and sizes are not recorded")
+    except (
+        DataError,
+        DownloadError,
+        OSError,
+    ) as error:  # the data need not be here to publish; say what is not recorded
+        log(
+            f"{name}: the dataset could not be read again ({type(error).__name__}); its files and sizes are not recorded"
+        )
         datasets, sources = {}, {}
     for role, source in sources.items():
         dataset["splits"][role] = {
-            "split": source.split, "file": source.file.name if source.file else None, "rows": source.rows,
-            "rows_used": len(datasets[role]), "selection": source.selection or None, "sha256": source.sha256,
+            "split": source.split,
+            "file": source.file.name if source.file else None,
+            "rows": source.rows,
+            "rows_used": len(datasets[role]),
+            "selection": source.selection or None,
+            "sha256": source.sha256,
         }
         labels = labels or _label_names(datasets[role])
     metrics = {}
     for role, result in run.results.items():
         split = getattr(config.data, SPLIT_KEYS[role], None) if role in SPLIT_KEYS else role
-        metrics[role] = {"split": split, "metrics": result.get("metrics", {}), "note": result.get("note"),
-                         "examples": dataset["splits"].get(role, {}).get("rows_used")}
+        metrics[role] = {
+            "split": split,
+            "metrics": result.get("metrics", {}),
+            "note": result.get("note"),
+            "examples": dataset["splits"].get(role, {}).get("rows_used"),
+        }
     spec = BACKBONES.get(config.backbone.name)
     entry = {
         "name": name,
@@ -123,12 +145,23 @@ def describe_run(run_dir: Path, name: str | None, version: str, licence: str | N
         "published": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "zoo_version": __version__,
         "domain": resolved.backbone.domain,
-        "task": {"kind": resolved.task_kind, "num_outputs": run.record.get("num_outputs"), "labels": labels,
-                 "main_metric": run.record.get("main_metric") or config.task.main_metric},
-        "backbone": {"name": config.backbone.name, **_weights_source(config, spec), "options": dict(config.backbone.options),
-                     "fingerprint": fingerprint},
-        "method": {"name": config.method.name, "config": dict(config.method.options),
-                   "trainable_parameters": run.record.get("trainable_parameters")},
+        "task": {
+            "kind": resolved.task_kind,
+            "num_outputs": run.record.get("num_outputs"),
+            "labels": labels,
+            "main_metric": run.record.get("main_metric") or config.task.main_metric,
+        },
+        "backbone": {
+            "name": config.backbone.name,
+            **_weights_source(config, spec),
+            "options": dict(config.backbone.options),
+            "fingerprint": fingerprint,
+        },
+        "method": {
+            "name": config.method.name,
+            "config": dict(config.method.options),
+            "trainable_parameters": run.record.get("trainable_parameters"),
+        },
         "dataset": dataset,
         "metrics": metrics,
         "recipe": run.recipe,
@@ -182,7 +215,9 @@ def _describe(run_dir, name, version, licence, index, log):
     check_name(name)
     version = check_version(version) if version else next_version(index, name)
     if version in index["adapters"].get(name, {}).get("versions", {}):
-        raise HubError(f"{name}@{version} is already published on this hub and is never overwritten; push with another --version")
+        raise HubError(
+            f"{name}@{version} is already published on this hub and is never overwritten; push with another --version"
+        )
     return describe_run(run_dir, name, version, licence, log)
 
 
@@ -192,8 +227,14 @@ def _push_hf(hub: Hub, run_dir: Path, name: str | None, version: str | None, lic
     return push_to_hf(hub, run_dir, name, version, licence, log, _describe)
 
 
-def push(run_dir: str | os.PathLike, hub: str | os.PathLike, name: str | None = None, version: str | None = None,
-         licence: str | None = None, log: Callable[[str], None] | None = say_to_stderr) -> dict[str, Any]:
+def push(
+    run_dir: str | os.PathLike,
+    hub: str | os.PathLike,
+    name: str | None = None,
+    version: str | None = None,
+    licence: str | None = None,
+    log: Callable[[str], None] | None = say_to_stderr,
+) -> dict[str, Any]:
     """Publish ``run_dir``'s adapter on ``hub`` (a folder or ``hf://org/repo``) as ``name@version``
     (default: ``<domain>/<dataset>-<method>``, the next free integer version); returns the entry."""
     log = log or (lambda _message: None)

@@ -39,8 +39,12 @@ DEFAULT_REDUCTION = 16
 
 @dataclass
 class BottleneckAdapterConfig(MethodConfig):
-    variant: str = option("houlsby", help="'houlsby': after attention output and FFN output; 'pfeiffer': after FFN output only.")
-    reduction_factor: float | None = option(None, help="Bottleneck = hidden size / reduction_factor (16 when neither this nor size is set).")
+    variant: str = option(
+        "houlsby", help="'houlsby': after attention output and FFN output; 'pfeiffer': after FFN output only."
+    )
+    reduction_factor: float | None = option(
+        None, help="Bottleneck = hidden size / reduction_factor (16 when neither this nor size is set)."
+    )
     size: str | None = option(None, help="Named bottleneck size instead of reduction_factor: 'tiny' = 8, 'small' = 64.")
     non_linearity: str = option("relu", help="Activation in the bottleneck: relu, gelu, swish or tanh.")
 
@@ -111,4 +115,6 @@ def inject_adapter(context: InjectionContext, config: BottleneckAdapterConfig) -
                     f"adapter: {block}.{place} is a {type(base_of(module)).__name__}; bottleneck adapters follow an nn.Linear projection"
                 )
             layer = context.wrap(f"{block}.{place}", BottleneckAdapter, BottleneckAdapter)
-            layer.add_adapter(context.adapter_name, config.bottleneck(base_of(module).out_features), config.non_linearity)
+            layer.add_adapter(
+                context.adapter_name, config.bottleneck(base_of(module).out_features), config.non_linearity
+            )

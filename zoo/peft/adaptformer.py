@@ -110,7 +110,11 @@ def inject_adaptformer(context: InjectionContext, config: AdaptFormerConfig) -> 
         ffn_out = structure.submodule(context.model, block, structure.ffn_out)
         for part, module in ((structure.ffn_in, ffn_in), (structure.ffn_out, ffn_out)):
             if not isinstance(base_of(module), nn.Linear):
-                raise ConfigError(f"adaptformer: {block}.{part} is a {type(base_of(module)).__name__}; AdaptFormer needs Linear FFN layers")
-        layer = context.wrap(f"{block}.{structure.ffn_out}", AdaptFormerLayer, lambda base, ffn_in=ffn_in: AdaptFormerLayer(base, ffn_in))
+                raise ConfigError(
+                    f"adaptformer: {block}.{part} is a {type(base_of(module)).__name__}; AdaptFormer needs Linear FFN layers"
+                )
+        layer = context.wrap(
+            f"{block}.{structure.ffn_out}", AdaptFormerLayer, lambda base, ffn_in=ffn_in: AdaptFormerLayer(base, ffn_in)
+        )
         layer.add_adapter(context.adapter_name, config, base_of(ffn_in).in_features)
         layer.train(context.model.training)  # the bottleneck's dropout follows the model's mode

@@ -141,7 +141,8 @@ def _bias_owners(context: InjectionContext, config: BitFitConfig) -> list[tuple[
     if config.target_modules is None:
         owned = _adapter_owned(model)
         matched = [
-            (n, m) for n, m in model.named_modules()
+            (n, m)
+            for n, m in model.named_modules()
             if n and not _skip(n) and id(m) not in owned and not (head_regex and head_regex.fullmatch(n))
         ]
     else:

@@ -32,7 +32,11 @@ def check_layers(method: str, value: Any) -> Any:
         if not match or int(match.group(2)) < 1:
             raise ConfigError(f"{method}: layers={value!r} must be {FORMS}, with K >= 1")
         return value.strip()
-    if isinstance(value, (list, tuple)) and value and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in value):
+    if (
+        isinstance(value, (list, tuple))
+        and value
+        and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in value)
+    ):
         return sorted(set(value))
     raise ConfigError(f"{method}: layers={value!r} must be {FORMS}")
 
@@ -57,7 +61,9 @@ def select_blocks(method: str, value: Any, blocks: list[str]) -> list[str]:
                 f"training; with zoo.peft.apply pass the block indices (this backbone has {count} blocks)"
             )
         if number > count:
-            raise ConfigError(f"{method}: layers={value} asks for {number} blocks; this backbone has {count} (0..{count - 1})")
+            raise ConfigError(
+                f"{method}: layers={value} asks for {number} blocks; this backbone has {count} (0..{count - 1})"
+            )
         return list(blocks[:number] if kind == "first" else blocks[count - number :])
     outside = [index for index in value if index >= count]
     if outside:

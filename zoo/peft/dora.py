@@ -84,7 +84,9 @@ class DoraLayer(LoraLayer):
                 return adapted.flatten(1).norm(dim=1).view(1, -1, 1, 1)
             if not self.slices[name]:
                 # addmm computes W + s * B A in one kernel; with B = 0 it returns W bit for bit.
-                adapted = torch.addmm(weight, self.lora_B[name].weight, self.lora_A[name].weight, alpha=self.scaling[name])
+                adapted = torch.addmm(
+                    weight, self.lora_B[name].weight, self.lora_A[name].weight, alpha=self.scaling[name]
+                )
                 return adapted.norm(dim=1)
             norms = []
             for slice_name, (start, end) in self.slices[name].items():
@@ -204,7 +206,12 @@ class DoraMultiheadAttention(LoraMultiheadAttention):
 
 
 def _rescale(
-    out: torch.Tensor, update: torch.Tensor, scaling: float, scale: torch.Tensor, bias: torch.Tensor | None, bias_free: bool
+    out: torch.Tensor,
+    update: torch.Tensor,
+    scaling: float,
+    scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    bias_free: bool,
 ) -> torch.Tensor:
     """``scale * (out - bias + s * update) + bias`` in two fused kernels; ``bias_free``: out has no bias yet."""
     summed = torch.add(out, update, alpha=scaling)

@@ -74,9 +74,7 @@ class InjectionContext:
             )
         return self.structure
 
-    def targets(
-        self, config: MethodConfig, allowed: tuple[type[nn.Module], ...] = (nn.Linear,)
-    ) -> list[Target]:
+    def targets(self, config: MethodConfig, allowed: tuple[type[nn.Module], ...] = (nn.Linear,)) -> list[Target]:
         patterns = config.target_modules if config.target_modules is not None else self.default_targets()
         targets = resolve_targets(self.model, patterns, self.method, allowed)
         if self.layers is None:
@@ -109,7 +107,9 @@ class InjectionContext:
         if not blocks:
             raise ConfigError(f"{self.method}: no block of {type(self.model).__name__} matches {structure.blocks!r}")
         if self.layers is not None and not selectable:
-            raise ConfigError(f"{self.method}: layers={self.layers} does not apply; the method goes through every block")
+            raise ConfigError(
+                f"{self.method}: layers={self.layers} does not apply; the method goes through every block"
+            )
         self.layers_applied = True
         return select_blocks(self.method, self.layers, blocks)
 
@@ -154,11 +154,15 @@ def apply(
     if any(get_method(r.method).trains_base for r in state.adapters.values()) or (spec.trains_base and state.adapters):
         raise ConfigError("full fine-tuning changes the base weights and cannot share a model with other adapters")
     resolved = _resolve_structure(model, structure)
-    context = InjectionContext(model=model, adapter_name=adapter_name, structure=resolved, method=method, layers=config.layers)
+    context = InjectionContext(
+        model=model, adapter_name=adapter_name, structure=resolved, method=method, layers=config.layers
+    )
     try:
         spec.inject(context, config)
         if config.layers is not None and not context.layers_applied:
-            raise ConfigError(f"{method}: layers={config.layers} does not apply; the method does not work block by block")
+            raise ConfigError(
+                f"{method}: layers={config.layers} does not apply; the method does not work block by block"
+            )
         _add_heads(context, config)
     except Exception:
         _remove_adapter_modules(model, adapter_name)

@@ -23,7 +23,9 @@ class FullConfig(MethodConfig):
         if self.target_modules is not None:
             raise ConfigError("full: target_modules is not used, every parameter is trained; leave it unset")
         if self.modules_to_save:
-            raise ConfigError("full: modules_to_save is not used, the head is trained with everything else; leave it unset")
+            raise ConfigError(
+                "full: modules_to_save is not used, the head is trained with everything else; leave it unset"
+            )
         self.modules_to_save = []  # the head trains in place: no separate copy
 
 

@@ -41,13 +41,17 @@ class IA3Config(MethodConfig):
         help="Targets whose input (not output) is rescaled, as names, suffixes or a regex; only targets count. "
         "None uses the backbone's FFN output projection.",
     )
-    init_ia3_weights: bool = option(True, help="Start the vectors at ones (identity); False draws them from N(0, 1) as peft does.")
+    init_ia3_weights: bool = option(
+        True, help="Start the vectors at ones (identity); False draws them from N(0, 1) as peft does."
+    )
 
     def validate(self) -> None:
         super().validate()
         value = self.feedforward_modules
         if value is not None and not isinstance(value, (str, list, tuple)):
-            raise ConfigError(f"ia3: feedforward_modules={value!r} is not allowed; give a list of module names or a regex string")
+            raise ConfigError(
+                f"ia3: feedforward_modules={value!r} is not allowed; give a list of module names or a regex string"
+            )
         if isinstance(value, tuple):
             self.feedforward_modules = list(value)
         if not isinstance(self.init_ia3_weights, bool):
@@ -73,7 +77,9 @@ class IA3Layer(WrappedLayer):
         out_features, in_features = weight.shape
         bounds = _slice_bounds(out_features, slices)
         if bounds and feedforward:
-            raise ConfigError("ia3: a fused q/k/v slice target scales outputs; it cannot also be in feedforward_modules")
+            raise ConfigError(
+                "ia3: a fused q/k/v slice target scales outputs; it cannot also be in feedforward_modules"
+            )
         if feedforward:
             shape = (1, in_features)
         else:
@@ -138,7 +144,9 @@ class IA3MultiheadAttention(IA3Layer):
                 "ia3: an nn.MultiheadAttention target rescales its k/v projections; it cannot be in feedforward_modules"
             )
         if not base._qkv_same_embed_dim:
-            raise ConfigError("ia3 on nn.MultiheadAttention needs q, k and v of the same size (kdim == vdim == embed_dim)")
+            raise ConfigError(
+                "ia3 on nn.MultiheadAttention needs q, k and v of the same size (kdim == vdim == embed_dim)"
+            )
         super().add_adapter(name, config, slices or FUSED_SLICE_NAMES, feedforward=False)
 
     def forward(self, *args, **kwargs):
@@ -160,7 +168,10 @@ def _feedforward_names(context: InjectionContext, config: IA3Config) -> set[str]
         if structure is None:
             return set()
         # Compare modules, not names: a structure may reach the FFN through an alias (T5's ``ffn``).
-        ffn_outs = {id(base_of(structure.submodule(context.model, block, structure.ffn_out))) for block in structure.block_names(context.model)}
+        ffn_outs = {
+            id(base_of(structure.submodule(context.model, block, structure.ffn_out)))
+            for block in structure.block_names(context.model)
+        }
         return {name for name, module in context.model.named_modules() if name and id(base_of(module)) in ffn_outs}
     if isinstance(patterns, list) and not patterns:
         return set()

@@ -136,7 +136,9 @@ def read_adapter_dir(adapter_dir: str | os.PathLike) -> tuple[dict[str, Any], di
     try:
         config = json.loads(config_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise AdapterFileError(f"{config_path} is not valid JSON ({error}); the file is corrupt, save the adapter again") from None
+        raise AdapterFileError(
+            f"{config_path} is not valid JSON ({error}); the file is corrupt, save the adapter again"
+        ) from None
     if not isinstance(config, dict):
         raise AdapterFileError(f"{config_path} must hold a JSON object, found {type(config).__name__}")
     weights_path = directory / WEIGHTS_NAME
@@ -148,7 +150,9 @@ def read_adapter_dir(adapter_dir: str | os.PathLike) -> tuple[dict[str, Any], di
             if "zoo" in metadata and "zoo" not in config:
                 config["zoo"] = json.loads(metadata["zoo"])
         except (SafetensorError, OSError, ValueError) as error:
-            raise AdapterFileError(f"{weights_path} is not a readable safetensors file ({error}); the file is corrupt") from None
+            raise AdapterFileError(
+                f"{weights_path} is not a readable safetensors file ({error}); the file is corrupt"
+            ) from None
     elif (directory / "adapter_model.bin").is_file():
         try:
             tensors = torch.load(directory / "adapter_model.bin", map_location="cpu", weights_only=True)
@@ -164,7 +168,9 @@ def _method_and_options(config: dict[str, Any], source: str) -> tuple[str, dict[
     if isinstance(zoo_section, dict) and "method" in zoo_section:
         version = zoo_section.get("format_version", FORMAT_VERSION)
         if version > FORMAT_VERSION:
-            raise AdapterFileError(f"{source} uses adapter format {version}; this zoo reads up to {FORMAT_VERSION}: upgrade zoo")
+            raise AdapterFileError(
+                f"{source} uses adapter format {version}; this zoo reads up to {FORMAT_VERSION}: upgrade zoo"
+            )
         return zoo_section["method"], dict(zoo_section.get("config") or {}), False
     peft_type = config.get("peft_type")
     for name in list_methods():
@@ -194,7 +200,9 @@ def load_adapter(
     if from_peft and options.get("modules_to_save"):
         # peft lists candidate head names for a task type ("classifier", "score"); keep those present.
         names = [n for n, _ in model.named_modules()]
-        options["modules_to_save"] = [h for h in options["modules_to_save"] if any(n == h or n.endswith("." + h) for n in names)]
+        options["modules_to_save"] = [
+            h for h in options["modules_to_save"] if any(n == h or n.endswith("." + h) for n in names)
+        ]
     if spec.trains_base:
         _load_full(model, tensors, spec.peft_key_prefix, adapter_dir)
         return apply(model, method, adapter_name, structure=structure, **options)
@@ -236,14 +244,14 @@ def _copy_into_adapter(model: nn.Module, adapter_name: str, tensors: dict[str, t
             continue
         path = logical_path(module_name)
         head = f"{prefix}{path}." if path else prefix
-        own = {key[len(head):]: value for key, value in tensors.items() if key.startswith(head)}
+        own = {key[len(head) :]: value for key, value in tensors.items() if key.startswith(head)}
         local = {k: v for k, v in own.items() if k in module.adapter_state(adapter_name)}
         module.load_adapter_state(adapter_name, local, f"{prefix}{path}")
 
 
 def _load_full(model: nn.Module, tensors: dict[str, torch.Tensor], prefix: str, adapter_dir: Any) -> None:
     own = model.state_dict()
-    stripped = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in tensors.items()}
+    stripped = {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in tensors.items()}
     missing = sorted(set(own) - set(stripped))
     unexpected = sorted(set(stripped) - set(own))
     if missing or unexpected:

@@ -42,7 +42,9 @@ SHARED_NAME = "zoo_kadaptation"
 
 @dataclass
 class KAdaptationConfig(MethodConfig):
-    n: int = option(4, help="Size of the shared n x n factors A_i and number of Kronecker terms; must divide in and out features.")
+    n: int = option(
+        4, help="Size of the shared n x n factors A_i and number of Kronecker terms; must divide in and out features."
+    )
     r: int = option(1, help="Rank of each fast-weight product u_i v_i^T.")
     alpha: float = option(1.0, help="Scale numerator: the update is multiplied by alpha / r.")
 
@@ -95,13 +97,18 @@ class KAdaptationLayer(DeltaWeightLayer):
     def projection_weight(self) -> torch.Tensor:
         return getattr(base_of(self.base_layer), self.weight_name)
 
-    def add_adapter(self, name: str, config: KAdaptationConfig, slices, shared: SharedKroneckerFactors, where: str) -> None:
+    def add_adapter(
+        self, name: str, config: KAdaptationConfig, slices, shared: SharedKroneckerFactors, where: str
+    ) -> None:
         weight = self.projection_weight()
         out_features, in_features = weight.shape
         bounds = _slice_bounds(out_features, slices)
         rows = out_features // 3 if bounds else out_features  # q, k and v slices have equal size
         n = config.n
-        for label, size in (("in_features", in_features), ("out_features per slice" if bounds else "out_features", rows)):
+        for label, size in (
+            ("in_features", in_features),
+            ("out_features per slice" if bounds else "out_features", rows),
+        ):
             if size % n:
                 divisors = [d for d in range(1, min(in_features, rows) + 1) if in_features % d == 0 and rows % d == 0]
                 raise ConfigError(
@@ -165,10 +172,14 @@ class KAdaptationMultiheadAttention(KAdaptationLayer):
 
     def __init__(self, base_layer: nn.Module) -> None:
         if not base_of(base_layer)._qkv_same_embed_dim:  # then q, k and v have separate weights, no in_proj_weight
-            raise ConfigError("kadaptation on nn.MultiheadAttention needs q, k and v of the same size (kdim == vdim == embed_dim)")
+            raise ConfigError(
+                "kadaptation on nn.MultiheadAttention needs q, k and v of the same size (kdim == vdim == embed_dim)"
+            )
         super().__init__(base_layer)
 
-    def add_adapter(self, name: str, config: KAdaptationConfig, slices, shared: SharedKroneckerFactors, where: str) -> None:
+    def add_adapter(
+        self, name: str, config: KAdaptationConfig, slices, shared: SharedKroneckerFactors, where: str
+    ) -> None:
         super().add_adapter(name, config, slices or FUSED_SLICE_NAMES, shared, where)
 
     def forward(self, *args, **kwargs):

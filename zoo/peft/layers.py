@@ -104,7 +104,7 @@ class AdapterModule(nn.Module):
                         item.copy_(state[group].to(item.dtype))
                 else:
                     prefix = f"{group}."
-                    sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+                    sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
                     if sub:
                         item.load_state_dict(sub, strict=False)
 

@@ -21,7 +21,9 @@ class LinearProbeConfig(MethodConfig):
     def validate(self) -> None:
         super().validate()
         if self.target_modules is not None:
-            raise ConfigError("linear: target_modules is not used, only the head trains; set modules_to_save=[head name]")
+            raise ConfigError(
+                "linear: target_modules is not used, only the head trains; set modules_to_save=[head name]"
+            )
 
 
 @register_method("linear", LinearProbeConfig, starts_at_identity=True)

@@ -88,7 +88,9 @@ class LoraLayer(DeltaWeightLayer):
         base = base_of(self.base_layer)
         if isinstance(base, nn.Conv2d):
             if base.groups != 1:
-                raise ConfigError(f"lora on a grouped Conv2d (groups={base.groups}) is not supported; target another layer")
+                raise ConfigError(
+                    f"lora on a grouped Conv2d (groups={base.groups}) is not supported; target another layer"
+                )
             a = nn.Conv2d(base.in_channels, r, base.kernel_size, base.stride, base.padding, base.dilation, bias=False)
             b = nn.Conv2d(r, base.out_channels, 1, bias=False)
         else:
@@ -109,7 +111,10 @@ class LoraLayer(DeltaWeightLayer):
                 a = nn.Linear(base.in_features, config.r, bias=False)
                 b = nn.Linear(config.r, end - start, bias=False)
                 _init_pair(a, b)
-                pairs[slice_name] = (a.to(base.weight.device, base.weight.dtype), b.to(base.weight.device, base.weight.dtype))
+                pairs[slice_name] = (
+                    a.to(base.weight.device, base.weight.dtype),
+                    b.to(base.weight.device, base.weight.dtype),
+                )
             self.lora_A[name] = nn.ModuleDict({s: p[0] for s, p in pairs.items()})
             self.lora_B[name] = nn.ModuleDict({s: p[1] for s, p in pairs.items()})
         else:
@@ -169,7 +174,9 @@ class LoraMultiheadAttention(LoraLayer):
     def add_adapter(self, name: str, config: LoraConfig, slices: tuple[str, ...] | None) -> None:
         base = base_of(self.base_layer)
         if not base._qkv_same_embed_dim:
-            raise ConfigError("lora on nn.MultiheadAttention needs q, k and v of the same size (kdim == vdim == embed_dim)")
+            raise ConfigError(
+                "lora on nn.MultiheadAttention needs q, k and v of the same size (kdim == vdim == embed_dim)"
+            )
         embed = base.embed_dim
         slices = slices or FUSED_SLICE_NAMES
         self.slices[name] = _slice_bounds(3 * embed, slices)
@@ -183,7 +190,9 @@ class LoraMultiheadAttention(LoraLayer):
         self.lora_B[name] = nn.ModuleDict({s: p[1] for s, p in pairs.items()})
         self.lora_dropout[name] = nn.Identity()
         if config.lora_dropout:
-            raise ConfigError("lora_dropout is not supported on nn.MultiheadAttention targets (the update is applied to the weight); use 0")
+            raise ConfigError(
+                "lora_dropout is not supported on nn.MultiheadAttention targets (the update is applied to the weight); use 0"
+            )
         self.scaling[name] = config.scaling
 
     def delta_weight(self, name: str) -> torch.Tensor:
@@ -199,7 +208,9 @@ class LoraMultiheadAttention(LoraLayer):
             return self.base_layer(*args, **kwargs)
         base = base_of(self.base_layer)
         weight = base.in_proj_weight + self.delta_weight(name)
-        return functional_call(self.base_layer, {_param_path(self.base_layer, base, "in_proj_weight"): weight}, args, kwargs)
+        return functional_call(
+            self.base_layer, {_param_path(self.base_layer, base, "in_proj_weight"): weight}, args, kwargs
+        )
 
 
 def _param_path(outer: nn.Module, inner: nn.Module, parameter: str) -> str:
@@ -211,7 +222,9 @@ def _param_path(outer: nn.Module, inner: nn.Module, parameter: str) -> str:
     return ".".join(path + [parameter])
 
 
-def inject_lora_layers(context: InjectionContext, config: LoraConfig, linear_class=LoraLayer, mha_class=LoraMultiheadAttention) -> None:
+def inject_lora_layers(
+    context: InjectionContext, config: LoraConfig, linear_class=LoraLayer, mha_class=LoraMultiheadAttention
+) -> None:
     """Shared by lora and dora: wrap every target and add the adapter to it."""
     for target in context.targets(config, allowed=(nn.Linear, nn.Conv2d, nn.MultiheadAttention)):
         base = base_of(target.module)
@@ -243,7 +256,13 @@ def lora_to_peft(config: LoraConfig, model: nn.Module, adapter_name: str, use_do
     }
 
 
-_UNSUPPORTED_PEFT_OPTIONS = {"bias": "none", "fan_in_fan_out": False, "rank_pattern": {}, "alpha_pattern": {}, "layers_to_transform": None}
+_UNSUPPORTED_PEFT_OPTIONS = {
+    "bias": "none",
+    "fan_in_fan_out": False,
+    "rank_pattern": {},
+    "alpha_pattern": {},
+    "layers_to_transform": None,
+}
 
 
 def lora_from_peft(peft_config: dict, use_dora: bool = False) -> dict | None:

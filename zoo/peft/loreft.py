@@ -51,7 +51,9 @@ class LoreftConfig(MethodConfig):
         require_int_positive(self, "r")
         self.position_span()
         if self.target_modules is not None:
-            raise ConfigError(f"loreft: target_modules={self.target_modules!r} is not used; choose blocks with layers=[...]")
+            raise ConfigError(
+                f"loreft: target_modules={self.target_modules!r} is not used; choose blocks with layers=[...]"
+            )
 
     def position_span(self) -> tuple[int, int] | None:
         """(first n, last m), or None for every position."""
@@ -65,7 +67,9 @@ class LoreftConfig(MethodConfig):
         return int(match["first"] or 0), int(match["last"] or 0)
 
 
-def position_mask(span: tuple[int, int], batch: int, tokens: int, attention_mask: torch.Tensor | None, device) -> torch.Tensor:
+def position_mask(
+    span: tuple[int, int], batch: int, tokens: int, attention_mask: torch.Tensor | None, device
+) -> torch.Tensor:
     """(batch, tokens) bool: True at the first n and last m non-padding tokens of each row."""
     first, last = span
     index = torch.arange(tokens, device=device).unsqueeze(0)
@@ -109,7 +113,11 @@ class LoreftIntervention(AdapterModule):
         self.learned_source = nn.ModuleDict()
         self.spans: dict[str, tuple[int, int] | None] = {}
         self._attention_mask: torch.Tensor | None = None
-        parameters = [n for n, p in inspect.signature(model.forward).parameters.items() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        parameters = [
+            n
+            for n, p in inspect.signature(model.forward).parameters.items()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
         self._mask_index = parameters.index("attention_mask") if "attention_mask" in parameters else None
         self._handles = [
             model.register_forward_pre_hook(self._capture_mask, with_kwargs=True),
@@ -138,7 +146,9 @@ class LoreftIntervention(AdapterModule):
         span = self.spans[name]
         if span is not None:
             batch, tokens = hidden.shape[:2]
-            edit = edit * position_mask(span, batch, tokens, self._attention_mask, hidden.device).unsqueeze(-1).to(edit.dtype)
+            edit = edit * position_mask(span, batch, tokens, self._attention_mask, hidden.device).unsqueeze(-1).to(
+                edit.dtype
+            )
         return hidden + edit
 
     def _edit(self, block, args, output):
@@ -166,7 +176,11 @@ def inject_loreft(context: InjectionContext, config: LoreftConfig) -> None:
     indices = list(range(len(blocks)))
     first_block = blocks[0] if blocks else None
     attention = structure.submodule(context.model, first_block, structure.attention) if first_block else None
-    if config.positions != "all" and attention is not None and not structure.is_batch_first(context.model.get_submodule(first_block), attention):
+    if (
+        config.positions != "all"
+        and attention is not None
+        and not structure.is_batch_first(context.model.get_submodule(first_block), attention)
+    ):
         raise ConfigError(
             f"loreft: positions={config.positions!r} needs batch-first blocks, but {type(attention).__name__} takes "
             f"(tokens, batch, dim); use positions='all'"
@@ -176,7 +190,9 @@ def inject_loreft(context: InjectionContext, config: LoreftConfig) -> None:
         block = context.model.get_submodule(blocks[index])
         dim = base_of(structure.submodule(context.model, blocks[index], structure.ffn_out)).out_features
         if config.r > dim:
-            raise ConfigError(f"loreft: r={config.r} is not allowed; R has orthonormal rows, so r must be <= the hidden size {dim}")
+            raise ConfigError(
+                f"loreft: r={config.r} is not allowed; R has orthonormal rows, so r must be <= the hidden size {dim}"
+            )
         intervention = getattr(block, CHILD_NAME, None)
         if intervention is None:
             intervention = LoreftIntervention(context.model, block)

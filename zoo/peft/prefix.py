@@ -55,7 +55,9 @@ def _first_parameter(parameters, names: tuple[str, ...]) -> str | None:
 @dataclass
 class PrefixTuningConfig(MethodConfig):
     num_virtual_tokens: int = option(20, help="Number of prefix key/value vectors P per attention layer.")
-    prefix_projection: bool = option(False, help="Reparameterise prefixes with an MLP (HF PEFT); only False is supported.")
+    prefix_projection: bool = option(
+        False, help="Reparameterise prefixes with an MLP (HF PEFT); only False is supported."
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -152,7 +154,9 @@ class PrefixTuning(AdapterModule):
         if name is None:
             return None
         if any(kwargs.get(argument) is not None for argument in CACHE_ARGUMENTS):
-            raise RuntimeError("prefix tuning supplies the attention's past keys/values itself; call the model without a cache (use_cache=False)")
+            raise RuntimeError(
+                "prefix tuning supplies the attention's past keys/values itself; call the model without a cache (use_cache=False)"
+            )
         kwargs[cache_argument] = _PrefixKeyValues(*self.layer_prefix(name, index))
         count = self.num_virtual_tokens[name]
         if "attention_mask" in kwargs or mask_index is None or len(args) <= mask_index:
@@ -187,11 +191,17 @@ def _hidden_size(structure, model: nn.Module, block: str) -> int:
         return base_of(structure.submodule(model, block, structure.qkv)).out_features // 3
     if structure.attention_kind == "mha":
         return base_of(structure.submodule(model, block, structure.qkv)).embed_dim
-    raise ConfigError(f"prefix: attention of kind {structure.attention_kind!r} is not supported (separate, fused_qkv or mha)")
+    raise ConfigError(
+        f"prefix: attention of kind {structure.attention_kind!r} is not supported (separate, fused_qkv or mha)"
+    )
 
 
 def _task_type(model: nn.Module) -> str | None:
-    suffixes = {"ForSequenceClassification": "SEQ_CLS", "ForTokenClassification": "TOKEN_CLS", "ForQuestionAnswering": "QUESTION_ANS"}
+    suffixes = {
+        "ForSequenceClassification": "SEQ_CLS",
+        "ForTokenClassification": "TOKEN_CLS",
+        "ForQuestionAnswering": "QUESTION_ANS",
+    }
     for suffix, task in suffixes.items():
         if type(model).__name__.endswith(suffix):
             return task
@@ -266,7 +276,9 @@ def inject_prefix(context: InjectionContext, config: PrefixTuningConfig) -> None
         )
     sizes = {_hidden_size(structure, model, block) for block in blocks}
     if len(sizes) != 1:
-        raise ConfigError(f"prefix: attention layers differ in width ({sorted(sizes)}); one prefix table needs equal widths")
+        raise ConfigError(
+            f"prefix: attention layers differ in width ({sorted(sizes)}); one prefix table needs equal widths"
+        )
     root = getattr(model, ROOT_NAME, None)
     if root is None:
         attentions = [structure.submodule(model, block, structure.attention) for block in blocks]

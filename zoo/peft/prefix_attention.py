@@ -70,7 +70,9 @@ def timm_forward(prefixes, index, attn, x, attn_mask=None, is_causal=False):
     if is_causal:  # tokens see every prefix and the tokens before them
         attn_mask = torch.ones(tokens, tokens, dtype=torch.bool, device=x.device).tril()
     attn_mask = prepend_attended(attn_mask, prefix[0].shape[0])
-    x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=attn.attn_drop.p if attn.training else 0.0)
+    x = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=attn_mask, dropout_p=attn.attn_drop.p if attn.training else 0.0
+    )
     x = attn.norm(x.transpose(1, 2).reshape(batch, tokens, -1))
     if gate is not None:
         x = x * gate
@@ -88,14 +90,30 @@ def _additive(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | N
 
 
 def multihead_forward(
-    prefixes, index, attn, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
-    average_attn_weights=True, is_causal=False,
+    prefixes,
+    index,
+    attn,
+    query,
+    key,
+    value,
+    key_padding_mask=None,
+    need_weights=True,
+    attn_mask=None,
+    average_attn_weights=True,
+    is_causal=False,
 ):
     prefix = prefixes.current_prefix(index)
     if prefix is None:
         return type(attn).forward(
-            attn, query, key, value, key_padding_mask=key_padding_mask, need_weights=need_weights,
-            attn_mask=attn_mask, average_attn_weights=average_attn_weights, is_causal=is_causal,
+            attn,
+            query,
+            key,
+            value,
+            key_padding_mask=key_padding_mask,
+            need_weights=need_weights,
+            attn_mask=attn_mask,
+            average_attn_weights=average_attn_weights,
+            is_causal=is_causal,
         )
     if is_causal and attn_mask is None:  # as nn.MultiheadAttention: is_causal only hints that attn_mask is causal
         raise RuntimeError("Need attn_mask if specifying the is_causal hint")
@@ -161,7 +179,10 @@ _DESCRIPTIONS: list[str] = []
 
 
 def register_prefix_attention(
-    module: str, class_name: str, forward: Callable, check: Callable[[nn.Module], None] | None = None,
+    module: str,
+    class_name: str,
+    forward: Callable,
+    check: Callable[[nn.Module], None] | None = None,
     description: str | None = None,
 ) -> None:
     """Teach prefix tuning an attention class that takes no key/value cache.
@@ -180,7 +201,9 @@ def supported() -> str:
 
 
 register_prefix_attention("timm.layers.attention", "Attention", timm_forward, description="timm's Attention")
-register_prefix_attention("torch.nn", "MultiheadAttention", multihead_forward, _check_multihead, description="torch's nn.MultiheadAttention")
+register_prefix_attention(
+    "torch.nn", "MultiheadAttention", multihead_forward, _check_multihead, description="torch's nn.MultiheadAttention"
+)
 
 
 def prefix_forward(attention: nn.Module) -> Callable | None:

@@ -61,7 +61,20 @@ class MethodSpec:
 _METHODS: dict[str, MethodSpec] = {}
 
 # Modules of zoo.peft that are machinery, not methods: skipped when looking for method files.
-_NOT_METHODS = frozenset({"config", "engine", "exclusions", "io", "layers", "prefix_attention", "registry", "report", "structure", "targeting"})
+_NOT_METHODS = frozenset(
+    {
+        "config",
+        "engine",
+        "exclusions",
+        "io",
+        "layers",
+        "prefix_attention",
+        "registry",
+        "report",
+        "structure",
+        "targeting",
+    }
+)
 _loaded = False
 
 

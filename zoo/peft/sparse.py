@@ -46,27 +46,41 @@ SELECTIONS = ("magnitude", "gradient", "random")
 
 @dataclass
 class SparseConfig(MethodConfig):
-    density: float = option(0.2, help="Fraction of each weight's entries trained, in (0, 1]; 0.6 and 0.2 are the usual '40%/80% pruned' settings.")
-    selection: str = option("magnitude", help="How entries are chosen: 'magnitude' (largest |W|), 'gradient' (largest |grad| on calibration) or 'random'.")
+    density: float = option(
+        0.2,
+        help="Fraction of each weight's entries trained, in (0, 1]; 0.6 and 0.2 are the usual '40%/80% pruned' settings.",
+    )
+    selection: str = option(
+        "magnitude",
+        help="How entries are chosen: 'magnitude' (largest |W|), 'gradient' (largest |grad| on calibration) or 'random'.",
+    )
     seed: int = option(0, help="Seed of selection='random'.")
     calibration: Callable[[nn.Module], Any] | None = option(
-        None, help="For selection='gradient': calibration(model) -> loss or iterable of losses. Used once, not saved.",
-        compare=False, repr=False,
+        None,
+        help="For selection='gradient': calibration(model) -> loss or iterable of losses. Used once, not saved.",
+        compare=False,
+        repr=False,
     )
 
     def validate(self) -> None:
         super().validate()
         density = self.density
         if isinstance(density, bool) or not isinstance(density, (int, float)) or not 0 < density <= 1:
-            raise ConfigError(f"sparse: density={density!r} is not allowed; density must be in (0, 1] (fraction of entries trained)")
+            raise ConfigError(
+                f"sparse: density={density!r} is not allowed; density must be in (0, 1] (fraction of entries trained)"
+            )
         require_choice(self, "selection", SELECTIONS)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ConfigError(f"sparse: seed={self.seed!r} is not allowed; seed must be an integer")
         if self.calibration is not None and not callable(self.calibration):
-            raise ConfigError(f"sparse: calibration={self.calibration!r} is not allowed; pass a callable(model) -> loss")
+            raise ConfigError(
+                f"sparse: calibration={self.calibration!r} is not allowed; pass a callable(model) -> loss"
+            )
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "calibration"}
+        return {
+            f.name: copy.deepcopy(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "calibration"
+        }
 
 
 def entries_for(numel: int, density: float) -> int:
@@ -141,7 +155,9 @@ def _targets(context: InjectionContext, config: SparseConfig) -> list[tuple[str,
     found: dict[int, tuple[str, nn.Linear]] = {}
     for target in match_modules(context.model, patterns):
         if target.slices:
-            raise ConfigError(f"sparse: slice selectors like {target.name!r}[...] are not supported; target the whole Linear")
+            raise ConfigError(
+                f"sparse: slice selectors like {target.name!r}[...] are not supported; target the whole Linear"
+            )
         inner = base_of(target.module)
         parent_name = target.name.rpartition(".")[0]
         parent = base_of(context.model.get_submodule(parent_name)) if parent_name else None

@@ -70,7 +70,9 @@ def match_modules(model: nn.Module, patterns: list[str] | str) -> list[Target]:
     return sorted(found.values(), key=lambda t: order[t.name])
 
 
-def candidate_names(model: nn.Module, kinds: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d, nn.MultiheadAttention)) -> list[str]:
+def candidate_names(
+    model: nn.Module, kinds: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d, nn.MultiheadAttention)
+) -> list[str]:
     """Distinct last name segments of modules that could be targeted, for error messages."""
     names: dict[str, None] = {}
     uncalled = {f"{n}.out_proj" for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)}

@@ -55,7 +55,9 @@ class VptConfig(MethodConfig):
         if not isinstance(self.deep, bool):
             raise ConfigError(f"vpt: deep={self.deep!r} is not allowed; deep must be True or False")
         if self.target_modules is not None:
-            raise ConfigError(f"vpt: target_modules={self.target_modules!r} is not used; prompts go before the blocks; leave it unset")
+            raise ConfigError(
+                f"vpt: target_modules={self.target_modules!r} is not used; prompts go before the blocks; leave it unset"
+            )
 
 
 def insert_attended(mask: torch.Tensor | None, at: int, count: int, tokens: int) -> torch.Tensor | None:
@@ -64,7 +66,9 @@ def insert_attended(mask: torch.Tensor | None, at: int, count: int, tokens: int)
     if mask is None:
         return None
     if not torch.is_tensor(mask) or mask.shape[-1] != tokens:
-        raise RuntimeError(f"vpt cannot extend an attention mask of {type(mask).__name__} {getattr(mask, 'shape', '')} over {tokens} tokens")
+        raise RuntimeError(
+            f"vpt cannot extend an attention mask of {type(mask).__name__} {getattr(mask, 'shape', '')} over {tokens} tokens"
+        )
     fill = True if mask.dtype == torch.bool else (0.0 if mask.is_floating_point() else 1)
     mask = torch.cat([mask[..., :at], mask.new_full((*mask.shape[:-1], count), fill), mask[..., at:]], dim=-1)
     if mask.dim() >= 2 and mask.shape[-2] == tokens and tokens > 1:
@@ -85,11 +89,17 @@ class VisualPrompts(AdapterModule):
         self.deep: dict[str, bool] = {}
         self.dropout: dict[str, float] = {}
         self.cls_tokens = cls_tokens
-        self._handles = [block.register_forward_pre_hook(self._make_pre_hook(i), with_kwargs=True) for i, block in enumerate(blocks)]
+        self._handles = [
+            block.register_forward_pre_hook(self._make_pre_hook(i), with_kwargs=True) for i, block in enumerate(blocks)
+        ]
         self._handles.append(blocks[-1].register_forward_hook(self._strip))
 
-    def add_adapter(self, name: str, config: VptConfig, layers: int, dim: int, fan_in: int, reference: torch.Tensor) -> None:
-        prompts = torch.empty(layers if config.deep else 1, config.num_prompts, dim, device=reference.device, dtype=reference.dtype)
+    def add_adapter(
+        self, name: str, config: VptConfig, layers: int, dim: int, fan_in: int, reference: torch.Tensor
+    ) -> None:
+        prompts = torch.empty(
+            layers if config.deep else 1, config.num_prompts, dim, device=reference.device, dtype=reference.dtype
+        )
         if config.init == "xavier":
             bound = math.sqrt(6.0 / (fan_in + dim))
             nn.init.uniform_(prompts, -bound, bound)

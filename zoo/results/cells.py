@@ -88,18 +88,38 @@ def plan(spec: TableSpec, scale: str, out: Path) -> list[Cell]:
             recipe, switch = _recipe_for(domain_entry.recipe, method.method, domain_entry.fallback)
             for size in sizes:
                 for seed in seeds:
-                    overrides = [*switch, *spec.overrides, *domain_entry.overrides, *entry.overrides,
-                                 *entry.domains.get(domain, []), *method.overrides, f"train.seed={seed}"]
+                    overrides = [
+                        *switch,
+                        *spec.overrides,
+                        *domain_entry.overrides,
+                        *entry.overrides,
+                        *entry.domains.get(domain, []),
+                        *method.overrides,
+                        f"train.seed={seed}",
+                    ]
                     if size is not None:
                         overrides.append(f"data.max_train_examples={size}")
                     overrides = [expand(item) for item in overrides]
-                    cell = Cell(spec.name, scale, domain, method.label, method.method, seed, size, recipe, overrides,
-                                "", domain_entry.metric)
+                    cell = Cell(
+                        spec.name,
+                        scale,
+                        domain,
+                        method.label,
+                        method.method,
+                        seed,
+                        size,
+                        recipe,
+                        overrides,
+                        "",
+                        domain_entry.metric,
+                    )
                     cell.dir = str(out / spec.name / scale / cell.id)
                     try:
                         config = load_config(recipe, overrides).to_dict()
                     except ConfigError as error:
-                        raise ConfigError(f"table {spec.name}, cell {cell.id} ({recipe} {' '.join(overrides)}): {error}") from None
+                        raise ConfigError(
+                            f"table {spec.name}, cell {cell.id} ({recipe} {' '.join(overrides)}): {error}"
+                        ) from None
                     cell.config, cell.config_hash = config, config_hash(config)
                     cells.append(cell)
     return cells

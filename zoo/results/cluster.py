@@ -18,8 +18,15 @@ from zoo.errors import ConfigError
 DEFAULTS = {"timeout_min": 240, "cpus_per_task": 8, "gpus_per_node": 1, "slurm_array_parallelism": 32}
 
 
-def submit(pending: list, out: Path, summary, say: Callable[[str], None], options: dict[str, Any], wait: bool,
-           run_cell: Callable[..., dict[str, Any]]) -> None:
+def submit(
+    pending: list,
+    out: Path,
+    summary,
+    say: Callable[[str], None],
+    options: dict[str, Any],
+    wait: bool,
+    run_cell: Callable[..., dict[str, Any]],
+) -> None:
     """``run_cell(cell_dict, out)`` is what each array task runs (zoo.results.reproduce.run_cell)."""
     import submitit
 
@@ -35,8 +42,10 @@ def submit(pending: list, out: Path, summary, say: Callable[[str], None], option
     except (TypeError, ValueError) as error:
         raise ConfigError(f"--slurm options: {error}") from None
     jobs = executor.map_array(run_cell, [cell.to_dict() for cell in pending], [str(out)] * len(pending))
-    say(f"submitted {len(jobs)} cells of {summary.table} as job array {jobs[0].job_id.split('_')[0]} "
-        f"(logs in {out / '.submitit'})")
+    say(
+        f"submitted {len(jobs)} cells of {summary.table} as job array {jobs[0].job_id.split('_')[0]} "
+        f"(logs in {out / '.submitit'})"
+    )
     for cell in pending[: len(jobs)]:
         summary.outcomes[cell.id] = "submitted"
     if not wait:
@@ -48,4 +57,6 @@ def submit(pending: list, out: Path, summary, say: Callable[[str], None], option
             summary.outcomes[cell.id] = row["outcome"]
         except Exception as error:  # the task died outside run_cell (time limit, node failure)
             summary.outcomes[cell.id] = "failed"
-            say(f"{cell.id}: job {job.job_id} failed: {str(error).strip().splitlines()[-1] if str(error).strip() else error}")
+            say(
+                f"{cell.id}: job {job.job_id} failed: {str(error).strip().splitlines()[-1] if str(error).strip() else error}"
+            )

@@ -30,8 +30,11 @@ def plot_all(rows: list[dict[str, Any]], records: list[dict[str, Any]], folder: 
         figure, axes = plt.subplots(1, len(domains), figsize=(4 * len(domains), 3.5), squeeze=False)
         for axis, domain in zip(axes[0], domains):
             for method in dict.fromkeys(r["method_label"] for r in complete if r["domain"] == domain):
-                points = [(r["trainable_parameters"], r["metric_value"]) for r in complete
-                          if r["domain"] == domain and r["method_label"] == method and r.get("trainable_parameters")]
+                points = [
+                    (r["trainable_parameters"], r["metric_value"])
+                    for r in complete
+                    if r["domain"] == domain and r["method_label"] == method and r.get("trainable_parameters")
+                ]
                 if points:
                     axis.scatter(*zip(*points), label=method, s=18)
             axis.set_xscale("log")
@@ -44,12 +47,20 @@ def plot_all(rows: list[dict[str, Any]], records: list[dict[str, Any]], folder: 
     methods = list(dict.fromkeys(r["method"] for r in records))
     if records:
         figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
-        for axis, key, label in ((left, "peak_memory_mib", "peak memory (MiB)"), (right, "train_seconds", "train time (s)")):
+        for axis, key, label in (
+            (left, "peak_memory_mib", "peak memory (MiB)"),
+            (right, "train_seconds", "train time (s)"),
+        ):
             for index, domain in enumerate(domains):
-                values = [next((r[key] or 0 for r in records if r["domain"] == domain and r["method"] == m), 0) for m in methods]
+                values = [
+                    next((r[key] or 0 for r in records if r["domain"] == domain and r["method"] == m), 0)
+                    for m in methods
+                ]
                 width = 0.8 / max(len(domains), 1)
                 axis.bar([i + index * width for i in range(len(methods))], values, width=width, label=domain)
-            axis.set_xticks([i + 0.4 - 0.4 / max(len(domains), 1) for i in range(len(methods))], methods, rotation=60, fontsize=7)
+            axis.set_xticks(
+                [i + 0.4 - 0.4 / max(len(domains), 1) for i in range(len(methods))], methods, rotation=60, fontsize=7
+            )
             axis.set_ylabel(label)
         left.legend(fontsize=6)
         figure.tight_layout()
@@ -59,9 +70,14 @@ def plot_all(rows: list[dict[str, Any]], records: list[dict[str, Any]], folder: 
         figure, axes = plt.subplots(2, len(domains), figsize=(4 * len(domains), 6), squeeze=False)
         for column, domain in enumerate(domains):
             for method in methods:
-                line = sorted((r["train_size"], r["mean"], r["steps_to_95pct_best_val"]) for r in records
-                              if r["domain"] == domain and r["method"] == method and r["train_size"] is not None
-                              and r["mean"] is not None)
+                line = sorted(
+                    (r["train_size"], r["mean"], r["steps_to_95pct_best_val"])
+                    for r in records
+                    if r["domain"] == domain
+                    and r["method"] == method
+                    and r["train_size"] is not None
+                    and r["mean"] is not None
+                )
                 if line:
                     axes[0][column].plot([p[0] for p in line], [p[1] for p in line], marker="o", label=method)
                     axes[1][column].plot([p[0] for p in line], [p[2] or 0 for p in line], marker="o", label=method)

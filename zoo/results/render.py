@@ -16,9 +16,26 @@ from pathlib import Path
 from typing import Any
 
 RANDOM_INIT_NOTE = "random init: checks the plumbing, not a result"
-FIELDS = ("domain", "method", "train_size", "metric", "split", "seeds", "mean", "std", "delta_vs_baseline",
-          "trainable_percent", "peak_memory_mib", "train_seconds", "examples_per_second", "steps_to_95pct_best_val",
-          "published", "citation", "random_init", "not_complete")
+FIELDS = (
+    "domain",
+    "method",
+    "train_size",
+    "metric",
+    "split",
+    "seeds",
+    "mean",
+    "std",
+    "delta_vs_baseline",
+    "trainable_percent",
+    "peak_memory_mib",
+    "train_seconds",
+    "examples_per_second",
+    "steps_to_95pct_best_val",
+    "published",
+    "citation",
+    "random_init",
+    "not_complete",
+)
 
 
 @dataclass
@@ -54,8 +71,11 @@ def group(rows: list[dict[str, Any]], spec=None) -> list[Group]:
     if spec is not None:
         domains = list(spec.domains)
         methods = [m.label for m in spec.method_entries()]
-        order = lambda g: (domains.index(g.domain) if g.domain in domains else 99,  # noqa: E731
-                           methods.index(g.method) if g.method in methods else 99, g.train_size or 0)
+        order = lambda g: (
+            domains.index(g.domain) if g.domain in domains else 99,  # noqa: E731
+            methods.index(g.method) if g.method in methods else 99,
+            g.train_size or 0,
+        )
         return sorted(groups.values(), key=order)
     return sorted(groups.values(), key=lambda g: (str(g.domain), str(g.method), g.train_size or 0))
 
@@ -72,21 +92,35 @@ def summarise(rows: list[dict[str, Any]], spec=None) -> list[dict[str, Any]]:
         published = spec.published_for(g.method, g.domain, g.train_size) if spec is not None else None
         memory = g.mean_of("peak_memory_bytes")
         splits = sorted({r.get("metric_split") for r in g.complete() if r.get("metric_split")})
-        not_complete = [f"{r.get('status')}: {str(r.get('error') or '').splitlines()[0][:200] if r.get('error') else ''}"
-                        for r in g.rows if r.get("status") != "complete"]
-        records.append({
-            "domain": g.domain, "method": g.method, "train_size": g.train_size,
-            "metric": next((r.get("metric") for r in g.rows if r.get("metric")), None), "split": "/".join(splits),
-            "seeds": len(g.values()), "mean": mean, "std": std,
-            "delta_vs_baseline": (mean - base) if mean is not None and base is not None and g.method != baseline else None,
-            "trainable_percent": g.mean_of("trainable_percent"),
-            "peak_memory_mib": memory / 2**20 if memory is not None else None,
-            "train_seconds": g.mean_of("train_seconds"), "examples_per_second": g.mean_of("examples_per_second"),
-            "steps_to_95pct_best_val": g.mean_of("steps_to_95pct_best_val"),
-            "published": published.value if published else None, "citation": published.citation if published else None,
-            "random_init": any(r.get("random_init") for r in g.rows),
-            "not_complete": "; ".join(dict.fromkeys(not_complete)),
-        })
+        not_complete = [
+            f"{r.get('status')}: {str(r.get('error') or '').splitlines()[0][:200] if r.get('error') else ''}"
+            for r in g.rows
+            if r.get("status") != "complete"
+        ]
+        records.append(
+            {
+                "domain": g.domain,
+                "method": g.method,
+                "train_size": g.train_size,
+                "metric": next((r.get("metric") for r in g.rows if r.get("metric")), None),
+                "split": "/".join(splits),
+                "seeds": len(g.values()),
+                "mean": mean,
+                "std": std,
+                "delta_vs_baseline": (mean - base)
+                if mean is not None and base is not None and g.method != baseline
+                else None,
+                "trainable_percent": g.mean_of("trainable_percent"),
+                "peak_memory_mib": memory / 2**20 if memory is not None else None,
+                "train_seconds": g.mean_of("train_seconds"),
+                "examples_per_second": g.mean_of("examples_per_second"),
+                "steps_to_95pct_best_val": g.mean_of("steps_to_95pct_best_val"),
+                "published": published.value if published else None,
+                "citation": published.citation if published else None,
+                "random_init": any(r.get("random_init") for r in g.rows),
+                "not_complete": "; ".join(dict.fromkeys(not_complete)),
+            }
+        )
     return records
 
 
@@ -149,33 +183,58 @@ def to_markdown(records: list[dict[str, Any]], spec=None, scale: str = "", comma
                 cells.append(text)
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
-    lines += ["## Cost and convergence", "",
-              "| domain | method | train size | seeds | mean ± std | Δ vs baseline | trainable % | peak memory MiB | "
-              "train s | examples/s | steps to 95% of best val | published |",
-              "|" + "---|" * 12]
+    lines += [
+        "## Cost and convergence",
+        "",
+        "| domain | method | train size | seeds | mean ± std | Δ vs baseline | trainable % | peak memory MiB | "
+        "train s | examples/s | steps to 95% of best val | published |",
+        "|" + "---|" * 12,
+    ]
     for r in records:
         published = f"{r['published']:.4f} ({r['citation']})" if r["published"] is not None else ""
-        lines.append("| " + " | ".join([
-            str(r["domain"]), str(r["method"]), _number(r["train_size"]), str(r["seeds"]), mean_std_text(r),
-            _number(r["delta_vs_baseline"]), _number(r["trainable_percent"], 3), _number(r["peak_memory_mib"], 0),
-            _number(r["train_seconds"], 1), _number(r["examples_per_second"], 1), _number(r["steps_to_95pct_best_val"], 0),
-            published]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    str(r["domain"]),
+                    str(r["method"]),
+                    _number(r["train_size"]),
+                    str(r["seeds"]),
+                    mean_std_text(r),
+                    _number(r["delta_vs_baseline"]),
+                    _number(r["trainable_percent"], 3),
+                    _number(r["peak_memory_mib"], 0),
+                    _number(r["train_seconds"], 1),
+                    _number(r["examples_per_second"], 1),
+                    _number(r["steps_to_95pct_best_val"], 0),
+                    published,
+                ]
+            )
+            + " |"
+        )
     lines.append("")
     notes = []
     if any(r["random_init"] for r in records):
-        notes.append(f"† {RANDOM_INIT_NOTE}: the backbone had random weights (scale=tiny or backbone.pretrained=false).")
-    notes.append("mean ± std over seeds (sample std); Δ against the baseline method "
-                 f"`{getattr(spec, 'baseline', 'full')}` in the same column; memory is CUDA max allocated on a GPU and "
-                 "peak RSS of the process on a CPU.")
+        notes.append(
+            f"† {RANDOM_INIT_NOTE}: the backbone had random weights (scale=tiny or backbone.pretrained=false)."
+        )
+    notes.append(
+        "mean ± std over seeds (sample std); Δ against the baseline method "
+        f"`{getattr(spec, 'baseline', 'full')}` in the same column; memory is CUDA max allocated on a GPU and "
+        "peak RSS of the process on a CPU."
+    )
     missing = [r for r in records if r["not_complete"]]
     if missing:
-        notes.append("Cells without a result: " + "; ".join(f"{r['domain']}/{r['method']}: {r['not_complete']}" for r in missing))
+        notes.append(
+            "Cells without a result: " + "; ".join(f"{r['domain']}/{r['method']}: {r['not_complete']}" for r in missing)
+        )
     lines += [f"- {note}" for note in notes]
     return "\n".join(lines) + "\n"
 
 
-def render(rows: list[dict[str, Any]], folder: Path, spec=None, scale: str = "", command: str = "",
-           plots: bool = True) -> list[Path]:
+def render(
+    rows: list[dict[str, Any]], folder: Path, spec=None, scale: str = "", command: str = "", plots: bool = True
+) -> list[Path]:
     """Write ``<name>.md``, ``<name>.csv`` and the plots into ``folder``; returns the files written."""
     from zoo.experiment.run_dir import atomic_write_text
 

@@ -58,7 +58,9 @@ def _store(out: Path, row: dict[str, Any], say: Callable[[str], None]) -> None:
         with ResultsStore(out) as store:
             store.add(row)
     except (ResultsStoreError, OSError) as error:  # the row is safe in result.json; the index can be remade
-        say(f"warning: row of {row.get('cell')} not added to the store ({error}); it is in {row['run_dir']}/{RESULT_FILE}")
+        say(
+            f"warning: row of {row.get('cell')} not added to the store ({error}); it is in {row['run_dir']}/{RESULT_FILE}"
+        )
 
 
 def run_cell(cell: dict[str, Any], out: str, say: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -75,22 +77,32 @@ def run_cell(cell: dict[str, Any], out: str, say: Callable[[str], None] | None =
     state = cell_plan.state(coordinates)
     if state in ("done", "n/a"):
         existing = cell_plan.read_result(path)
-        if existing is None or existing.get("config_hash") != coordinates.config_hash or existing.get("status") != "complete":
+        if (
+            existing is None
+            or existing.get("config_hash") != coordinates.config_hash
+            or existing.get("status") != "complete"
+        ):
             if state == "done":
                 existing = row_from_run(path, cell, source="reproduce")
                 _write_result(path, existing)
                 _store(out_path, existing, say)
         return {**(existing or {}), "outcome": "skipped"}
     if state == "stale":  # made from another configuration: kept aside, not overwritten
-        aside = out_path / SUPERSEDED / f"{coordinates.table}-{coordinates.scale}-{coordinates.id.replace('/', '-')}-{int(time.time())}"
+        aside = (
+            out_path
+            / SUPERSEDED
+            / f"{coordinates.table}-{coordinates.scale}-{coordinates.id.replace('/', '-')}-{int(time.time())}"
+        )
         aside.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(path), aside)
         say(f"{coordinates.id}: configuration changed; the old run moved to {aside}")
     if not runs.is_run_dir(path):
         (path / RESULT_FILE).unlink(missing_ok=True)
     resume = runs.is_run_dir(path)
-    command = (f"zoo reproduce {coordinates.table} --scale {coordinates.scale} --out {out}  "
-               f"# cell {coordinates.id}: {coordinates.recipe} {' '.join(coordinates.overrides)}")
+    command = (
+        f"zoo reproduce {coordinates.table} --scale {coordinates.scale} --out {out}  "
+        f"# cell {coordinates.id}: {coordinates.recipe} {' '.join(coordinates.overrides)}"
+    )
     try:
         run(coordinates.run_config(), out=path, resume=resume, command=command, name=coordinates.recipe, log=None)
         row = row_from_run(path, cell, source="reproduce")
@@ -119,7 +131,9 @@ def run_cell(cell: dict[str, Any], out: str, say: Callable[[str], None] | None =
     return {**row, "outcome": row["status"]}
 
 
-def plan_table(table: str, scale: str, out: str | Path, shard: str | None = None) -> tuple[list[Cell], dict[str, str], str]:
+def plan_table(
+    table: str, scale: str, out: str | Path, shard: str | None = None
+) -> tuple[list[Cell], dict[str, str], str]:
     spec = load_table(table)
     cells = cell_plan.plan(spec, scale, Path(out))
     index, count = cell_plan.parse_shard(shard)
@@ -138,9 +152,18 @@ def _describe(row: dict[str, Any]) -> str:
     return str(outcome)
 
 
-def reproduce(table: str, scale: str = "tiny", out: str | Path = "results", jobs: int = 1, executor: str = "local",
-              shard: str | None = None, dry_run: bool = False, say: Callable[[str], None] = print,
-              slurm: dict[str, Any] | None = None, wait: bool = True) -> Summary:
+def reproduce(
+    table: str,
+    scale: str = "tiny",
+    out: str | Path = "results",
+    jobs: int = 1,
+    executor: str = "local",
+    shard: str | None = None,
+    dry_run: bool = False,
+    say: Callable[[str], None] = print,
+    slurm: dict[str, Any] | None = None,
+    wait: bool = True,
+) -> Summary:
     """Run the cells of ``table`` at ``scale`` that are not done; see the module docstring."""
     started = time.perf_counter()
     out = Path(out)

@@ -29,10 +29,19 @@ def git_state() -> dict[str, Any]:
     """The commit of the zoo checkout and whether it had uncommitted changes (None outside git)."""
     root = Path(__file__).resolve().parents[2]
     try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip() != ""
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = (
+            subprocess.run(
+                ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
+            ).stdout.strip()
+            != ""
+        )
     except (OSError, subprocess.SubprocessError):
         return {"git_commit": None, "git_dirty": None}
     return {"git_commit": commit, "git_dirty": dirty}
@@ -51,8 +60,13 @@ def package_versions() -> dict[str, str]:
 
 @functools.cache
 def hardware() -> dict[str, Any]:
-    info: dict[str, Any] = {"machine": platform.machine(), "system": platform.system(), "cpus": os.cpu_count(),
-                            "cpu": platform.processor() or None, "host": platform.node()}
+    info: dict[str, Any] = {
+        "machine": platform.machine(),
+        "system": platform.system(),
+        "cpus": os.cpu_count(),
+        "cpu": platform.processor() or None,
+        "host": platform.node(),
+    }
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -73,16 +87,25 @@ def hardware() -> dict[str, Any]:
 
 
 def provenance(source: str) -> dict[str, Any]:
-    return {"zoo_version": __version__, **git_state(), "packages": package_versions(), "hardware": hardware(),
-            "provenance_from": source}
+    return {
+        "zoo_version": __version__,
+        **git_state(),
+        "packages": package_versions(),
+        "hardware": hardware(),
+        "provenance_from": source,
+    }
 
 
-def steps_to_fraction_of_best(history: list[dict[str, Any]], metric: str, greater_is_better: bool,
-                              fraction: float = CONVERGENCE_FRACTION) -> int | None:
+def steps_to_fraction_of_best(
+    history: list[dict[str, Any]], metric: str, greater_is_better: bool, fraction: float = CONVERGENCE_FRACTION
+) -> int | None:
     """The first evaluated step whose ``metric`` is within ``1 - fraction`` of the run's best value (relative to
     its magnitude, so it works for negative Spearman and lower-is-better losses alike)."""
-    points = [(row["step"], row[metric]) for row in history
-              if row.get("split") == "val" and isinstance(row.get(metric), (int, float)) and math.isfinite(row[metric])]
+    points = [
+        (row["step"], row[metric])
+        for row in history
+        if row.get("split") == "val" and isinstance(row.get(metric), (int, float)) and math.isfinite(row[metric])
+    ]
     if not points:
         return None
     values = [value for _, value in points]
@@ -102,7 +125,9 @@ def _adapter_bytes(run_dir: Path) -> int | None:
 
 
 def _examples_per_second(history: list[dict[str, Any]], record: dict[str, Any], train: dict[str, Any]) -> float | None:
-    logged = [row["examples_per_second"] for row in history if row.get("split") == "train" and row.get("examples_per_second")]
+    logged = [
+        row["examples_per_second"] for row in history if row.get("split") == "train" and row.get("examples_per_second")
+    ]
     if logged:
         return round(sum(logged) / len(logged), 2)
     seconds, steps = record.get("train_seconds"), record.get("steps")
@@ -168,8 +193,14 @@ def row_from_run(run_dir: str | os.PathLike, cell: dict[str, Any] | None = None,
     if cell is not None:
         row.update(cell_fields(cell))
     else:
-        row.update(table=None, scale=None, cell=None, domain=_domain_of(backbone.get("name")), method_label=row["method"],
-                   metric=main_metric)
+        row.update(
+            table=None,
+            scale=None,
+            cell=None,
+            domain=_domain_of(backbone.get("name")),
+            method_label=row["method"],
+            metric=main_metric,
+        )
     row["metric_split"], row["metric_value"] = reported_metric(row)
     return row
 
@@ -178,19 +209,36 @@ def cell_fields(cell: dict[str, Any]) -> dict[str, Any]:
     from zoo.results.cells import Cell
 
     coordinates = Cell(**cell)
-    return {"table": coordinates.table, "scale": coordinates.scale, "cell": coordinates.id, "domain": coordinates.domain,
-            "method_label": coordinates.method_label, "method": coordinates.method, "seed": coordinates.seed,
-            "train_size": coordinates.train_size, "metric": coordinates.metric, "config_hash": coordinates.config_hash}
+    return {
+        "table": coordinates.table,
+        "scale": coordinates.scale,
+        "cell": coordinates.id,
+        "domain": coordinates.domain,
+        "method_label": coordinates.method_label,
+        "method": coordinates.method,
+        "seed": coordinates.seed,
+        "train_size": coordinates.train_size,
+        "metric": coordinates.metric,
+        "config_hash": coordinates.config_hash,
+    }
 
 
 def cell_row(cell: dict[str, Any], status: str, reason: str) -> dict[str, Any]:
     """The row of a cell that left no run: ``n/a`` (the method does not apply) or ``failed`` before it started."""
     config = cell.get("config", {})
-    row = {"run_dir": str(Path(cell["dir"]).resolve()), "status": status, "error": reason, "config": config,
-           "recipe": cell["recipe"], "dataset": (config.get("data") or {}).get("name"),
-           "backbone": (config.get("backbone") or {}).get("name"), "metrics": {},
-           "random_init": config.get("scale") == "tiny" or (config.get("backbone") or {}).get("pretrained") is False,
-           **cell_fields(cell), **provenance("reproduce")}
+    row = {
+        "run_dir": str(Path(cell["dir"]).resolve()),
+        "status": status,
+        "error": reason,
+        "config": config,
+        "recipe": cell["recipe"],
+        "dataset": (config.get("data") or {}).get("name"),
+        "backbone": (config.get("backbone") or {}).get("name"),
+        "metrics": {},
+        "random_init": config.get("scale") == "tiny" or (config.get("backbone") or {}).get("pretrained") is False,
+        **cell_fields(cell),
+        **provenance("reproduce"),
+    }
     row["metric_split"], row["metric_value"] = None, None
     return row
 

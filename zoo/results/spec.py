@@ -44,8 +44,11 @@ Overrides = Annotated[list[str], AfterValidator(_check_overrides)]
 class DomainEntry(_Strict):
     recipe: str = Field(description="Recipe pattern with {method}, e.g. text/sst2-{method}.")
     metric: str = Field(description="The metric the table reports for this domain (a key of the run's metrics).")
-    fallback: str = Field("full", description="Method whose recipe is used, with method.name changed, where the domain "
-                          "has no recipe of a method (the cell then says whether the method applies).")
+    fallback: str = Field(
+        "full",
+        description="Method whose recipe is used, with method.name changed, where the domain "
+        "has no recipe of a method (the cell then says whether the method applies).",
+    )
     overrides: Overrides = Field(default_factory=list)
 
 
@@ -90,7 +93,9 @@ class TableSpec(_Strict):
 
     def scale(self, scale: str) -> ScaleEntry:
         if scale not in self.scales:
-            raise ConfigError(f"table {self.name} has no scale {scale!r}; it defines {', '.join(self.scales) or 'none'}")
+            raise ConfigError(
+                f"table {self.name} has no scale {scale!r}; it defines {', '.join(self.scales) or 'none'}"
+            )
         return self.scales[scale]
 
     def published_for(self, method: str, domain: str, train_size: int | None) -> Published | None:
@@ -123,8 +128,10 @@ def find_table(name: str | os.PathLike) -> Path:
     known = list_tables()
     close = difflib.get_close_matches(str(name), known, n=3, cutoff=0.4)
     hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-    raise ConfigError(f"unknown table {str(name)!r}.{hint} Tables under {tables_root()}: {', '.join(known) or 'none'}; "
-                      f"a path to a YAML file works too")
+    raise ConfigError(
+        f"unknown table {str(name)!r}.{hint} Tables under {tables_root()}: {', '.join(known) or 'none'}; "
+        f"a path to a YAML file works too"
+    )
 
 
 def _error(error: ValidationError, path: Path) -> ConfigError:
@@ -156,13 +163,17 @@ def load_table(name: str | os.PathLike) -> TableSpec:
         raise ConfigError(f"table {path}: baseline={spec.baseline!r} is not one of its methods ({', '.join(labels)})")
     for entry in spec.published:
         if entry.method not in labels or entry.domain not in spec.domains:
-            raise ConfigError(f"table {path}: published entry for {entry.method}/{entry.domain} names no row/column "
-                              f"of the table (methods {', '.join(labels)}; domains {', '.join(spec.domains)})")
+            raise ConfigError(
+                f"table {path}: published entry for {entry.method}/{entry.domain} names no row/column "
+                f"of the table (methods {', '.join(labels)}; domains {', '.join(spec.domains)})"
+            )
     for scale in spec.scales.values():
         unknown = set(scale.domains) - set(spec.domains)
         if unknown:
-            raise ConfigError(f"table {path}: scale overrides for unknown domain(s) {sorted(unknown)}; "
-                              f"domains are {', '.join(spec.domains)}")
+            raise ConfigError(
+                f"table {path}: scale overrides for unknown domain(s) {sorted(unknown)}; "
+                f"domains are {', '.join(spec.domains)}"
+            )
     return spec
 
 
@@ -182,8 +193,10 @@ def expand(override: str) -> str:
 
         found = importlib.util.find_spec(name)
         if found is None or not found.submodule_search_locations:
-            raise ConfigError(f"override {override!r} needs the Python package {name}, which is not installed "
-                              f"(pip install {name.replace('_', '-')})")
+            raise ConfigError(
+                f"override {override!r} needs the Python package {name}, which is not installed "
+                f"(pip install {name.replace('_', '-')})"
+            )
         return str(Path(list(found.submodule_search_locations)[0]))
 
     return _PLACEHOLDER.sub(replace, override)

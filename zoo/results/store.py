@@ -23,8 +23,20 @@ from zoo.errors import ResultsStoreError
 
 STORE_NAME = "results.sqlite"
 TIMEOUT_SECONDS = 60.0
-COLUMNS = ("table_name", "scale", "cell", "domain", "method_label", "method", "seed", "train_size", "status",
-           "config_hash", "metric_value", "recorded")
+COLUMNS = (
+    "table_name",
+    "scale",
+    "cell",
+    "domain",
+    "method_label",
+    "method",
+    "seed",
+    "train_size",
+    "status",
+    "config_hash",
+    "metric_value",
+    "recorded",
+)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_key TEXT PRIMARY KEY,
@@ -48,8 +60,9 @@ class ResultsStore:
         self.path = store_path(folder)
         self.root = self.path.parent
         if not self.path.exists() and not create:
-            raise ResultsStoreError(f"no results store at {self.path}; make one with `zoo reproduce` or "
-                                    f"`zoo results rebuild {self.root}`")
+            raise ResultsStoreError(
+                f"no results store at {self.path}; make one with `zoo reproduce` or `zoo results rebuild {self.root}`"
+            )
         self.root.mkdir(parents=True, exist_ok=True)
         self.lock = FileLock(str(self.path) + ".lock", timeout=TIMEOUT_SECONDS)
         with self.lock:
@@ -96,14 +109,17 @@ class ResultsStore:
         values = []
         for row in rows:
             row = {**row, "recorded": row.get("recorded") or time.time()}
-            values.append((self.key(row), row.get("table"), *(row.get(c) for c in COLUMNS[1:]),
-                           json.dumps(row, default=str)))
+            values.append(
+                (self.key(row), row.get("table"), *(row.get(c) for c in COLUMNS[1:]), json.dumps(row, default=str))
+            )
         try:
             with self.lock:
                 self.connection.execute("BEGIN IMMEDIATE")
                 self.connection.executemany(
                     f"INSERT OR REPLACE INTO runs (run_key, {', '.join(COLUMNS)}, row_json) "
-                    f"VALUES ({', '.join('?' * (len(COLUMNS) + 2))})", values)
+                    f"VALUES ({', '.join('?' * (len(COLUMNS) + 2))})",
+                    values,
+                )
                 self.connection.execute("COMMIT")
         except sqlite3.DatabaseError as error:
             if self.connection.in_transaction:
@@ -143,8 +159,10 @@ def find_rows(folder: Path) -> Iterable[dict[str, Any]]:
             seen.add(path.parent.resolve())
             row["run_dir"] = str(path.parent.resolve())  # the folder may have moved since
             if runs.is_run_dir(path.parent) and row.get("status") != runs.status(path.parent):
-                row = {**row_from_run(path.parent, source="rebuild"),
-                       **{k: row[k] for k in ("table", "scale", "cell", "domain", "method_label", "metric") if k in row}}
+                row = {
+                    **row_from_run(path.parent, source="rebuild"),
+                    **{k: row[k] for k in ("table", "scale", "cell", "domain", "method_label", "metric") if k in row},
+                }
             yield row
     for path in sorted(folder.rglob(runs.RUN_FILE)):
         directory = path.parent

@@ -50,7 +50,10 @@ TASKS: dict[str, TaskSpec] = {
         "regression",
         False,
         lambda out, y: F.mse_loss(out.squeeze(-1), y.float()),
-        lambda out, y: {"spearman": metrics.spearman(y, out.squeeze(-1)), "mse": F.mse_loss(out.squeeze(-1).float(), y.float()).item()},
+        lambda out, y: {
+            "spearman": metrics.spearman(y, out.squeeze(-1)),
+            "mse": F.mse_loss(out.squeeze(-1).float(), y.float()).item(),
+        },
         "spearman",
     ),
     "per_residue": TaskSpec(

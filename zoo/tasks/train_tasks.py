@@ -149,7 +149,9 @@ def _check_options(kind: str, options: dict[str, Any], allowed: tuple[str, ...] 
         raise ConfigError(f"task {kind}: unknown task.options {', '.join(unknown)}; valid: {valid}")
 
 
-def _task_model_builder(kind: str, label_dtype: torch.dtype) -> Callable[[nn.Module, TaskRequest], tuple[nn.Module, ModelTask]]:
+def _task_model_builder(
+    kind: str, label_dtype: torch.dtype
+) -> Callable[[nn.Module, TaskRequest], tuple[nn.Module, ModelTask]]:
     def build(backbone: nn.Module, request: TaskRequest) -> tuple[nn.Module, ModelTask]:
         _check_options(kind, request.options)
         model = TaskModel(backbone, kind, request.num_outputs or 1)

@@ -151,7 +151,9 @@ def seed_everything(seed: int) -> None:
 # Under FSDP these are collectives (every process calls them) and only rank 0 gets the tensors.
 
 
-def gather_trainable(model: nn.Module, trainable: list[tuple[str, nn.Parameter]], fsdp: bool) -> dict[str, torch.Tensor]:
+def gather_trainable(
+    model: nn.Module, trainable: list[tuple[str, nn.Parameter]], fsdp: bool
+) -> dict[str, torch.Tensor]:
     """Whole trainable tensors on CPU, by parameter name."""
     if fsdp:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -168,7 +170,9 @@ def load_trainable(
     names = [name for name, _ in trainable]
     missing, unexpected = sorted(set(names) - set(state)), sorted(set(state) - set(names))
     if missing or unexpected:
-        raise CheckpointError(f"the checkpoint does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise CheckpointError(
+            f"the checkpoint does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
     if fsdp:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 

@@ -78,8 +78,14 @@ def launch(nproc: int, argv: Sequence[str], module: str = "zoo.cli.main") -> int
     if nproc > 1 and torch.cuda.is_available() and nproc > torch.cuda.device_count():
         raise ConfigError(f"--nproc={nproc} but only {torch.cuda.device_count()} GPU(s) are visible")
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-        "-m", module, *argv,
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        module,
+        *argv,
     ]
     return subprocess.call(command)
 

@@ -39,7 +39,9 @@ from zoo.train.task import TrainTask
 logger = logging.getLogger("zoo.train")
 
 # Settings that may differ between a run and its resume without changing what it computes.
-RESUME_MAY_CHANGE = frozenset({"log_every", "num_workers", "eval_batch_size", "checkpoint_every", "device", "load_best_at_end"})
+RESUME_MAY_CHANGE = frozenset(
+    {"log_every", "num_workers", "eval_batch_size", "checkpoint_every", "device", "load_best_at_end"}
+)
 
 
 def move_to_device(value: Any, device: torch.device | str) -> Any:
@@ -90,7 +92,11 @@ class Trainer:
         *,
         callbacks: Sequence[Callable[["Trainer", int], None]] = (),
     ) -> None:
-        missing = [name for name in ("collate", "loss", "evaluate", "main_metric", "greater_is_better") if not hasattr(task, name)]
+        missing = [
+            name
+            for name in ("collate", "loss", "evaluate", "main_metric", "greater_is_better")
+            if not hasattr(task, name)
+        ]
         if missing:
             raise TypeError(f"task {type(task).__name__} lacks {', '.join(missing)} (see zoo.train.TrainTask)")
         settings.validate()
@@ -134,7 +140,9 @@ class Trainer:
         if self.settings.gradient_checkpointing:
             logger.info("gradient checkpointing: %s", enable_gradient_checkpointing(self.model))
         if not any(p.requires_grad for p in self.model.parameters()):
-            raise ConfigError("the model has no trainable parameters; add a PEFT method (zoo.peft.apply) or unfreeze some")
+            raise ConfigError(
+                "the model has no trainable parameters; add a PEFT method (zoo.peft.apply) or unfreeze some"
+            )
         if self.fsdp:
             logger.info(dist_utils.shard_fsdp(self.model))  # swaps parameters for sharded ones in place
         elif self.distributed:
@@ -184,7 +192,9 @@ class Trainer:
         """Train to ``max_steps`` / ``epochs`` or early stopping; ``resume`` continues from the last checkpoint."""
         started = time.perf_counter()
         if self._fit_called:  # the optimizer and schedule carry state: a second fit would not start afresh
-            raise RuntimeError("Trainer.fit() runs once per Trainer; make a new Trainer (fit(resume=True) continues a run)")
+            raise RuntimeError(
+                "Trainer.fit() runs once per Trainer; make a new Trainer (fit(resume=True) continues a run)"
+            )
         self._fit_called = True
         self._prepare()
         saved = [self.checkpoint_dir / name for name in (ckpt.LAST_NAME, ckpt.PREVIOUS_NAME)]
@@ -195,7 +205,9 @@ class Trainer:
                 logger.warning("%s cannot be read (%s); resuming from the older %s", damaged, problem, path.name)
             self._restore(payload)
             self.resumed_from = path
-            logger.info("resuming %s at step %d of %d from %s", self.run_dir, self.progress.step, self.total_steps, path)
+            logger.info(
+                "resuming %s at step %d of %d from %s", self.run_dir, self.progress.step, self.total_steps, path
+            )
         else:
             if resume:
                 logger.warning("no checkpoint in %s: training from the start", self.checkpoint_dir)
@@ -208,8 +220,13 @@ class Trainer:
         reporter = RunReporter(self.run_dir, self.is_main, self.total_steps, self.progress.step, resumed)
         logger.info(
             "training %d trainable tensors for %d steps (%d per epoch), global batch %d x %d accumulation, %d process(es) on %s",
-            len(self.trainable), self.total_steps, self.steps_per_epoch, self.settings.batch_size,
-            self.settings.grad_accum, self.world_size, self.device,
+            len(self.trainable),
+            self.total_steps,
+            self.steps_per_epoch,
+            self.settings.batch_size,
+            self.settings.grad_accum,
+            self.world_size,
+            self.device,
         )
         try:
             self._train(reporter)
@@ -262,13 +279,20 @@ class Trainer:
                             f"(the last checkpoint in {self.checkpoint_dir} is untouched)"
                         )
                     elapsed = time.perf_counter() - window_start
-                    reporter.log_train(progress.step, self._epochs_done(), mean_loss, self.scheduler.get_last_lr()[0],
-                                       progress.window_micro * settings.batch_size / max(elapsed, 1e-9))
+                    reporter.log_train(
+                        progress.step,
+                        self._epochs_done(),
+                        mean_loss,
+                        self.scheduler.get_last_lr()[0],
+                        progress.window_micro * settings.batch_size / max(elapsed, 1e-9),
+                    )
                     progress.train_loss = mean_loss
                     self.window_loss.zero_()
                     progress.window_micro, window_start = 0, time.perf_counter()
                 every = settings.eval_every
-                if self.val_set is not None and ((every and progress.step % every == 0) or (every is None and epoch_done) or finished):
+                if self.val_set is not None and (
+                    (every and progress.step % every == 0) or (every is None and epoch_done) or finished
+                ):
                     self._validate(reporter)
                     model.train()
                 every = settings.checkpoint_every
@@ -299,7 +323,9 @@ class Trainer:
         progress, name = self.progress, self.task.main_metric
         metrics = self.evaluate(self.val_set)
         if name not in metrics:
-            raise ConfigError(f"the task's evaluate() gave {', '.join(metrics) or 'nothing'} but not its main metric {name!r}")
+            raise ConfigError(
+                f"the task's evaluate() gave {', '.join(metrics) or 'nothing'} but not its main metric {name!r}"
+            )
         value = metrics[name]
         best = progress.best_metric
         improved = math.isfinite(value) and (
@@ -315,7 +341,9 @@ class Trainer:
             patience = self.settings.early_stopping_patience
             if patience is not None and progress.evals_without_improvement >= patience:
                 progress.stopped_early = True
-                logger.info("early stopping at step %d: %s has not improved for %d evaluations", progress.step, name, patience)
+                logger.info(
+                    "early stopping at step %d: %s has not improved for %d evaluations", progress.step, name, patience
+                )
         reporter.log_eval(progress.step, self._epochs_done(), metrics, name, improved)
 
     @contextlib.contextmanager
@@ -345,9 +373,14 @@ class Trainer:
 
     # -- checkpoints ------------------------------------------------------------------------------
     def _save_last(self) -> None:
-        trainable, optimizer = ckpt.gather_trainable(self.model, self.trainable, self.fsdp), ckpt.gather_optimizer(self.model, self.optimizer, self.fsdp)
+        trainable, optimizer = (
+            ckpt.gather_trainable(self.model, self.trainable, self.fsdp),
+            ckpt.gather_optimizer(self.model, self.optimizer, self.fsdp),
+        )
         # every rank's own: its dropout stream and its share of the logging window's loss
-        per_process = dist_utils.gather_objects({"rng": ckpt.capture_rng_state(), "window_loss": self.window_loss.item()})
+        per_process = dist_utils.gather_objects(
+            {"rng": ckpt.capture_rng_state(), "window_loss": self.window_loss.item()}
+        )
         if not self.is_main:
             return
         ckpt.save_rotating(
@@ -370,8 +403,13 @@ class Trainer:
         trainable = ckpt.gather_trainable(self.model, self.trainable, self.fsdp)
         if self.is_main:
             ckpt.atomic_save(
-                {"format": ckpt.FORMAT_VERSION, "step": self.progress.step, "main_metric": self.task.main_metric,
-                 "metrics": metrics, "trainable": trainable},
+                {
+                    "format": ckpt.FORMAT_VERSION,
+                    "step": self.progress.step,
+                    "main_metric": self.task.main_metric,
+                    "metrics": metrics,
+                    "trainable": trainable,
+                },
                 self.checkpoint_dir / ckpt.BEST_NAME,
             )
 
@@ -400,14 +438,19 @@ class Trainer:
             ckpt.restore_rng_state(per_process[self.rank]["rng"])
             self.window_loss.fill_(per_process[self.rank]["window_loss"])
         else:  # another process count: the data order still matches, the dropout streams cannot
-            logger.warning("resuming with %d processes, the checkpoint had %d: dropout will not replay exactly",
-                           self.world_size, len(per_process))
+            logger.warning(
+                "resuming with %d processes, the checkpoint had %d: dropout will not replay exactly",
+                self.world_size,
+                len(per_process),
+            )
             ckpt.seed_everything(self.settings.seed + self.rank + 7919 * self.progress.step)
             self.window_loss.fill_(sum(p["window_loss"] for p in per_process) / len(per_process))
 
     def _result(self, seconds: float) -> TrainResult:
         progress = self.progress
-        final = {k: v for k, v in progress.history[-1].items() if k not in ("step", "epoch")} if progress.history else {}
+        final = (
+            {k: v for k, v in progress.history[-1].items() if k not in ("step", "epoch")} if progress.history else {}
+        )
         best_path = self.checkpoint_dir / ckpt.BEST_NAME
         return TrainResult(
             best_metric=progress.best_metric,
@@ -424,4 +467,3 @@ class Trainer:
             run_dir=self.run_dir,
             train_seconds=seconds,
         )
-

@@ -37,6 +37,9 @@ def _peak_rss_bytes() -> int:
 def peak_memory(device: torch.device | str | None, reset_worked: bool = True) -> dict[str, object]:
     """``{"peak_memory_bytes": ..., "peak_memory_kind": ...}`` for the device the run trained on."""
     if device is not None and torch.device(device).type == "cuda":
-        return {"peak_memory_bytes": int(torch.cuda.max_memory_allocated(device)), "peak_memory_kind": "cuda_max_allocated"}
+        return {
+            "peak_memory_bytes": int(torch.cuda.max_memory_allocated(device)),
+            "peak_memory_kind": "cuda_max_allocated",
+        }
     kind = "peak_rss" if reset_worked else "peak_rss_since_process_start"
     return {"peak_memory_bytes": _peak_rss_bytes(), "peak_memory_kind": kind}

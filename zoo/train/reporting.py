@@ -45,8 +45,15 @@ class RunReporter:
     def log_train(self, step: int, epoch: float, loss: float, lr: float, examples_per_second: float) -> None:
         if not self.enabled:
             return
-        record = {"split": "train", "step": step, "epoch": round(epoch, 4), "loss": loss, "lr": lr,
-                  "examples_per_second": round(examples_per_second, 2), "time": time.time()}
+        record = {
+            "split": "train",
+            "step": step,
+            "epoch": round(epoch, 4),
+            "loss": loss,
+            "lr": lr,
+            "examples_per_second": round(examples_per_second, 2),
+            "time": time.time(),
+        }
         self._append(record)
         if self.writer is not None:
             self.writer.add_scalar("train/loss", loss, step)
@@ -58,8 +65,9 @@ class RunReporter:
     def log_eval(self, step: int, epoch: float, metrics: dict[str, float], main_metric: str, is_best: bool) -> None:
         if not self.enabled:
             return
-        self._append({"split": "val", "step": step, "epoch": round(epoch, 4), **metrics, "best": is_best,
-                      "time": time.time()})
+        self._append(
+            {"split": "val", "step": step, "epoch": round(epoch, 4), **metrics, "best": is_best, "time": time.time()}
+        )
         if self.writer is not None:
             for name, value in metrics.items():
                 self.writer.add_scalar(f"val/{name}", value, step)
@@ -84,8 +92,10 @@ class RunReporter:
             self.bar.set_postfix(self.postfix, refresh=False)
 
     def _append(self, record: dict[str, Any]) -> None:
-        clean = {key: (None if isinstance(value, float) and not math.isfinite(value) else value)
-                 for key, value in record.items()}
+        clean = {
+            key: (None if isinstance(value, float) and not math.isfinite(value) else value)
+            for key, value in record.items()
+        }
         with open(self.metrics_path, "a") as handle:
             handle.write(json.dumps(clean) + "\n")
 
@@ -94,7 +104,9 @@ def _summary_writer(log_dir: Path, purge_step: int | None):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:  # declared as a dependency; a broken install should not stop training
-        warnings.warn("tensorboard is not installed: no TensorBoard events are written (pip install tensorboard)", stacklevel=2)
+        warnings.warn(
+            "tensorboard is not installed: no TensorBoard events are written (pip install tensorboard)", stacklevel=2
+        )
         return None
     return SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
 

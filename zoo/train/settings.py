@@ -70,7 +70,9 @@ class TrainSettings:
             raise ConfigError(f"train.num_workers={self.num_workers!r} must be >= 0")
         for name, allowed in (("precision", PRECISIONS), ("strategy", STRATEGIES), ("device", DEVICES)):
             if getattr(self, name) not in allowed:
-                raise ConfigError(f"train.{name}={getattr(self, name)!r} is not allowed; choose one of {', '.join(allowed)}")
+                raise ConfigError(
+                    f"train.{name}={getattr(self, name)!r} is not allowed; choose one of {', '.join(allowed)}"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -77,8 +77,10 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 def check_parameters(recipe: str, overrides: dict[str, Any], parameters: list[SearchParameter]) -> None:
     """Every searched key exists and takes its lowest value (the config names close matches otherwise)."""
     for parameter in parameters:
-        sample = parameter.choices[0] if parameter.kind == "choice" else (
-            int(parameter.low) if parameter.kind == "int" else float(parameter.low)
+        sample = (
+            parameter.choices[0]
+            if parameter.kind == "choice"
+            else (int(parameter.low) if parameter.kind == "int" else float(parameter.low))
         )
         try:
             load_config(recipe, _merge(overrides, _overrides_of([parameter], {parameter.key: sample})))
@@ -118,15 +120,20 @@ def tune(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = JournalStorage(JournalFileBackend(str(study_dir / JOURNAL_FILE)))
     study = optuna.create_study(
-        study_name="zoo-tune", storage=storage, load_if_exists=True,
+        study_name="zoo-tune",
+        storage=storage,
+        load_if_exists=True,
         direction="maximize" if greater else "minimize",
-        sampler=optuna.samplers.TPESampler(seed=seed), pruner=optuna.pruners.MedianPruner(n_warmup_steps=0),
+        sampler=optuna.samplers.TPESampler(seed=seed),
+        pruner=optuna.pruners.MedianPruner(n_warmup_steps=0),
     )
     _check_same_study(study, recipe, overrides, parameters, metric)
     done = [t for t in study.trials if t.state.is_finished()]
     remaining = trials - len(done)
-    say(f"study {study_dir}: {metric} ({'max' if greater else 'min'}), {len(done)} of {trials} trials done; "
-        + ", ".join(p.describe() for p in parameters))
+    say(
+        f"study {study_dir}: {metric} ({'max' if greater else 'min'}), {len(done)} of {trials} trials done; "
+        + ", ".join(p.describe() for p in parameters)
+    )
 
     def objective(trial: optuna.Trial) -> float:
         values = {parameter.key: parameter.suggest(trial) for parameter in parameters}
@@ -142,9 +149,15 @@ def tune(
 
         shown = " ".join(f"{key}={value}" for key, value in values.items())
         try:
-            run = run_experiment(recipe, _merge(overrides, _overrides_of(parameters, values)), out=out, log=None,
-                                 command=f"zoo tune trial {trial.number}: {shown}", name=f"tune/{trial.number}",
-                                 callbacks=(report,))
+            run = run_experiment(
+                recipe,
+                _merge(overrides, _overrides_of(parameters, values)),
+                out=out,
+                log=None,
+                command=f"zoo tune trial {trial.number}: {shown}",
+                name=f"tune/{trial.number}",
+                callbacks=(report,),
+            )
         except optuna.TrialPruned:
             mark(out, "pruned")
             say(f"  trial {trial.number}: {shown} -> pruned")
@@ -163,9 +176,16 @@ def tune(
     return _finish(study, study_dir, base_config, parameters, metric, say)
 
 
-def _check_same_study(study, recipe: str, overrides: dict[str, Any], parameters: list[SearchParameter], metric: str) -> None:
+def _check_same_study(
+    study, recipe: str, overrides: dict[str, Any], parameters: list[SearchParameter], metric: str
+) -> None:
     """A study folder belongs to one recipe and search space; resuming another would mix trials."""
-    identity = {"recipe": recipe, "overrides": overrides, "search": [p.describe() for p in parameters], "metric": metric}
+    identity = {
+        "recipe": recipe,
+        "overrides": overrides,
+        "search": [p.describe() for p in parameters],
+        "metric": metric,
+    }
     stored = study.user_attrs.get("identity")
     if stored is None:
         study.set_user_attr("identity", json.loads(json.dumps(identity, default=str)))
@@ -190,17 +210,28 @@ def _finish(study, study_dir: Path, base_config: RunConfig, parameters, metric: 
         best_value, best_params = best.value, dict(best.params)
         best_run = Path(best.user_attrs["run_dir"])
         data = read_config(best_run).to_dict()
-        shown = ", ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}" for key, value in best_params.items())
+        shown = ", ".join(
+            f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}" for key, value in best_params.items()
+        )
         data["description"] = f"best trial of zoo tune ({shown}); was: {data.get('description') or 'no description'}"
         best_recipe = study_dir / BEST_RECIPE
-        header = (f"# Best of {len(complete)} finished trials of zoo tune ({metric} {best_value:.4f} on val, "
-                  f"trial {best.number}: {best_run}).\n# Train it with: zoo train {best_recipe}\n")
+        header = (
+            f"# Best of {len(complete)} finished trials of zoo tune ({metric} {best_value:.4f} on val, "
+            f"trial {best.number}: {best_run}).\n# Train it with: zoo train {best_recipe}\n"
+        )
         atomic_write_text(best_recipe, header + dump_yaml(data))
         say(f"best: trial {best.number}, {metric} {best_value:.4f}, {best_params}; recipe {best_recipe}")
     plots = _plots(study, study_dir, parameters) if len(complete) >= 2 else []
     return TuneResult(
-        study_dir, best_value, best_params, best_run, best_recipe, finished=len(complete),
-        pruned=states.count(optuna.trial.TrialState.PRUNED), failed=states.count(optuna.trial.TrialState.FAIL), plots=plots,
+        study_dir,
+        best_value,
+        best_params,
+        best_run,
+        best_recipe,
+        finished=len(complete),
+        pruned=states.count(optuna.trial.TrialState.PRUNED),
+        failed=states.count(optuna.trial.TrialState.FAIL),
+        plots=plots,
     )
 
 
@@ -215,8 +246,10 @@ def _plots(study, study_dir: Path, parameters: list[SearchParameter]) -> list[Pa
     from optuna.visualization import matplotlib as optuna_plots
 
     written = []
-    drawings = [("history.png", lambda: optuna_plots.plot_optimization_history(study)),
-                ("slices.png", lambda: optuna_plots.plot_slice(study))]
+    drawings = [
+        ("history.png", lambda: optuna_plots.plot_optimization_history(study)),
+        ("slices.png", lambda: optuna_plots.plot_slice(study)),
+    ]
     if len(parameters) > 1:
         drawings.append(("importances.png", lambda: optuna_plots.plot_param_importances(study)))
     for name, draw in drawings:
