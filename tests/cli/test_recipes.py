@@ -84,10 +84,12 @@ def test_recipes_cover_every_method_that_applies():
     excluded = exclusions()
     assert excluded, "no declared exclusion concerns a recipe backbone"
     for domain, task in DOMAINS.items():
-        methods = {recipe_summary(r)["method"] for r in RECIPES if r.startswith(f"{domain}/")}
+        # the domain's main task has a recipe for every method that applies; further tasks may have fewer
+        methods = {recipe_summary(r)["method"] for r in RECIPES if r.startswith(f"{domain}/{task}-")}
         expected = set(zp.list_methods()) - {m for d, m in excluded if d == domain}
         assert methods == expected, f"{domain}: recipes for {sorted(methods)}, expected {sorted(expected)}"
-        assert all(r == f"{domain}/{task}-{recipe_summary(r)['method']}" for r in RECIPES if r.startswith(f"{domain}/"))
+        for recipe in (r for r in RECIPES if r.startswith(f"{domain}/")):
+            assert recipe.endswith(f"-{recipe_summary(recipe)['method']}"), f"{recipe} is not <task>-<method>"
 
 
 @pytest.mark.parametrize(("domain", "method"), exclusions())

