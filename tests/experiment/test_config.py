@@ -226,3 +226,50 @@ def test_relative_paths_are_stored_absolute(recipes, tmp_path, monkeypatch):
     config = load_config("vision/medical-lora", ["data.root=data", "backbone.pretrained=weights/vit.safetensors"])
     assert Path(config.data.root) == tmp_path.resolve() / "data"
     assert Path(config.backbone.pretrained) == tmp_path.resolve() / "weights" / "vit.safetensors"
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "train.lr=.nan",
+        "train.lr=.inf",
+        "train.lr=-.inf",
+        "train.weight_decay=.nan",
+        "train.max_grad_norm=.nan",
+        "train.warmup_ratio=.nan",
+        "method.lora_alpha=.nan",
+        "method.lora_dropout=.inf",
+        "backbone.options.drop_rate=.nan",
+    ],
+)
+def test_non_finite_numbers_are_refused_naming_the_key(recipes, override):
+    key, _, text = override.partition("=")
+    value = {".nan": "nan", ".inf": "inf", "-.inf": "-inf"}[text]
+    with pytest.raises(ConfigError) as error:
+        load_config("vision/medical-lora", [override])
+    assert f"{key}={value} is not allowed" in str(error.value)
+    assert "must be finite" in str(error.value)
+
+
+def test_non_finite_number_in_a_recipe_file_is_refused(recipes):
+    (recipes / "vision" / "nan.yaml").write_text("defaults: [_base]\nmethod: {name: lora}\ntrain: {lr: .nan}\n")
+    with pytest.raises(ConfigError, match=r"train\.lr=nan is not allowed"):
+        load_config("vision/nan")
+
+
+@pytest.mark.parametrize("field", ["lr", "weight_decay", "max_grad_norm", "warmup_ratio"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_train_settings_refuse_non_finite_numbers(field, value):
+    with pytest.raises(ConfigError, match=rf"train\.{field}={value!r} is not allowed: it must be a finite number"):
+        TrainSettings(**{field: value})
+
+
+def test_zoo_train_refuses_nan_before_making_a_run_directory(tmp_path, monkeypatch, capsys):
+    from zoo.cli.main import main
+
+    monkeypatch.chdir(tmp_path)
+    code = main(["train", "text/sst2-lora", "scale=tiny", "train.lr=.nan", "--out", "tmp"])
+    err = capsys.readouterr().err
+    assert code != 0
+    assert "train.lr=nan is not allowed" in err and "finite" in err
+    assert list(tmp_path.iterdir()) == []  # no run directory, nothing else either

@@ -14,7 +14,8 @@ plus ``description`` and ``scale`` (``default``: the pretrained backbone and the
 a list of base files merged under them (see :mod:`zoo.experiment.recipes`).
 
 Every value is type-checked (pydantic, strict: ``1`` is not a bool, ``"8"`` is not an int),
-and every error names the key, the bad value and what is allowed; an unknown key lists the
+numbers must be finite anywhere in the config (``.nan`` and ``.inf`` would only fail inside the
+run), and every error names the key, the bad value and what is allowed; an unknown key lists the
 valid ones, closest first.
 """
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import math
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -42,7 +44,7 @@ FILE_ONLY_KEYS = ("defaults", "tiny", "search")
 
 # -- sections --------------------------------------------------------------------------
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
+    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True, allow_inf_nan=False)
 
 
 class BackboneConfig(Section):
@@ -292,9 +294,9 @@ def _validate_method(value: Any) -> MethodChoice:
     types = method_option_types(name)  # unknown method: ConfigError with close matches
     for key, option in options.items():
         try:
-            TypeAdapter(types[key], config=ConfigDict(strict=True, arbitrary_types_allowed=True)).validate_python(
-                option
-            )
+            TypeAdapter(
+                types[key], config=ConfigDict(strict=True, arbitrary_types_allowed=True, allow_inf_nan=False)
+            ).validate_python(option)
         except ValidationError as error:
             raise ConfigError(
                 f"method.{key}={option!r} is not allowed for {name}: {error.errors()[0]['msg']}; "
@@ -307,9 +309,40 @@ def _validate_method(value: Any) -> MethodChoice:
     return MethodChoice(name=name, options=options)
 
 
+def _non_finite(value: Any, key: str) -> tuple[str, float] | None:
+    """The first ``(key, number)`` under ``value`` that is nan or infinite, options and lists included."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return key, value
+    if isinstance(value, dict):
+        items = ((f"{key}.{name}" if key else str(name), item) for name, item in value.items())
+    elif isinstance(value, (list, tuple)):
+        items = ((f"{key}[{index}]", item) for index, item in enumerate(value))
+    else:
+        return None
+    return next((found for found in (_non_finite(item, name) for name, item in items) if found), None)
+
+
+def check_finite(data: dict[str, Any]) -> None:
+    """Refuse nan and inf anywhere in a config: no setting means anything with them, and they would only
+    surface inside the run (an optimizer error, a nan loss) after its directory was made."""
+    found = _non_finite(data, "")
+    if found is None:
+        return
+    key, value = found
+    section, _, field = key.partition(".")
+    help_text = ""
+    if section in ("backbone", "data", "task", "train") and field in _section_model(section).model_fields:
+        help_text = (_section_model(section).model_fields[field].description or "").rstrip(".")
+    raise ConfigError(
+        f"{key}={value!r} is not allowed: numbers in a config must be finite (nan and inf are refused); "
+        f"give a finite number" + (f" ({key}: {help_text})" if help_text else "")
+    )
+
+
 def validate(data: dict[str, Any], where: str = "") -> RunConfig:
     """A composed configuration dict -> RunConfig, or ConfigError naming the first bad key."""
     check_keys(data, where)
+    check_finite(data)
     for section in ("backbone", "data", "method"):
         if data.get(section) is None:
             raise ConfigError(

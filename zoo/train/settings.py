@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +56,12 @@ class TrainSettings:
     def validate(self) -> None:
         for item in dataclasses.fields(self):
             _check_type(item.name, getattr(self, item.name), item.type)
+            value = getattr(self, item.name)
+            # nan passes every range check below (each comparison is False) and inf some of them
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(
+                    f"train.{item.name}={value!r} is not allowed: it must be a finite number (nan and inf are refused)"
+                )
         for name in ("lr", "eval_batch_size", "batch_size", "grad_accum", "log_every", "epochs"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"train.{name}={getattr(self, name)!r} must be > 0")
