@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from zoo.errors import ResultsStoreError
 from zoo.results.store import ResultsStore, rebuild
 
 
@@ -89,3 +90,25 @@ def test_steps_to_95_percent_of_best():
 def test_rebuild_of_a_folder_that_does_not_exist(tmp_path):
     with pytest.raises(FileNotFoundError):
         rebuild(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("command", [("results", "show"), ("results", "table", "cross-domain")])
+def test_empty_store_file_is_corrupt_and_names_rebuild(zoo, command):
+    Path("res").mkdir()
+    Path("res/results.sqlite").write_bytes(b"")  # truncated: SQLite alone would read it as an empty store
+    code, out, err = zoo(*command, "--out", "res")
+    assert code == 2 and "results.sqlite cannot be read (the file is empty)" in err
+    assert "zoo results rebuild res" in err and out == ""
+    with pytest.raises(ResultsStoreError, match="zoo results rebuild"):
+        ResultsStore("res")
+    assert Path("res/results.sqlite").stat().st_size == 0  # left as found for the rebuild to put aside
+
+
+def test_rebuild_puts_an_empty_store_aside(zoo):
+    Path("res").mkdir()
+    Path("res/results.sqlite").write_bytes(b"")
+    code, out, err = zoo("results", "rebuild", "res")
+    assert code == 0, err
+    assert [p.stat().st_size for p in Path("res").glob("results.sqlite.old-*")] == [0]
+    with ResultsStore("res", create=False) as store:
+        assert store.rows() == []

@@ -75,6 +75,10 @@ class ResultsStore:
         )
 
     def _connect(self) -> sqlite3.Connection:
+        # SQLite takes an empty file for an empty database, but every store this class made has its header
+        # written before the lock is released: an empty one was truncated, and its rows are gone.
+        if self.path.exists() and self.path.stat().st_size == 0:
+            raise self._corrupt(ValueError("the file is empty"))
         try:
             connection = sqlite3.connect(self.path, timeout=TIMEOUT_SECONDS, isolation_level=None)
             connection.execute(f"PRAGMA busy_timeout = {int(TIMEOUT_SECONDS * 1000)}")
