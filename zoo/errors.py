@@ -24,6 +24,11 @@ class DataError(ValueError):
     """Data that is missing, corrupt or out of range; the message names the file."""
 
 
+class MissingDataError(DataError):
+    """Data files that are not where they are looked for; unlike a file that is there but wrong, this one
+    gets the ways to get the data added to its message."""
+
+
 class DownloadError(RuntimeError):
     """A file could not be fetched or did not match its checksum."""
 

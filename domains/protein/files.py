@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Iterable
 
 from zoo.catalog.datasets import DataError
+from zoo.errors import MissingDataError
 
 
 def zip_members(archive: Path) -> dict[str, str]:
@@ -19,7 +20,7 @@ def zip_members(archive: Path) -> dict[str, str]:
         with zipfile.ZipFile(archive) as handle:
             names = handle.namelist()
     except FileNotFoundError:
-        raise DataError(f"{archive} does not exist") from None
+        raise MissingDataError(f"{archive} does not exist") from None
     except (zipfile.BadZipFile, OSError) as error:
         raise DataError(
             f"{archive} is not a readable zip archive ({error}); the file is corrupt or incomplete, delete it and fetch it again"
@@ -43,7 +44,7 @@ def read_zip_text(archive: Path, member: str) -> str:
 
 def read_text(path: Path, layout: str) -> str:
     if not path.is_file():
-        raise DataError(f"{path} does not exist; expected {layout}")
+        raise MissingDataError(f"{path} does not exist; expected {layout}")
     try:
         return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:

@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 
 from zoo.catalog.download import ChecksumWarning, check_local_copy, download, sha256_of
 from zoo.catalog.registry import Registry
-from zoo.errors import DataError
+from zoo.errors import DataError, MissingDataError
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,7 @@ def ensure_files(
         elif allow_download:
             download(remote.url, path, remote.sha256, f"dataset {spec.name}", md5=remote.md5)
         else:
-            raise DataError(
+            raise MissingDataError(
                 f"dataset {spec.name}: {path} is missing. Download {remote.url} to that path, or set data.root / "
                 f"ZOO_DATA_DIR to a folder holding {spec.folder}/{remote.path}"
             )
@@ -164,12 +164,14 @@ def load_dataset(
     if split not in spec.splits:
         raise DataError(f"dataset {name}: unknown split {split!r}; available: {', '.join(spec.splits)}")
     if spec.folder is None and root is None:
-        raise DataError(
+        raise MissingDataError(
             f"dataset {name} reads your own files: pass root=<folder> (config key data.root) pointing at them"
         )
     directory = ensure_files(spec, root, allow_download, split) if spec.files else dataset_dir(spec, root)
     if not directory.exists():
-        raise DataError(f"dataset {name}: folder {directory} does not exist; set data.root / ZOO_DATA_DIR correctly")
+        raise MissingDataError(
+            f"dataset {name}: folder {directory} does not exist; set data.root / ZOO_DATA_DIR correctly"
+        )
     return spec.load(directory, split, **options)
 
 

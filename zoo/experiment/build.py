@@ -39,7 +39,7 @@ from zoo.catalog.datasets import (
 )
 from zoo.catalog.download import ChecksumWarning, DownloadError
 from zoo.catalog.registry import UnknownNameError
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, MissingDataError
 from zoo.experiment.config import RunConfig
 from zoo.files import atomic_directory
 from zoo.peft.block_selection import auto_count
@@ -171,7 +171,9 @@ def load_split_source(config: RunConfig, resolved: Resolved, split: str) -> tupl
         if "unexpected keyword" not in str(error):
             raise
         raise ConfigError(f"data.options: dataset {spec.name} does not take {error}") from None
-    except (DataError, DownloadError, FileNotFoundError) as error:
+    except (MissingDataError, DownloadError, FileNotFoundError) as error:
+        # Only data that is not there gets the ways to get it; a file that is there but malformed is named
+        # by its own error, and downloading would not change it.
         raise DataError(f"{error}\n{_data_hint(config, spec)}") from None
 
 
