@@ -3,5 +3,6 @@
 from domains.text import (
     backbones,  # noqa: F401  (registers backbones and structures)
     data,  # noqa: F401  (registers datasets)
+    inputs,  # noqa: F401  (registers what zoo predict reads)
     tasks,  # noqa: F401
 )

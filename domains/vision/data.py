@@ -39,10 +39,14 @@ FIXTURE_SIZES = {"train": 8, "val": 4, "test": 4}
 
 # -- MedMNIST --------------------------------------------------------------------------
 class MedMNISTDataset(Dataset):
-    """One split of a MedMNIST ``.npz``: items ``(image uint8 (H, W[, C]), label)``."""
+    """One split of a MedMNIST ``.npz``: items ``(image uint8 (H, W[, C]), label)``; ``classes[i]`` names
+    class i (what a pushed adapter records and ``zoo predict`` prints)."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, multi_label: bool) -> None:
+    def __init__(
+        self, images: np.ndarray, labels: np.ndarray, multi_label: bool, classes: Sequence[str] | None = None
+    ) -> None:
         self.images = images
+        self.classes = list(classes) if classes is not None else None
         self.multi_label = multi_label
         self.labels = labels.astype(np.float32) if multi_label else labels.reshape(-1).astype(np.int64)
 
@@ -94,7 +98,13 @@ def _check_labels(labels: np.ndarray, num_classes: int, multi_label: bool, where
 
 
 def load_medmnist(
-    directory: Path, split: str, *, filename: str, num_classes: int, multi_label: bool = False
+    directory: Path,
+    split: str,
+    *,
+    filename: str,
+    num_classes: int,
+    multi_label: bool = False,
+    classes: Sequence[str] | None = None,
 ) -> MedMNISTDataset:
     file = Path(directory) / filename
     arrays = _read_npz(file, (f"{split}_images", f"{split}_labels"))
@@ -105,7 +115,7 @@ def load_medmnist(
     if len(images) != len(labels):
         raise DataError(f"{where}: {len(images)} images but {len(labels)} labels")
     _check_labels(labels, num_classes, multi_label, where)
-    return MedMNISTDataset(images, labels, multi_label)
+    return MedMNISTDataset(images, labels, multi_label, classes)
 
 
 def write_medmnist_fixture(
@@ -275,7 +285,7 @@ def _register_medmnist(name: str, filename: str, official: str, info: MedMNISTFi
             name=name,
             domain="vision",
             task="classification",
-            load=functools.partial(load_medmnist, **options),
+            load=functools.partial(load_medmnist, classes=info.classes, **options),
             make_fixture=functools.partial(write_medmnist_fixture, channels=info.channels, **options),
             folder=MEDMNIST_FOLDER,
             files=(RemoteFile(filename, f"{MEDMNIST_RECORD}/{official}.npz?download=1", md5=info.md5),),

@@ -1,9 +1,12 @@
 """``zoo predict NAME_OR_RUN_DIR INPUT... [--format table|json|csv]``: predictions for the domain's inputs.
 
 NAME is a hub adapter (pulled first if needed) or a pulled adapter folder; RUN_DIR a finished
-run. Inputs: texts or ``.txt`` files (one text a line; ``-`` for standard input), image files or
-folders, FASTA files or sequences, audio files. ``json`` prints a list with one object per input:
-``input``, the predicted ``label`` (by class name where the task has names) and the class ``scores``.
+run. Inputs, by domain: texts, or .txt/.csv/.tsv/.jsonl/.json files of texts; image files or
+folders of images; amino-acid sequences or FASTA files; audio files or folders of them. An
+argument with a file suffix or a path is read as a file, which must exist and suit the adapter;
+``-`` reads standard input, one input a line. ``json`` prints a list with one object per input:
+``input``, the predicted ``label`` (by class name where the task has names) and the class
+``scores``, or the regression ``value``, all at full precision; the table rounds them.
 """
 
 from __future__ import annotations
@@ -12,12 +15,24 @@ import argparse
 import csv
 import json
 import sys
+from typing import Any
+
+from zoo.errors import DataError
+
+SIGNIFICANT_DIGITS = 4
+"""Of a regression value in the table (json and csv keep every digit)."""
+INPUT_WIDTH = 60
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("predict", help="predict with a hub adapter or a run directory")
     parser.add_argument("model", help="<domain>/<task>-<method>[@version], a pulled adapter folder, or a run directory")
-    parser.add_argument("inputs", nargs="+", help="texts or .txt files, image files, FASTA files, audio files")
+    parser.add_argument(
+        "inputs",
+        nargs="*",
+        help="texts or .txt/.csv/.tsv/.jsonl files; image files or folders; sequences or FASTA files; audio "
+        "files or folders; '-' reads standard input (one input a line)",
+    )
     parser.add_argument("--format", choices=("table", "json", "csv"), default="table")
     parser.add_argument("--hub", help="the hub to pull NAME from (default: $ZOO_HUB, then zoo's own)")
     parser.add_argument("--backbone-weights", help="a local checkpoint of the base backbone (used before any other)")
@@ -28,36 +43,52 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-def _rows(names, predictions):
-    for name, prediction in zip(names, predictions):
-        yield {"input": name, **prediction}
+def _rows(names: list[str], predictions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"input": name, **prediction} for name, prediction in zip(names, predictions)]
+
+
+def _write_csv(rows: list[dict[str, Any]]) -> None:
+    classes = list(rows[0].get("scores", {}))
+    value_columns = ["label"] if "label" in rows[0] else [key for key in rows[0] if key != "input"]
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(["input", *value_columns, *classes])
+    for row in rows:
+        values = [" ".join(map(str, v)) if isinstance(v, list) else v for v in (row.get(k) for k in value_columns)]
+        writer.writerow([row["input"], *values, *(f"{row['scores'][c]:.6f}" for c in classes)])
+
+
+def _shown(row: dict[str, Any]) -> str:
+    if "label" in row:
+        return f"{row['label']!s:<12} {row['scores'][row['label']]:.3f}"
+    if "value" in row:
+        return f"{row['value']:.{SIGNIFICANT_DIGITS}g}"
+    return " ".join(map(str, row.get("labels", [])))
+
+
+def _write_table(rows: list[dict[str, Any]]) -> None:
+    width = min(INPUT_WIDTH, max(len(str(row["input"])) for row in rows))
+    for row in rows:
+        name = str(row["input"])
+        shown = name if len(name) <= width else name[: width - 3] + "..."
+        print(f"{shown:<{width}}  {_shown(row)}")
 
 
 def run(args: argparse.Namespace) -> int:
     from zoo.hub.inputs import read_inputs
     from zoo.hub.predict import load
 
+    if not args.inputs:  # before pulling or building anything
+        raise DataError(
+            f"no inputs given: pass what to predict on after {args.model} (texts, files, a folder, or '-' to read "
+            f"standard input)"
+        )
     predictor = load(args.model, hub=args.hub, backbone_weights=args.backbone_weights, force=args.force)
-    inputs, names = read_inputs(predictor.domain, args.inputs)
-    rows = list(_rows(names, predictor.predict(inputs, args.batch_size)))
+    inputs, names = read_inputs(predictor.domain, args.inputs, predictor.name)
+    rows = _rows(names, predictor.predict(inputs, args.batch_size))
     if args.format == "json":
         print(json.dumps(rows, indent=2))
-        return 0
-    classes = list(rows[0].get("scores", {})) if rows else []
-    if args.format == "csv":
-        writer = csv.writer(sys.stdout, lineterminator="\n")
-        value_columns = ["label"] if "label" in rows[0] else [key for key in rows[0] if key != "input"]
-        writer.writerow(["input", *value_columns, *classes])
-        for row in rows:
-            writer.writerow(
-                [row["input"], *(row.get(k) for k in value_columns), *(f"{row['scores'][c]:.6f}" for c in classes)]
-            )
-        return 0
-    width = min(60, max(len(str(row["input"])) for row in rows))
-    for row in rows:
-        shown = str(row["input"]) if len(str(row["input"])) <= width else str(row["input"])[: width - 3] + "..."
-        if "label" in row:
-            print(f"{shown:<{width}}  {row['label']!s:<12} {row['scores'][row['label']]:.3f}")
-        else:
-            print(f"{shown:<{width}}  {row.get('value', row.get('labels'))}")
+    elif args.format == "csv":
+        _write_csv(rows)
+    else:
+        _write_table(rows)
     return 0

@@ -1,124 +1,165 @@
-"""Reading prediction inputs for a domain from the command line: what ``zoo predict`` takes.
+"""What ``zoo predict`` reads: each argument is a file (or folder) or an input typed on the command line.
 
-- text: each argument is a text, or a ``.txt`` file whose non-empty lines are texts
-  (``-`` reads lines from standard input);
-- vision: image files (PNG, JPEG, ... anything PIL opens), or folders of them;
-- protein: FASTA files (every record) or raw amino-acid sequences;
-- speech: WAV/FLAC files (mono, at the file's rate), or folders of them.
+An argument is read as a file when it looks like one: it ends in a known file suffix (``.txt``,
+``.png``, ``.wav``, ``.fasta``, ``.dat``, ...) or it names a path (a path separator and no
+spaces, or a path that exists). Such a file must exist and be of a kind the adapter's domain
+reads; otherwise the error names the argument and what the adapter takes, rather than
+predicting on the file's name as if it were a sentence. ``-`` reads standard input, one input
+a line (never read as file names). Any source that yields no input (an empty or blank file, an
+empty folder, empty standard input) is an error naming it.
 
-Each input comes back with a display name (the text itself, the file, ``file:record``).
+Each domain registers an :class:`InputReader` (``domains/<domain>/inputs.py``) saying which
+files it reads and how; the core never imports a domain, it looks the reader up by name.
 """
 
 from __future__ import annotations
 
+import os
+import shlex
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable, TextIO
 
+from zoo.catalog.registry import Registry
 from zoo.errors import DataError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+Read = list[tuple[Any, str]]
+"""Inputs, each with the name it is shown by (the text itself, a file, ``file:record``)."""
+
+_IMAGE = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+_AUDIO = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aiff")
+_VIDEO = (".mp4", ".avi", ".mov", ".mkv", ".webm")
+_BINARY = (".dat", ".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".safetensors", ".onnx", ".h5", ".parquet")
+# What a file of each common suffix is, to say why it does not fit an adapter ("img.png is an image").
+FILE_KINDS: dict[str, str] = {
+    **{suffix: "a text file" for suffix in (".txt", ".text")},
+    ".csv": "a CSV table",
+    ".tsv": "a TSV table",
+    ".json": "a JSON file",
+    ".jsonl": "a JSON-lines file",
+    **{suffix: "a FASTA file" for suffix in (".fasta", ".fa", ".faa", ".fas", ".fna")},
+    **{suffix: "an image" for suffix in _IMAGE},
+    **{suffix: "an audio file" for suffix in _AUDIO},
+    **{suffix: "a video" for suffix in _VIDEO},
+    **{suffix: "a binary data file" for suffix in _BINARY},
+    **{suffix: "a NumPy array file" for suffix in (".npy", ".npz")},
+    **{suffix: "an archive" for suffix in (".zip", ".gz", ".tgz", ".tar", ".bz2", ".xz")},
+    ".pdf": "a PDF document",
+}
 
 
-def _files(arguments: list[str], suffixes: tuple[str, ...], what: str) -> list[Path]:
-    found = []
-    for argument in arguments:
-        path = Path(argument).expanduser()
-        if path.is_dir():
-            found += sorted(p for p in path.iterdir() if p.suffix.lower() in suffixes)
-        elif path.is_file():
-            found.append(path)
-        else:
-            raise DataError(f"{argument}: no such {what} file or folder")
+@dataclass(frozen=True)
+class InputReader:
+    """How one domain's adapters read their inputs."""
+
+    domain: str
+    takes: str
+    """What the adapters take, in words: ``"text or .txt/.csv/.tsv/.jsonl files"``."""
+    suffixes: tuple[str, ...]
+    """The file suffixes it reads (lower case, with the dot); the files of a folder are those."""
+    read_file: Callable[[Path], Read]
+    """Every input of one file; a DataError naming the file when it cannot be read."""
+    read_argument: Callable[[str], tuple[Any, str]] | None = None
+    """An input typed on the command line (a text, a sequence); None when only files are read."""
+    read_lines: Callable[[list[str]], Read] | None = None
+    """The inputs in the lines of standard input (``-``); None when standard input is not read."""
+    reads_folders: bool = False
+    """Whether a folder means every file in it with one of ``suffixes``."""
+
+
+INPUT_READERS: Registry[InputReader] = Registry("input reader")
+
+
+def register_input_reader(reader: InputReader) -> InputReader:
+    return INPUT_READERS.add(reader.domain, reader)
+
+
+def file_kind(path: str | os.PathLike) -> str | None:
+    """What a file of this suffix is (``"an image"``, ``"a protein input file"``), None for an unknown suffix."""
+    suffix = Path(path).suffix.lower()
+    if suffix in FILE_KINDS:
+        return FILE_KINDS[suffix]
+    readers = [INPUT_READERS.get(domain) for domain in INPUT_READERS.names()]
+    return next((f"a {r.domain} input file" for r in readers if suffix and suffix in r.suffixes), None)
+
+
+def looks_like_file(argument: str) -> bool:
+    """A known file suffix, or a path: a separator without spaces (``data/x``), or one that exists."""
+    if file_kind(argument) is not None:
+        return True
+    separators = [s for s in ("/", os.sep, os.altsep) if s]
+    if not any(s in argument for s in separators):
+        return False
+    return not any(c.isspace() for c in argument) or Path(argument).expanduser().exists()
+
+
+def _misfit(model: str, reader: InputReader, argument: str, what: str) -> DataError:
+    return DataError(f"{model} takes {reader.takes}; {argument} is {what}")
+
+
+def _read_path(model: str, reader: InputReader, argument: str) -> Read:
+    path = Path(argument).expanduser()
+    kind = file_kind(path)
+    fits = path.suffix.lower() in reader.suffixes or kind is None
+    if not path.is_dir() and not fits:  # whether or not it exists: no such file could be read
+        raise _misfit(model, reader, argument, kind)
+    if not path.exists():
+        hint = (
+            f"; to predict on the words themselves, pipe them in: echo {shlex.quote(argument)} | zoo predict {model} -"
+            if reader.read_lines is not None
+            else ""
+        )
+        raise DataError(
+            f"{argument}: no such file or folder (an argument with a file suffix or a path is read as one){hint}"
+        )
+    if path.is_dir():
+        if not reader.reads_folders:
+            raise _misfit(model, reader, argument, "a folder")
+        files = sorted(
+            p
+            for p in path.iterdir()
+            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in reader.suffixes
+        )
+        if not files:
+            raise DataError(f"{argument}: a folder with no {'/'.join(reader.suffixes)} files in it")
+        found = [item for file in files for item in reader.read_file(file)]
+    else:
+        found = reader.read_file(path)
     if not found:
-        raise DataError(f"no {what} files among {', '.join(arguments)} (looked for {', '.join(suffixes)})")
+        raise DataError(f"{argument}: no inputs in it (the file is empty or holds only blank lines)")
     return found
 
 
-def read_text(arguments: list[str]) -> tuple[list[str], list[str]]:
-    texts: list[str] = []
-    for argument in arguments:
-        if argument == "-":
-            texts += [line.rstrip("\n") for line in sys.stdin if line.strip()]
-            continue
-        path = Path(argument)
-        if path.suffix.lower() in (".txt", ".text") and path.is_file():
-            try:
-                texts += [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
-            except UnicodeDecodeError as error:
-                raise DataError(f"{path}: not UTF-8 text ({error.reason})") from None
-        else:
-            texts.append(argument)
-    return texts, list(texts)
+def read_inputs(
+    domain: str, arguments: Iterable[str], model: str = "this adapter", stdin: TextIO | None = None
+) -> tuple[list[Any], list[str]]:
+    """(inputs for the backbone's collate, a display name for each) from ``zoo predict``'s arguments.
 
-
-def read_images(arguments: list[str]) -> tuple[list[Any], list[str]]:
-    from PIL import Image, UnidentifiedImageError
-
-    images, names = [], []
-    for path in _files(arguments, IMAGE_SUFFIXES, "image"):
-        try:
-            with Image.open(path) as image:
-                images.append(image.convert("RGB"))
-        except (UnidentifiedImageError, OSError) as error:
-            raise DataError(f"{path}: not an image PIL can read ({error})") from None
-        names.append(str(path))
-    return images, names
-
-
-def read_fasta_or_sequences(arguments: list[str]) -> tuple[list[str], list[str]]:
-    sequences, names = [], []
-    for argument in arguments:
-        path = Path(argument)
-        if not path.is_file():
-            sequence = argument.strip().upper()
-            if not sequence.isalpha():
-                raise DataError(f"{argument!r} is neither a FASTA file nor an amino-acid sequence")
-            sequences.append(sequence)
-            names.append(sequence if len(sequence) <= 30 else sequence[:27] + "...")
-            continue
-        header, parts = None, []
-        for line in path.read_text().splitlines() + [">"]:
-            if line.startswith(">"):
-                if header is not None:
-                    if not parts:
-                        raise DataError(f"{path}: record {header!r} has no sequence")
-                    sequences.append("".join(parts).upper())
-                    names.append(f"{path}:{header}")
-                header, parts = line[1:].strip().split(" ")[0] or f"record{len(names) + 1}", []
-            elif line.strip():
-                if header is None:
-                    raise DataError(f"{path}: not FASTA (sequence before the first '>' header)")
-                parts.append(line.strip())
-    return sequences, names
-
-
-def read_audio(arguments: list[str]) -> tuple[list[Any], list[str]]:
-    import soundfile
-    import torch
-
-    clips, names = [], []
-    for path in _files(arguments, AUDIO_SUFFIXES, "audio"):
-        try:
-            data, _rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-        except (soundfile.SoundFileError, RuntimeError, OSError) as error:
-            raise DataError(f"{path}: not an audio file soundfile can read ({error})") from None
-        clips.append(torch.from_numpy(data.mean(axis=1)))
-        names.append(str(path))
-    return clips, names
-
-
-READERS = {"text": read_text, "vision": read_images, "protein": read_fasta_or_sequences, "speech": read_audio}
-
-
-def read_inputs(domain: str, arguments: list[str]) -> tuple[list[Any], list[str]]:
-    """(inputs for the backbone's collate, a display name for each)."""
-    if domain not in READERS:
+    ``model`` names the adapter in errors; ``stdin`` is read for ``-`` (default: ``sys.stdin``)."""
+    arguments = list(arguments)
+    if domain not in INPUT_READERS:
         raise DataError(
-            f"zoo predict reads inputs for {', '.join(READERS)}; {domain} inputs are not supported from "
+            f"zoo predict reads inputs for {', '.join(INPUT_READERS.names())}; {domain} inputs are not supported from "
             f"the command line (use zoo.hub.load(...).predict([...]) with the dataset's items)"
         )
+    reader = INPUT_READERS.get(domain)
     if not arguments:
-        raise DataError("no inputs given")
-    return READERS[domain](arguments)
+        raise DataError(f"no inputs given: {model} takes {reader.takes}")
+    found: Read = []
+    for argument in arguments:
+        if argument == "-":
+            if reader.read_lines is None:
+                raise DataError(f"{model} takes {reader.takes}; standard input ('-') is not read for {domain}")
+            lines = (stdin or sys.stdin).read().splitlines()
+            read = reader.read_lines(lines)
+            if not read:
+                raise DataError("standard input ('-') held no inputs (it was empty or only blank lines)")
+            found += read
+        elif looks_like_file(argument):
+            found += _read_path(model, reader, argument)
+        elif reader.read_argument is None:
+            raise _misfit(model, reader, repr(argument), "neither a file nor a folder")
+        else:
+            found.append(reader.read_argument(argument))
+    return [item for item, _ in found], [name for _, name in found]

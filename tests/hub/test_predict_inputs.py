@@ -1,0 +1,242 @@
+"""zoo predict reads each domain's inputs from real files (and standard input), prints class names and
+rounded values, and refuses what it cannot read with one clear line.
+
+Every prediction is compared with the model of the run directory run directly on the same input,
+decoded independently (the array written to the file, the sequence as typed), never through
+``zoo.hub.inputs``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from zoo.cli.main import main
+
+TEXTS = ["a gripping, beautifully acted film", "dull and far too long", "the music is the best thing about it"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A tiny run of each domain with a predict reader (text comes from conftest's ``tiny_run``)."""
+    import zoo
+
+    out = tmp_path_factory.mktemp("runs")
+    recipes = {"vision": "vision/medical-lora", "protein": "protein/gb1-lora", "speech": "speech/digits-lora"}
+    return {domain: zoo.run(recipe, ["scale=tiny"], out=out / domain, log=None) for domain, recipe in recipes.items()}
+
+
+def model_outputs(run_dir, inputs):
+    """The run rebuilt by the experiment layer, its raw outputs on ``inputs``."""
+    import zoo
+
+    built = zoo.load_run(run_dir).build()
+    with torch.no_grad():
+        return built.model(built.model.backbone.collate(list(inputs))).float()
+
+
+def run_cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def predict_json(capsys, model, *inputs):
+    code, out, err = run_cli(capsys, "predict", model, *inputs, "--format", "json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+def assert_classified(rows, logits, names):
+    probabilities = logits.softmax(-1)
+    assert len(rows) == len(probabilities)
+    for row, expected in zip(rows, probabilities):
+        assert list(row["scores"]) == names
+        assert torch.allclose(torch.tensor(list(row["scores"].values())), expected, atol=1e-5)
+        assert row["label"] == names[int(expected.argmax())]
+
+
+# -- what is a file and what is text -------------------------------------------------------
+@pytest.mark.parametrize(
+    "argument, message",
+    [
+        ("nothere.txt", "nothere.txt: no such file or folder"),
+        ("img.png", "takes text or .txt/.csv/.tsv/.jsonl/.json files of texts; img.png is an image"),
+        ("bin.dat", "bin.dat is a binary data file"),
+        ("reviews/missing", "reviews/missing: no such file or folder"),
+    ],
+)
+def test_a_text_adapter_refuses_what_looks_like_a_file_it_cannot_read(tiny_run, capsys, argument, message):
+    code, out, err = run_cli(capsys, "predict", tiny_run.dir, TEXTS[0], argument)
+    assert code == 2 and out == ""
+    assert message in err and "Traceback" not in err
+
+
+def test_an_existing_file_of_another_domain_is_named_by_kind(tiny_run, capsys, tmp_path):
+    from PIL import Image
+
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(tmp_path / "img.png")
+    code, _, err = run_cli(capsys, "predict", tiny_run.dir, tmp_path / "img.png")
+    assert code == 2 and f"{tmp_path / 'img.png'} is an image" in err
+
+
+@pytest.mark.parametrize("fmt", ["table", "json", "csv"])
+@pytest.mark.parametrize("content", ["", "\n  \n\t\n"])
+def test_an_empty_or_blank_file_is_one_clear_error_in_every_format(tiny_run, capsys, tmp_path, fmt, content):
+    path = tmp_path / "inputs.txt"
+    path.write_text(content)
+    code, out, err = run_cli(capsys, "predict", tiny_run.dir, path, "--format", fmt)
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert f"{path}: no inputs in it (the file is empty or holds only blank lines)" in err
+
+
+@pytest.mark.parametrize("fmt", ["table", "json", "csv"])
+def test_no_inputs_at_all_is_one_clear_error_in_every_format(tiny_run, capsys, fmt):
+    code, out, err = run_cli(capsys, "predict", tiny_run.dir, "--format", fmt)
+    assert code == 2 and out == "" and "no inputs given" in err and "Traceback" not in err
+
+
+def test_words_and_text_files_of_every_layout_are_texts(tiny_run, capsys, tmp_path):
+    (tmp_path / "a.txt").write_text(f"{TEXTS[0]}\n\n{TEXTS[1]}\n")
+    (tmp_path / "b.tsv").write_text(f"sentence\tlabel\n{TEXTS[2]} \t1\n")  # the GLUE layout, with its header
+    (tmp_path / "c.csv").write_text(f'id,text\n7,"{TEXTS[0]}"\n')
+    (tmp_path / "d.jsonl").write_text(json.dumps({"text": TEXTS[1], "label": 0}) + "\n")
+    (tmp_path / "e.json").write_text(json.dumps([TEXTS[2]]))
+    files = [tmp_path / name for name in ("a.txt", "b.tsv", "c.csv", "d.jsonl", "e.json")]
+    rows = predict_json(capsys, tiny_run.dir, "plain words stay text", *files)
+    expected_texts = ["plain words stay text", TEXTS[0], TEXTS[1], TEXTS[2], TEXTS[0], TEXTS[1], TEXTS[2]]
+    assert [row["input"] for row in rows] == expected_texts
+    assert_classified(rows, model_outputs(tiny_run.dir, expected_texts), ["negative", "positive"])
+
+
+def test_a_dash_reads_one_text_a_line_from_standard_input(tiny_run, capsys, monkeypatch):
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"{TEXTS[0]}\n\nnot/a file.txt\n"))
+    rows = predict_json(capsys, tiny_run.dir, "-")
+    assert [row["input"] for row in rows] == [TEXTS[0], "not/a file.txt"]  # never read as file names
+    assert_classified(rows, model_outputs(tiny_run.dir, [TEXTS[0], "not/a file.txt"]), ["negative", "positive"])
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n \n"))
+    code, out, err = run_cli(capsys, "predict", tiny_run.dir, "-")
+    assert code == 2 and out == "" and "standard input ('-') held no inputs" in err
+
+
+# -- speech ------------------------------------------------------------------------------
+def test_speech_reads_wav_files_and_folders(runs, capsys, tmp_path):
+    import soundfile
+
+    time = np.arange(4000) / 8000
+    mono = (0.4 * np.sin(2 * np.pi * 440 * time)).astype(np.float32)
+    stereo = np.stack([mono, 0.5 * mono[::-1]], axis=1)  # (time, channels), as soundfile writes it
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    soundfile.write(folder / "a.wav", mono, 8000, subtype="FLOAT")
+    soundfile.write(folder / "b.wav", stereo, 16000, subtype="FLOAT")
+    run_dir = runs["speech"].dir
+    rows = predict_json(capsys, run_dir, folder / "a.wav", folder)
+    assert [row["input"] for row in rows] == [str(folder / "a.wav"), str(folder / "a.wav"), str(folder / "b.wav")]
+    reference = [(torch.from_numpy(mono), 8000), (torch.from_numpy(mono), 8000), (torch.from_numpy(stereo.T), 16000)]
+    assert_classified(rows, model_outputs(run_dir, reference), [str(digit) for digit in range(10)])
+
+
+def test_speech_refuses_text_and_other_files(runs, capsys, tmp_path):
+    run_dir = runs["speech"].dir
+    code, _, err = run_cli(capsys, "predict", run_dir, "hello")
+    assert code == 2 and "takes audio files (.wav/.flac/.ogg) or folders of them; 'hello' is neither" in err
+    (tmp_path / "noise.wav").write_bytes(b"not audio at all")
+    code, _, err = run_cli(capsys, "predict", run_dir, tmp_path / "noise.wav")
+    assert code == 2 and f"{tmp_path / 'noise.wav'}: cannot read audio" in err
+
+
+# -- vision ------------------------------------------------------------------------------
+def vision_images(tmp_path):
+    from PIL import Image
+
+    generator = np.random.default_rng(0)
+    grey = generator.integers(0, 256, (28, 28), dtype=np.uint8)
+    colour = generator.integers(0, 256, (40, 36, 3), dtype=np.uint8)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.fromarray(grey).save(folder / "a.png")
+    Image.fromarray(colour).save(folder / "b.png")
+    (folder / "notes.txt").write_text("not an image, skipped in a folder")
+    return folder, [grey, colour]
+
+
+def test_vision_predictions_carry_class_names(runs, capsys, tmp_path):
+    folder, arrays = vision_images(tmp_path)
+    run_dir = runs["vision"].dir
+    rows = predict_json(capsys, run_dir, folder / "b.png", folder)
+    assert [row["input"] for row in rows] == [str(folder / name) for name in ("b.png", "a.png", "b.png")]
+    reference = model_outputs(run_dir, [arrays[1], arrays[0], arrays[1]])  # the arrays, not the decoded files
+    assert_classified(rows, reference, ["normal", "pneumonia"])
+    code, out, err = run_cli(capsys, "predict", run_dir, folder / "a.png")
+    assert code == 0, err
+    assert out.split()[1] in ("normal", "pneumonia")
+
+
+def test_a_pushed_vision_adapter_records_and_prints_class_names(runs, capsys, tmp_path):
+    from zoo.hub.push import push
+
+    push(runs["vision"].dir, tmp_path / "hub", log=None)
+    folder, arrays = vision_images(tmp_path)
+    rows = predict_json(capsys, "vision/pneumoniamnist-lora", folder, "--hub", tmp_path / "hub")
+    assert_classified(rows, model_outputs(runs["vision"].dir, arrays), ["normal", "pneumonia"])
+
+
+def test_the_dataset_registry_names_classes_an_entry_lacks(runs):
+    import zoo
+    from zoo.hub.predict import Predictor
+
+    built = zoo.load_run(runs["vision"].dir).build()
+    predictor = Predictor(
+        built.model, built.model.backbone.collate, "classification", None, "vision", "x", config=built.config
+    )
+    assert predictor.labels == ["normal", "pneumonia"]
+    assert predictor.predict([np.zeros((28, 28), dtype=np.uint8)])[0]["label"] in ("normal", "pneumonia")
+
+
+def test_vision_refuses_words_and_text_files(runs, capsys, tmp_path):
+    run_dir = runs["vision"].dir
+    code, _, err = run_cli(capsys, "predict", run_dir, "cat")
+    assert code == 2 and "image files (" in err and "'cat' is neither a file nor a folder" in err
+    (tmp_path / "x.txt").write_text("a cat\n")
+    code, _, err = run_cli(capsys, "predict", run_dir, tmp_path / "x.txt")
+    assert code == 2 and f"{tmp_path / 'x.txt'} is a text file" in err
+    (tmp_path / "empty").mkdir()
+    code, _, err = run_cli(capsys, "predict", run_dir, tmp_path / "empty")
+    assert code == 2 and "a folder with no" in err
+
+
+# -- protein -----------------------------------------------------------------------------
+FASTA = ">first some description\nMKTAYIAKQR\nQISFVKSHFS\n\n>second\nmktayiak\n"
+SEQUENCES = ["MKTAYIAKQRQISFVKSHFS", "MKTAYIAK"]  # lower case in FASTA marks soft-masking: same residues
+
+
+def test_protein_reads_fasta_files_and_sequences_and_rounds_the_table(runs, capsys, tmp_path):
+    (tmp_path / "p.fasta").write_text(FASTA)
+    run_dir = runs["protein"].dir
+    rows = predict_json(capsys, run_dir, tmp_path / "p.fasta", "GVSERTIDPK")
+    assert [row["input"] for row in rows] == [
+        f"{tmp_path / 'p.fasta'}:first",
+        f"{tmp_path / 'p.fasta'}:second",
+        "GVSERTIDPK",
+    ]
+    expected = model_outputs(run_dir, [*SEQUENCES, "GVSERTIDPK"]).reshape(-1)
+    assert [row["value"] for row in rows] == pytest.approx(expected.tolist(), abs=1e-6)  # json: full precision
+    code, out, err = run_cli(capsys, "predict", run_dir, "GVSERTIDPK")
+    assert code == 0, err
+    assert out.split() == ["GVSERTIDPK", f"{rows[2]['value']:.4g}"]
+
+
+def test_protein_refuses_words_and_files_of_other_kinds(runs, capsys, tmp_path):
+    run_dir = runs["protein"].dir
+    code, _, err = run_cli(capsys, "predict", run_dir, "hello")
+    assert code == 2 and "letter 'h' at residue 1" in err and "upper-case" in err
+    code, _, err = run_cli(capsys, "predict", run_dir, "scan.png")
+    assert code == 2 and "FASTA files (" in err and "scan.png is an image" in err
+    (tmp_path / "blank.fasta").write_text("\n\n")
+    code, _, err = run_cli(capsys, "predict", run_dir, tmp_path / "blank.fasta")
+    assert code == 2 and "no inputs in it" in err
