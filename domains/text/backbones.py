@@ -14,8 +14,11 @@ with ``encoder_only=False`` the whole model is, for generation with
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -188,16 +191,18 @@ def load_pretrained(
                 f"backbone {name}: checkpoint {source} is a {config.model_type!r} model; {name} needs "
                 f"{' or '.join(map(repr, model_types))}"
             )
-        model, info = model_class.from_pretrained(
-            source,
-            config=config,
-            local_files_only=local_files_only,
-            output_loading_info=True,
-            weights_only=True,
-            dtype=torch.float32,
-            **options,
-            **model_options,
-        )
+        with _unused_weights_reported_here():
+            model, info = model_class.from_pretrained(
+                source,
+                config=config,
+                local_files_only=local_files_only,
+                output_loading_info=True,
+                weights_only=True,
+                dtype=torch.float32,
+                **options,
+                **model_options,
+            )
+        _warn_unused(name, source, model, config, info, model_options)
         missing = [key for key in info.get("missing_keys", ()) if not key.endswith("position_ids")]
         if missing:
             raise PretrainedUnavailable(
@@ -218,6 +223,42 @@ def load_pretrained(
     if reason:
         raise unavailable(spec, True, ConnectionError(f"{source} is not in the local hub cache and {reason}"))
     return load(local_files_only=False)
+
+
+_UNUSED_WEIGHTS_MESSAGE = "Some weights of the model checkpoint at"
+
+
+@contextlib.contextmanager
+def _unused_weights_reported_here() -> Iterator[None]:
+    """Drop transformers' "weights ... were not used" warning during one load; ``_warn_unused`` says it instead
+    when it matters. It fires on every MiniLM load for the pooler that ``add_pooling_layer=False`` leaves out on
+    purpose, a paragraph that tells the user nothing. Only that record is dropped, only while this load runs."""
+    target = logging.getLogger("transformers.modeling_utils")
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_UNUSED_WEIGHTS_MESSAGE)
+
+    target.addFilter(keep)
+    try:
+        yield
+    finally:
+        target.removeFilter(keep)
+
+
+def _warn_unused(name: str, source: str, model: nn.Module, config: Any, info: dict, model_options: dict) -> None:
+    """Warn, as transformers would, of checkpoint weights the model does not use, the left-out pooler excepted."""
+    unused = [
+        key
+        for key in info.get("unexpected_keys", ())
+        if not (key.startswith("pooler.") and model_options.get("add_pooling_layer") is False)
+    ]
+    # transformers warns only when the checkpoint was saved from this very class (else extra heads are expected).
+    if unused and type(model).__name__ in (getattr(config, "architectures", None) or ()):
+        warnings.warn(
+            f"backbone {name}: {len(unused)} weights of checkpoint {source} are not used by {type(model).__name__} "
+            f"({', '.join(sorted(unused)[:3])}{', ...' if len(unused) > 3 else ''}); check that it is a {name} checkpoint",
+            stacklevel=3,
+        )
 
 
 # -- registrations --------------------------------------------------------------------

@@ -28,14 +28,30 @@ def sha256_of(path: str | os.PathLike, chunk_size: int = 1 << 20, algorithm: str
     return digest.hexdigest()
 
 
+class RepeatedChecksumWarning(ChecksumWarning):
+    """A local copy this process has already warned about. Still raised, so that code noting which files
+    differ (``zoo.catalog.datasets.load_noting_checksums``) sees it on every load, but not shown: a
+    differing file is one line per process, not one per split that reads it."""
+
+
+# Appended, so that a user's own filters (-W, warnings.simplefilter) come first and win.
+warnings.filterwarnings("ignore", category=RepeatedChecksumWarning, append=True)
+# Local copies warned about in this process, as (file, digest). Python's once-per-location registry cannot
+# do this: any warnings.catch_warnings (which libraries enter all the time) clears it.
+_warned_copies: set[tuple[str, str]] = set()
+
+
 def check_local_copy(path: Path, sha256: str | None, what: str, md5: str | None = None) -> Path:
-    """Accept a user-supplied file, warning if it is not the canonical one."""
+    """Accept a user-supplied file, warning (once per file and process) if it is not the canonical one."""
     expected, algorithm = (sha256, "sha256") if sha256 else (md5, "md5")
     if expected:
         actual = sha256_of(path, algorithm=algorithm)
+        seen = (str(Path(path).resolve()), actual)
         if actual != expected:
+            category = RepeatedChecksumWarning if seen in _warned_copies else ChecksumWarning
+            _warned_copies.add(seen)
             warnings.warn(
-                ChecksumWarning(
+                category(
                     f"{what}: local file {path} has {algorithm} {actual[:12]}..., not the canonical {expected[:12]}...; "
                     f"using it as given (a subset or another version of the official file)",
                     path,

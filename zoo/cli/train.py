@@ -1,14 +1,15 @@
 """``zoo train RECIPE [key=value ...] [--out DIR] [--resume] [--nproc N]``: train a recipe.
 
 A shell over :func:`zoo.experiment.run` (which says what is written when); this file adds
-only what a command line needs: ``--nproc`` through torchrun, and Ctrl-C as exit code 130
-with the command that resumes.
+only what a command line needs: ``--nproc`` through torchrun, and Ctrl-C (exit code 130) or
+SIGTERM (143) with the command that resumes.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 from pathlib import Path
 
 
@@ -76,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         run_experiment(args.recipe, args.overrides, out=args.out, resume=args.resume, command=args.command_line)
     except RunInterrupted as interrupted:
         if interrupted.run_dir is not None:
-            print(f"\ninterrupted; continue with: {runs.resume_command(args.command_line, interrupted.run_dir)}")
-        return 130
+            how = "interrupted" if interrupted.signal == signal.SIGINT else f"stopped by {interrupted.signal.name}"
+            print(f"\n{how}; continue with: {runs.resume_command(args.command_line, interrupted.run_dir)}")
+        return 128 + interrupted.signal  # as a shell reports a process ended by that signal
     return 0

@@ -13,11 +13,14 @@ only rank 0 writes the run directory.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from zoo.errors import ConfigError
 from zoo.experiment import run_dir as runs
@@ -25,11 +28,37 @@ from zoo.experiment.config import RunConfig, load_config
 
 
 class RunInterrupted(KeyboardInterrupt):
-    """Ctrl-C during a run; ``run_dir`` (marked ``interrupted``) resumes with ``resume=True``."""
+    """Ctrl-C or SIGTERM during a run; ``run_dir`` (marked ``interrupted``) resumes with ``resume=True``.
 
-    def __init__(self, run_dir: Path | None) -> None:
+    ``signal`` is the signal that stopped it (``signal.SIGINT`` for Ctrl-C)."""
+
+    def __init__(self, run_dir: Path | None, signal_number: int = signal.SIGINT) -> None:
         super().__init__(f"interrupted: {run_dir}")
         self.run_dir = run_dir
+        self.signal = signal.Signals(signal_number)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the run is, so that it unwinds as Ctrl-C does."""
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``kill``, a scheduler's time limit, ``docker stop``) ends a run as Ctrl-C does: the run
+    is marked ``interrupted`` and resumes from its last checkpoint. The previous handler is put back."""
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+
+    def terminate(signal_number, frame):
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        # None: a handler installed outside Python, which cannot be put back; the default is the closest
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 @dataclass
@@ -64,12 +93,25 @@ class Run:
 
 
 def load_run(run_dir: str | os.PathLike) -> Run:
-    """Read a run directory (any status); a folder that is not one is a clear error."""
+    """Read a run directory (any status), or a published adapter's folder (``zoo pull`` puts one in the
+    cache; a hub folder holds one per version): its ``config.yaml``, ``adapter/`` and metrics, with the
+    index entry as its record, and ``status`` complete. A folder that is neither is a clear error.
+
+    ``.build()`` of a published adapter finds the base weights as its ``config.yaml`` says
+    (``pretrained: true``: the installed package, else the cache); ``zoo.hub.load(NAME)`` also checks
+    them against the entry's fingerprint and predicts with class names."""
     run_dir = Path(run_dir)
-    if not runs.is_run_dir(run_dir):
-        raise FileNotFoundError(f"{run_dir} is not a run directory (no {runs.CONFIG_FILE} and {runs.RUN_FILE})")
-    results = runs.read_json(run_dir / runs.EVAL_FILE) if (run_dir / runs.EVAL_FILE).exists() else {}
-    return Run(run_dir, runs.read_config(run_dir), runs.read_json(run_dir / runs.RUN_FILE), results)
+    results = runs.read_json(run_dir / runs.EVAL_FILE) if (run_dir / runs.EVAL_FILE).is_file() else {}
+    if runs.is_run_dir(run_dir):
+        return Run(run_dir, runs.read_config(run_dir), runs.read_json(run_dir / runs.RUN_FILE), results)
+    if runs.is_published_adapter(run_dir):
+        return Run(run_dir, runs.read_config(run_dir), runs.published_record(run_dir), results)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir} does not exist; zoo.load_run reads a run directory made by zoo train")
+    raise FileNotFoundError(
+        f"{run_dir} is not a run directory (no {runs.CONFIG_FILE} and {runs.RUN_FILE}) nor a published adapter "
+        f"({runs.CONFIG_FILE} and {runs.ADAPTER_DIR}/); for an adapter of a hub use zoo.hub.load(NAME) or zoo pull NAME"
+    )
 
 
 def recipe_label(recipe: str | os.PathLike) -> str:
@@ -113,9 +155,12 @@ def run(
     carries an interrupted run on from its newest readable checkpoint (a complete run is returned
     as it is); ``command`` is what the model card records as the command that made it (default:
     the equivalent ``zoo train``); ``name`` labels a ``RunConfig`` given directly; ``log=None``
-    prints nothing; ``callbacks`` are handed to the trainer (``callback(trainer, step)`` after every
-    optimizer step; hyperparameter search prunes through one). Ctrl-C marks the run ``interrupted`` and raises :class:`RunInterrupted` (a
-    KeyboardInterrupt naming the run directory); any other error marks it ``failed`` and is raised again.
+    prints nothing, training progress included (otherwise a bar on a terminal, a line every
+    ``train.log_every`` steps on stderr elsewhere); ``callbacks`` are handed to the trainer
+    (``callback(trainer, step)`` after every optimizer step; hyperparameter search prunes through
+    one). Ctrl-C or SIGTERM marks the run ``interrupted`` and raises :class:`RunInterrupted` (a
+    KeyboardInterrupt naming the run directory); any other error (a diverged loss included:
+    ``zoo.train.divergence.TrainingDiverged``) marks it ``failed`` with the error and is raised again.
     """
     from zoo.train import is_main_process
 
@@ -150,11 +195,11 @@ def run(
             return load_run(run_dir)
         if (pid := still_running(run_dir)) is not None:
             raise ConfigError(f"--resume: {run_dir} is still being trained by process {pid} on this machine")
-    _train(config, original, label, run_dir, command, resume, say, main, callbacks)
+    _train(config, original, label, run_dir, command, resume, say, main, callbacks, show_progress=log is not None)
     return load_run(run_dir) if main else Run(run_dir, config)
 
 
-def _train(config, original, label, run_dir, command, resume, say, main, callbacks=()) -> None:
+def _train(config, original, label, run_dir, command, resume, say, main, callbacks=(), show_progress=True) -> None:
     import zoo.peft as zp
     from zoo.experiment.build import build_run
     from zoo.experiment.model_card import described_changes
@@ -185,44 +230,48 @@ def _train(config, original, label, run_dir, command, resume, say, main, callbac
             shown = ", ".join(f"{i}: {score:.3g}" for i, score in enumerate(selection["importance"]))
             say(f"  layers={selection['rule']}: block importance {shown}; training blocks {selection['chosen']}")
 
-    trainer = Trainer(
-        built.model,
-        built.task,
-        built.datasets["train"],
-        built.datasets.get("val"),
-        config.train_settings(),
-        run_dir,
-        callbacks=callbacks,
-    )
-    reset_worked = reset_peak_memory()
-    try:
-        result = trainer.fit(resume=resume)
-        memory = peak_memory(trainer.device, reset_worked)
-        if trainer.resumed_from is not None:
-            say(f"  resumed from {trainer.resumed_from}")
-        test_metrics = trainer.evaluate(built.datasets["test"]) if "test" in built.datasets else None
-    except KeyboardInterrupt:
-        if main:
-            runs.mark(run_dir, "interrupted")
-        raise RunInterrupted(run_dir if main else None) from None
-    except BaseException as error:
-        if main:
-            runs.mark(run_dir, "failed", error=f"{type(error).__name__}: {error}")
-        raise
-    with trainer.full_weights():  # whole tensors on rank 0 under FSDP; every process must enter
-        if main:
-            _finish(
+    # Until run.json says complete, any way out of here says why: interrupted (resumable) or failed.
+    with _terminate_as_interrupt():
+        try:
+            trainer = Trainer(
+                built.model,
+                built.task,
+                built.datasets["train"],
+                built.datasets.get("val"),
+                config.train_settings(),
                 run_dir,
-                built,
-                label,
-                command,
-                report,
-                result,
-                test_metrics,
-                described_changes(original, config),
-                say,
-                memory,
+                callbacks=callbacks,
+                show_progress=show_progress,
             )
+            reset_worked = reset_peak_memory()
+            result = trainer.fit(resume=resume)
+            memory = peak_memory(trainer.device, reset_worked)
+            if trainer.resumed_from is not None:
+                say(f"  resumed from {trainer.resumed_from}")
+            test_metrics = trainer.evaluate(built.datasets["test"]) if "test" in built.datasets else None
+            with trainer.full_weights():  # whole tensors on rank 0 under FSDP; every process must enter
+                if main:
+                    _finish(
+                        run_dir,
+                        built,
+                        label,
+                        command,
+                        report,
+                        result,
+                        test_metrics,
+                        described_changes(original, config),
+                        say,
+                        memory,
+                    )
+        except KeyboardInterrupt as interrupt:
+            if main and runs.status(run_dir) != "complete":  # not when it came after the last line was written
+                runs.mark(run_dir, "interrupted")
+            signal_number = signal.SIGTERM if isinstance(interrupt, _Terminated) else signal.SIGINT
+            raise RunInterrupted(run_dir if main else None, signal_number) from None
+        except BaseException as error:
+            if main and runs.status(run_dir) != "complete":
+                runs.mark(run_dir, "failed", error=f"{type(error).__name__}: {error}")
+            raise
 
 
 def _finish(run_dir, built, label, command, report, result, test_metrics, changed, say, memory=None) -> None:
@@ -282,6 +331,8 @@ def _finish(run_dir, built, label, command, report, result, test_metrics, change
         best_step=result.best_step,
         trainable_parameters=report.trainable,
         total_parameters=report.total,
+        epochs=result.epochs,
+        stopped_early=result.stopped_early,
         train_seconds=round(result.train_seconds, 3),
         **(memory or {}),
         data={

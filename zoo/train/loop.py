@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from zoo.errors import ConfigError
 from zoo.train import checkpoint as ckpt
 from zoo.train import distributed as dist_utils
+from zoo.train.divergence import DivergenceWatch, TrainingDiverged
 from zoo.train.recompute import enable_gradient_checkpointing
 from zoo.train.reporting import RunReporter
 from zoo.train.result import TrainResult
@@ -78,7 +79,9 @@ class Trainer:
     """Trains ``model``'s trainable parameters on ``train_set`` for ``task``; see the module docstring.
 
     ``callbacks`` are called as ``callback(trainer, step)`` after every optimizer step, once the
-    step's logging, evaluation and checkpoint are done.
+    step's logging, evaluation and checkpoint are done. ``show_progress`` shows a progress bar on a
+    terminal, else a plain line every ``log_every`` steps on stderr; False shows nothing. A loss
+    that becomes NaN or infinite stops the run with :class:`TrainingDiverged`.
     """
 
     def __init__(
@@ -91,6 +94,7 @@ class Trainer:
         run_dir: str | os.PathLike,
         *,
         callbacks: Sequence[Callable[["Trainer", int], None]] = (),
+        show_progress: bool = True,
     ) -> None:
         missing = [
             name
@@ -106,6 +110,7 @@ class Trainer:
         self.settings = settings
         self.run_dir = Path(run_dir)
         self.callbacks = list(callbacks)
+        self.show_progress = show_progress
 
         self.device = dist_utils.resolve_device(settings.device)
         self.distributed = dist_utils.init_distributed(self.device.type)
@@ -125,6 +130,8 @@ class Trainer:
         self.fsdp = self.distributed and settings.strategy == "fsdp"
         self.progress = _Progress()
         self.window_loss = torch.zeros((), device=self.device)
+        self.divergence = DivergenceWatch(self.device)
+        self._checked_step = -1
         self.training_model: nn.Module = model
         self.optimizer: torch.optim.Optimizer | None = None
         self.checkpoint_dir = self.run_dir / ckpt.CHECKPOINT_DIR
@@ -217,7 +224,14 @@ class Trainer:
             if self.is_main:  # a fresh run must not leave an older run's checkpoints to resume from
                 for name in (ckpt.LAST_NAME, ckpt.PREVIOUS_NAME, ckpt.BEST_NAME):
                     (self.checkpoint_dir / name).unlink(missing_ok=True)
-        reporter = RunReporter(self.run_dir, self.is_main, self.total_steps, self.progress.step, resumed)
+        reporter = RunReporter(
+            self.run_dir,
+            self.is_main,
+            self.total_steps,
+            self.progress.step,
+            resumed,
+            show=self.show_progress,
+        )
         logger.info(
             "training %d trainable tensors for %d steps (%d per epoch), global batch %d x %d accumulation, %d process(es) on %s",
             len(self.trainable),
@@ -266,18 +280,15 @@ class Trainer:
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 progress.step += 1
+                self.divergence.after_step(self.window_loss, progress.step)
                 epoch_done = progress.micro >= self.micro_batches_per_epoch
                 if epoch_done:
                     progress.epoch, progress.micro = progress.epoch + 1, 0
                 reporter.advance()
                 finished = progress.step >= self.total_steps
                 if progress.step % settings.log_every == 0 or finished:
+                    self._stop_if_diverged()
                     mean_loss = dist_utils.all_reduce_mean(self.window_loss / progress.window_micro).item()
-                    if not math.isfinite(mean_loss):
-                        raise FloatingPointError(
-                            f"training loss is {mean_loss} at step {progress.step}; lower train.lr or use precision=fp32 "
-                            f"(the last checkpoint in {self.checkpoint_dir} is untouched)"
-                        )
                     elapsed = time.perf_counter() - window_start
                     reporter.log_train(
                         progress.step,
@@ -293,15 +304,30 @@ class Trainer:
                 if self.val_set is not None and (
                     (every and progress.step % every == 0) or (every is None and epoch_done) or finished
                 ):
+                    self._stop_if_diverged()  # NaN scores would reach the metric, or be taken for a result
                     self._validate(reporter)
                     model.train()
                 every = settings.checkpoint_every
                 if (every and progress.step % every == 0) or epoch_done or finished or progress.stopped_early:
+                    self._stop_if_diverged()  # never save NaN weights over the last good checkpoint
                     self._save_last()
                 for callback in self.callbacks:
                     callback(self, progress.step)
                 if epoch_done or finished or progress.stopped_early:
                     break
+
+    def _stop_if_diverged(self) -> None:
+        """Raise TrainingDiverged if a loss since the last check was NaN or infinite (one sync per step at most)."""
+        if self._checked_step == self.progress.step:
+            return
+        self._checked_step = self.progress.step
+        step = self.divergence.first_bad_step(self.distributed)
+        if step is not None:
+            loss = dist_utils.all_reduce_mean(self.window_loss / max(self.progress.window_micro, 1)).item()
+            raise self._diverged(step, loss)
+
+    def _diverged(self, step: int, loss: float) -> TrainingDiverged:
+        return TrainingDiverged(step, loss, self.settings.lr, self.settings.precision, self.checkpoint_dir)
 
     def _epochs_done(self) -> float:
         return self.progress.epoch + self.progress.micro / self.micro_batches_per_epoch
@@ -313,11 +339,31 @@ class Trainer:
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.no_grad(), self._autocast():
-                metrics = self.task.evaluate(self.model, dataset, self.settings.eval_batch_size)
+            try:
+                with torch.no_grad(), self._autocast():
+                    metrics = self.task.evaluate(self.model, dataset, self.settings.eval_batch_size)
+            except Exception as error:
+                # A step can leave weights that overflow on the next forward before any training loss
+                # shows it (e.g. one step, then validation): a metric then fails on NaN scores.
+                self._raise_if_outputs_diverged(dataset, error)
+                raise
+            if not math.isfinite(float(metrics.get(self.task.main_metric, 0.0))):
+                self._raise_if_outputs_diverged(dataset, None)
         finally:
             self.model.train(was_training)
         return {name: float(value) for name, value in metrics.items()}
+
+    def _raise_if_outputs_diverged(self, dataset: Dataset, error: BaseException | None) -> None:
+        """TrainingDiverged if the trained model's loss on the first batch of ``dataset`` is not finite."""
+        if self.progress.step == 0 or len(dataset) == 0:
+            return  # nothing trained yet: whatever failed is not divergence
+        count = min(len(dataset), self.settings.eval_batch_size)
+        batch, labels = self.task.collate([dataset[i] for i in range(count)])
+        with torch.no_grad(), self._autocast():
+            loss = self.task.loss(self.model, move_to_device(batch, self.device), move_to_device(labels, self.device))
+        loss = float(loss.detach().float())
+        if not math.isfinite(loss):
+            raise self._diverged(self.progress.step, loss) from error
 
     def _validate(self, reporter: RunReporter) -> None:
         progress, name = self.progress, self.task.main_metric

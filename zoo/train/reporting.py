@@ -2,6 +2,10 @@
 
 Only the process that writes files (rank 0) creates a :class:`RunReporter` with
 ``enabled=True``; the others get a silent one, so the loop has no rank checks of its own.
+
+Progress goes to stderr: a tqdm bar (steps/s, ETA, loss, examples/s) where someone watches a
+terminal, else one plain line per logged step (``train.log_every``) and per validation, which
+reads well in a log file or CI; ``show=False`` prints nothing (``zoo.run(..., log=None)``).
 """
 
 from __future__ import annotations
@@ -22,12 +26,25 @@ logger = logging.getLogger("zoo.train")
 
 
 class RunReporter:
-    def __init__(self, run_dir: Path, enabled: bool, total_steps: int, start_step: int, resumed: bool) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        enabled: bool,
+        total_steps: int,
+        start_step: int,
+        resumed: bool,
+        *,
+        show: bool = True,
+    ) -> None:
         self.enabled = enabled
         self.metrics_path = run_dir / METRICS_NAME
         self.writer = None
         self.bar = None
         self.postfix: dict[str, str] = {}
+        self.total_steps, self.start_step = total_steps, start_step
+        self.started = time.perf_counter()
+        self.lines = False
+        """Plain progress lines on stderr (not a terminal, progress shown)."""
         if not enabled:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -37,10 +54,14 @@ class RunReporter:
         else:
             self.metrics_path.write_text("")
         self.writer = _summary_writer(run_dir / TENSORBOARD_DIR, purge_step=start_step + 1 if resumed else None)
-        if sys.stderr.isatty():  # a bar only where someone watches it; logs and CI get JSON and logger lines
+        if not show:
+            return
+        if sys.stderr.isatty():  # a bar only where someone watches it: in a log file it is a wall of \r
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
+        else:
+            self.lines = True
 
     def log_train(self, step: int, epoch: float, loss: float, lr: float, examples_per_second: float) -> None:
         if not self.enabled:
@@ -59,8 +80,14 @@ class RunReporter:
             self.writer.add_scalar("train/loss", loss, step)
             self.writer.add_scalar("train/lr", lr, step)
         self.postfix["loss"] = f"{loss:.4g}"
+        self.postfix["ex/s"] = f"{examples_per_second:.3g}"
         self._refresh()
-        logger.info("step %d epoch %.2f loss %.4g lr %.3g", step, epoch, loss, lr)
+        logger.debug("step %d epoch %.2f loss %.4g lr %.3g", step, epoch, loss, lr)
+        if self.lines:
+            self._say(
+                f"step {step}/{self.total_steps} (epoch {epoch:.2f}): loss {loss:.4g}, lr {lr:.3g}, "
+                f"{examples_per_second:.1f} examples/s, {self._timing(step)}"
+            )
 
     def log_eval(self, step: int, epoch: float, metrics: dict[str, float], main_metric: str, is_best: bool) -> None:
         if not self.enabled:
@@ -75,7 +102,10 @@ class RunReporter:
         if main_metric in metrics:
             self.postfix[f"val_{main_metric}"] = f"{metrics[main_metric]:.4g}"
         self._refresh()
-        logger.info("step %d validation %s", step, json.dumps(metrics))
+        logger.debug("step %d validation %s", step, json.dumps(metrics))
+        if self.lines:
+            shown = ", ".join(f"{name} {value:.4g}" for name, value in metrics.items())
+            self._say(f"step {step}/{self.total_steps}: validation {shown}{' (best so far)' if is_best else ''}")
 
     def advance(self, steps: int = 1) -> None:
         if self.bar is not None:
@@ -86,6 +116,18 @@ class RunReporter:
             self.bar.close()
         if self.writer is not None:
             self.writer.close()
+
+    def _timing(self, step: int) -> str:
+        from tqdm import tqdm
+
+        elapsed = time.perf_counter() - self.started
+        done = step - self.start_step
+        left = elapsed / done * (self.total_steps - step) if done > 0 else 0.0
+        return f"{tqdm.format_interval(elapsed)} elapsed, about {tqdm.format_interval(left)} left"
+
+    @staticmethod
+    def _say(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
 
     def _refresh(self) -> None:
         if self.bar is not None:
