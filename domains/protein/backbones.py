@@ -323,7 +323,9 @@ def _register(key: str, variant: Esm2Variant) -> None:
     )
     description = f"ESM-2 {variant.parameters} ({variant.num_layers} layers, width {variant.embed_dim}), fair-esm"
 
-    @register_backbone(key, domain="protein", weights=weights, structure=ESM2_STRUCTURE, description=description)
+    @register_backbone(  # ESM-2 takes no builder options, so a hub entry may set none
+        key, domain="protein", weights=weights, structure=ESM2_STRUCTURE, description=description, hub_options=()
+    )
     def build(pretrained: bool | Path = False, tiny: bool = False, **options: Any) -> EsmBackbone:
         return _build(key, pretrained, tiny, **options)
 

@@ -240,6 +240,7 @@ def _build(bundle_name: str, pretrained: bool | Path, tiny: bool, layer_drop: fl
         url=WEIGHTS_ROOT + "wav2vec2_fairseq_base_ls960.pth",
     ),
     structure=TORCHAUDIO_WAV2VEC2,
+    hub_options=("layer_drop",),
 )
 def wav2vec2_base(pretrained: bool | Path = False, tiny: bool = False, **options: Any) -> SpeechEncoder:
     """wav2vec 2.0 base (95M), self-supervised on LibriSpeech 960 h, not fine-tuned; 768-d frames at 50 Hz."""
@@ -256,6 +257,7 @@ def wav2vec2_base(pretrained: bool | Path = False, tiny: bool = False, **options
         url=WEIGHTS_ROOT + "hubert_fairseq_base_ls960.pth",
     ),
     structure=TORCHAUDIO_WAV2VEC2,
+    hub_options=("layer_drop",),
 )
 def hubert_base(pretrained: bool | Path = False, tiny: bool = False, **options: Any) -> SpeechEncoder:
     """HuBERT base (95M), self-supervised on LibriSpeech 960 h, not fine-tuned; 768-d frames at 50 Hz."""

@@ -262,6 +262,11 @@ def _warn_unused(name: str, source: str, model: nn.Module, config: Any, info: di
 
 
 # -- registrations --------------------------------------------------------------------
+# What a hub entry may set (never cache_dir: a folder the builder would read from).
+ENCODER_HUB_OPTIONS = ("pooling", "max_length")
+T5_HUB_OPTIONS = ("encoder_only", "pooling", "max_length")
+
+
 def _encoder_builder(
     name: str, model_type: str, pooling: str, tiny_config: Callable[[Any], Any], tiny_tokenizer: Callable[[], Any]
 ) -> Callable[..., nn.Module]:
@@ -381,6 +386,7 @@ def _register_encoder(
         weights=_hub(hub_id, licence, package),
         structure=BERT_TASK_STRUCTURE,
         description=description,
+        hub_options=ENCODER_HUB_OPTIONS,
     )(_encoder_builder(name, model_type, pooling, tiny_config, getattr(tiny_tokenizers, tiny_tokenizer)))
 
 
@@ -451,4 +457,5 @@ for _name, _hub_id, _size in (
         weights=_hub(_hub_id, "Apache-2.0"),
         structure=T5_STRUCTURE,
         description=f"FLAN-T5 {_size} (Chung et al. 2022) encoder-decoder; features are the encoder's",
+        hub_options=T5_HUB_OPTIONS,
     )(_t5_builder(_name))

@@ -338,6 +338,7 @@ def build_clip_video(
         sha256=None,
     ),
     structure=OPEN_CLIP_VIT,
+    hub_options=("text_tower",),  # never cache_dir
     description="CLIP ViT-B/32 (LAION-2B) over video frames, mean-pooled over time; text tower for retrieval",
 )
 def clip_vit_b32(pretrained: bool | Path = False, tiny: bool = False, **options: Any) -> ClipVideoBackbone:
@@ -356,6 +357,7 @@ def clip_vit_b32(pretrained: bool | Path = False, tiny: bool = False, **options:
         sha256=None,
     ),
     structure=OPEN_CLIP_VIT,
+    hub_options=("text_tower",),  # never cache_dir
     description="CLIP ViT-B/32 (OpenAI weights, QuickGELU) over video frames, mean-pooled over time",
 )
 def clip_vit_b32_openai(pretrained: bool | Path = False, tiny: bool = False, **options: Any) -> ClipVideoBackbone:

@@ -42,6 +42,18 @@ TINY_OPTIONS = {"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 32, "n
 FOLDER_FILES = ("model.safetensors", "pytorch_model.bin", "pytorch_model.pth", "model.pth")
 # Classifier tensors of the pretraining task; the zoo puts its own task head on top.
 CLASSIFIER_PREFIXES = ("head.", "head_dist.")
+# The timm.create_model options a hub entry may set: input size, pooling, regularisation. Never
+# checkpoint_path, pretrained_cfg(_overlay), cache_dir or the like: timm would read the file they name.
+HUB_OPTIONS = (
+    "img_size",
+    "global_pool",
+    "dynamic_img_size",
+    "drop_rate",
+    "pos_drop_rate",
+    "proj_drop_rate",
+    "attn_drop_rate",
+    "drop_path_rate",
+)
 
 
 class TimmVisionBackbone(nn.Module):
@@ -187,7 +199,9 @@ def _register(name: str, timm_name: str, licence: str, description: str) -> None
     def build(pretrained: bool | Path, tiny: bool, **options: Any) -> TimmVisionBackbone:
         return build_timm_vit(name, timm_name, weights, pretrained, tiny, **options)
 
-    register_backbone(name, domain=DOMAIN, weights=weights, structure=VIT_STYLE, description=description)(build)
+    register_backbone(
+        name, domain=DOMAIN, weights=weights, structure=VIT_STYLE, description=description, hub_options=HUB_OPTIONS
+    )(build)
 
 
 _register(

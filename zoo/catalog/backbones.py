@@ -81,6 +81,10 @@ class BackboneSpec:
     structure: Structure | None
     description: str = ""
     default_targets: dict[str, Any] = field(default_factory=dict)
+    hub_options: tuple[str, ...] = ()
+    """The ``backbone.options`` a hub entry may set (sizes, pooling, lengths). Never an option that names a
+    file, a URL, a checkpoint, a cache folder or a ``pretrained_cfg``: a pulled ``config.yaml`` is
+    untrusted, and such an option would make the builder read whatever the hub points it at."""
 
 
 BACKBONES: Registry[BackboneSpec] = Registry("backbone")
@@ -93,13 +97,31 @@ def register_backbone(
     weights: PretrainedWeights | None,
     structure: Structure | None,
     description: str = "",
+    hub_options: tuple[str, ...] = (),
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """``hub_options``: the builder options an adapter pulled from a hub may set (see :attr:`BackboneSpec.hub_options`)."""
+
     def decorator(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         doc = description or (build.__doc__ or "").strip().split("\n")[0]
-        BACKBONES.add(name, BackboneSpec(name, domain, build, weights, structure, doc))
+        BACKBONES.add(name, BackboneSpec(name, domain, build, weights, structure, doc, hub_options=tuple(hub_options)))
         return build
 
     return decorator
+
+
+def check_hub_options(name: str, options: dict[str, Any], where: str) -> dict[str, Any]:
+    """``options`` for backbone ``name`` as a hub entry states them: only the backbone's ``hub_options``."""
+    from zoo.errors import HubError
+
+    allowed = BACKBONES.get(name).hub_options
+    refused = sorted(key for key in options if key not in allowed)
+    if refused:
+        raise HubError(
+            f"{where}: option{'s' if len(refused) > 1 else ''} {', '.join(refused)} "
+            f"{'are' if len(refused) > 1 else 'is'} not allowed for backbone {name} from a hub; "
+            f"allowed: {', '.join(sorted(allowed)) or 'none'}. Refused before anything of the entry is loaded"
+        )
+    return options
 
 
 def create_backbone(

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import requests
 
+from zoo.catalog.bounded_http import BoundedGet
 from zoo.errors import ChecksumWarning, DownloadError
 from zoo.files import atomic_file
 
@@ -159,9 +160,12 @@ def download_resumable(
     *,
     timeout: float = 30.0,
     attempts: int = 3,
-    session: requests.Session | None = None,
+    deadline_s: float | None = None,
 ) -> Path:
     """Fetch ``url`` to ``destination``, resuming ``destination.part`` with an HTTP Range request.
+
+    ``timeout`` bounds each read, ``deadline_s`` each request as a whole (default ``$ZOO_HTTP_DEADLINE_S``,
+    see :mod:`zoo.catalog.bounded_http`): a server that trickles cannot keep it going for ever.
 
     The partial file is kept when the connection drops (the next call, in this process or another,
     continues from where it stopped); it is removed when the file turns out larger than ``size`` or
@@ -169,7 +173,6 @@ def download_resumable(
     """
     destination.parent.mkdir(parents=True, exist_ok=True)
     part = destination.with_name(destination.name + ".part")
-    http = session or requests
     last_error: BaseException | None = None
     for _ in range(max(1, attempts)):
         offset = part.stat().st_size if part.exists() else 0
@@ -180,7 +183,8 @@ def download_resumable(
             break
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         try:
-            with http.get(url, stream=True, timeout=timeout, headers=headers) as response:
+            with BoundedGet(url, deadline_s=deadline_s, timeout=timeout, headers=headers) as request:
+                response = request.response
                 if offset and response.status_code == 200:  # the server ignored the range: start again
                     offset = 0
                 elif (
@@ -193,7 +197,7 @@ def download_resumable(
                 response.raise_for_status()
                 with open(part, "ab" if offset else "wb") as out:
                     written = offset
-                    for chunk in response.iter_content(1 << 13):  # small: a dropped connection loses at most one chunk
+                    for chunk in request.chunks(1 << 13):  # small: a dropped connection loses at most one chunk
                         written += len(chunk)
                         if written > size:
                             out.close()

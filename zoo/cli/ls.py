@@ -109,23 +109,25 @@ def _structures(pattern: str) -> None:
 
 
 def _adapters(pattern: str, hub: str | None) -> None:
+    """Every hub searched; without --hub, one that cannot be read is skipped with a warning naming it."""
     import fnmatch
+    import sys
 
     from zoo.hub import list_adapters
 
-    rows = [(h, e) for h, e in list_adapters(hub) if fnmatch.fnmatch(e["name"], pattern)]
+    def skip(hub_found, error) -> None:
+        print(f"warning: skipping hub {hub_found}: {error}", file=sys.stderr)
+
+    listed = list_adapters(hub, on_broken_hub=None if hub else skip)
+    rows = [(h, e) for h, e in listed if fnmatch.fnmatch(e["name"], pattern)]
     if not rows:
         print(f"no adapters matching {pattern!r}")
-    for hub_found, entry in rows:
-        main = entry.get("task", {}).get("main_metric")
-        measured = (
-            next(iter(entry.get("metrics", {}).values()), None)
-            if "test" not in entry.get("metrics", {})
-            else entry["metrics"]["test"]
-        )
+    for hub_found, entry in rows:  # entries as zoo.hub.schema.HubEntry declares them
+        main = entry["task"]["main_metric"]
+        measured = entry["metrics"].get("test") or next(iter(entry["metrics"].values()), None)
         metric = ""
-        if measured and main in measured.get("metrics", {}):
-            metric = f"{main} {measured['metrics'][main]:.4f} ({entry['dataset']['name']} {measured['split']}, {measured.get('examples')} examples)"
+        if measured and main in measured["metrics"]:
+            metric = f"{main} {measured['metrics'][main]:.4f} ({entry['dataset']['name']} {measured['split']}, {measured['examples']} examples)"
         label = f"{entry['name']}@{entry['version']}"
         print(f"{label:<28} {entry['method']['name']} on {entry['backbone']['name']:<14} {metric}  [{hub_found}]")
 

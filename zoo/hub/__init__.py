@@ -28,15 +28,33 @@ def load(*args, **kwargs):
     return load_predictor(*args, **kwargs)
 
 
-def list_adapters(hub=None, log=None):
-    """``[(hub, entry of the latest version), ...]`` of every hub searched (``hub``, else ZOO_HUB and the default)."""
-    from zoo.hub.index import validate_entry
+def list_adapters(hub=None, log=None, on_broken_hub=None):
+    """``[(hub, entry of the latest version), ...]`` of every hub searched (``hub``, else ZOO_HUB and the default).
+
+    ``on_broken_hub(hub, error)``: called for a hub (or a ``ZOO_HUB`` item that is not a hub URL) that
+    cannot be read or whose index is refused, which is then skipped; an error only when every hub is
+    broken. Without it, the first error is raised."""
+    from zoo.errors import DownloadError, HubError
+    from zoo.hub.index import find_entry
     from zoo.hub.locations import say_to_stderr
 
-    found = []
-    for candidate in search_path(hub):
-        index = candidate.index(log or say_to_stderr)
-        for name, record in sorted(index["adapters"].items()):
-            version = record.get("latest") or list(record["versions"])[-1]
-            found.append((candidate, validate_entry(record["versions"][version], name)))
+    found, broken, read = [], [], 0
+
+    def skip(hub_found, error) -> None:
+        broken.append(str(hub_found))
+        on_broken_hub(hub_found, error)
+
+    for candidate in search_path(hub, on_bad_url=skip if on_broken_hub else None):
+        try:
+            index = candidate.index(log or say_to_stderr)
+            entries = [find_entry(index, name, str(candidate)) for name in sorted(index["adapters"])]
+        except (DownloadError, HubError) as error:
+            if on_broken_hub is None:
+                raise
+            skip(candidate, error)
+            continue
+        read += 1
+        found += [(candidate, entry) for entry in entries]
+    if broken and not read:
+        raise HubError(f"no hub could be read: {', '.join(broken)}")
     return found

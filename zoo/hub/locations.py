@@ -4,6 +4,11 @@
 searched in order, then the default hub that ships with zoo (``zoo/hub/default``). The index of
 every remote hub read is kept in the cache, so ``ZOO_OFFLINE=1`` (or no network) still lists and
 pulls what was pulled before, and says so.
+
+Reading a hub is bounded: an ``index.json`` larger than :data:`MAX_INDEX_BYTES` is refused without
+being read whole (a server's body is streamed and cut at the limit, whatever its headers claim),
+and a request has an overall deadline (``ZOO_HTTP_DEADLINE_S``, see :mod:`zoo.catalog.bounded_http`)
+as well as one per read, so a server trickling bytes cannot keep a pull hanging.
 """
 
 from __future__ import annotations
@@ -21,6 +26,46 @@ from zoo.errors import DownloadError, HubError
 from zoo.hub.index import INDEX_FILE, parse_index
 
 DEFAULT_HUB = Path(__file__).resolve().parent / "default"
+MAX_INDEX_BYTES = 32 << 20
+"""An index of a few thousand adapters is a few MiB; anything past this is refused unread."""
+INDEX_READ_TIMEOUT_S = 30.0
+
+
+def _too_large(what: str, size: int | str) -> HubError:
+    return HubError(
+        f"{what} is {size} bytes, more than the {MAX_INDEX_BYTES} bytes an index.json may have; refused without "
+        f"reading it (is this URL a zoo hub?)"
+    )
+
+
+def read_index_file(path: Path, what: str) -> bytes:
+    """A local index file, refused unread when it is too large."""
+    size = path.stat().st_size
+    if size > MAX_INDEX_BYTES:
+        raise _too_large(what, size)
+    return path.read_bytes()
+
+
+def fetch_index(url: str, what: str, deadline_s: float | None = None) -> bytes:
+    """``url``'s body, at most :data:`MAX_INDEX_BYTES` of it, within the request deadline."""
+    import requests
+
+    from zoo.catalog.bounded_http import BoundedGet
+
+    try:
+        with BoundedGet(url, deadline_s=deadline_s, timeout=INDEX_READ_TIMEOUT_S) as request:
+            request.response.raise_for_status()
+            declared = request.response.headers.get("Content-Length", "")
+            if declared.isdigit() and int(declared) > MAX_INDEX_BYTES:
+                raise _too_large(what, declared)
+            body = bytearray()
+            for chunk in request.chunks(1 << 16):
+                body += chunk
+                if len(body) > MAX_INDEX_BYTES:
+                    raise _too_large(what, f"more than {MAX_INDEX_BYTES}")
+            return bytes(body)
+    except requests.RequestException as error:
+        raise DownloadError(f"{what}: could not read it ({type(error).__name__}: {error})") from None
 
 
 def cache_root() -> Path:
@@ -68,17 +113,10 @@ class Hub:
             path = Path(self.location) / INDEX_FILE
             if not path.is_file():
                 raise HubError(f"{self}: {path} does not exist; a hub folder has an {INDEX_FILE} (made by zoo push)")
-            return path.read_bytes()
+            return read_index_file(path, f"{self}: {path}")
         if self.kind == "http":
-            import requests
-
-            try:
-                response = requests.get(f"{self.location}/{INDEX_FILE}", timeout=30)
-                response.raise_for_status()
-            except requests.RequestException as error:
-                raise DownloadError(f"{self}: could not read {INDEX_FILE} ({type(error).__name__}: {error})") from None
-            return response.content
-        return Path(self.hf_download(INDEX_FILE)).read_bytes()
+            return fetch_index(f"{self.location}/{INDEX_FILE}", f"{self}/{INDEX_FILE}")
+        return read_index_file(Path(self.hf_download(INDEX_FILE)), f"{self}/{INDEX_FILE}")
 
     def hf_download(self, filename: str) -> str:
         try:
@@ -118,7 +156,7 @@ class Hub:
             )
         else:
             log(f"offline (ZOO_OFFLINE): using the cached index of {self}")
-        return parse_index(cached.read_bytes(), str(cached))
+        return parse_index(read_index_file(cached, str(cached)), str(cached))
 
 
 def parse_hub(url: str | os.PathLike) -> Hub:
@@ -135,11 +173,24 @@ def parse_hub(url: str | os.PathLike) -> Hub:
     return Hub(str(path), "folder", str(path))
 
 
-def search_path(hub: str | os.PathLike | None = None) -> list[Hub]:
-    """``[hub]`` when one is named; else the hubs of ``ZOO_HUB`` then the default hub."""
+def search_path(
+    hub: str | os.PathLike | None = None, on_bad_url: Callable[[str, HubError], None] | None = None
+) -> list[Hub]:
+    """``[hub]`` when one is named; else the hubs of ``ZOO_HUB`` then the default hub. ``on_bad_url(item,
+    error)``: called for a ``ZOO_HUB`` item that is not a hub URL, which is skipped; without it, the error
+    is raised."""
     if hub:
         return [parse_hub(hub)]
-    hubs = [parse_hub(item.strip()) for item in os.environ.get("ZOO_HUB", "").split(",") if item.strip()]
+    hubs = []
+    for item in os.environ.get("ZOO_HUB", "").split(","):
+        if not item.strip():
+            continue
+        try:
+            hubs.append(parse_hub(item.strip()))
+        except HubError as error:
+            if on_bad_url is None:
+                raise
+            on_bad_url(item.strip(), error)
     if DEFAULT_HUB.is_dir():
         hubs.append(parse_hub(DEFAULT_HUB))
     if not hubs:

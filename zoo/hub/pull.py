@@ -9,8 +9,11 @@ Cache layout (``$ZOO_CACHE_DIR/hub``, else ``~/.cache/zoo/hub``)::
 
 Every file is checked against the index's size and sha256 before it is kept; an interrupted
 download resumes with an HTTP Range request; the adapter's folder appears in one rename once
-every file is verified, so a reader never sees half an adapter. Offline (``ZOO_OFFLINE=1`` or no
-network) an adapter already in the cache is served from it, and the message says so.
+every file is verified, so a reader never sees half an adapter, and only once its ``config.yaml``
+passes :func:`zoo.hub.schema.read_pulled_config` (an entry asking for a backbone option the
+backbone does not allow from a hub is refused here, and nothing of it is kept). Offline
+(``ZOO_OFFLINE=1`` or no network) an adapter already in the cache is served from it, and the
+message says so.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from zoo.catalog.download import copy_verified, download_resumable, sha256_of
 from zoo.errors import DownloadError, HubError
 from zoo.hub.index import find_entry, validate_entry
 from zoo.hub.locations import Hub, offline_requested, say_to_stderr, search_path
+from zoo.hub.schema import read_pulled_config
 
 ENTRY_FILE = "entry.json"
 """Written next to the pulled files: the index entry they were verified against."""
@@ -47,6 +51,11 @@ class PulledAdapter:
     @property
     def adapter_dir(self) -> Path:
         return self.adapter_path or self.dir / "adapter"
+
+    @property
+    def reference_predictions(self) -> list[dict[str, Any]]:
+        """``[{"input", "output"}]`` recorded when the adapter was pushed (empty when the entry has none)."""
+        return list(self.entry.get("reference_predictions") or [])
 
 
 def adapter_cache_dir(hub: Hub, entry: dict[str, Any]) -> Path:
@@ -89,6 +98,12 @@ def _fetch(hub: Hub, entry: dict[str, Any], target: Path, log: Callable[[str], N
             continue  # verified by an earlier, interrupted pull
         destination.parent.mkdir(parents=True, exist_ok=True)
         _fetch_file(hub, entry, item, destination)
+    if "config.yaml" in {item["path"] for item in entry["files"]}:
+        try:
+            read_pulled_config(staging, entry, f"{entry['name']}@{entry['version']}")
+        except HubError:
+            shutil.rmtree(staging)  # verified files of a refused entry: nothing of it is kept
+            raise
     (staging / ENTRY_FILE).write_text(json.dumps(entry, indent=2) + "\n")
     os.replace(staging, target)
 
@@ -97,7 +112,7 @@ def pull_entry(hub: Hub, entry: dict[str, Any], log: Callable[[str], None] = say
     """Fetch one checked entry of ``hub`` into the cache (or find it there) and return it."""
     from filelock import FileLock
 
-    validate_entry(entry)
+    entry = validate_entry(entry, source=str(hub))
     target = adapter_cache_dir(hub, entry)
     label = f"{entry['name']}@{entry['version']}"
     lock_path = hub.cache_dir / "locks" / f"{entry['name'].replace('/', '__')}@{entry['version']}.lock"
@@ -136,7 +151,12 @@ def cached_entry(hub: Hub, reference: str) -> dict[str, Any] | None:
     )
     for folder in reversed(folders):
         if (folder / ENTRY_FILE).is_file():
-            return validate_entry(json.loads((folder / ENTRY_FILE).read_text()), name)
+            try:
+                entry = validate_entry(json.loads((folder / ENTRY_FILE).read_text()), name, str(folder / ENTRY_FILE))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                continue  # a damaged cache entry: as if it were not there
+            if entry["version"] == folder.name:
+                return entry
     return None
 
 
@@ -160,7 +180,8 @@ def pull(
             if entry is None:
                 errors.append(str(error))
                 continue
-            log(f"offline ({str(error)[:160]}): serving {entry['name']}@{entry['version']} from the cache")
+            why = "offline" if isinstance(error, DownloadError) else f"the index of {candidate} is refused"
+            log(f"{why} ({str(error)[:160]}): serving {entry['name']}@{entry['version']} from the cache")
             return pull_entry(candidate, entry, log)
         try:
             entry = find_entry(index, reference, str(candidate))
