@@ -101,8 +101,10 @@ def _tasks(pattern: str) -> None:
 def _structures(pattern: str) -> None:
     import fnmatch
 
+    from zoo.catalog.domains import load_domains
     from zoo.peft import list_structures
 
+    load_domains()  # the domains register their own structures (hf-t5, open-clip-vit, ...) when imported
     for name in list_structures():
         if fnmatch.fnmatch(name, pattern):
             print(name)

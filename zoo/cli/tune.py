@@ -7,6 +7,7 @@ median pruner at each evaluation, every trial a normal run; the same command aga
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -16,13 +17,17 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "tune",
         help="search a recipe's hyperparameters (Optuna TPE, median pruning)",
-        description="Search hyperparameters of a recipe; every trial is a normal run.",
+        description="Search hyperparameters of a recipe; every trial is a normal run. "
+        "The same command again resumes the study: failed trials are retried, and --trials "
+        "larger than before adds trials.",
         epilog=GRAMMAR,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("recipe", help="a recipe name (zoo ls recipes) or YAML file")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="fixed overrides, e.g. scale=tiny")
-    parser.add_argument("--trials", type=int, required=True, help="finished trials the study should have")
+    parser.add_argument(
+        "--trials", type=int, required=True, help="finished (completed or pruned) trials the study should have"
+    )
     parser.add_argument(
         "--search",
         action="append",
@@ -30,31 +35,36 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         metavar="KEY=SPEC",
         help="a searched key (repeatable); default: the recipe's search: section",
     )
-    parser.add_argument("--study", type=Path, default=None, help="study folder (default tune/<recipe>)")
+    parser.add_argument(
+        "--study",
+        type=Path,
+        default=None,
+        help="study folder (default tune/<recipe> for the recipe's search: section as written, "
+        "tune/<recipe>-<digest> for other searches or overrides)",
+    )
     parser.add_argument("--jobs", type=int, default=1, help="trials run at once in this process")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler (each trial's is derived from it)")
     parser.set_defaults(run=run, accepts_overrides=True)
 
 
 def run(args: argparse.Namespace) -> int:
     from zoo.experiment.config import parse_overrides
     from zoo.experiment.recipes import find_recipe, read_recipe
-    from zoo.experiment.runner import recipe_label
-    from zoo.tune import parse_search, tune
+    from zoo.tune import TrialsFailing, parse_search, tune
+    from zoo.tune.study import default_study_dir
 
-    specs = args.search or read_recipe(find_recipe(args.recipe)).get("search") or {}
-    parameters = parse_search(specs)
-    study = args.study or Path("tune") / recipe_label(args.recipe)
-    result = tune(
-        args.recipe,
-        parse_overrides(list(args.overrides)),
-        parameters,
-        args.trials,
-        study,
-        jobs=args.jobs,
-        seed=args.seed,
-    )
+    recipe_parameters = parse_search(read_recipe(find_recipe(args.recipe)).get("search") or {})
+    parameters = parse_search(args.search) if args.search else recipe_parameters
+    overrides = parse_overrides(list(args.overrides))
+    study = args.study or default_study_dir(args.recipe, overrides, parameters, recipe_parameters)
+    try:
+        result = tune(args.recipe, overrides, parameters, args.trials, study, jobs=args.jobs, seed=args.seed)
+    except TrialsFailing as error:
+        print(f"zoo tune: error: {error}", file=sys.stderr)
+        return 1
     print(f"{result.finished} finished, {result.pruned} pruned, {result.failed} failed trials in {result.study_dir}")
     for plot in result.plots:
         print(f"  plot {plot}")
+    if result.best_recipe is None:
+        print(f"no trial completed, so there is no {study / 'best.yaml'} yet")
     return 0 if result.finished else 1

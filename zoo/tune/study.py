@@ -1,9 +1,12 @@
 """``zoo tune``: hyperparameter search over a recipe with Optuna; every trial is a normal run.
 
-TPE proposes each trial's values; a median pruner stops a trial at an evaluation where its
-validation metric falls below the median of earlier trials at the same step. The study lives in
-an Optuna journal file in the study folder (safe for many processes, on a shared file system
-too), so running the same command again resumes it up to ``trials`` finished trials. Each trial
+TPE proposes each trial's values, from a random stream seeded by the trial's number (so an
+extended study never proposes earlier trials' values again); a median pruner stops a trial at an
+evaluation where its validation metric falls below the median of earlier trials at the same
+step. The study lives in an Optuna journal file in the study folder (safe for many processes, on
+a shared file system too), so running the same command again resumes it up to ``trials``
+finished (completed or pruned) trials; failed trials and those of killed processes are retried
+once (:mod:`zoo.tune.trials`), and a failure that no values would change stops the study. Each trial
 is a run directory under ``trials/``, made by :func:`zoo.experiment.run` and added to the results
 store of the study folder (``zoo results show --out STUDY``); the best one's
 configuration is written as ``best.yaml``, a recipe that ``zoo train`` accepts, and PNG plots
@@ -13,8 +16,10 @@ searched parameter.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -23,9 +28,12 @@ from zoo.errors import ConfigError
 from zoo.experiment.config import RunConfig, load_config
 from zoo.experiment.yaml_files import dump_yaml
 from zoo.files import atomic_write_text
+from zoo.tune import trials as trials_
+from zoo.tune.sampler import TrialSeededSampler
 from zoo.tune.space import SearchParameter
 
 JOURNAL_FILE = "journal.log"
+LOCK_FILE = "journal.lock"
 BEST_RECIPE = "best.yaml"
 TRIALS_DIR = "trials"
 
@@ -88,6 +96,62 @@ def check_parameters(recipe: str, overrides: dict[str, Any], parameters: list[Se
             raise ConfigError(f"search {parameter.describe()}: {error}") from None
 
 
+def default_study_dir(
+    recipe: str, overrides: dict[str, Any], parameters: list[SearchParameter], recipe_parameters: list[SearchParameter]
+) -> Path:
+    """``tune/<recipe>`` for the recipe's own search: section as written; any other search space or
+    override gets its own folder, ``tune/<recipe>-<digest of both>``, so that it never lands in
+    (and is refused by) the folder of another study."""
+    from zoo.experiment.runner import recipe_label
+
+    base = Path("tune") / recipe_label(recipe)
+    searched = [p.describe() for p in parameters]
+    if not overrides and searched == [p.describe() for p in recipe_parameters]:
+        return base
+    identity = json.dumps({"overrides": overrides, "search": searched}, sort_keys=True, default=str)
+    return base.with_name(f"{base.name}-{hashlib.sha256(identity.encode()).hexdigest()[:8]}")
+
+
+def _open_study(study_dir: Path, greater: bool, seed: int):
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = JournalStorage(JournalFileBackend(str(study_dir / JOURNAL_FILE)))
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "A new study created": zoo says what it opened
+    try:
+        return optuna.create_study(
+            study_name="zoo-tune",
+            storage=storage,
+            load_if_exists=True,
+            direction="maximize" if greater else "minimize",
+            sampler=TrialSeededSampler(seed),
+            pruner=optuna.pruners.MedianPruner(n_warmup_steps=0),
+        )
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+
+
+def _trial_dir(study_dir: Path, trial) -> tuple[Path, bool]:
+    """The run directory of a trial and whether to resume it: a retried trial carries on in its
+    earlier run directory; a folder there that holds no run (a process killed while it made it)
+    is removed."""
+    from zoo.experiment.run_dir import is_run_dir, status
+    from zoo.results.cells import RESULT_FILE
+
+    earlier = trial.user_attrs.get(trials_.RUN_DIR)
+    if earlier and trials_.RETRY_OF in trial.user_attrs:
+        out = Path(earlier)
+        if is_run_dir(out) and status(out) != "complete":
+            (out / RESULT_FILE).unlink(missing_ok=True)  # the failed attempt's results row; remade at the end
+            return out, True
+        if out.is_dir() and not is_run_dir(out):
+            shutil.rmtree(out)
+            return out, False
+    return study_dir / TRIALS_DIR / f"trial-{trial.number:03d}", False
+
+
 def tune(
     recipe: str,
     overrides: dict[str, Any],
@@ -99,9 +163,13 @@ def tune(
     seed: int = 0,
     log: Callable[[str], None] | None = print,
 ) -> TuneResult:
+    """Run trials until the study in ``study_dir`` has ``trials`` finished ones (completed or
+    pruned). Failed trials do not count: each is retried once with its values. Raises
+    :class:`TrialsFailing` when trials fail for a reason no other values would change."""
     import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
+    from filelock import FileLock
+    from optuna.study import MaxTrialsCallback
+    from optuna.trial import TrialState
 
     from zoo.experiment import run as run_experiment
     from zoo.experiment.run_dir import mark
@@ -110,35 +178,35 @@ def tune(
     say = log or (lambda _message: None)
     if not parameters:
         raise ConfigError("nothing to search: give --search KEY=SPEC or a search: section in the recipe")
-    if trials < 1 or jobs < 1:
-        raise ConfigError(f"--trials={trials} and --jobs={jobs} must be whole numbers >= 1")
+    if trials < 1 or jobs < 1 or seed < 0:
+        raise ConfigError(f"--trials={trials} and --jobs={jobs} must be whole numbers >= 1, --seed={seed} >= 0")
     check_parameters(recipe, overrides, parameters)
     base_config = load_config(recipe, overrides)
     metric, greater = _metric_direction(base_config)
     study_dir = Path(study_dir)
     study_dir.mkdir(parents=True, exist_ok=True)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = JournalStorage(JournalFileBackend(str(study_dir / JOURNAL_FILE)))
-    study = optuna.create_study(
-        study_name="zoo-tune",
-        storage=storage,
-        load_if_exists=True,
-        direction="maximize" if greater else "minimize",
-        sampler=optuna.samplers.TPESampler(seed=seed),
-        pruner=optuna.pruners.MedianPruner(n_warmup_steps=0),
-    )
-    _check_same_study(study, recipe, overrides, parameters, metric)
-    done = [t for t in study.trials if t.state.is_finished()]
-    remaining = trials - len(done)
-    say(
-        f"study {study_dir}: {metric} ({'max' if greater else 'min'}), {len(done)} of {trials} trials done; "
-        + ", ".join(p.describe() for p in parameters)
-    )
+    finished_states = (TrialState.COMPLETE, TrialState.PRUNED)
+    with FileLock(study_dir / LOCK_FILE):  # two processes starting at once must not both retry a trial
+        study = _open_study(study_dir, greater, seed)
+        _check_same_study(study, study_dir, recipe, overrides, parameters, metric)
+        done = len(study.get_trials(deepcopy=False, states=finished_states))
+        say(
+            f"study {study_dir}: {metric} ({'max' if greater else 'min'}), {done} of {trials} trials done; "
+            + ", ".join(p.describe() for p in parameters)
+        )
+        trials_.fail_abandoned(study, say)
+        if done < trials:
+            trials_.queue_retries(study, {p.key for p in parameters}, say)
+    failures: list[str] = []
+    stop: list[BaseException] = []
 
     def objective(trial: optuna.Trial) -> float:
+        for key, value in trials_.owner().items():
+            trial.set_user_attr(key, value)
         values = {parameter.key: parameter.suggest(trial) for parameter in parameters}
-        out = study_dir / TRIALS_DIR / f"trial-{trial.number:03d}"
-        trial.set_user_attr("run_dir", str(out))
+        out, resume = _trial_dir(study_dir, trial)
+        trial.set_user_attr(trials_.RUN_DIR, str(out))
+        shown = " ".join(f"{key}={_short(value)}" for key, value in values.items())
 
         def report(trainer, step: int) -> None:
             history = trainer.progress.history
@@ -147,37 +215,67 @@ def tune(
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"{metric} {history[-1][metric]:.4g} at step {step} is below the median")
 
-        shown = " ".join(f"{key}={value}" for key, value in values.items())
         try:
             run = run_experiment(
                 recipe,
                 _merge(overrides, _overrides_of(parameters, values)),
                 out=out,
+                resume=resume,
                 log=None,
                 command=f"zoo tune trial {trial.number}: {shown}",
                 name=f"tune/{trial.number}",
                 callbacks=(report,),
             )
+            value = run.metrics("val").get(metric)
+            if value is None:
+                raise ConfigError(f"trial {trial.number} reported no validation {metric}; the recipe needs a val split")
         except optuna.TrialPruned:
             mark(out, "pruned")
             say(f"  trial {trial.number}: {shown} -> pruned")
             raise
+        except Exception as error:
+            say(f"  trial {trial.number}: {shown} -> failed: {trials_.first_line(error)}")
+            failures.append(trials_.first_line(error))
+            same = len(failures) >= trials_.SAME_FAILURES_TO_STOP and len(set(failures)) == 1
+            if isinstance(error, trials_.ENVIRONMENT_ERRORS) or same:
+                stop.append(error)
+                study.stop()
+            raise
         finally:
             if out.exists():  # every trial, pruned and failed ones too, is a row of the study's results store
                 add_runs(study_dir, [out])
-        value = run.metrics("val").get(metric)
-        if value is None:
-            raise ConfigError(f"trial {trial.number} reported no validation {metric}; the recipe needs a val split")
         say(f"  trial {trial.number}: {shown} -> {metric} {value:.4f}")
         return float(value)
 
-    if remaining > 0:
-        study.optimize(objective, n_trials=remaining, n_jobs=jobs, catch=(ConfigError, RuntimeError, ValueError))
+    if done < trials:
+        verbosity = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial's outcome is the one line above
+        try:
+            study.optimize(
+                objective,
+                n_trials=trials - done,
+                n_jobs=jobs,
+                catch=(Exception,),
+                callbacks=[MaxTrialsCallback(trials, states=finished_states)],  # other processes add trials too
+            )
+        finally:
+            optuna.logging.set_verbosity(verbosity)
+    if stop:
+        error = stop[0]
+        why = (
+            "it does not depend on the searched values"
+            if isinstance(error, trials_.ENVIRONMENT_ERRORS)
+            else f"the first {len(failures)} trials all failed this way"
+        )
+        raise trials_.TrialsFailing(
+            f"stopped, as every trial would fail the same way ({why}):\n{error}\n"
+            "Fix that and run the same command again: failed trials are retried."
+        ) from error
     return _finish(study, study_dir, base_config, parameters, metric, say)
 
 
 def _check_same_study(
-    study, recipe: str, overrides: dict[str, Any], parameters: list[SearchParameter], metric: str
+    study, study_dir: Path, recipe: str, overrides: dict[str, Any], parameters: list[SearchParameter], metric: str
 ) -> None:
     """A study folder belongs to one recipe and search space; resuming another would mix trials."""
     identity = {
@@ -191,9 +289,13 @@ def _check_same_study(
         study.set_user_attr("identity", json.loads(json.dumps(identity, default=str)))
     elif stored != json.loads(json.dumps(identity, default=str)):
         raise ConfigError(
-            f"the study folder holds a study of {stored['recipe']} searching {', '.join(stored['search'])} "
-            f"with overrides {stored['overrides']}; use another --study folder for a different search"
+            f"{study_dir} holds a study of {stored['recipe']} searching {', '.join(stored['search'])} "
+            f"with overrides {stored['overrides'] or 'none'}; give this search its own folder with --study DIR"
         )
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _finish(study, study_dir: Path, base_config: RunConfig, parameters, metric: str, say) -> TuneResult:
@@ -220,7 +322,7 @@ def _finish(study, study_dir: Path, base_config: RunConfig, parameters, metric: 
             f"trial {best.number}: {best_run}).\n# Train it with: zoo train {best_recipe}\n"
         )
         atomic_write_text(best_recipe, header + dump_yaml(data))
-        say(f"best: trial {best.number}, {metric} {best_value:.4f}, {best_params}; recipe {best_recipe}")
+        say(f"best: trial {best.number}, {metric} {best_value:.4f}, {shown}; train it with: zoo train {best_recipe}")
     plots = _plots(study, study_dir, parameters) if len(complete) >= 2 else []
     return TuneResult(
         study_dir,
