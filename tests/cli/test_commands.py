@@ -4,6 +4,8 @@ each a clear one-line error (exit code 2) that says what to do, with no run dire
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -48,6 +50,29 @@ def assert_nothing_written(tmp_path: Path) -> None:
 def test_ls_lists_each_kind(zoo, what, expected):
     code, out, _ = zoo("ls", what)
     assert code == 0 and expected in out
+
+
+def test_ls_structures_in_a_fresh_process_lists_the_domains_structures_too(tmp_path):
+    # In-process, another test may already have imported the domains; a new `zoo` process has not.
+    listed = subprocess.run(
+        [sys.executable, "-m", "zoo.cli.main", "ls", "structures"], capture_output=True, text=True, timeout=300
+    )
+    assert listed.returncode == 0, listed.stderr
+    names = set(listed.stdout.split())
+    # the two of the core, and those the text, protein, speech and video_text domains register
+    assert {"hf-bert", "timm-vit", "hf-t5", "fair-esm2", "torchaudio-wav2vec2", "open-clip-vit"} <= names
+
+
+def test_info_on_a_missing_folder_says_it_does_not_exist(zoo, tmp_path):
+    code, out, err = zoo("info", "runs/x")
+    assert code == 2 and out == ""
+    assert "runs/x does not exist" in err and "config.yaml" not in err
+    (tmp_path / "notes.txt").write_text("not a run")
+    code, _, err = zoo("info", "notes.txt")
+    assert code == 2 and "notes.txt is a file, not a run directory" in err
+    (tmp_path / "empty").mkdir()  # a folder that exists but is no run: the message names what it lacks
+    code, _, err = zoo("info", "empty")
+    assert code == 2 and "has no config.yaml" in err
 
 
 def test_ls_recipes_lists_the_folder_with_a_filter(zoo):

@@ -16,6 +16,10 @@ def run(args: argparse.Namespace) -> int:
     from zoo.experiment import run_dir as runs
 
     run_dir = args.run_dir
+    if not run_dir.exists():
+        raise FileNotFoundError(f"{run_dir} does not exist; give the folder of a run (runs/<recipe>, or its --out)")
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir} is a file, not a run directory; give the folder of a run")
     config = runs.read_config(run_dir)
     record = runs.read_json(run_dir / runs.RUN_FILE)
     state = record.get("status", "unknown")
