@@ -5,14 +5,19 @@ fixtures, hub files) goes through :func:`atomic_file` or :func:`atomic_directory
 written beside the target under a temporary name, flushed to disk, and renamed into place with
 ``os.replace``, which is atomic on POSIX and Windows. A crash or a Ctrl-C leaves the old target (or
 none) and no temporary file.
+
+The temporary names are made here rather than by :mod:`tempfile`, whose files are 0600 and folders 0700
+whatever the umask: renamed into place they would keep those modes, and no one else could read a run
+directory in a shared results folder. Made here, they get the modes the umask gives any new file (0644
+and 0755 under umask 022, 0600 and 0700 under 077).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 from typing import IO, Iterator
 
@@ -31,6 +36,34 @@ def fsync_directory(directory: Path) -> None:
         os.close(descriptor)
 
 
+ATTEMPTS = 100
+"""Random names tried before giving up (each one taken means another writer is at the same spot)."""
+
+
+def make_temporary_file(directory: str | os.PathLike, prefix: str, suffix: str = "") -> tuple[int, str]:
+    """``tempfile.mkstemp``, but the new file has the umask's mode: an open descriptor and the path."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    for _ in range(ATTEMPTS):
+        path = os.path.join(directory, f"{prefix}{secrets.token_hex(6)}{suffix}")
+        try:
+            return os.open(path, flags, 0o666), path  # the kernel applies the umask to 0o666
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name {prefix}*{suffix} in {directory} after {ATTEMPTS} tries")
+
+
+def make_temporary_directory(directory: str | os.PathLike, prefix: str) -> Path:
+    """``tempfile.mkdtemp``, but the new folder has the umask's mode."""
+    for _ in range(ATTEMPTS):
+        path = Path(directory) / f"{prefix}{secrets.token_hex(6)}"
+        try:
+            os.mkdir(path, 0o777)  # the kernel applies the umask to 0o777
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary folder name {prefix}* in {directory} after {ATTEMPTS} tries")
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike, mode: str = "wb", keep_previous: Path | None = None) -> Iterator[IO]:
     """A handle to write ``path`` through; the file appears, complete, when the block ends without error.
@@ -40,7 +73,7 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb", keep_previous: Path |
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    descriptor, temporary = make_temporary_file(path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(descriptor, mode) as handle:
             yield handle
@@ -74,7 +107,7 @@ def atomic_directory(path: str | os.PathLike, replace: bool = True) -> Iterator[
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    staging = make_temporary_directory(path.parent, prefix=f".{path.name}.")
     backup = path.with_name(f".{path.name}.previous-{os.getpid()}")
     try:
         yield staging

@@ -12,16 +12,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from zoo.errors import AdapterFileError
+from zoo.files import make_temporary_directory
 from zoo.peft.config import ConfigError
 from zoo.peft.engine import (
     DEFAULT_ADAPTER,
@@ -99,10 +99,11 @@ def save_adapter(model: nn.Module, adapter_dir: str | os.PathLike, adapter_name:
     config = adapter_config(model, adapter_name)
     target = Path(adapter_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    staging = make_temporary_directory(target.parent, prefix=f".{target.name}.")  # the umask's mode, not 0700
     try:
         metadata = {"format": "pt", "zoo": json.dumps(zoo_section(model, adapter_name), default=str)}
-        save_file(tensors, staging / WEIGHTS_NAME, metadata=metadata)
+        # safetensors' save_file makes its file 0600 whatever the umask; written here it gets the umask's mode
+        (staging / WEIGHTS_NAME).write_bytes(save(tensors, metadata=metadata))
         (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
         if target.exists():
             backup = target.parent / f".{target.name}.old-{os.getpid()}"

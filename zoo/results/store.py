@@ -79,14 +79,23 @@ class ResultsStore:
         # written before the lock is released: an empty one was truncated, and its rows are gone.
         if self.path.exists() and self.path.stat().st_size == 0:
             raise self._corrupt(ValueError("the file is empty"))
+        created = not self.path.exists()
+        if created:
+            # SQLite would make it 0644 at most (its -wal and -shm files follow): made here it has the umask's
+            # mode, so a group that shares the folder under umask 002 can write the store too.
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         try:
             connection = sqlite3.connect(self.path, timeout=TIMEOUT_SECONDS, isolation_level=None)
             connection.execute(f"PRAGMA busy_timeout = {int(TIMEOUT_SECONDS * 1000)}")
             connection.execute("PRAGMA journal_mode = WAL")
             connection.executescript(SCHEMA)
             connection.execute("SELECT count(*) FROM runs").fetchone()
-        except sqlite3.DatabaseError as error:
-            raise self._corrupt(error) from None
+        except BaseException as error:
+            if created and self.path.exists() and self.path.stat().st_size == 0:
+                self.path.unlink()  # not left behind to pass for a truncated store
+            if isinstance(error, sqlite3.DatabaseError):
+                raise self._corrupt(error) from None
+            raise
         return connection
 
     def close(self) -> None:
