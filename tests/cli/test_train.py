@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -14,7 +17,7 @@ from tests.cli.test_recipes import END_TO_END
 from zoo.experiment.config import load_config, validate
 from zoo.experiment.yaml_files import read_yaml
 from zoo.train import Trainer
-from zoo.train.checkpoint import BEST_NAME, CHECKPOINT_DIR, LAST_NAME, PREVIOUS_NAME
+from zoo.train.checkpoint import BEST_NAME, CHECKPOINT_DIR, LAST_NAME, PREVIOUS_NAME, load
 from zoo.train.reporting import METRICS_NAME, TENSORBOARD_DIR
 
 
@@ -159,3 +162,84 @@ def test_resume_past_a_corrupt_last_checkpoint_says_which_one_it_used(zoo, tmp_p
     assert f"cut/{CHECKPOINT_DIR}/{LAST_NAME} cannot be read" in caplog.text  # a warning: stderr outside pytest
     whole, resumed = adapter_tensors(tmp_path / "whole"), adapter_tensors(tmp_path / "cut")
     assert all(torch.equal(whole[key], resumed[key]) for key in whole)
+
+
+def test_a_diverging_run_fails_with_the_step_and_the_fix(zoo, tmp_path):
+    code, _, err = zoo("train", "text/sst2-lora", "scale=tiny", "train.lr=1e30", "--out", "hot")
+    assert code == 2
+    assert "error: training diverged at step " in err and "(loss nan): lower train.lr" in err
+    assert "Input contains NaN" not in err  # not a metric's complaint about the NaN scores it was fed
+    record = json.loads((tmp_path / "hot" / "run.json").read_text())
+    assert record["status"] == "failed"
+    assert record["error"].startswith("TrainingDiverged: training diverged at step ")
+    assert not (tmp_path / "hot" / "adapter").exists()
+
+
+def test_training_prints_progress_lines_when_stderr_is_not_a_terminal(zoo, tmp_path):
+    code, out, err = zoo("train", "vision/medical-linear", "scale=tiny", "train.max_steps=3", "train.log_every=2")
+    assert code == 0, err
+    progress = [line for line in err.splitlines() if "examples/s" in line]
+    # every log_every steps, and the last one
+    assert [line.split(" (")[0] for line in progress] == ["step 2/3", "step 3/3"], err
+    assert all(" loss " in line for line in progress)
+    assert "examples/s" not in out  # progress is on stderr: stdout stays what the run says it made
+
+
+def test_the_python_api_with_log_none_prints_nothing(capsys, tmp_path):
+    import zoo
+
+    run = zoo.run(
+        "vision/medical-linear", ["scale=tiny", "train.max_steps=2", "train.log_every=1"], out="quiet", log=None
+    )
+    assert run.status == "complete"
+    captured = capsys.readouterr()
+    assert captured.out == "" and "step " not in captured.err
+
+
+def test_sigterm_handler_is_installed_during_a_run_and_restored_after(zoo, tmp_path):
+    import zoo as zoo_api
+
+    def previous(signal_number, frame):  # what an application embedding zoo may have installed
+        pass
+
+    during = []
+    original = signal.signal(signal.SIGTERM, previous)
+    try:
+        zoo_api.run(
+            "vision/medical-linear",
+            ["scale=tiny", "train.max_steps=1"],
+            out="handled",
+            log=None,
+            callbacks=(lambda trainer, step: during.append(signal.getsignal(signal.SIGTERM)),),
+        )
+        assert during and during[0] is not previous and during[0] not in (signal.SIG_DFL, signal.SIG_IGN)
+        assert signal.getsignal(signal.SIGTERM) is previous
+    finally:
+        signal.signal(signal.SIGTERM, original)
+
+
+def test_sigterm_marks_the_run_interrupted_with_what_resume_needs(tmp_path):
+    run_dir = tmp_path / "term"
+    command = [sys.executable, "-m", "zoo.cli.main", "train", "vision/medical-lora", "scale=tiny"]
+    command += ["train.max_steps=100000", "train.checkpoint_every=1", "--out", str(run_dir)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300  # imports and the first steps, on a busy machine
+        while not (run_dir / CHECKPOINT_DIR / LAST_NAME).exists():
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "no checkpoint written in time"
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 128 + signal.SIGTERM, err
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "interrupted"
+    assert "stopped by SIGTERM; continue with: zoo train vision/medical-lora" in out and "--resume" in out
+    # what --resume needs: the resolved config and a readable checkpoint; nothing of a finished run
+    assert (run_dir / "config.yaml").is_file()
+    assert 0 < load(run_dir / CHECKPOINT_DIR / LAST_NAME)["progress"]["step"] < 100000
+    assert not (run_dir / "adapter").exists() and not (run_dir / "README.md").exists()

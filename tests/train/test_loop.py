@@ -199,24 +199,37 @@ def test_metrics_file_is_json_lines(tmp_path):
     assert [json.loads(line)["split"] for line in lines] == ["train", "train", "val"]
 
 
-def test_progress_bar_on_a_terminal_only(tmp_path, monkeypatch):
+def test_progress_bar_on_a_terminal_plain_lines_elsewhere_nothing_when_switched_off(tmp_path, monkeypatch):
     class Terminal(io.StringIO):
         def isatty(self):
             return True
 
-    settings = TrainSettings(max_steps=4, batch_size=16, log_every=2, device="cpu")
-    for terminal in (True, False):
-        stream = Terminal() if terminal else io.StringIO()
+    settings = TrainSettings(max_steps=4, batch_size=16, log_every=2, eval_every=2, device="cpu")
+    shown = {}
+    for where, stream, show in (
+        ("terminal", Terminal(), True),
+        ("log", io.StringIO(), True),
+        ("off", Terminal(), False),
+    ):
         monkeypatch.setattr(sys, "stderr", stream)
-        Trainer(TinyClassifier(), PointsTask(), PointsDataset(64), PointsDataset(8), settings, tmp_path).fit()
+        trainer = Trainer(
+            TinyClassifier(), PointsTask(), PointsDataset(64), PointsDataset(8), settings, tmp_path, show_progress=show
+        )
+        trainer.fit()
         monkeypatch.undo()
-        text = stream.getvalue()
-        if terminal:  # total, rate/ETA and the live loss and validation metric
-            assert (
-                "4/4" in text and "loss=" in text and "val_accuracy=" in text and ("step/s" in text or "s/step" in text)
-            )
-        else:
-            assert "loss=" not in text
+        shown[where] = stream.getvalue()
+    # on a terminal: total, rate and ETA, the live loss, throughput and validation metric
+    bar = shown["terminal"]
+    assert "4/4" in bar and "loss=" in bar and "ex/s=" in bar and "val_accuracy=" in bar
+    assert "step/s" in bar or "s/step" in bar
+    # elsewhere: one plain line per logged step (log_every=2) and per validation, no bar
+    lines = shown["log"].splitlines()
+    logged = [line for line in lines if "examples/s" in line]
+    assert [line.split(" (")[0] for line in logged] == ["step 2/4", "step 4/4"]
+    assert all(" loss " in line and "left" in line for line in logged)
+    assert [line.split(":")[0] for line in lines if "validation accuracy" in line] == ["step 2/4", "step 4/4"]
+    assert "\r" not in shown["log"] and "loss=" not in shown["log"]
+    assert shown["off"] == ""
 
 
 def test_worker_processes_do_not_change_the_data_order(tmp_path):
