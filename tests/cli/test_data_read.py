@@ -53,8 +53,9 @@ def test_card_states_the_files_read_and_the_backbone_that_ran(zoo, tmp_path):
     assert code == 0, err
     card = (tmp_path / "run" / "README.md").read_text()
     # what was read: each split's file, its rows and checksum; not the canonical copy's description
-    assert f"| train | `{folder / 'train.tsv'}` | 10 | `{sha256_prefix(folder / 'train.tsv')}` |" in card
-    assert f"| val | `{folder / 'dev.tsv'}` | 7 | `{sha256_prefix(folder / 'dev.tsv')}` |" in card
+    # (the file relative to the data root: its name and checksum say it on any machine)
+    assert f"| train | `sst2/train.tsv` | 10 | `{sha256_prefix(folder / 'train.tsv')}` |" in card
+    assert f"| val | `sst2/dev.tsv` | 7 | `{sha256_prefix(folder / 'dev.tsv')}` |" in card
     assert "differs from the canonical file" in card
     assert "val is GLUE's dev set" not in card
     # what ran: the overridden backbone, not the recipe's description of RoBERTa-base

@@ -29,8 +29,10 @@ def test_a_good_pull_gives_the_run_files_byte_for_byte(tiny_run, pushed_hub, ser
     server = serve(pushed_hub)
     pulled = pull(NAME, server.url, log=None)
     assert pulled.dir.is_relative_to(isolated_cache)
-    for relative in ("adapter/adapter_config.json", WEIGHTS, "config.yaml", "README.md"):
+    for relative in ("adapter/adapter_config.json", WEIGHTS):  # the adapter as trained ...
         assert sha(pulled.dir / relative) == sha(tiny_run.dir / relative)
+    for relative in ("config.yaml", "README.md"):  # ... its card and configuration as published
+        assert sha(pulled.dir / relative) == sha(pushed_hub / NAME / "1" / relative)
     assert json.loads((pulled.dir / "entry.json").read_text())["version"] == "1"
     assert not list(pulled.dir.parent.glob("*.partial"))
     # a second pull is served from the cache, without fetching the files again

@@ -333,7 +333,7 @@ def data_status(config: RunConfig, resolved: Resolved) -> str:
 def load_built_run(run_dir: str | os.PathLike, roles: tuple[str, ...] = ()) -> BuiltRun:
     """A finished run rebuilt from its directory: the backbone as ``config.yaml`` says, the adapter
     from ``adapter/``, and the datasets of ``roles`` (e.g. ``("test",)``)."""
-    from zoo.experiment.run_dir import ADAPTER_DIR, RUN_FILE, read_config, read_json
+    from zoo.experiment.run_dir import ADAPTER_DIR, RUN_FILE, read_config, read_json, recorded_num_outputs
 
     run_dir = Path(run_dir)
     config = read_config(run_dir)
@@ -346,7 +346,7 @@ def load_built_run(run_dir: str | os.PathLike, roles: tuple[str, ...] = ()) -> B
         )
     resolved = resolve(config)
     datasets, directory, sources = load_datasets(config, resolved, roles)
-    outputs = read_json(run_dir / RUN_FILE).get("num_outputs") or num_outputs(config, resolved, datasets.get("train"))
+    outputs = recorded_num_outputs(run_dir) or num_outputs(config, resolved, datasets.get("train"))
     model, task = build_model(config, resolved, outputs, apply_method=False)
     zp.load_adapter(model, adapter, structure=resolved.backbone.structure)
     return BuiltRun(config, resolved, model.eval(), task, datasets, directory, sources)

@@ -60,6 +60,42 @@ def is_run_dir(path: Path) -> bool:
     return (path / CONFIG_FILE).is_file() and (path / RUN_FILE).is_file()
 
 
+PUBLISHED_ENTRY_FILE = "entry.json"
+"""Beside a pulled adapter's files: the hub's index entry they were verified against (see zoo.hub.pull)."""
+
+
+def is_published_adapter(path: Path) -> bool:
+    """A folder of a hub entry (in a hub, or pulled into the cache): ``config.yaml`` and ``adapter/``, no run.json."""
+    return (
+        (path / CONFIG_FILE).is_file()
+        and (path / ADAPTER_DIR / "adapter_config.json").is_file()
+        and not (path / RUN_FILE).exists()
+    )
+
+
+def published_record(path: Path) -> dict[str, Any]:
+    """What a run.json would say of a published adapter, from its index entry when it has one."""
+    entry = read_json(path / PUBLISHED_ENTRY_FILE)
+    task = entry.get("task") or {}
+    return {
+        "status": "complete",
+        "published": f"{entry['name']}@{entry['version']}" if entry.get("name") else None,
+        "recipe": entry.get("recipe"),
+        "command": entry.get("command"),
+        "num_outputs": task.get("num_outputs"),
+        "main_metric": task.get("main_metric"),
+        "trainable_parameters": (entry.get("method") or {}).get("trainable_parameters"),
+    }
+
+
+def recorded_num_outputs(path: Path) -> int | None:
+    """The task head's size a run recorded (run.json), or a published adapter's entry (entry.json)."""
+    outputs = read_json(path / RUN_FILE).get("num_outputs")
+    if outputs is None:
+        outputs = (read_json(path / PUBLISHED_ENTRY_FILE).get("task") or {}).get("num_outputs")
+    return outputs
+
+
 def status(path: Path) -> str:
     return read_json(path / RUN_FILE).get("status", "unknown")
 

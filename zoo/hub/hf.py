@@ -41,13 +41,13 @@ def push_to_hf(hub, run_dir: Path, name, version, licence, log, describe) -> dic
         index = parse_index(Path(hub.hf_download(INDEX_FILE)).read_bytes(), f"{hub}/{INDEX_FILE}")
     except DownloadError:
         index = empty_index()  # a new hub (or an unreadable one: creating the repo below says which)
-    entry, files = describe(run_dir, name, version, licence, index, log)
+    entry, contents = describe(run_dir, name, version, licence, index, log)
     api.create_repo(hub.location, exist_ok=True)
-    with tempfile.TemporaryDirectory() as staging:
-        for relative, source in files.items():
+    with tempfile.TemporaryDirectory(prefix="zoo-push-") as staging:  # removed even when the upload fails
+        for relative, data in contents.items():
             destination = Path(staging) / entry["path"] / relative
             destination.parent.mkdir(parents=True, exist_ok=True)
-            destination.write_bytes(source.read_bytes())
+            destination.write_bytes(data)
         api.upload_folder(
             folder_path=staging,
             repo_id=hub.location,

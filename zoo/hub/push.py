@@ -2,26 +2,29 @@
 
 The entry is built from the run directory: the backbone is rebuilt as ``config.yaml`` says to
 fingerprint its weights (once, here), the datasets are read again for their files, checksums
-and split sizes, and every published file gets its size and sha256. Files are written first and
-the index last, atomically (under a lock on a folder hub), so a reader never sees an entry
-whose files are missing; a version once published is never overwritten.
+and split sizes, the adapter predicts a few held-out inputs (the entry's reference predictions,
+:mod:`zoo.hub.reference`), and every published file gets its size and sha256. ``config.yaml`` and
+``README.md`` are published without the paths of this machine (:mod:`zoo.hub.portable`). Files are
+written first and the index last, atomically (under a lock on a folder hub, which also removes the
+temporary files of a push that was killed), so a reader never sees an entry whose files are
+missing; a version once published is never overwritten.
 """
 
 from __future__ import annotations
 
 import datetime
+import hashlib
 import os
 import re
-import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from zoo import __version__
-from zoo.catalog.download import sha256_of
 from zoo.errors import ConfigError, DataError, DownloadError, HubError
 from zoo.hub.index import (
+    ADAPTER_FILES,
     INDEX_FILE,
     add_entry,
     check_name,
@@ -33,18 +36,12 @@ from zoo.hub.index import (
 )
 from zoo.hub.locations import Hub, parse_hub, say_to_stderr
 
-PUBLISHED_FILES = (
-    "adapter/adapter_config.json",
-    "adapter/adapter_model.safetensors",
-    "config.yaml",
-    "eval_results.json",
-    "README.md",
-)
 
+def _weights_source(config, spec, origin) -> dict[str, Any]:
+    """Where the base weights came from, by name: the registry's source, and the package, Hugging Face
+    revision or local checkpoint they were read from (never its path)."""
+    from zoo.hub.portable import entry_weights
 
-def _weights_source(config, spec) -> dict[str, Any]:
-    """Where the base weights came from: the registry's source, and the local checkpoint's revision if known."""
-    pretrained = config.backbone.pretrained
     weights = spec.weights
     source = {
         "source": weights.source if weights else None,
@@ -54,20 +51,10 @@ def _weights_source(config, spec) -> dict[str, Any]:
     }
     if config.tiny:
         source.update(source=f"random initialisation (scale=tiny, seed {config.train.seed})", licence=None)
-    elif isinstance(pretrained, str) and pretrained not in ("true", "false"):
-        match = re.search(r"snapshots/([0-9a-f]{40})", pretrained)
-        source["revision"] = match.group(1) if match else None
-        package = re.search(r"site-packages/([A-Za-z0-9_]+)/", pretrained)
-        if package:
-            from importlib import metadata
-
-            try:
-                distribution = metadata.packages_distributions().get(package.group(1), [package.group(1)])[0]
-                source["local_copy"] = f"Python package {distribution} {metadata.version(distribution)}"
-            except (metadata.PackageNotFoundError, IndexError):
-                source["local_copy"] = f"Python package {package.group(1)}"
-        else:
-            source["local_copy"] = "a local checkpoint"
+    elif origin.kind == "random":
+        source.update(source="random initialisation (backbone.pretrained=false)", licence=None)
+    else:
+        source.update(entry_weights(origin))
     return source
 
 
@@ -80,16 +67,108 @@ def _label_names(dataset) -> list[str] | None:
     return None
 
 
-def describe_run(
-    run_dir: Path, name: str | None, version: str, licence: str | None, log: Callable[[str], None]
-) -> tuple[dict[str, Any], dict[str, Path]]:
-    """The index entry of a finished run (without ``path``) and the files to publish, by hub path."""
+def _parameter_report(config, resolved, outputs, record, fingerprint_log):
+    """The base fingerprint (of the backbone before anything is added) and the parameter report of the
+    model as training built it (the method applied to the same blocks)."""
     import torch
 
+    import zoo.peft as zp
+    from zoo.experiment.build import build_backbone
+    from zoo.experiment.config import MethodChoice
+    from zoo.hub.fingerprint import backbone_fingerprint
+    from zoo.tasks.train_tasks import TaskRequest
+
+    chosen = (record.get("layer_selection") or {}).get("chosen")
+    if chosen is not None:  # method.layers=auto:K chose these blocks when it ran
+        options = {**config.method.options, "layers": chosen}
+        config = config.model_copy(update={"method": MethodChoice(name=config.method.name, options=options)})
+    fingerprint_log()
+    torch.manual_seed(config.train.seed)  # as build_model does, so a tiny random base is the same one
+    backbone = build_backbone(config, resolved)
+    fingerprint = backbone_fingerprint(backbone)
+    request = TaskRequest(num_outputs=outputs, main_metric=config.task.main_metric, options=dict(config.task.options))
+    model, _ = resolved.builder.build(backbone, request)
+    zp.apply(model, config.method.name, structure=resolved.backbone.structure, **config.method.options)
+    return fingerprint, zp.parameter_report(model)
+
+
+def _reference(run_dir: Path, datasets, labels, log) -> tuple[list[dict[str, Any]], str]:
+    """Reference predictions of the adapter as ``zoo.hub.load`` will rebuild it: a few held-out inputs."""
+    from zoo.experiment.build import load_built_run
+    from zoo.hub.predict import Predictor
+    from zoo.hub.reference import held_out_inputs, reference_predictions
+
+    role, inputs, note = held_out_inputs(datasets)
+    if not inputs:
+        return [], note or "no held-out inputs were read"
+    built = load_built_run(run_dir)
+    predictor = Predictor(
+        built.model, built.model.backbone.collate, built.resolved.task_kind, labels, built.resolved.backbone.domain, ""
+    )
+    log(f"  reference predictions on {len(inputs)} {role} inputs")
+    return reference_predictions(predictor, inputs), note
+
+
+def _published_texts(run, entry, config, resolved, origin, report, datasets, sources, directory, changed):
+    """The published ``config.yaml`` and ``README.md``: the run's, without this machine's paths."""
+    from zoo.experiment.model_card import Published, model_card
+    from zoo.hub.portable import portable_config
+
+    examples = [r["input"] for r in entry.get("reference_predictions", []) if isinstance(r["input"], str)]
+    published = Published(
+        name=entry["name"],
+        version=entry["version"],
+        command=entry["command"],
+        fingerprint=entry["backbone"]["fingerprint"],
+        example=min(examples, key=len) if examples else None,
+    )
+    training = {
+        "steps": run.record.get("steps"),
+        "epochs": run.record.get("epochs"),
+        "stopped_early": run.record.get("stopped_early"),
+        "seconds": run.record.get("train_seconds"),
+    }
+    card = model_card(
+        recipe=run.recipe or "config.yaml",
+        command=entry["command"],
+        config=config,
+        backbone_spec=resolved.backbone,
+        dataset_spec=resolved.dataset,
+        task_kind=resolved.task_kind,
+        main_metric=entry["task"]["main_metric"],
+        report=report,
+        results=run.results,
+        training=training,
+        data_dir=directory,
+        run_dir=run.dir,
+        sources=sources,
+        rows_used={role: len(dataset) for role, dataset in datasets.items()},
+        changed=changed,
+        published=published,
+    )
+    return portable_config(config, origin, run.recipe, changed), card
+
+
+def _described_changes(run, config) -> list[str]:
+    from zoo.experiment.config import load_config
+    from zoo.experiment.model_card import described_changes
+
+    try:
+        original = load_config(run.recipe, {"scale": config.scale} if config.scale != "default" else {})
+    except (ConfigError, OSError):  # a recipe file that is not here any more: nothing to compare with
+        return []
+    return described_changes(original, config)
+
+
+def describe_run(
+    run_dir: Path, name: str | None, version: str, licence: str | None, log: Callable[[str], None]
+) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """The index entry of a finished run and the published files' contents, by hub path."""
     from zoo.catalog.backbones import BACKBONES
     from zoo.experiment import load_run
-    from zoo.experiment.build import SPLIT_KEYS, build_backbone, load_datasets, resolve
-    from zoo.hub.fingerprint import backbone_fingerprint
+    from zoo.experiment.build import SPLIT_KEYS, load_datasets, num_outputs, resolve
+    from zoo.experiment.model_card import data_file, weights_origin
+    from zoo.hub.portable import machine_path_markers, machine_paths, portable_command
 
     run = load_run(run_dir)
     if run.status != "complete":
@@ -98,37 +177,33 @@ def describe_run(
         )
     config = run.config
     resolved = resolve(config)
-    files = {relative: run_dir / relative for relative in PUBLISHED_FILES if (run_dir / relative).is_file()}
-    for required in PUBLISHED_FILES[:2]:
-        if required not in files:
+    for required in ADAPTER_FILES:
+        if not (run_dir / required).is_file():
             raise HubError(f"{run_dir / required} is missing; a hub publishes adapters as safetensors only")
     name = check_name(name or f"{resolved.backbone.domain}/{config.data.name}-{config.method.name}")
-    log(f"{name}@{version}: fingerprinting the base weights of {config.backbone.name}")
-    torch.manual_seed(config.train.seed)  # as build_model does, so a tiny random base is the same one
-    fingerprint = backbone_fingerprint(build_backbone(config, resolved))
     dataset: dict[str, Any] = {"name": config.data.name, "licence": resolved.dataset.licence, "splits": {}}
     labels = None
     try:
-        datasets, _, sources = load_datasets(config, resolved)
-    except (
-        DataError,
-        DownloadError,
-        OSError,
-    ) as error:  # the data need not be here to publish; say what is not recorded
+        datasets, directory, sources = load_datasets(config, resolved)
+    except (DataError, DownloadError, OSError) as error:  # the data need not be here to publish; say what is not
         log(
             f"{name}: the dataset could not be read again ({type(error).__name__}); its files and sizes are not recorded"
         )
-        datasets, sources = {}, {}
+        datasets, directory, sources = {}, None, {}
     for role, source in sources.items():
         dataset["splits"][role] = {
             "split": source.split,
-            "file": source.file.name if source.file else None,
+            "file": data_file(source, directory),
             "rows": source.rows,
             "rows_used": len(datasets[role]),
             "selection": source.selection or None,
             "sha256": source.sha256,
         }
         labels = labels or _label_names(datasets[role])
+    outputs = run.record.get("num_outputs") or num_outputs(config, resolved, datasets.get("train"))
+    fingerprint, report = _parameter_report(
+        config, resolved, outputs, run.record, lambda: log(f"{name}@{version}: fingerprinting the base weights")
+    )
     metrics = {}
     for role, result in run.results.items():
         split = getattr(config.data, SPLIT_KEYS[role], None) if role in SPLIT_KEYS else role
@@ -139,6 +214,11 @@ def describe_run(
             "examples": dataset["splits"].get(role, {}).get("rows_used"),
         }
     spec = BACKBONES.get(config.backbone.name)
+    origin = weights_origin(config, spec)
+    command, paths_left = portable_command(run.record.get("command"), run.recipe, name)
+    if paths_left:
+        log(f"{name}: the training command still names paths of this machine: {' '.join(paths_left)}")
+    references, note = _reference(run_dir, datasets, labels, log)
     entry = {
         "name": name,
         "version": version,
@@ -147,13 +227,13 @@ def describe_run(
         "domain": resolved.backbone.domain,
         "task": {
             "kind": resolved.task_kind,
-            "num_outputs": run.record.get("num_outputs"),
+            "num_outputs": outputs,
             "labels": labels,
             "main_metric": run.record.get("main_metric") or config.task.main_metric,
         },
         "backbone": {
             "name": config.backbone.name,
-            **_weights_source(config, spec),
+            **_weights_source(config, spec, origin),
             "options": dict(config.backbone.options),
             "fingerprint": fingerprint,
         },
@@ -165,24 +245,54 @@ def describe_run(
         "dataset": dataset,
         "metrics": metrics,
         "recipe": run.recipe,
-        "command": run.record.get("command"),
+        "command": command,
         "licence": licence or (spec.weights.licence if spec.weights else "unspecified"),
         "path": f"{name}/{version}",
-        "files": [{"path": p, "size": f.stat().st_size, "sha256": sha256_of(f)} for p, f in files.items()],
+        "reference_predictions": references,
+        **({"reference_predictions_note": note} if note else {}),
     }
-    return entry, files
+    changed = _described_changes(run, config)
+    config_text, card = _published_texts(
+        run, entry, config, resolved, origin, report, datasets, sources, directory, changed
+    )
+    contents = {relative: (run_dir / relative).read_bytes() for relative in ADAPTER_FILES}
+    contents["config.yaml"] = config_text.encode()
+    if (run_dir / "eval_results.json").is_file():
+        contents["eval_results.json"] = (run_dir / "eval_results.json").read_bytes()
+    contents["README.md"] = card.encode()
+    markers = machine_path_markers(run_dir, directory)
+    for relative in ("config.yaml", "README.md"):
+        if found := machine_paths(contents[relative].decode(), markers):
+            log(f"{name}: the published {relative} names paths of this machine ({', '.join(found)})")
+    entry["files"] = [
+        {"path": path, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()} for path, data in contents.items()
+    ]
+    return entry, contents
 
 
-def _copy_atomic(source: Path, destination: Path) -> None:
+def _write_atomic(data: bytes, destination: Path) -> None:
     destination.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent)
-    os.close(handle)
     try:
-        shutil.copyfile(source, temporary)
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
         os.chmod(temporary, 0o644)  # a hub folder is meant to be served: readable by a web server
         os.replace(temporary, destination)
     finally:
         Path(temporary).unlink(missing_ok=True)
+
+
+TEMPORARY_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{6,}\.tmp$")
+"""``.<file>.<random>.tmp``: what :func:`_write_atomic` and :func:`zoo.files.atomic_file` write beside a file."""
+
+
+def _remove_leftovers(root: Path, log) -> None:
+    """Temporary files that a killed push left in the hub folder (called under the push lock, so no
+    push is writing them now)."""
+    for path in sorted(root.rglob(".*.tmp")):
+        if path.is_file() and not path.is_symlink() and TEMPORARY_NAME.match(path.name):
+            path.unlink()
+            log(f"removed {path.relative_to(root)}, left by an interrupted push")
 
 
 def _push_folder(hub: Hub, run_dir: Path, name: str | None, version: str | None, licence: str | None, log) -> dict:
@@ -194,10 +304,11 @@ def _push_folder(hub: Hub, run_dir: Path, name: str | None, version: str | None,
     root.mkdir(parents=True, exist_ok=True)
     with FileLock(str(root / ".zoo-push.lock"), timeout=600):
         index_path = root / INDEX_FILE
+        _remove_leftovers(root, log)
         index = parse_index(index_path.read_bytes(), str(index_path)) if index_path.is_file() else empty_index()
-        entry, files = _describe(run_dir, name, version, licence, index, log)
-        for relative, source in files.items():  # files first ...
-            _copy_atomic(source, root / entry["path"] / relative)
+        entry, contents = _describe(run_dir, name, version, licence, index, log)
+        for relative, data in contents.items():  # files first ...
+            _write_atomic(data, root / entry["path"] / relative)
         atomic_write_text(index_path, dump_index(add_entry(index, entry)))  # ... the index last
         os.chmod(index_path, 0o644)
     return entry
