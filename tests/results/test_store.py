@@ -112,3 +112,50 @@ def test_rebuild_puts_an_empty_store_aside(zoo):
     assert [p.stat().st_size for p in Path("res").glob("results.sqlite.old-*")] == [0]
     with ResultsStore("res", create=False) as store:
         assert store.rows() == []
+
+
+def tiny_run(zoo, out: str) -> Path:
+    code, _, err = zoo("train", "text/sst2-bitfit", "scale=tiny", "train.max_steps=2", "--out", out)
+    assert code == 0, err
+    return Path(out).resolve()
+
+
+def stored_run_dirs(folder: str) -> list[str]:
+    with ResultsStore(folder, create=False) as store:
+        return sorted(row["run_dir"] for row in store.rows())
+
+
+def test_rebuild_keeps_a_run_added_from_outside_the_folder(zoo):
+    outside = tiny_run(zoo, "elsewhere/run")
+    inside = tiny_run(zoo, "res/run")
+    assert zoo("results", "add", outside, "--out", "res")[0] == 0
+    code, out, err = zoo("results", "rebuild", "res")
+    assert code == 0, err
+    assert stored_run_dirs("res") == sorted([str(outside), str(inside)])
+    assert "from 2 run(s) under res, 1 of them from outside it" in out and "dropped" not in err
+    code, out, err = zoo("results", "rebuild", "res")  # kept again from the store that rebuild made
+    assert code == 0 and stored_run_dirs("res") == sorted([str(outside), str(inside)])
+
+
+def test_rebuild_names_every_run_it_drops(zoo):
+    import shutil
+
+    outside = tiny_run(zoo, "elsewhere/run")
+    inside = tiny_run(zoo, "res/run")
+    assert zoo("results", "add", outside, inside, "--out", "res")[0] == 0
+    shutil.rmtree(outside)
+    shutil.rmtree(inside)
+    code, out, err = zoo("results", "rebuild", "res")
+    assert code == 0, err
+    assert stored_run_dirs("res") == [] and "from 0 run(s)" in out
+    assert f"dropped {outside}: its folder no longer exists" in err
+    assert f"dropped {Path('res', 'run')}: its folder no longer exists" in err
+
+
+def test_rebuild_says_when_the_previous_store_cannot_tell_what_was_added_from_outside(zoo):
+    inside = tiny_run(zoo, "res/run")
+    Path("res/results.sqlite").write_bytes(b"")
+    code, out, err = zoo("results", "rebuild", "res")
+    assert code == 0, err
+    assert stored_run_dirs("res") == [str(inside)]
+    assert "the previous store could not be read" in err and "zoo results add RUN_DIR --out res" in err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -53,8 +54,20 @@ def run(args: argparse.Namespace) -> int:
             print(f"added {row['run_dir']}: {row['status']}, {row.get('metric')} {row.get('metric_value')}")
         return 0
     if args.action == "rebuild":
-        path, count = rebuild(args.folder)
-        print(f"rebuilt {path} from {count} run(s) under {args.folder}")
+        rebuilt = rebuild(args.folder)
+        outside = (
+            f", {len(rebuilt.kept)} of them from outside it (added with `zoo results add`)" if rebuilt.kept else ""
+        )
+        print(f"rebuilt {rebuilt.path} from {rebuilt.count} run(s) under {args.folder}{outside}")
+        if rebuilt.previous_unreadable:
+            print(
+                f"zoo results rebuild: the previous store could not be read, so the runs it had from outside "
+                f"{args.folder} are not known; add them again with `zoo results add RUN_DIR --out {args.folder}` "
+                f"({rebuilt.previous_unreadable})",
+                file=sys.stderr,
+            )
+        for run, why in rebuilt.dropped:
+            print(f"zoo results rebuild: dropped {run}: {why}", file=sys.stderr)
         return 0
     if args.action == "table":
         for path in render_table(args.table, args.scale, args.out, args.to, not args.no_plots):

@@ -14,6 +14,7 @@ import json
 import os
 import sqlite3
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -69,10 +70,12 @@ class ResultsStore:
             self.connection = self._connect()
 
     def _corrupt(self, error: Exception) -> ResultsStoreError:
-        return ResultsStoreError(
+        corrupt = ResultsStoreError(
             f"the results store {self.path} cannot be read ({error}). The run directories are the source of truth: "
             f"remake the store with `zoo results rebuild {self.root}`"
         )
+        corrupt.reason = str(error)  # what rebuild reports of a store it replaces
+        return corrupt
 
     def _connect(self) -> sqlite3.Connection:
         # SQLite takes an empty file for an empty database, but every store this class made has its header
@@ -157,25 +160,45 @@ class ResultsStore:
             raise self._corrupt(error) from None
         return [json.loads(text) for (text,) in found]
 
+    def entries(self) -> list[tuple[str, dict[str, Any]]]:
+        """``(key, row)`` of every row; the key says where the run was (see :meth:`key`)."""
+        try:
+            found = self.connection.execute("SELECT run_key, row_json FROM runs ORDER BY run_key").fetchall()
+        except sqlite3.DatabaseError as error:
+            raise self._corrupt(error) from None
+        return [(key, json.loads(text)) for key, text in found]
+
+
+def _result_row(directory: Path) -> dict[str, Any] | None:
+    """A folder's ``result.json`` row, brought up to date when its run has changed status since; None without one."""
+    from zoo.experiment import run_dir as runs
+    from zoo.results.cells import read_result
+    from zoo.results.rows import row_from_run
+
+    row = read_result(directory)
+    if row is None:
+        return None
+    row["run_dir"] = str(directory.resolve())  # the folder may have moved since
+    if runs.is_run_dir(directory) and row.get("status") != runs.status(directory):
+        row = {
+            **row_from_run(directory, source="rebuild"),
+            **{k: row[k] for k in ("table", "scale", "cell", "domain", "method_label", "metric") if k in row},
+        }
+    return row
+
 
 def find_rows(folder: Path) -> Iterable[dict[str, Any]]:
     """Every row under ``folder``: a cell's ``result.json`` where there is one, else one made from the run
     directory (a run added with ``zoo results add`` keeps a ``result.json`` too)."""
     from zoo.experiment import run_dir as runs
-    from zoo.results.cells import RESULT_FILE, read_result
+    from zoo.results.cells import RESULT_FILE
     from zoo.results.rows import row_from_run
 
     seen: set[Path] = set()
     for path in sorted(folder.rglob(RESULT_FILE)):
-        row = read_result(path.parent)
+        row = _result_row(path.parent)
         if row is not None:
             seen.add(path.parent.resolve())
-            row["run_dir"] = str(path.parent.resolve())  # the folder may have moved since
-            if runs.is_run_dir(path.parent) and row.get("status") != runs.status(path.parent):
-                row = {
-                    **row_from_run(path.parent, source="rebuild"),
-                    **{k: row[k] for k in ("table", "scale", "cell", "domain", "method_label", "metric") if k in row},
-                }
             yield row
     for path in sorted(folder.rglob(runs.RUN_FILE)):
         directory = path.parent
@@ -183,12 +206,52 @@ def find_rows(folder: Path) -> Iterable[dict[str, Any]]:
             yield row_from_run(directory, source="rebuild")
 
 
-def rebuild(folder: str | os.PathLike) -> tuple[Path, int]:
-    """Remake ``folder/results.sqlite`` from the run directories under ``folder``; a damaged store is kept aside."""
+@dataclass(frozen=True)
+class Rebuilt:
+    """What :func:`rebuild` made, and what of the previous store it kept or dropped."""
+
+    path: Path
+    count: int
+    """Rows in the new store."""
+    kept: list[str] = field(default_factory=list)
+    """Runs outside the folder that the previous store had (``zoo results add``), read again from their folders."""
+    dropped: list[tuple[str, str]] = field(default_factory=list)
+    """``(run directory, why)`` for each run of the previous store that the new one does not have."""
+    previous_unreadable: str | None = None
+    """Why the previous store could not be read: then the runs it had from outside the folder are not known."""
+
+
+def _why_dropped(directory: Path) -> str:
+    from zoo.experiment import run_dir as runs
+
+    if ".superseded" in directory.parts:
+        return "it was superseded by a newer run of its cell"
+    if not directory.exists():
+        return "its folder no longer exists"
+    if not runs.is_run_dir(directory):
+        return "its folder has no readable result.json and is not a run directory (no config.yaml and run.json)"
+    return "its folder could not be read as a run"
+
+
+def _previous_entries(folder: Path) -> tuple[list[tuple[str, dict[str, Any]]], str | None]:
+    if not store_path(folder).exists():
+        return [], None
+    try:
+        with ResultsStore(folder, create=False) as store:
+            return store.entries(), None
+    except ResultsStoreError as error:
+        return [], getattr(error, "reason", str(error))
+
+
+def rebuild(folder: str | os.PathLike) -> Rebuilt:
+    """Remake ``folder/results.sqlite`` from the run directories under ``folder``, keeping the runs that the
+    previous store had from outside ``folder`` (``zoo results add``) while their folders are there; every
+    run of the previous store that is not kept is named, with the reason. The previous store is kept aside."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} is not a folder of runs")
     path = store_path(folder)
+    previous, unreadable = _previous_entries(folder)
     with FileLock(str(path) + ".lock", timeout=TIMEOUT_SECONDS):
         if path.exists():
             aside = path.with_name(f"{path.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -198,9 +261,31 @@ def rebuild(folder: str | os.PathLike) -> tuple[Path, int]:
                 if extra.exists():
                     extra.replace(aside.with_name(aside.name + suffix))
     rows = [row for row in find_rows(folder) if ".superseded" not in Path(row["run_dir"]).parts]
+    kept, dropped = [], []
     with ResultsStore(folder) as store:
+        found = {store.key(row) for row in rows}
+        for key, _ in previous:
+            directory = Path(key) if Path(key).is_absolute() else store.root / key
+            if key in found or store.key({"run_dir": directory}) in found:
+                continue
+            row = None
+            if Path(key).is_absolute() and ".superseded" not in directory.parts:
+                row = _result_row(directory) or _run_row(directory)
+            if row is None:
+                dropped.append((str(directory), _why_dropped(directory)))
+                continue
+            rows.append(row)
+            found.add(store.key(row))
+            kept.append(str(directory))
         count = store.add_many(rows)
-    return path, count
+    return Rebuilt(path, count, kept, dropped, unreadable)
+
+
+def _run_row(directory: Path) -> dict[str, Any] | None:
+    from zoo.experiment import run_dir as runs
+    from zoo.results.rows import row_from_run
+
+    return row_from_run(directory, source="rebuild") if runs.is_run_dir(directory) else None
 
 
 def add_runs(folder: str | os.PathLike, run_dirs: Iterable[str | os.PathLike]) -> list[dict[str, Any]]:
