@@ -55,10 +55,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.action == "rebuild":
         rebuilt = rebuild(args.folder)
-        outside = (
-            f", {len(rebuilt.kept)} of them from outside it (added with `zoo results add`)" if rebuilt.kept else ""
-        )
-        print(f"rebuilt {rebuilt.path} from {rebuilt.count} run(s) under {args.folder}{outside}")
+        under = f"{rebuilt.count - len(rebuilt.kept)} run(s) under {args.folder}"
+        if rebuilt.kept:
+            under += f" and {len(rebuilt.kept)} from outside it (added with `zoo results add`)"
+        print(f"rebuilt {rebuilt.path} from {under}")
         if rebuilt.previous_unreadable:
             print(
                 f"zoo results rebuild: the previous store could not be read, so the runs it had from outside "
