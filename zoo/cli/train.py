@@ -33,7 +33,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def _launch(args: argparse.Namespace, run_dir: Path) -> int:
-    from zoo.train import launch
+    from zoo.train.distributed import launch  # not zoo.train.launch: once imported, that name is the module
 
     argv, skip = [], False
     for item in args.argv:
