@@ -206,8 +206,8 @@ register_dataset(
         splits=("train", "val"),
         num_classes=2,
         licence="research use (Stanford Sentiment Treebank; GLUE)",
-        description="SST-2 binary sentiment of movie-review phrases: train = train.tsv, val = dev.tsv (GLUE's 872-"
-        "sentence dev set in the canonical archive; a local copy's dev.tsv may be another slice)",
+        description="SST-2 binary sentiment of movie-review phrases: train = train.tsv (GLUE's 67,349 training "
+        "phrases), val = dev.tsv (GLUE's 872-sentence dev set)",
     )
 )
 

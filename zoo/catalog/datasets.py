@@ -176,8 +176,8 @@ def load_dataset(
 
 
 # -- what was read ----------------------------------------------------------------------
-# Model cards and `zoo ls datasets` report the files actually read, since a local copy may be a subset or
-# a re-split of the canonical one (the shared SST-2 dev.tsv is 6,735 rows of GLUE's train set, not GLUE's dev).
+# Model cards and `zoo ls datasets` report the files actually read, since a local copy may be a subset, a
+# re-split or a reordering of the canonical one (e.g. a held-out AG News dev.tsv split into train/val/test).
 @dataclass(frozen=True)
 class SplitSource:
     split: str
@@ -193,7 +193,7 @@ class SplitSource:
     was checked: a held-out layout has no canonical checksum)."""
 
     def summary(self) -> str:
-        """``train: train.tsv, 60,614 rows, sha256 3c5a1b2d9e0f (differs from the canonical file)``."""
+        """``train: train.tsv, 67,349 rows, sha256 8621df47b79e (differs from the canonical file)``."""
         where = self.file.name if self.file else "files in the dataset folder"
         where += f" ({self.selection})" if self.selection else ""
         text = f"{self.split}: {where}, {self.rows:,} rows"
