@@ -137,7 +137,7 @@ def test_failed_trials_do_not_count_and_a_rerun_retries_them(tmp_path, monkeypat
     said = []
     first = tune("text/sst2-lora", TINY, parse_search(SEARCH), 2, folder, log=said.append)
     assert first.finished == 1 and first.failed == 1
-    failures = [line for line in said if "failed" in line]
+    failures = [line for line in said if "-> failed" in line]
     assert failures == [failures[0]] and failures[0].endswith("-> failed: RuntimeError: No space left on device")
     assert "Traceback" not in capfd.readouterr().err
 
@@ -158,7 +158,7 @@ def test_an_offline_failure_stops_the_study_with_one_message(tmp_path, monkeypat
     assert main(command) == 1
     out, err = capfd.readouterr()
     assert "Traceback" not in out + err
-    assert [line for line in out.splitlines() if "failed" in line] == [
+    assert [line for line in out.splitlines() if "-> failed" in line] == [
         next(line for line in out.splitlines() if line.startswith("  trial 0:"))
     ]
     assert "sst2/train.tsv is missing" in out.splitlines()[1]

@@ -77,7 +77,7 @@ def test_running_the_same_command_again_resumes_the_study(study):
 
 def test_another_search_in_the_same_folder_is_refused(study):
     folder, _ = study
-    with pytest.raises(ConfigError, match="another --study folder"):
+    with pytest.raises(ConfigError, match="its own folder with --study DIR"):
         tune("text/sst2-lora", {"scale": "tiny"}, parse_search(["method.r=int:2..4"]), 5, folder, log=None)
 
 
