@@ -196,26 +196,32 @@ def test_the_python_api_with_log_none_prints_nothing(capsys, tmp_path):
     assert captured.out == "" and "step " not in captured.err
 
 
-def test_sigterm_handler_is_installed_during_a_run_and_restored_after(zoo, tmp_path):
+def test_sigterm_is_handled_during_a_run_only_where_nobody_else_handles_it(tmp_path):
     import zoo as zoo_api
 
-    def previous(signal_number, frame):  # what an application embedding zoo may have installed
+    def previous(signal_number, frame):  # what an application embedding zoo may have installed (submitit does)
         pass
 
-    during = []
-    original = signal.signal(signal.SIGTERM, previous)
+    original = signal.getsignal(signal.SIGTERM)
+    seen = {}
     try:
-        zoo_api.run(
-            "vision/medical-linear",
-            ["scale=tiny", "train.max_steps=1"],
-            out="handled",
-            log=None,
-            callbacks=(lambda trainer, step: during.append(signal.getsignal(signal.SIGTERM)),),
-        )
-        assert during and during[0] is not previous and during[0] not in (signal.SIG_DFL, signal.SIG_IGN)
-        assert signal.getsignal(signal.SIGTERM) is previous
+        for before in (signal.SIG_DFL, previous):
+            signal.signal(signal.SIGTERM, before)
+            during = []
+            zoo_api.run(
+                "vision/medical-linear",
+                ["scale=tiny", "train.max_steps=1"],
+                out=f"handled-{len(seen)}",
+                log=None,
+                callbacks=(lambda trainer, step, during=during: during.append(signal.getsignal(signal.SIGTERM)),),
+            )
+            seen[before] = (during[0], signal.getsignal(signal.SIGTERM))
     finally:
         signal.signal(signal.SIGTERM, original)
+    during, after = seen[signal.SIG_DFL]
+    assert callable(during) and during not in (signal.SIG_DFL, signal.SIG_IGN)  # the run's own, then the default
+    assert after is signal.SIG_DFL
+    assert seen[previous] == (previous, previous)  # the application's handler is left in charge
 
 
 def test_sigterm_marks_the_run_interrupted_with_what_resume_needs(tmp_path):

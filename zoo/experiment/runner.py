@@ -45,20 +45,25 @@ class _Terminated(KeyboardInterrupt):
 @contextlib.contextmanager
 def _terminate_as_interrupt() -> Iterator[None]:
     """SIGTERM (``kill``, a scheduler's time limit, ``docker stop``) ends a run as Ctrl-C does: the run
-    is marked ``interrupted`` and resumes from its last checkpoint. The previous handler is put back."""
+    is marked ``interrupted`` and resumes from its last checkpoint. The previous handler is put back.
+
+    Only where SIGTERM has its default action: a program that installed its own handler (submitit's
+    Slurm jobs let SIGTERM pass and requeue on SIGUSR2) or ignores it has decided what it means."""
     if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
         yield
         return
 
     def terminate(signal_number, frame):
         raise _Terminated()
 
-    previous = signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGTERM, terminate)
     try:
         yield
     finally:
-        # None: a handler installed outside Python, which cannot be put back; the default is the closest
-        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 @dataclass
