@@ -31,7 +31,13 @@ MAX_INDEX_BYTES = 32 << 20
 INDEX_READ_TIMEOUT_S = 30.0
 
 
-def _too_large(what: str, size: int | str) -> HubError:
+def _too_large(what: str, size: int | str | None) -> HubError:
+    """``size``: the declared size, or None for a body that ran past the limit while it was read."""
+    if size is None:
+        return HubError(
+            f"{what} runs past the {MAX_INDEX_BYTES} bytes an index.json may have; refused, and read no further "
+            f"(is this URL a zoo hub?)"
+        )
     return HubError(
         f"{what} is {size} bytes, more than the {MAX_INDEX_BYTES} bytes an index.json may have; refused without "
         f"reading it (is this URL a zoo hub?)"
@@ -62,7 +68,7 @@ def fetch_index(url: str, what: str, deadline_s: float | None = None) -> bytes:
             for chunk in request.chunks(1 << 16):
                 body += chunk
                 if len(body) > MAX_INDEX_BYTES:
-                    raise _too_large(what, f"more than {MAX_INDEX_BYTES}")
+                    raise _too_large(what, None)
             return bytes(body)
     except requests.RequestException as error:
         raise DownloadError(f"{what}: could not read it ({type(error).__name__}: {error})") from None
