@@ -358,10 +358,13 @@ class Trainer:
         if self.progress.step == 0 or len(dataset) == 0:
             return  # nothing trained yet: whatever failed is not divergence
         count = min(len(dataset), self.settings.eval_batch_size)
-        batch, labels = self.task.collate([dataset[i] for i in range(count)])
-        with torch.no_grad(), self._autocast():
-            loss = self.task.loss(self.model, move_to_device(batch, self.device), move_to_device(labels, self.device))
-        loss = float(loss.detach().float())
+        try:
+            batch, labels = self.task.collate([dataset[i] for i in range(count)])
+            with torch.no_grad(), self._autocast():
+                batch, labels = move_to_device(batch, self.device), move_to_device(labels, self.device)
+                loss = float(self.task.loss(self.model, batch, labels).detach().float())
+        except Exception:  # the probe failing says nothing about divergence; the original error stands
+            return
         if not math.isfinite(loss):
             raise self._diverged(self.progress.step, loss) from error
 
