@@ -201,6 +201,13 @@ def _use_locally(command: str, run_dir: Path) -> list[str]:
     ]
 
 
+def _shell_quoted(text: str) -> str:
+    """``text`` as one shell word, in double quotes when that needs no escapes (``"it's"``, not ``'it'"'"'s'``)."""
+    if "'" in text and not any(c in text for c in '"$`\\!'):
+        return f'"{text}"'
+    return shlex.quote(text)
+
+
 def _use_published(published: Published, split: str | None, tiny: bool) -> list[str]:
     import json
 
@@ -233,7 +240,7 @@ def _use_published(published: Published, split: str | None, tiny: bool) -> list[
         "",
         "```bash",
         f"zoo pull {reference}",
-        f"zoo predict {reference} {shlex.quote(example)}",
+        f"zoo predict {reference} {_shell_quoted(example)}",
         "```",
         "",
         "```python",

@@ -112,9 +112,16 @@ def _reference(run_dir: Path, datasets, labels, log) -> tuple[list[dict[str, Any
 def _published_texts(run, entry, config, resolved, origin, report, datasets, sources, directory, changed):
     """The published ``config.yaml`` and ``README.md``: the run's, without this machine's paths."""
     from zoo.experiment.model_card import Published, model_card
+    from zoo.hub.inputs import looks_like_file
     from zoo.hub.portable import portable_config
 
-    examples = [r["input"] for r in entry.get("reference_predictions", []) if isinstance(r["input"], str)]
+    # the card's `zoo predict` example: a reference input that a shell and zoo predict read as plain text
+    examples = [
+        r["input"]
+        for r in entry.get("reference_predictions", [])
+        if isinstance(r["input"], str) and r["input"].isprintable() and "\\" not in r["input"]
+    ]
+    examples = [text for text in examples if not looks_like_file(text)]
     published = Published(
         name=entry["name"],
         version=entry["version"],
