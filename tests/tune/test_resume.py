@@ -17,6 +17,7 @@ from zoo.tune import default_study_dir, parse_search, tune
 from zoo.tune.sampler import TrialSeededSampler
 
 SEARCH = ["method.r=int:2..16:log", "train.lr=float:1e-4..1e-2:log"]
+RECIPE_SEARCH = {"method.r": "int:2..64:log", "train.lr": "float:1e-5..1e-2:log"}  # recipes/text/sst2-lora.yaml
 TINY = {"scale": "tiny"}
 
 
@@ -59,32 +60,32 @@ def test_the_sampler_resumed_past_its_random_startup_matches_one_uninterrupted_s
     assert len({tuple(t.params.items()) for t in in_two}) == 14
 
 
-KILLED_TUNE = textwrap.dedent(
+SIGNALLED_TUNE = textwrap.dedent(
     """
     import os, signal, sys
     import zoo.experiment
-    from zoo.tune import parse_search, tune
+    from zoo.cli.main import main
 
     train = zoo.experiment.run
 
-    def killed_at_step_2(*args, callbacks=(), **kwargs):
-        def kill(trainer, step):
-            if step == 2:  # after step 2's checkpoint: the process dies as kill -9 leaves it
-                os.kill(os.getpid(), signal.SIGKILL)
-        return train(*args, callbacks=(*callbacks, kill), **kwargs)
+    def signalled_at_step_2(*args, callbacks=(), **kwargs):
+        def send(trainer, step):
+            if step == 2:  # after step 2's checkpoint
+                os.kill(os.getpid(), getattr(signal, sys.argv[1]))
+        return train(*args, callbacks=(*callbacks, send), **kwargs)
 
-    zoo.experiment.run = killed_at_step_2
-    tune("text/sst2-lora", {"scale": "tiny", "train": {"checkpoint_every": 1}},
-         parse_search(%r), 1, sys.argv[1], log=None)
+    zoo.experiment.run = signalled_at_step_2
+    sys.exit(main(sys.argv[2:]))
     """
-    % SEARCH
 )
+STUDY_OF_ONE = ["tune", "text/sst2-lora", "scale=tiny", "train.checkpoint_every=1", "--trials", "1", "--study"]
 
 
 def test_a_trial_of_a_killed_process_is_failed_and_its_run_resumed_on_the_next_start(tmp_path):
     folder = tmp_path / "study"
-    killed = subprocess.run([sys.executable, "-c", KILLED_TUNE, str(folder)], capture_output=True, text=True)
-    assert killed.returncode == -9, killed.stderr
+    command = [*STUDY_OF_ONE, str(folder)]
+    killed = subprocess.run([sys.executable, "-c", SIGNALLED_TUNE, "SIGKILL", *command], capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr  # as kill -9 leaves it
     (left,) = _trials(folder)
     assert left.state == TrialState.RUNNING  # what a killed process leaves in the journal
     run_dir = left.user_attrs["run_dir"]
@@ -93,7 +94,7 @@ def test_a_trial_of_a_killed_process_is_failed_and_its_run_resumed_on_the_next_s
 
     said = []
     overrides = {"scale": "tiny", "train": {"checkpoint_every": 1}}
-    result = tune("text/sst2-lora", overrides, parse_search(SEARCH), 1, folder, log=said.append)
+    result = tune("text/sst2-lora", overrides, parse_search(RECIPE_SEARCH), 1, folder, log=said.append)
     first, retry = _trials(folder)
     assert first.state == TrialState.FAIL
     assert retry.state == TrialState.COMPLETE and retry.params == first.params
@@ -102,6 +103,23 @@ def test_a_trial_of_a_killed_process_is_failed_and_its_run_resumed_on_the_next_s
     assert run.status == "complete" and run.record["started"] == started["started"]
     assert result.finished == 1 and str(result.best_run) == run_dir
     assert any("trial 0" in line and "gone" in line for line in said)
+
+
+def test_a_stopped_study_says_so_in_one_line_and_the_same_command_resumes_it(tmp_path, capsys):
+    folder = tmp_path / "study"
+    command = [*STUDY_OF_ONE, str(folder)]
+    stopped = subprocess.run(
+        [sys.executable, "-c", SIGNALLED_TUNE, "SIGTERM", *command], capture_output=True, text=True
+    )
+    assert stopped.returncode == 128 + 15, stopped.stderr
+    assert "Traceback" not in stopped.stderr
+    assert f"stopped by SIGTERM in {folder}/trials/trial-000; the same command resumes" in stopped.stderr
+    started = json.loads((folder / "trials" / "trial-000" / "run.json").read_text())
+    assert started["status"] == "interrupted"
+    assert main(command) == 0
+    first, retry = _trials(folder)
+    assert (first.state, retry.state) == (TrialState.FAIL, TrialState.COMPLETE) and retry.params == first.params
+    assert load_run(folder / "trials" / "trial-000").record["started"] == started["started"]
 
 
 def test_a_trial_of_a_live_process_is_left_running(tmp_path):

@@ -7,6 +7,7 @@ median pruner at each evaluation, every trial a normal run; the same command aga
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -50,6 +51,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from zoo.experiment.config import parse_overrides
     from zoo.experiment.recipes import find_recipe, read_recipe
+    from zoo.experiment.runner import RunInterrupted
     from zoo.tune import TrialsFailing, parse_search, tune
     from zoo.tune.study import default_study_dir
 
@@ -62,6 +64,10 @@ def run(args: argparse.Namespace) -> int:
     except TrialsFailing as error:
         print(f"zoo tune: error: {error}", file=sys.stderr)
         return 1
+    except RunInterrupted as interrupted:
+        how = "interrupted" if interrupted.signal == signal.SIGINT else f"stopped by {interrupted.signal.name}"
+        print(f"\n{how} in {interrupted.run_dir}; the same command resumes the study and that trial", file=sys.stderr)
+        return 128 + interrupted.signal  # as a shell reports a process ended by that signal
     print(f"{result.finished} finished, {result.pruned} pruned, {result.failed} failed trials in {result.study_dir}")
     for plot in result.plots:
         print(f"  plot {plot}")
