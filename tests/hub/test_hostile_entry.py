@@ -195,3 +195,18 @@ def test_the_fingerprint_is_checked_before_the_adapter_weights_are_opened(pushed
     with pytest.raises(FingerprintMismatch, match="sha256:cdcd"):
         load(folder, log=None)
     assert opened == []
+
+
+@pytest.mark.parametrize(
+    ("section", "options", "named"),
+    [
+        ("data", {"filename": "/etc/passwd.npz"}, "data.options.filename='/etc/passwd.npz'"),
+        ("task", {"labels": ["ok", "../../x"]}, "task.options.labels[1]='../../x'"),
+        ("backbone", {"pooling": "https://example.org/pool"}, "backbone.options.pooling='https://example.org/pool'"),
+    ],
+)
+def test_options_of_a_pulled_config_may_not_name_a_path(pushed_hub, tmp_path, section, options, named):
+    hub = shutil.copytree(pushed_hub, tmp_path / "hub")
+    republish(hub, TEXT, lambda config: config[section].update(options=options))
+    with pytest.raises(HubError, match=re.escape(f"{named} names a path or URL")):
+        load(TEXT, hub=str(hub), log=None)

@@ -334,6 +334,21 @@ def parse_index_document(raw: Any, source: str) -> HubIndex:
 MAX_CONFIG_BYTES = 1 << 20
 
 
+def _refuse_paths(value: Any, key: str, where: str) -> None:
+    """Builder and loader options of a hub may not name a path: a loader would open it (``zoo eval`` reads
+    the data a pulled configuration describes, from the user's own data root)."""
+    if isinstance(value, dict):
+        for name, item in value.items():
+            _refuse_paths(item, f"{key}.{name}", where)
+    elif isinstance(value, (list, tuple)):
+        for number, item in enumerate(value):
+            _refuse_paths(item, f"{key}[{number}]", where)
+    elif isinstance(value, str) and (
+        "/" in value or "\\" in value or value.startswith(("~", "..")) or re.match(r"^[A-Za-z]:", value)
+    ):
+        raise HubError(f"{where}: {key}={value!r} names a path or URL; a configuration from a hub may not. Refused")
+
+
 def read_pulled_config(folder: Path, entry: dict[str, Any], label: str):
     """The ``config.yaml`` of a pulled adapter as a :class:`zoo.experiment.config.RunConfig`, checked as
     untrusted: zoo's strict run-config model, then what a hub may not do there. Backbone options are
@@ -373,6 +388,12 @@ def read_pulled_config(folder: Path, entry: dict[str, Any], label: str):
     domain = BACKBONES.get(config.backbone.name).domain
     if domain != entry["domain"]:
         raise HubError(f"{label}: the index entry says domain {entry['domain']!r}, its backbone is a {domain} backbone")
+    for section, options in (
+        ("backbone", config.backbone.options),
+        ("data", config.data.options),
+        ("task", config.task.options),
+    ):
+        _refuse_paths(options, f"{section}.options", where)
     if isinstance(config.backbone.pretrained, str):
         config.backbone.pretrained = True  # a path on the publisher's machine: the weights are found here instead
     config.data.root = None
