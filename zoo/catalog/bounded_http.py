@@ -76,6 +76,14 @@ class _RecordingAdapter(HTTPAdapter):
         super().init_poolmanager(*args, **kwargs)
         self.poolmanager.pool_classes_by_scheme = _recording_pools(self._sockets)
 
+    def proxy_manager_for(self, proxy: str, **kwargs: Any) -> Any:
+        from urllib3.poolmanager import ProxyManager
+
+        manager = super().proxy_manager_for(proxy, **kwargs)
+        if isinstance(manager, ProxyManager):  # an HTTP(S) proxy (a SOCKS one keeps its own pools)
+            manager.pool_classes_by_scheme = _recording_pools(self._sockets)
+        return manager
+
 
 class BoundedGet:
     """``with BoundedGet(url, deadline_s=60) as request:`` then ``request.response`` (headers read) and
