@@ -173,6 +173,9 @@ def test_a_diverging_run_fails_with_the_step_and_the_fix(zoo, tmp_path):
     assert record["status"] == "failed"
     assert record["error"].startswith("TrainingDiverged: training diverged at step ")
     assert not (tmp_path / "hot" / "adapter").exists()
+    code, out, _ = zoo("info", "hot")  # a resume would keep the learning rate, and diverge again
+    assert code == 0 and "(failed)" in out and "train it again with a lower train.lr" in out
+    assert "continue with" not in out
 
 
 def test_training_prints_progress_lines_when_stderr_is_not_a_terminal(zoo, tmp_path):

@@ -43,9 +43,11 @@ def run(args: argparse.Namespace) -> int:
     elif state in ("running", "interrupted", "failed"):
         if record.get("error"):
             print(f"  error     {record['error']}")
-        print(
-            f"  not complete: continue with `{runs.resume_command(record.get('command', 'zoo train RECIPE'), run_dir)}`"
-        )
+        if str(record.get("error", "")).startswith("TrainingDiverged"):  # a resume keeps the lr, and diverges again
+            print("  not complete: train it again with a lower train.lr (--resume keeps the settings it diverged with)")
+        else:
+            command = runs.resume_command(record.get("command", "zoo train RECIPE"), run_dir)
+            print(f"  not complete: continue with `{command}`")
     for split, entry in runs.read_json(run_dir / runs.EVAL_FILE).items():
         metrics = ", ".join(f"{k} {v:.4f}" for k, v in entry.get("metrics", {}).items())
         print(f"  {split:<9} {metrics}" + (f"  ({entry['note']})" if entry.get("note") else ""))
