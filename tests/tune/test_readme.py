@@ -1,0 +1,44 @@
+"""The README's hyperparameter-search commands chain as written (at scale=tiny, with fewer trials)."""
+
+import re
+import shlex
+from pathlib import Path
+
+from zoo.cli.main import main
+from zoo.experiment import load_run
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_tune_commands() -> list[list[str]]:
+    """The ``zoo`` commands of the README's hyperparameter-search block, continuation lines joined."""
+    section = README.read_text().split("## Hyperparameter search", 1)[1]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0].replace("\\\n", " ")
+    commands = [shlex.split(line, comments=True) for line in block.splitlines()]
+    return [words[1:] for words in commands if words and words[0] == "zoo"]
+
+
+def _smaller(command: list[str]) -> list[str]:
+    """The same command at scale=tiny with a tenth of the trials (at least one)."""
+    if command[0] != "tune":
+        return command
+    trials = command.index("--trials") + 1
+    command = [*command[:trials], str(max(1, int(command[trials]) // 10)), *command[trials + 1 :]]
+    return command if "scale=tiny" in command else [*command[:2], "scale=tiny", *command[2:]]
+
+
+def test_the_readme_tune_commands_chain(tmp_path, monkeypatch, capsys):
+    commands = readme_tune_commands()
+    assert [c[0] for c in commands] == ["tune", "train", "tune", "tune"]
+    monkeypatch.chdir(tmp_path)
+    for command in map(_smaller, commands):
+        assert main(command) == 0, command
+    out = capsys.readouterr().out
+    trained = next(c for c in commands if c[0] == "train")
+    assert load_run(trained[trained.index("--out") + 1]).status == "complete"  # best.yaml was there to train
+    first_study = Path(commands[0][commands[0].index("--study") + 1])
+    trials = sorted((first_study / "trials").iterdir())
+    assert len(trials) == 2  # --trials 10 then 20 at a tenth: the second run added one trial
+    for study in re.findall(r"train it with: zoo train (\S+)", out):
+        assert Path(study).is_file()
+    assert len({Path(s).parent for s in re.findall(r"train it with: zoo train (\S+)", out)}) == 2  # no collision
