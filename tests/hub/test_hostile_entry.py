@@ -162,7 +162,7 @@ def test_a_checkpoint_path_named_by_the_pulled_config_is_never_read(pushed_hub, 
     """``backbone.pretrained`` in a pulled config.yaml names a file of the publisher's machine (or, hostile,
     any file here): the weights come from the user's own copy instead."""
     from zoo.hub.predict import choose_weights
-    from zoo.hub.schema import read_pulled_config
+    from zoo.hub.pulled_config import read_pulled_config
 
     pulled = pull(TEXT, pushed_hub, log=None)
     folder = shutil.copytree(pulled.dir, tmp_path / "pulled")

@@ -9,7 +9,7 @@ refused (``force=True`` loads it anyway), as is one whose tensors do not fit (na
 adapter loader).
 
 A pulled adapter is untrusted data, read in this order: its ``config.yaml`` through
-:func:`zoo.hub.schema.read_pulled_config` (backbone options only from the backbone's allow-list,
+:func:`zoo.hub.pulled_config.read_pulled_config` (backbone options only from the backbone's allow-list,
 no path of the hub's used), then the base backbone built from the user's weights and
 fingerprinted, and only when the fingerprint matches is the adapter's safetensors file opened.
 """
@@ -143,7 +143,7 @@ def from_pulled(pulled, backbone_weights=None, force: bool = False, log=say_to_s
     from zoo.catalog.backbones import create_backbone
     from zoo.experiment.build import resolve
     from zoo.hub.fingerprint import backbone_fingerprint
-    from zoo.hub.schema import read_pulled_config
+    from zoo.hub.pulled_config import read_pulled_config
     from zoo.tasks.train_tasks import TaskRequest
 
     entry = pulled.entry

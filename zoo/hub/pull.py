@@ -10,7 +10,7 @@ Cache layout (``$ZOO_CACHE_DIR/hub``, else ``~/.cache/zoo/hub``)::
 Every file is checked against the index's size and sha256 before it is kept; an interrupted
 download resumes with an HTTP Range request; the adapter's folder appears in one rename once
 every file is verified, so a reader never sees half an adapter, and only once its ``config.yaml``
-passes :func:`zoo.hub.schema.read_pulled_config` (an entry asking for a backbone option the
+passes :func:`zoo.hub.pulled_config.read_pulled_config` (an entry asking for a backbone option the
 backbone does not allow from a hub is refused here, and nothing of it is kept). Offline
 (``ZOO_OFFLINE=1`` or no network) an adapter already in the cache is served from it, and the
 message says so.
@@ -30,7 +30,7 @@ from zoo.catalog.download import copy_verified, download_resumable, sha256_of
 from zoo.errors import DownloadError, HubError
 from zoo.hub.index import find_entry, validate_entry
 from zoo.hub.locations import Hub, offline_requested, say_to_stderr, search_path
-from zoo.hub.schema import read_pulled_config
+from zoo.hub.pulled_config import read_pulled_config
 
 ENTRY_FILE = "entry.json"
 """Written next to the pulled files: the index entry they were verified against."""

@@ -6,15 +6,15 @@ field, instead of a ``KeyError`` deep in ``zoo predict``. Keys zoo does not know
 newer zoo may add some); every key zoo reads is declared here, with its type. An entry's files
 are POSIX paths inside its own folder, safetensors or metadata only, each with its size and sha256.
 
-The ``config.yaml`` of a pulled entry is read by :func:`read_pulled_config`: zoo's own strict
-run-config model, plus what a hub may not set there (backbone options outside the backbone's
-allow-list, paths).
+The ``config.yaml`` of a pulled entry is read by :func:`zoo.hub.pulled_config.read_pulled_config`:
+zoo's own strict run-config model, plus what a hub may not set there (backbone options outside
+the backbone's allow-list, paths).
 """
 
 from __future__ import annotations
 
 import re
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -273,20 +273,22 @@ def _describe(location: tuple[Any, ...], item: dict[str, Any]) -> str:
 
 
 def _hub_error(error: ValidationError, where: str, in_index: bool) -> HubError:
-    messages = []
+    """One message per entry (``where: index entry NAME@VERSION: problem; problem``), at most three problems each."""
+    problems: dict[str, list[str]] = {}
     for item in error.errors():
-        location = tuple(item["loc"])
-        place = where
+        location, place = tuple(item["loc"]), where
         if in_index and len(location) >= 4 and location[0] == "adapters" and location[2] == "versions":
-            place = f"{where}: index entry {location[1]}@{location[3]}"
-            location = location[4:]
+            place, location = f"{where}: index entry {location[1]}@{location[3]}", location[4:]
         elif in_index and len(location) >= 2 and location[0] == "adapters":
-            place = f"{where}: adapter {location[1]!r}"
-            location = location[2:]
-        messages.append(f"{place}: {_describe(location, item)}")
-    unique = list(dict.fromkeys(messages))
-    more = f" (and {len(unique) - 3} more problems)" if len(unique) > 3 else ""
-    return HubError("; ".join(unique[:3]) + more)
+            place, location = f"{where}: adapter {location[1]!r}", location[2:]
+        found = problems.setdefault(place, [])
+        if (message := _describe(location, item)) not in found:
+            found.append(message)
+    parts = []
+    for place, found in problems.items():
+        more = f" (and {len(found) - 3} more problems)" if len(found) > 3 else ""
+        parts.append(f"{place}: {'; '.join(found[:3])}{more}")
+    return HubError(" | ".join(parts[:3]) + (f" | and {len(parts) - 3} more entries" if len(parts) > 3 else ""))
 
 
 def parse_entry(raw: Any, where: str) -> HubEntry:
@@ -328,73 +330,3 @@ def parse_index_document(raw: Any, source: str) -> HubIndex:
                 f"({', '.join(record.versions)})"
             )
     return index
-
-
-# -- the config.yaml of a pulled entry ----------------------------------------------------
-MAX_CONFIG_BYTES = 1 << 20
-
-
-def _refuse_paths(value: Any, key: str, where: str) -> None:
-    """Builder and loader options of a hub may not name a path: a loader would open it (``zoo eval`` reads
-    the data a pulled configuration describes, from the user's own data root)."""
-    if isinstance(value, dict):
-        for name, item in value.items():
-            _refuse_paths(item, f"{key}.{name}", where)
-    elif isinstance(value, (list, tuple)):
-        for number, item in enumerate(value):
-            _refuse_paths(item, f"{key}[{number}]", where)
-    elif isinstance(value, str) and (
-        "/" in value or "\\" in value or value.startswith(("~", "..")) or re.match(r"^[A-Za-z]:", value)
-    ):
-        raise HubError(f"{where}: {key}={value!r} names a path or URL; a configuration from a hub may not. Refused")
-
-
-def read_pulled_config(folder: Path, entry: dict[str, Any], label: str):
-    """The ``config.yaml`` of a pulled adapter as a :class:`zoo.experiment.config.RunConfig`, checked as
-    untrusted: zoo's strict run-config model, then what a hub may not do there. Backbone options are
-    only those the backbone allows from a hub (no file, URL, checkpoint or cache folder a builder would
-    read); the backbone, method, scale and domain agree with the index entry; and no path it names is
-    ever used (``backbone.pretrained`` means "the pretrained weights", found on this machine by
-    :func:`zoo.hub.predict.choose_weights`; ``data.root`` is dropped). Nothing is built or loaded here."""
-    from zoo.catalog.backbones import BACKBONES, check_hub_options
-    from zoo.errors import ConfigError, UnknownNameError
-    from zoo.experiment.config import validate
-    from zoo.experiment.yaml_files import read_yaml
-
-    path = Path(folder) / "config.yaml"
-    where = f"{label}: {path.name}"
-    if not path.is_file():
-        raise HubError(
-            f"{where} is missing from {folder}; an adapter from a hub carries the configuration it was trained with"
-        )
-    if path.stat().st_size > MAX_CONFIG_BYTES:
-        raise HubError(f"{where} is {path.stat().st_size} bytes, more than a run configuration ever is; refused")
-    try:
-        data = read_yaml(path)
-        if not isinstance(data, dict):
-            raise ConfigError(f"it holds a {type(data).__name__}, not a mapping of sections")
-        config = validate(data, "")
-    except (ConfigError, UnknownNameError, OSError, ValueError) as error:
-        raise HubError(f"{where} is not a valid run configuration: {error}") from None
-    backbone = entry["backbone"]
-    if config.backbone.name != backbone["name"]:
-        raise HubError(f"{where} names backbone {config.backbone.name}, the index entry {backbone['name']}; refused")
-    check_hub_options(config.backbone.name, config.backbone.options, where)
-    check_hub_options(backbone["name"], backbone.get("options") or {}, f"{label}: the index entry")
-    if config.method.name != entry["method"]["name"]:
-        raise HubError(f"{where} names method {config.method.name}, the index entry {entry['method']['name']}; refused")
-    if backbone.get("scale") is not None and backbone["scale"] != config.scale:
-        raise HubError(f"{where} has scale={config.scale}, the index entry scale={backbone['scale']}; refused")
-    domain = BACKBONES.get(config.backbone.name).domain
-    if domain != entry["domain"]:
-        raise HubError(f"{label}: the index entry says domain {entry['domain']!r}, its backbone is a {domain} backbone")
-    for section, options in (
-        ("backbone", config.backbone.options),
-        ("data", config.data.options),
-        ("task", config.task.options),
-    ):
-        _refuse_paths(options, f"{section}.options", where)
-    if isinstance(config.backbone.pretrained, str):
-        config.backbone.pretrained = True  # a path on the publisher's machine: the weights are found here instead
-    config.data.root = None
-    return config
