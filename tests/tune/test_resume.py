@@ -2,6 +2,7 @@
 failed trials retried, and failures that no values would change stop the study at once."""
 
 import json
+import socket
 import subprocess
 import sys
 import textwrap
@@ -105,6 +106,29 @@ def test_a_trial_of_a_killed_process_is_failed_and_its_run_resumed_on_the_next_s
     assert any("trial 0" in line and "gone" in line for line in said)
 
 
+def test_a_half_made_run_directory_of_a_killed_trial_is_cleaned_and_the_trial_run_again(tmp_path):
+    """The journal as a process leaves it when killed after making its trial folder, before the run's files."""
+    folder = tmp_path / "study"
+    folder.mkdir()
+    storage = JournalStorage(JournalFileBackend(str(folder / "journal.log")))
+    study = optuna.create_study(study_name="zoo-tune", storage=storage, direction="maximize")
+    left = study.ask()
+    values = {"method.r": left.suggest_int("method.r", 2, 64, log=True)}
+    values["train.lr"] = left.suggest_float("train.lr", 1e-5, 1e-2, log=True)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    half_made = folder / "trials" / "trial-000"
+    half_made.mkdir(parents=True)
+    (half_made / "config.yaml.tmp").write_text("partial")
+    for key, value in {"host": socket.gethostname(), "pid": int(gone.stdout), "run_dir": str(half_made)}.items():
+        left.set_user_attr(key, value)
+
+    result = tune("text/sst2-lora", TINY, parse_search(RECIPE_SEARCH), 1, folder, log=None)
+    first, retry = _trials(folder)
+    assert (first.state, retry.state) == (TrialState.FAIL, TrialState.COMPLETE)
+    assert retry.params == values and result.finished == 1
+    assert load_run(half_made).status == "complete" and not (half_made / "config.yaml.tmp").exists()
+
+
 def test_a_stopped_study_says_so_in_one_line_and_the_same_command_resumes_it(tmp_path, capsys):
     folder = tmp_path / "study"
     command = [*STUDY_OF_ONE, str(folder)]
@@ -130,7 +154,7 @@ def test_a_trial_of_a_live_process_is_left_running(tmp_path):
     with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"]) as other:
         try:
             running = study.ask()
-            running.set_user_attr("host", __import__("socket").gethostname())
+            running.set_user_attr("host", socket.gethostname())
             running.set_user_attr("pid", other.pid)
             tune("text/sst2-lora", TINY, parse_search(SEARCH), 2, folder, log=None)
             assert [t.state for t in _trials(folder)] == [TrialState.COMPLETE, TrialState.RUNNING, TrialState.COMPLETE]

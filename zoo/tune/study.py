@@ -142,7 +142,8 @@ def _trial_dir(study_dir: Path, trial) -> tuple[Path, bool]:
 
     earlier = trial.user_attrs.get(trials_.RUN_DIR)
     if earlier and trials_.RETRY_OF in trial.user_attrs:
-        out = Path(earlier)
+        # by name under this study's trials/ (the study may be opened from another working directory)
+        out = study_dir / TRIALS_DIR / Path(earlier).name
         if is_run_dir(out) and status(out) != "complete":
             (out / RESULT_FILE).unlink(missing_ok=True)  # the failed attempt's results row; remade at the end
             return out, True
