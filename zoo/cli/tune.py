@@ -49,14 +49,19 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from zoo.errors import ConfigError
     from zoo.experiment.config import parse_overrides
     from zoo.experiment.recipes import find_recipe, read_recipe
     from zoo.experiment.runner import RunInterrupted
     from zoo.tune import TrialsFailing, parse_search, tune
     from zoo.tune.study import default_study_dir
 
-    recipe_parameters = parse_search(read_recipe(find_recipe(args.recipe)).get("search") or {})
-    parameters = parse_search(args.search) if args.search else recipe_parameters
+    recipe_specs = read_recipe(find_recipe(args.recipe)).get("search") or {}
+    parameters = parse_search(args.search or recipe_specs)
+    try:  # the recipe's own search, to tell whether this search is it (the default folder depends on that)
+        recipe_parameters = parse_search(recipe_specs)
+    except ConfigError:  # a recipe whose search: section --search replaces
+        recipe_parameters = []
     overrides = parse_overrides(list(args.overrides))
     study = args.study or default_study_dir(args.recipe, overrides, parameters, recipe_parameters)
     try:
