@@ -54,13 +54,15 @@ def describe(path):
     return {"size": path.stat().st_size, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
 
-def republish(hub, name, change_config, extra_files=()):
-    """Change the entry's config.yaml (and add files to it), with sizes and sha256 that verify."""
+def republish(hub, name, change_config, extra_files=(), rewrite=True):
+    """Change the entry's config.yaml (and add files to it), with sizes and sha256 that verify
+    (``rewrite=False``: the config.yaml as it is now)."""
     folder = hub / name / "1"
     config_path = folder / "config.yaml"
-    config = yaml.safe_load(config_path.read_text())
-    change_config(config)
-    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    if rewrite:
+        config = yaml.safe_load(config_path.read_text())
+        change_config(config)
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     index = json.loads((hub / "index.json").read_text())
     entry = index["adapters"][name]["versions"]["1"]
     for item in entry["files"]:
@@ -209,4 +211,22 @@ def test_options_of_a_pulled_config_may_not_name_a_path(pushed_hub, tmp_path, se
     hub = shutil.copytree(pushed_hub, tmp_path / "hub")
     republish(hub, TEXT, lambda config: config[section].update(options=options))
     with pytest.raises(HubError, match=re.escape(f"{named} names a path or URL")):
+        load(TEXT, hub=str(hub), log=None)
+
+
+def test_a_config_with_yaml_aliases_is_refused_before_it_is_expanded(pushed_hub, tmp_path):
+    hub = shutil.copytree(pushed_hub, tmp_path / "hub")
+    laughs = ["a: &a [x, x, x, x, x, x, x, x, x, x]"] + [
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]" for i in range(6)
+    ]  # 10**7 strings once expanded (a hostile file nests a few more levels)
+
+    def add_laughs(config):
+        config["data"]["options"] = {"placeholder": 0}
+
+    republish(hub, TEXT, add_laughs)
+    config_path = hub / TEXT / "1" / "config.yaml"
+    block = "".join(f"\n    {line}" for line in laughs)
+    config_path.write_text(config_path.read_text().replace("\n    placeholder: 0", block))
+    republish(hub, TEXT, lambda config: None, rewrite=False)
+    with pytest.raises(HubError, match=r"uses YAML aliases"):
         load(TEXT, hub=str(hub), log=None)

@@ -34,6 +34,16 @@ def _refuse_paths(value: Any, key: str, where: str) -> None:
         raise HubError(f"{where}: {key}={value!r} names a path or URL; a configuration from a hub may not. Refused")
 
 
+def _has_aliases(path: Path) -> bool:
+    """Whether the YAML file refers to an anchor (zoo never writes one; a hostile file nests them)."""
+    import yaml
+
+    try:
+        return any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(path.read_text(), Loader=yaml.SafeLoader))
+    except (yaml.YAMLError, OSError, UnicodeDecodeError):
+        return False  # read_yaml names the problem
+
+
 def read_pulled_config(folder: Path, entry: dict[str, Any], label: str):
     """The ``config.yaml`` of a pulled adapter as a :class:`zoo.experiment.config.RunConfig`, checked as
     untrusted: zoo's strict run-config model, then what a hub may not do there. Backbone options are
@@ -54,6 +64,11 @@ def read_pulled_config(folder: Path, entry: dict[str, Any], label: str):
         )
     if path.stat().st_size > MAX_CONFIG_BYTES:
         raise HubError(f"{where} is {path.stat().st_size} bytes, more than a run configuration ever is; refused")
+    if _has_aliases(path):
+        raise HubError(
+            f"{where} uses YAML aliases (*name); a configuration from a hub may not: a few aliases can stand for "
+            f"billions of values. Refused"
+        )
     try:
         data = read_yaml(path)
         if not isinstance(data, dict):
