@@ -18,9 +18,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "tune",
         help="search a recipe's hyperparameters (Optuna TPE, median pruning)",
-        description="Search hyperparameters of a recipe; every trial is a normal run. "
-        "The same command again resumes the study: failed trials are retried, and --trials "
-        "larger than before adds trials.",
+        description="Search hyperparameters of a recipe; every trial is a normal run.\n"
+        "The same command again resumes the study: failed trials are retried, and a larger\n"
+        "--trials adds trials.",
         epilog=GRAMMAR,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
