@@ -190,7 +190,7 @@ def from_pulled(pulled, backbone_weights=None, force: bool = False, log=say_to_s
 def from_run_dir(run_dir: str | os.PathLike, log=say_to_stderr) -> Predictor:
     """A run directory's model, as ``zoo eval`` rebuilds it (class names read from its dataset when it is here)."""
     from zoo.experiment.build import load_built_run, load_datasets
-    from zoo.hub.push import _label_names
+    from zoo.hub.labels import label_names
 
     built = load_built_run(run_dir)
     labels = None
@@ -203,7 +203,7 @@ def from_run_dir(run_dir: str | os.PathLike, log=say_to_stderr) -> Predictor:
             labels = None
             continue
         if role in datasets:
-            labels = _label_names(datasets[role])
+            labels = label_names(datasets[role])
             break
     return Predictor(
         built.model,

@@ -34,6 +34,7 @@ from zoo.hub.index import (
     next_version,
     parse_index,
 )
+from zoo.hub.labels import label_names
 from zoo.hub.locations import Hub, parse_hub, say_to_stderr
 
 
@@ -56,15 +57,6 @@ def _weights_source(config, spec, origin) -> dict[str, Any]:
     else:
         source.update(entry_weights(origin))
     return source
-
-
-def _label_names(dataset) -> list[str] | None:
-    inner = getattr(dataset, "dataset", dataset)  # through a Subset (data.max_*_examples)
-    for attribute in ("label_names", "classes"):
-        names = getattr(inner, attribute, None)
-        if names is not None and not isinstance(names, int):
-            return [str(n) for n in names]
-    return None
 
 
 def _parameter_report(config, resolved, outputs, record, fingerprint_log):
@@ -206,7 +198,7 @@ def describe_run(
             "selection": source.selection or None,
             "sha256": source.sha256,
         }
-        labels = labels or _label_names(datasets[role])
+        labels = labels or label_names(datasets[role])
     outputs = run.record.get("num_outputs") or num_outputs(config, resolved, datasets.get("train"))
     fingerprint, report = _parameter_report(
         config, resolved, outputs, run.record, lambda: log(f"{name}@{version}: fingerprinting the base weights")
