@@ -215,3 +215,24 @@ def test_the_next_push_removes_what_a_killed_push_left(tiny_run, hub_copy):
     entry = push(tiny_run.dir, hub_copy, version="9", log=None)
     assert [p for p in hub_copy.rglob("*") if p.name.endswith(".tmp")] == [hub_copy / "notes.tmp"]
     assert entry["version"] == "9" and (hub_copy / entry["path"] / "adapter/adapter_config.json").is_file()
+
+
+def test_reference_inputs_are_spread_over_the_held_out_split_and_only_text_is_stored():
+    import numpy as np
+
+    from zoo.hub.reference import held_out_inputs
+
+    texts = [(f"sentence {i}", i % 2) for i in range(15)]
+    assert held_out_inputs({"val": texts, "test": texts[:3]}) == (
+        "test",
+        ["sentence 0", "sentence 1", "sentence 2"],
+        "",
+    )
+    role, inputs, note = held_out_inputs({"val": texts})
+    assert (role, note) == ("val", "") and inputs == [f"sentence {i}" for i in (0, 2, 4, 6, 8, 10, 12, 14)]
+    images = [(np.zeros((4, 4, 3)), 0)] * 5
+    assert held_out_inputs({"test": images}) == ("test", [], "5 test inputs are ndarray values, not text; not stored")
+    assert held_out_inputs({"train": texts})[1:] == (
+        [],
+        "no held-out split (test or val) to take reference inputs from",
+    )
