@@ -8,13 +8,14 @@ import sys
 import textwrap
 
 import optuna
+import pytest
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from zoo.cli.main import main
 from zoo.experiment import load_run
-from zoo.tune import default_study_dir, parse_search, tune
+from zoo.tune import TrialsFailing, default_study_dir, parse_search, tune
 from zoo.tune.sampler import TrialSeededSampler
 
 SEARCH = ["method.r=int:2..16:log", "train.lr=float:1e-4..1e-2:log"]
@@ -213,6 +214,19 @@ def test_an_offline_failure_stops_the_study_with_one_message(tmp_path, monkeypat
     first, retry, new = _trials(tmp_path / "s")
     assert retry.params == first.params and new.params != first.params
     assert {t.state for t in (first, retry, new)} == {TrialState.FAIL}
+
+
+def test_trials_failing_the_same_way_in_a_row_stop_the_study(tmp_path, monkeypatch, capfd):
+    import zoo.experiment
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA error: out of memory")
+
+    monkeypatch.setattr(zoo.experiment, "run", out_of_memory)
+    with pytest.raises(TrialsFailing, match="3 trials in a row failed this way"):
+        tune("text/sst2-lora", TINY, parse_search(SEARCH), 20, tmp_path, log=None)
+    assert [t.state for t in _trials(tmp_path)] == [TrialState.FAIL] * 3  # not 20
+    assert "Traceback" not in capfd.readouterr().err
 
 
 def test_the_default_study_folder_depends_on_the_search_and_the_overrides():

@@ -245,6 +245,7 @@ def tune(
         finally:
             if out.exists():  # every trial, pruned and failed ones too, is a row of the study's results store
                 add_runs(study_dir, [out])
+        failures.clear()  # only failures in a row say that every trial would fail
         say(f"  trial {trial.number}: {shown} -> {metric} {value:.4f}")
         return float(value)
 
@@ -266,7 +267,7 @@ def tune(
         why = (
             "it does not depend on the searched values"
             if isinstance(error, trials_.ENVIRONMENT_ERRORS)
-            else f"the first {len(failures)} trials all failed this way"
+            else f"{len(failures)} trials in a row failed this way"
         )
         raise trials_.TrialsFailing(
             f"stopped, as every trial would fail the same way ({why}):\n{error}\n"

@@ -23,7 +23,7 @@ from zoo.errors import DataError, DownloadError, PretrainedUnavailable
 # every other trial would fail the same way, so the study stops at the first one.
 ENVIRONMENT_ERRORS = (DataError, DownloadError, PretrainedUnavailable)
 SAME_FAILURES_TO_STOP = 3
-"""A study also stops when its first trials in a process all fail with the same message."""
+"""A study also stops when this many trials in a row fail with the same message."""
 
 RETRY_OF = "retry_of"
 RUN_DIR = "run_dir"
