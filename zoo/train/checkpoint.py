@@ -14,10 +14,12 @@ its contents, so a file damaged later (truncated, bytes flipped on disk) is reco
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -33,6 +35,13 @@ PREVIOUS_NAME = "last.prev.pt"
 BEST_NAME = "best.pt"
 FORMAT_VERSION = 1
 DIGEST_KEY = "content_sha256"
+
+# Settings that may differ between a run and its resume without changing what it computes.
+RESUME_MAY_CHANGE = frozenset(
+    {"log_every", "num_workers", "eval_batch_size", "checkpoint_every", "device", "load_best_at_end"}
+)
+
+logger = logging.getLogger("zoo.train")
 
 
 def content_digest(value: Any, digest: Any = None) -> Any:
@@ -75,6 +84,22 @@ def save_rotating(payload: dict[str, Any], directory: Path) -> Path:
     return atomic_save(payload, directory / LAST_NAME, keep_previous=directory / PREVIOUS_NAME)
 
 
+def save_best(
+    directory: Path, step: int, main_metric: str, metrics: dict[str, float], trainable: dict[str, torch.Tensor]
+) -> Path:
+    """Write ``best.pt``: the trainable tensors of the best validation so far, at ``step``."""
+    return atomic_save(
+        {
+            "format": FORMAT_VERSION,
+            "step": step,
+            "main_metric": main_metric,
+            "metrics": metrics,
+            "trainable": trainable,
+        },
+        directory / BEST_NAME,
+    )
+
+
 def load(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
@@ -112,6 +137,28 @@ def load_newest(directory: Path) -> tuple[dict[str, Any], Path, list[tuple[Path,
     )
 
 
+def check_resumable(
+    payload: dict[str, Any], settings: dict[str, Any], strategy: str, trainable_names: list[str], directory: Path
+) -> None:
+    """CheckpointError unless the checkpoint ``payload`` (from ``directory``) was written by a run with these
+    settings (but those of RESUME_MAY_CHANGE), this strategy and these trainable parameters."""
+    saved = payload["settings"]
+    changed = [
+        f"{name}: {saved.get(name)!r} -> {value!r}"
+        for name, value in settings.items()
+        if name not in RESUME_MAY_CHANGE and saved.get(name) != value
+    ]
+    if changed:
+        raise CheckpointError(
+            f"cannot resume {directory}: these settings differ from the checkpoint's ({'; '.join(changed)}); "
+            f"put them back, or start a new run"
+        )
+    if payload["strategy"] != strategy:
+        raise CheckpointError(f"cannot resume: the checkpoint was written with strategy {payload['strategy']}")
+    if payload["trainable_names"] != trainable_names:
+        raise CheckpointError("cannot resume: the model's trainable parameters differ from the checkpoint's")
+
+
 def capture_rng_state() -> dict[str, Any]:
     numpy_state = np.random.get_state()
     state = {
@@ -145,6 +192,22 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)  # seeds every CUDA device too
+
+
+def restore_process_state(per_process: list[dict[str, Any]], world_size: int, rank: int, seed: int, step: int) -> float:
+    """Put back this process's RNG state from a checkpoint's ``per_process`` records; its share of the
+    logging window's loss, to carry on summing from."""
+    if len(per_process) == world_size:
+        restore_rng_state(per_process[rank]["rng"])
+        return per_process[rank]["window_loss"]
+    # another process count: the data order still matches, the dropout streams cannot
+    logger.warning(
+        "resuming with %d processes, the checkpoint had %d: dropout will not replay exactly",
+        world_size,
+        len(per_process),
+    )
+    seed_everything(seed + rank + 7919 * step)
+    return sum(p["window_loss"] for p in per_process) / len(per_process)
 
 
 # -- trainable tensors and optimizer state, whole, for plain, DDP and FSDP models ---------------------
@@ -203,3 +266,26 @@ def load_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, state: di
         set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
     else:
         optimizer.load_state_dict(state)
+
+
+@contextlib.contextmanager
+def full_weights(
+    model: nn.Module, trainable: list[tuple[str, nn.Parameter]], fsdp: bool, is_main: bool
+) -> Iterator[nn.Module]:
+    """``model`` with whole trainable tensors on rank 0; see ``Trainer.full_weights``."""
+    if not fsdp:
+        yield model
+        return
+    state = gather_trainable(model, trainable, fsdp)
+    swapped: list[tuple[nn.Module, str, nn.Parameter]] = []
+    if is_main:
+        for name, _ in trainable:
+            owner_name, _, attribute = name.rpartition(".")
+            owner = model.get_submodule(owner_name)
+            swapped.append((owner, attribute, owner._parameters[attribute]))
+            owner._parameters[attribute] = nn.Parameter(state[name], requires_grad=True)
+    try:
+        yield model
+    finally:
+        for owner, attribute, parameter in swapped:
+            owner._parameters[attribute] = parameter

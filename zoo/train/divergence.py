@@ -9,11 +9,18 @@ run therefore stops with one clear error and its last checkpoint untouched.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.utils.data import Dataset
+
+from zoo.train.devices import move_to_device
+from zoo.train.task import TrainTask
 
 
 class TrainingDiverged(FloatingPointError):
@@ -31,10 +38,14 @@ class TrainingDiverged(FloatingPointError):
 
 
 class DivergenceWatch:
-    """The first step at which the running loss window stopped being finite, kept on the device."""
+    """The first step at which the running loss window stopped being finite, kept on the device.
 
-    def __init__(self, device: torch.device) -> None:
+    ``lr``, ``precision`` and ``checkpoint_dir`` are the run's, named in the error's advice."""
+
+    def __init__(self, device: torch.device, lr: float, precision: str, checkpoint_dir: Path) -> None:
         self.first = torch.full((), math.inf, device=device)
+        self.checked_step = -1
+        self.lr, self.precision, self.checkpoint_dir = lr, precision, checkpoint_dir
 
     def after_step(self, window_loss: torch.Tensor, step: int) -> None:
         # The window sums every micro-batch loss since the last log: once a loss is NaN or inf the
@@ -48,3 +59,37 @@ class DivergenceWatch:
             dist.all_reduce(first, op=dist.ReduceOp.MIN)
         value = first.item()
         return None if math.isinf(value) else int(value)
+
+    def stop_if_diverged(self, step: int, distributed: bool, window_loss: Callable[[], float]) -> None:
+        """Raise TrainingDiverged if a loss since the last check was NaN or infinite (one sync per step at most).
+
+        ``window_loss`` gives the loss the error reports; it is called only then, after the check."""
+        if self.checked_step == step:
+            return
+        self.checked_step = step
+        bad_step = self.first_bad_step(distributed)
+        if bad_step is not None:
+            raise self.error(bad_step, window_loss())
+
+    def error(self, step: int, loss: float) -> TrainingDiverged:
+        return TrainingDiverged(step, loss, self.lr, self.precision, self.checkpoint_dir)
+
+
+def first_batch_loss(
+    task: TrainTask,
+    model: nn.Module,
+    dataset: Dataset,
+    batch_size: int,
+    device: torch.device,
+    autocast: Callable[[], contextlib.AbstractContextManager],
+) -> float | None:
+    """``model``'s loss on the first batch of ``dataset`` without gradients, on ``device``; None if
+    computing it fails (the probe failing says nothing about divergence, so the error that led here stands)."""
+    count = min(len(dataset), batch_size)
+    try:
+        batch, labels = task.collate([dataset[i] for i in range(count)])
+        with torch.no_grad(), autocast():
+            batch, labels = move_to_device(batch, device), move_to_device(labels, device)
+            return float(task.loss(model, batch, labels).detach().float())
+    except Exception:
+        return None

@@ -17,7 +17,6 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -28,51 +27,18 @@ from torch.utils.data import DataLoader, Dataset
 from zoo.errors import ConfigError
 from zoo.train import checkpoint as ckpt
 from zoo.train import distributed as dist_utils
-from zoo.train.divergence import DivergenceWatch, TrainingDiverged
+from zoo.train.devices import move_to_device
+from zoo.train.divergence import DivergenceWatch, first_batch_loss
+from zoo.train.progress import RunProgress
 from zoo.train.recompute import enable_gradient_checkpointing
 from zoo.train.reporting import RunReporter
 from zoo.train.result import TrainResult
 from zoo.train.sampler import ResumableDistributedSampler
-from zoo.train.schedule import warmup_cosine
+from zoo.train.schedule import adamw, warmup_cosine
 from zoo.train.settings import TrainSettings
 from zoo.train.task import TrainTask
 
 logger = logging.getLogger("zoo.train")
-
-# Settings that may differ between a run and its resume without changing what it computes.
-RESUME_MAY_CHANGE = frozenset(
-    {"log_every", "num_workers", "eval_batch_size", "checkpoint_every", "device", "load_best_at_end"}
-)
-
-
-def move_to_device(value: Any, device: torch.device | str) -> Any:
-    """Tensors anywhere inside dicts, lists and tuples moved to ``device``."""
-    if isinstance(value, torch.Tensor):
-        return value.to(device, non_blocking=True)
-    if isinstance(value, dict):
-        return {key: move_to_device(item, device) for key, item in value.items()}
-    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
-        return type(value)(move_to_device(item, device) for item in value)
-    return value
-
-
-@dataclass
-class _Progress:
-    """Where the run is; saved in every checkpoint."""
-
-    step: int = 0
-    epoch: int = 0
-    micro: int = 0
-    """Micro-batches of the current epoch already consumed (by each process)."""
-    best_metric: float | None = None
-    best_step: int | None = None
-    best_metrics: dict[str, float] = field(default_factory=dict)
-    evals_without_improvement: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
-    stopped_early: bool = False
-    train_loss: float | None = None
-    window_micro: int = 0
-    """Micro-batches in the current logging window (their summed loss is per process, saved with the RNG)."""
 
 
 class Trainer:
@@ -81,7 +47,7 @@ class Trainer:
     ``callbacks`` are called as ``callback(trainer, step)`` after every optimizer step, once the
     step's logging, evaluation and checkpoint are done. ``show_progress`` shows a progress bar on a
     terminal, else a plain line every ``log_every`` steps on stderr; False shows nothing. A loss
-    that becomes NaN or infinite stops the run with :class:`TrainingDiverged`.
+    that becomes NaN or infinite stops the run with :class:`zoo.train.divergence.TrainingDiverged`.
     """
 
     def __init__(
@@ -128,13 +94,12 @@ class Trainer:
         self.steps_per_epoch = math.ceil(self.micro_batches_per_epoch / settings.grad_accum)
         self.total_steps = settings.max_steps or settings.epochs * self.steps_per_epoch
         self.fsdp = self.distributed and settings.strategy == "fsdp"
-        self.progress = _Progress()
+        self.progress = RunProgress()
         self.window_loss = torch.zeros((), device=self.device)
-        self.divergence = DivergenceWatch(self.device)
-        self._checked_step = -1
         self.training_model: nn.Module = model
         self.optimizer: torch.optim.Optimizer | None = None
         self.checkpoint_dir = self.run_dir / ckpt.CHECKPOINT_DIR
+        self.divergence = DivergenceWatch(self.device, settings.lr, settings.precision, self.checkpoint_dir)
         self.resumed_from: Path | None = None
         """The checkpoint ``fit(resume=True)`` carried on from; None for a fresh start."""
         self._fit_called = False
@@ -156,13 +121,7 @@ class Trainer:
             self.training_model = dist_utils.wrap_ddp(self.model, self.device)
         # Collected after sharding, which replaces the parameter objects.
         self.trainable = [(name, p) for name, p in self.model.named_parameters() if p.requires_grad]
-        # No decay on vectors: biases, norms and multiplicative scales ((IA)^3, DoRA magnitudes)
-        # would be pulled towards 0, which for a scale initialised at 1 is a wrong prior.
-        groups = [
-            {"params": [p for _, p in self.trainable if p.ndim >= 2], "weight_decay": self.settings.weight_decay},
-            {"params": [p for _, p in self.trainable if p.ndim < 2], "weight_decay": 0.0},
-        ]
-        self.optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=self.settings.lr)
+        self.optimizer = adamw(self.trainable, self.settings.lr, self.settings.weight_decay)
         self.scheduler = warmup_cosine(self.optimizer, self.total_steps, self.settings.warmup_ratio)
 
     def _loader(self, epoch: int) -> DataLoader:
@@ -218,7 +177,7 @@ class Trainer:
         else:
             if resume:
                 logger.warning("no checkpoint in %s: training from the start", self.checkpoint_dir)
-            self.progress = _Progress()
+            self.progress = RunProgress()
             self.window_loss.zero_()
             ckpt.seed_everything(self.settings.seed + self.rank)  # ranks differ in dropout, agree in data order
             if self.is_main:  # a fresh run must not leave an older run's checkpoints to resume from
@@ -317,17 +276,12 @@ class Trainer:
                     break
 
     def _stop_if_diverged(self) -> None:
-        """Raise TrainingDiverged if a loss since the last check was NaN or infinite (one sync per step at most)."""
-        if self._checked_step == self.progress.step:
-            return
-        self._checked_step = self.progress.step
-        step = self.divergence.first_bad_step(self.distributed)
-        if step is not None:
-            loss = dist_utils.all_reduce_mean(self.window_loss / max(self.progress.window_micro, 1)).item()
-            raise self._diverged(step, loss)
-
-    def _diverged(self, step: int, loss: float) -> TrainingDiverged:
-        return TrainingDiverged(step, loss, self.settings.lr, self.settings.precision, self.checkpoint_dir)
+        """Raise TrainingDiverged if a loss since the last check was NaN or infinite (every process calls it)."""
+        self.divergence.stop_if_diverged(
+            self.progress.step,
+            self.distributed,
+            lambda: dist_utils.all_reduce_mean(self.window_loss / max(self.progress.window_micro, 1)).item(),
+        )
 
     def _epochs_done(self) -> float:
         return self.progress.epoch + self.progress.micro / self.micro_batches_per_epoch
@@ -357,16 +311,11 @@ class Trainer:
         """TrainingDiverged if the trained model's loss on the first batch of ``dataset`` is not finite."""
         if self.progress.step == 0 or len(dataset) == 0:
             return  # nothing trained yet: whatever failed is not divergence
-        count = min(len(dataset), self.settings.eval_batch_size)
-        try:
-            batch, labels = self.task.collate([dataset[i] for i in range(count)])
-            with torch.no_grad(), self._autocast():
-                batch, labels = move_to_device(batch, self.device), move_to_device(labels, self.device)
-                loss = float(self.task.loss(self.model, batch, labels).detach().float())
-        except Exception:  # the probe failing says nothing about divergence; the original error stands
-            return
-        if not math.isfinite(loss):
-            raise self._diverged(self.progress.step, loss) from error
+        loss = first_batch_loss(
+            self.task, self.model, dataset, self.settings.eval_batch_size, self.device, self._autocast
+        )
+        if loss is not None and not math.isfinite(loss):
+            raise self.divergence.error(self.progress.step, loss) from error
 
     def _validate(self, reporter: RunReporter) -> None:
         progress, name = self.progress, self.task.main_metric
@@ -375,24 +324,11 @@ class Trainer:
             raise ConfigError(
                 f"the task's evaluate() gave {', '.join(metrics) or 'nothing'} but not its main metric {name!r}"
             )
-        value = metrics[name]
-        best = progress.best_metric
-        improved = math.isfinite(value) and (
-            best is None or (value > best if self.task.greater_is_better else value < best)
+        improved = progress.record_validation(
+            metrics, self._epochs_done(), name, self.task.greater_is_better, self.settings.early_stopping_patience
         )
-        progress.history.append({"step": progress.step, "epoch": self._epochs_done(), **metrics})
         if improved:
-            progress.best_metric, progress.best_step, progress.best_metrics = value, progress.step, metrics
-            progress.evals_without_improvement = 0
             self._save_best(metrics)
-        else:
-            progress.evals_without_improvement += 1
-            patience = self.settings.early_stopping_patience
-            if patience is not None and progress.evals_without_improvement >= patience:
-                progress.stopped_early = True
-                logger.info(
-                    "early stopping at step %d: %s has not improved for %d evaluations", progress.step, name, patience
-                )
         reporter.log_eval(progress.step, self._epochs_done(), metrics, name, improved)
 
     @contextlib.contextmanager
@@ -403,22 +339,8 @@ class Trainer:
         rank 0's trainable parameters are plain CPU tensors (for reading, not for forward);
         on leaving, the sharded ones are put back.
         """
-        if not self.fsdp:
-            yield self.model
-            return
-        state = ckpt.gather_trainable(self.model, self.trainable, self.fsdp)
-        swapped: list[tuple[nn.Module, str, nn.Parameter]] = []
-        if self.is_main:
-            for name, _ in self.trainable:
-                owner_name, _, attribute = name.rpartition(".")
-                owner = self.model.get_submodule(owner_name)
-                swapped.append((owner, attribute, owner._parameters[attribute]))
-                owner._parameters[attribute] = nn.Parameter(state[name], requires_grad=True)
-        try:
-            yield self.model
-        finally:
-            for owner, attribute, parameter in swapped:
-                owner._parameters[attribute] = parameter
+        with ckpt.full_weights(self.model, self.trainable, self.fsdp, self.is_main) as model:
+            yield model
 
     # -- checkpoints ------------------------------------------------------------------------------
     def _save_last(self) -> None:
@@ -451,68 +373,21 @@ class Trainer:
     def _save_best(self, metrics: dict[str, float]) -> None:
         trainable = ckpt.gather_trainable(self.model, self.trainable, self.fsdp)
         if self.is_main:
-            ckpt.atomic_save(
-                {
-                    "format": ckpt.FORMAT_VERSION,
-                    "step": self.progress.step,
-                    "main_metric": self.task.main_metric,
-                    "metrics": metrics,
-                    "trainable": trainable,
-                },
-                self.checkpoint_dir / ckpt.BEST_NAME,
-            )
+            ckpt.save_best(self.checkpoint_dir, self.progress.step, self.task.main_metric, metrics, trainable)
 
     def _restore(self, payload: dict[str, Any]) -> None:
-        saved = payload["settings"]
-        changed = [
-            f"{name}: {saved.get(name)!r} -> {value!r}"
-            for name, value in self.settings.to_dict().items()
-            if name not in RESUME_MAY_CHANGE and saved.get(name) != value
-        ]
-        if changed:
-            raise ckpt.CheckpointError(
-                f"cannot resume {self.checkpoint_dir}: these settings differ from the checkpoint's ({'; '.join(changed)}); "
-                f"put them back, or start a new run"
-            )
-        if payload["strategy"] != ("fsdp" if self.fsdp else "ddp"):
-            raise ckpt.CheckpointError(f"cannot resume: the checkpoint was written with strategy {payload['strategy']}")
-        if payload["trainable_names"] != [name for name, _ in self.trainable]:
-            raise ckpt.CheckpointError("cannot resume: the model's trainable parameters differ from the checkpoint's")
+        strategy, names = "fsdp" if self.fsdp else "ddp", [name for name, _ in self.trainable]
+        ckpt.check_resumable(payload, self.settings.to_dict(), strategy, names, self.checkpoint_dir)
         ckpt.load_trainable(self.model, self.trainable, payload["trainable"], self.fsdp)
         ckpt.load_optimizer(self.model, self.optimizer, payload["optimizer"], self.fsdp)
         self.scheduler.load_state_dict(payload["scheduler"])
-        self.progress = _Progress(**payload["progress"])
-        per_process = payload["per_process"]
-        if len(per_process) == self.world_size:
-            ckpt.restore_rng_state(per_process[self.rank]["rng"])
-            self.window_loss.fill_(per_process[self.rank]["window_loss"])
-        else:  # another process count: the data order still matches, the dropout streams cannot
-            logger.warning(
-                "resuming with %d processes, the checkpoint had %d: dropout will not replay exactly",
-                self.world_size,
-                len(per_process),
+        self.progress = RunProgress(**payload["progress"])
+        self.window_loss.fill_(
+            ckpt.restore_process_state(
+                payload["per_process"], self.world_size, self.rank, self.settings.seed, self.progress.step
             )
-            ckpt.seed_everything(self.settings.seed + self.rank + 7919 * self.progress.step)
-            self.window_loss.fill_(sum(p["window_loss"] for p in per_process) / len(per_process))
+        )
 
     def _result(self, seconds: float) -> TrainResult:
-        progress = self.progress
-        final = (
-            {k: v for k, v in progress.history[-1].items() if k not in ("step", "epoch")} if progress.history else {}
-        )
         best_path = self.checkpoint_dir / ckpt.BEST_NAME
-        return TrainResult(
-            best_metric=progress.best_metric,
-            best_step=progress.best_step,
-            steps=progress.step,
-            history=list(progress.history),
-            main_metric=self.task.main_metric,
-            best_metrics=dict(progress.best_metrics),
-            final_metrics=final,
-            train_loss=progress.train_loss,
-            stopped_early=progress.stopped_early,
-            epochs=self._epochs_done(),
-            best_checkpoint=best_path if progress.best_step is not None else None,
-            run_dir=self.run_dir,
-            train_seconds=seconds,
-        )
+        return self.progress.result(self.task.main_metric, self._epochs_done(), best_path, self.run_dir, seconds)

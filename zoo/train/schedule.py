@@ -1,11 +1,23 @@
-"""Learning-rate schedule: linear warmup from 0, then cosine decay to 0."""
+"""The optimizer (AdamW) and its learning-rate schedule: linear warmup from 0, then cosine decay to 0."""
 
 from __future__ import annotations
 
 import math
 
 import torch
+from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
+
+
+def adamw(trainable: list[tuple[str, nn.Parameter]], lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW over the ``(name, parameter)`` pairs of ``trainable``, with weight decay on matrices only."""
+    # No decay on vectors: biases, norms and multiplicative scales ((IA)^3, DoRA magnitudes)
+    # would be pulled towards 0, which for a scale initialised at 1 is a wrong prior.
+    groups = [
+        {"params": [p for _, p in trainable if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for _, p in trainable if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
 
 
 def warmup_steps(total_steps: int, warmup_ratio: float) -> int:
