@@ -52,18 +52,6 @@ def choose_weights(config, backbone_weights: str | os.PathLike | None) -> tuple[
     return True, f"{config.backbone.name}'s pretrained weights (the Hugging Face cache, else downloaded)"
 
 
-def registered_class_names(config) -> list[str] | None:
-    """The class (or per-token state) names the dataset registry records for the dataset a model was
-    trained on: names for an entry or run that does not carry its own."""
-    from zoo.catalog.datasets import DATASETS
-
-    if config is None or config.data.name not in DATASETS:
-        return None
-    extras = DATASETS.get(config.data.name).extras
-    names = extras.get("classes") or extras.get("states")
-    return [str(name) for name in names] if names else None
-
-
 class Predictor:
     """A task model with its adapter, and how to read its outputs."""
 
@@ -81,6 +69,8 @@ class Predictor:
         self.model, self.collate, self.task_kind = model.eval(), collate, task_kind
         self.task, self.config = task, config
         """The TrainTask (for evaluation) and the RunConfig the adapter was trained with."""
+        from zoo.hub.labels import registered_class_names
+
         self.labels = [str(label) for label in labels] if labels else registered_class_names(config)
         """Class names by index: the entry's (recorded at push), else the dataset registry's; None: indices."""
         self.domain, self.name = domain, name
