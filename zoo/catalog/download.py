@@ -69,10 +69,9 @@ def download(
     expected, algorithm = (sha256, "sha256") if sha256 else (md5, "md5")
     digest = hashlib.new(algorithm)
     try:
-        # bounded like every fetch of zoo: a server that trickles cannot hold a download for ever
-        with atomic_file(destination) as out, BoundedGet(url, timeout=timeout) as request:
-            request.response.raise_for_status()
-            for chunk in request.chunks(1 << 20):
+        with atomic_file(destination) as out, requests.get(url, stream=True, timeout=timeout) as response:
+            response.raise_for_status()
+            for chunk in response.iter_content(1 << 20):
                 out.write(chunk)
                 digest.update(chunk)
             if expected and digest.hexdigest() != expected:
