@@ -8,6 +8,7 @@ wraps the model in DDP or FSDP. Only rank 0 writes files.
 
 from __future__ import annotations
 
+import atexit
 import os
 import subprocess
 import sys
@@ -63,7 +64,15 @@ def init_distributed(device_type: str) -> bool:
     if not dist.is_initialized():
         backend = "nccl" if device_type == "cuda" else "gloo"
         dist.init_process_group(backend=backend)
+        # left to the interpreter's exit, gloo's threads are torn down mid-flight now and then
+        # ("terminate called without an active exception", exit -6 after the work is done)
+        atexit.register(_leave_process_group)
     return True
+
+
+def _leave_process_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def launch(nproc: int, argv: Sequence[str], module: str = "zoo.cli.main") -> int:
