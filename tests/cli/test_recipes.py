@@ -31,7 +31,7 @@ DOMAINS = {"vision": "medical", "text": "sst2", "protein": "gb1", "speech": "dig
 
 
 def readme_exclusions() -> list[tuple[str, str, str]]:
-    """(method, structure, reason) rows of the table 'Methods left out, and why' in recipes/README.md."""
+    """(method, structure, reason) rows of the table 'Methods left out, and why' in zoo/recipes/README.md."""
     text = (recipes_root() / "README.md").read_text()
     section = text.split("## Methods left out, and why", 1)[1]
     rows = re.findall(r"^\| (\w+) \| ([\w-]+) \| (.+) \|$", section, flags=re.MULTILINE)

@@ -148,10 +148,10 @@ def toy(kind):
     # The domain packages register these libraries' attention forwards with zoo.peft.
     if kind == "torchaudio":
         pytest.importorskip("torchaudio")
-        import domains.speech  # noqa: F401
+        import zoo_domains.speech  # noqa: F401
     if kind == "esm":
         pytest.importorskip("esm")
-        import domains.protein  # noqa: F401
+        import zoo_domains.protein  # noqa: F401
     torch.manual_seed(0)
     return Toy(*KINDS[kind]).eval()
 

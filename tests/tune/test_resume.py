@@ -19,7 +19,7 @@ from zoo.tune import TrialsFailing, default_study_dir, parse_search, tune
 from zoo.tune.sampler import TrialSeededSampler
 
 SEARCH = ["method.r=int:2..16:log", "train.lr=float:1e-4..1e-2:log"]
-RECIPE_SEARCH = {"method.r": "int:2..64:log", "train.lr": "float:1e-5..1e-2:log"}  # recipes/text/sst2-lora.yaml
+RECIPE_SEARCH = {"method.r": "int:2..64:log", "train.lr": "float:1e-5..1e-2:log"}  # zoo/recipes/text/sst2-lora.yaml
 TINY = {"scale": "tiny"}
 
 

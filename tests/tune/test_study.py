@@ -90,7 +90,7 @@ def test_the_cli_reads_the_recipes_search_section(tmp_path, monkeypatch, capsys)
     monkeypatch.chdir(tmp_path)
     assert main(["tune", "text/sst2-lora", "scale=tiny", "--trials", "1", "--study", "s"]) == 0
     (trial,) = _stored_trials(tmp_path / "s")
-    assert set(trial.params) == {"method.r", "train.lr"}  # from recipes/text/sst2-lora.yaml
+    assert set(trial.params) == {"method.r", "train.lr"}  # from zoo/recipes/text/sst2-lora.yaml
     assert "1 finished" in capsys.readouterr().out
 
 

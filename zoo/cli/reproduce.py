@@ -10,11 +10,11 @@ from pathlib import Path
 def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "reproduce",
-        help="run a result table (recipes/tables/) and render it",
+        help="run a result table (zoo/recipes/tables/) and render it",
         description="Run every cell of a result table that is not done yet (a rerun skips finished cells and "
         "resumes interrupted ones), store a row per cell and render the table.",
     )
-    parser.add_argument("table", help="a table under recipes/tables (cross-domain, data-scale) or a YAML file")
+    parser.add_argument("table", help="a table under zoo/recipes/tables (cross-domain, data-scale) or a YAML file")
     parser.add_argument(
         "--scale",
         choices=("tiny", "cpu", "paper"),

@@ -1,4 +1,4 @@
-"""Recipes: ``recipes/<domain>/<task>-<method>.yaml``, found by scanning the folder.
+"""Recipes: ``zoo/recipes/<domain>/<task>-<method>.yaml``, found by scanning the folder.
 
 A recipe is named by its path under the recipes folder without ``.yaml``
 (``vision/medical-lora``); a path to any YAML file works too (e.g. one made with ``zoo cp``).
@@ -26,10 +26,11 @@ NOT_RECIPES = ("tables",)
 
 
 def recipes_root() -> Path:
-    """``$ZOO_RECIPES_DIR``, else the ``recipes`` folder of this checkout."""
+    """``$ZOO_RECIPES_DIR``, else the recipes that ship inside the package (``zoo/recipes``, package data
+    in the wheel: an installed zoo has them too)."""
     if os.environ.get("ZOO_RECIPES_DIR"):
         return Path(os.environ["ZOO_RECIPES_DIR"]).expanduser()
-    return Path(__file__).resolve().parents[2] / "recipes"
+    return Path(__file__).resolve().parents[1] / "recipes"
 
 
 def list_recipes(pattern: str = "*") -> list[str]:

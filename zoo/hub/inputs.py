@@ -8,7 +8,7 @@ predicting on the file's name as if it were a sentence. ``-`` reads standard inp
 a line (never read as file names). Any source that yields no input (an empty or blank file, an
 empty folder, empty standard input) is an error naming it.
 
-Each domain registers an :class:`InputReader` (``domains/<domain>/inputs.py``) saying which
+Each domain registers an :class:`InputReader` (``zoo_domains/<domain>/inputs.py``) saying which
 files it reads and how; the core never imports a domain, it looks the reader up by name.
 """
 

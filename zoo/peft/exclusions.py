@@ -1,7 +1,7 @@
 """Methods that do not fit a backbone's structure, declared once, with the reason.
 
 Domain packages declare each next to the structure it concerns. The domain test matrix, the
-recipe-coverage test and the table in recipes/README.md all read this table: a method that
+recipe-coverage test and the table in zoo/recipes/README.md all read this table: a method that
 does not fit must be a row here (and still raise a ConfigError matching ``error``), and every
 other pair must apply.
 """

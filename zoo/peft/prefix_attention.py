@@ -12,7 +12,7 @@ computes exactly what the original does, plus the prefixes:
   extended so that every query attends to every prefix.
 
 Domain packages register the attention classes of their own libraries with
-:func:`register_prefix_attention` (domains.speech and domains.protein do), using
+:func:`register_prefix_attention` (zoo_domains.speech and zoo_domains.protein do), using
 :func:`join_prefix` and :func:`prepend_attended` from here.
 
 Every forward takes the owning :class:`~zoo.peft.prefix.PrefixTuning` (``prefixes``) and the

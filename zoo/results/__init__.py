@@ -1,4 +1,4 @@
-"""Result tables: specs (``recipes/tables/``), ``reproduce`` (cells as runs), the SQLite results store,
+"""Result tables: specs (``zoo/recipes/tables/``), ``reproduce`` (cells as runs), the SQLite results store,
 and Markdown/CSV/PNG rendering."""
 
 from zoo.results.reproduce import reproduce

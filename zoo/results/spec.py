@@ -1,4 +1,4 @@
-"""Result tables as data: ``recipes/tables/<name>.yaml`` names the cells, the scale and the published numbers.
+"""Result tables as data: ``zoo/recipes/tables/<name>.yaml`` names the cells, the scale and the published numbers.
 
 A table is methods x domains x seeds x training-set sizes. Each domain names a recipe pattern
 (``text/sst2-{method}``) and the metric the table reports; each method a recipe suffix, a label and

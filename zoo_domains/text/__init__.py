@@ -1,6 +1,6 @@
 """Text domain: transformer encoders (BERT, RoBERTa, MiniLM), FLAN-T5, and text classification / generation data."""
 
-from domains.text import (
+from zoo_domains.text import (
     backbones,  # noqa: F401  (registers backbones and structures)
     data,  # noqa: F401  (registers datasets)
     inputs,  # noqa: F401  (registers what zoo predict reads)

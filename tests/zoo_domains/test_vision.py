@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from domains.vision.data import load_medmnist, write_medmnist_fixture
+from zoo_domains.vision.data import load_medmnist, write_medmnist_fixture
 from zoo.catalog.backbones import PretrainedUnavailable, create_backbone
 from zoo.catalog.datasets import DataError, load_dataset
 from zoo.catalog.download import ChecksumWarning
@@ -337,7 +337,7 @@ def test_shared_pneumoniamnist_subset_loads_with_a_checksum_warning():
 
 # -- image folders --------------------------------------------------------------------------
 def test_image_folder_fixture_layout_and_class_indices(tmp_path):
-    from domains.vision.data import write_image_folder_fixture
+    from zoo_domains.vision.data import write_image_folder_fixture
 
     write_image_folder_fixture(tmp_path)
     train = load_dataset("image_folder", "train", root=tmp_path)

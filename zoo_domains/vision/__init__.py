@@ -1,3 +1,3 @@
 """Vision, including medical imaging: timm ViT backbones, MedMNIST and image-folder datasets."""
 
-from domains.vision import backbones, data, inputs  # noqa: F401  (importing registers them)
+from zoo_domains.vision import backbones, data, inputs  # noqa: F401  (importing registers them)

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from domains.protein.backbones import check_sequence
-from domains.protein.files import read_fasta
+from zoo_domains.protein.backbones import check_sequence
+from zoo_domains.protein.files import read_fasta
 from zoo.errors import DataError
 from zoo.hub.inputs import InputReader, Read, register_input_reader
 

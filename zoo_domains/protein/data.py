@@ -27,8 +27,8 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import Dataset
 
-from domains.protein.backbones import check_sequence
-from domains.protein.files import header_attributes, read_csv_rows, read_fasta, read_text, read_zip_text, zip_members
+from zoo_domains.protein.backbones import check_sequence
+from zoo_domains.protein.files import header_attributes, read_csv_rows, read_fasta, read_text, read_zip_text, zip_members
 from zoo.catalog.datasets import DataError, DatasetSpec, RemoteFile, register_dataset
 from zoo.tasks.heads import IGNORE_INDEX
 

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from domains.video_text.clips import VIDEO_SUFFIXES, find_clip, read_clip
+from zoo_domains.video_text.clips import VIDEO_SUFFIXES, find_clip, read_clip
 from zoo.catalog.datasets import DataError, DatasetSpec, RemoteFile, data_root, register_dataset
 from zoo.catalog.download import download
 
@@ -194,8 +194,8 @@ def read_records(directory: Path, split: str, task: str) -> tuple[list[Record], 
         return _read_canonical(root, split, task), root / "videos"
     raise DataError(
         f"{directory} has neither annotations/{split}.jsonl (zoo's layout) nor MSRVTT/annotation/MSR_VTT.json "
-        f"(the canonical archive unpacked). Fetch the archive with domains.video_text.data.download_msrvtt() "
-        f"({MSRVTT_URL}) or lay out your clips as described in domains/video_text/data.py"
+        f"(the canonical archive unpacked). Fetch the archive with zoo_domains.video_text.data.download_msrvtt() "
+        f"({MSRVTT_URL}) or lay out your clips as described in zoo_domains/video_text/data.py"
     )
 
 

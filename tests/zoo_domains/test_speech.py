@@ -16,8 +16,8 @@ import torch
 import torchaudio.functional as AF
 
 import zoo.peft as zp
-from domains.speech import backbones as speech
-from domains.speech import data
+from zoo_domains.speech import backbones as speech
+from zoo_domains.speech import data
 from zoo.catalog.backbones import BACKBONES, PretrainedUnavailable, create_backbone
 from zoo.catalog.datasets import DATASETS, DataError, load_dataset
 from zoo.peft.structure import detect_structure

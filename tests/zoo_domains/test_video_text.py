@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 
 import zoo.peft as zp
-from domains.video_text.backbones import OPEN_CLIP_VIT, TINY_CONFIG
-from domains.video_text.clips import read_clip, sample_indices
-from domains.video_text.data import CATEGORIES, make_fixture, synthetic_clip
-from domains.video_text.tasks import RetrievalModel, Temperature, contrastive_loss, retrieval_evaluate
+from zoo_domains.video_text.backbones import OPEN_CLIP_VIT, TINY_CONFIG
+from zoo_domains.video_text.clips import read_clip, sample_indices
+from zoo_domains.video_text.data import CATEGORIES, make_fixture, synthetic_clip
+from zoo_domains.video_text.tasks import RetrievalModel, Temperature, contrastive_loss, retrieval_evaluate
 from zoo.catalog.backbones import PretrainedUnavailable, create_backbone
 from zoo.catalog.datasets import DataError, load_dataset
 from zoo.tasks.heads import TaskModel
@@ -331,7 +331,7 @@ def test_canonical_archive_layout(tmp_path):
 def test_download_msrvtt_unpacks_a_present_archive(tmp_path):
     import shutil
 
-    from domains.video_text.data import download_msrvtt
+    from zoo_domains.video_text.data import download_msrvtt
 
     _write_canonical(tmp_path / "source", {"video2": 0, "video3": 0})
     (tmp_path / "root" / "msrvtt").mkdir(parents=True)

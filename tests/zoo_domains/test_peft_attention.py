@@ -36,7 +36,7 @@ def prefixes(model, layers, hidden):
 # -- open_clip -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("method", ["dora", "ia3", "kadaptation"])
 def test_clip_default_targets_match_hand_set_in_proj(method):
-    from domains.video_text.backbones import OPEN_CLIP_VIT
+    from zoo_domains.video_text.backbones import OPEN_CLIP_VIT
 
     model = tiny("clip_vit_b32", text_tower=False)
     base = copy.deepcopy(model)
@@ -76,8 +76,8 @@ def multihead_reference(attention, prefix):
 
 
 def test_clip_prefix_matches_dense_reference_and_leaves_captions_alone():
-    from domains.video_text.backbones import OPEN_CLIP_VIT
-    from domains.video_text.tasks import RetrievalModel
+    from zoo_domains.video_text.backbones import OPEN_CLIP_VIT
+    from zoo_domains.video_text.tasks import RetrievalModel
 
     torch.manual_seed(0)
     backbone = create_backbone("clip_vit_b32", scale="tiny")

@@ -1,7 +1,7 @@
 """What ``zoo predict`` reads for vision adapters: image files, or folders of them.
 
 Each image is handed to the backbone's ``collate`` as the ``PIL.Image`` PIL decodes, in its own
-mode (greyscale, RGB, 16-bit), which ``domains.vision.images`` scales and resizes exactly as it
+mode (greyscale, RGB, 16-bit), which ``zoo_domains.vision.images`` scales and resizes exactly as it
 does the training images.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from domains.vision.images import IMAGE_EXTENSIONS
+from zoo_domains.vision.images import IMAGE_EXTENSIONS
 from zoo.errors import DataError
 from zoo.hub.inputs import InputReader, Read, register_input_reader
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from domains.speech.data import read_audio
+from zoo_domains.speech.data import read_audio
 from zoo.hub.inputs import InputReader, Read, register_input_reader
 
 SUFFIXES = (".wav", ".flac", ".ogg")

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from domains.vision.images import IMAGE_EXTENSIONS
+from zoo_domains.vision.images import IMAGE_EXTENSIONS
 from zoo.catalog.datasets import DataError, DatasetSpec, RemoteFile, register_dataset
 
 MEDMNIST_FOLDER = "medmnist"

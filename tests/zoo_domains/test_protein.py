@@ -13,8 +13,8 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 import zoo.peft as zp
-from domains.protein import backbones as protein_backbones
-from domains.protein import data as protein_data
+from zoo_domains.protein import backbones as protein_backbones
+from zoo_domains.protein import data as protein_data
 from zoo.catalog.backbones import BACKBONES, PretrainedUnavailable, create_backbone
 from zoo.catalog.datasets import DATASETS, DataError, load_dataset
 from zoo.catalog.registry import UnknownNameError

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from domains.text.data import read_csv, read_lines
+from zoo_domains.text.data import read_csv, read_lines
 from zoo.errors import DataError
 from zoo.hub.inputs import InputReader, Read, register_input_reader
 

@@ -9,7 +9,7 @@ character-level tokenizer of the same family, for fast tests.
 FLAN-T5 is an encoder-decoder: as a :class:`~zoo.catalog.backbones.Backbone` its ``forward`` returns
 the encoder's features (for classification heads), and by default only the encoder is built;
 with ``encoder_only=False`` the whole model is, for generation with
-:class:`domains.text.tasks.Seq2SeqModel`.
+:class:`zoo_domains.text.tasks.Seq2SeqModel`.
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ class TextBackbone(nn.Module):
 class T5Backbone(TextBackbone):
     """FLAN-T5: features are the encoder's. ``model`` is a T5EncoderModel (``encoder_only=True``, the
     default: a classification head needs no decoder) or the whole T5ForConditionalGeneration
-    (``encoder_only=False``, for :class:`domains.text.tasks.Seq2SeqModel`)."""
+    (``encoder_only=False``, for :class:`zoo_domains.text.tasks.Seq2SeqModel`)."""
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
@@ -378,7 +378,7 @@ def _hub(hub_id: str, licence: str, package: tuple[str, str, str] | None = None)
 def _register_encoder(
     name, hub_id, licence, model_type, pooling, tiny_config, tiny_tokenizer, description, package=None
 ):
-    from domains.text import tiny_tokenizers
+    from zoo_domains.text import tiny_tokenizers
 
     register_backbone(
         name,
@@ -434,7 +434,7 @@ def _t5_builder(name: str) -> Callable[..., nn.Module]:
     ) -> nn.Module:
         from transformers import T5EncoderModel, T5ForConditionalGeneration
 
-        from domains.text.tiny_tokenizers import tiny_unigram_tokenizer
+        from zoo_domains.text.tiny_tokenizers import tiny_unigram_tokenizer
 
         model_class = T5EncoderModel if encoder_only else T5ForConditionalGeneration
         if tiny or not pretrained:

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 import zoo.peft as zp
-from domains.text import backbones as text_backbones
-from domains.text.data import AGNEWS_LABELS, SST2_URL, make_agnews_fixture, make_sst2_fixture
-from domains.text.tasks import Seq2SeqModel
+from zoo_domains.text import backbones as text_backbones
+from zoo_domains.text.data import AGNEWS_LABELS, SST2_URL, make_agnews_fixture, make_sst2_fixture
+from zoo_domains.text.tasks import Seq2SeqModel
 from zoo.catalog.backbones import PretrainedUnavailable, create_backbone
 from zoo.catalog.datasets import DATASETS, DataError, load_dataset
 from zoo.catalog.download import ChecksumWarning

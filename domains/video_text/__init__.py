@@ -1,3 +1,0 @@
-"""Video-text domain: CLIP backbones over frame sequences, MSR-VTT style captioned clips."""
-
-from domains.video_text import backbones, data, tasks  # noqa: F401  (registration side effects)
