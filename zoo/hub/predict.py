@@ -69,7 +69,7 @@ class Predictor:
         self.model, self.collate, self.task_kind = model.eval(), collate, task_kind
         self.task, self.config = task, config
         """The TrainTask (for evaluation) and the RunConfig the adapter was trained with."""
-        from zoo.hub.labels import registered_class_names
+        from zoo.experiment.labels import registered_class_names
 
         self.labels = [str(label) for label in labels] if labels else registered_class_names(config)
         """Class names by index: the entry's (recorded at push), else the dataset registry's; None: indices."""
@@ -180,7 +180,7 @@ def from_pulled(pulled, backbone_weights=None, force: bool = False, log=say_to_s
 def from_run_dir(run_dir: str | os.PathLike, log=say_to_stderr) -> Predictor:
     """A run directory's model, as ``zoo eval`` rebuilds it (class names read from its dataset when it is here)."""
     from zoo.experiment.build import load_built_run, load_datasets
-    from zoo.hub.labels import label_names
+    from zoo.experiment.labels import label_names
 
     built = load_built_run(run_dir)
     labels = None

@@ -34,7 +34,7 @@ from zoo.hub.index import (
     next_version,
     parse_index,
 )
-from zoo.hub.labels import label_names
+from zoo.experiment.labels import label_names
 from zoo.hub.locations import Hub, parse_hub, say_to_stderr
 
 
