@@ -65,11 +65,14 @@ def make_temporary_directory(directory: str | os.PathLike, prefix: str) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_file(path: str | os.PathLike, mode: str = "wb", keep_previous: Path | None = None) -> Iterator[IO]:
+def atomic_file(
+    path: str | os.PathLike, mode: str = "wb", keep_previous: Path | None = None, permissions: int | None = None
+) -> Iterator[IO]:
     """A handle to write ``path`` through; the file appears, complete, when the block ends without error.
 
     With ``keep_previous``, the file it replaces is moved there first, but only once the new one is
-    on disk, so that one good copy exists at every moment.
+    on disk, so that one good copy exists at every moment. ``permissions``: the file's mode whatever
+    the umask (a hub folder is meant to be served, so its files are 0644); default: the umask's.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -79,6 +82,8 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb", keep_previous: Path |
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        if permissions is not None:
+            os.chmod(temporary, permissions)
         if keep_previous is not None and path.exists():
             os.replace(path, keep_previous)
         os.replace(temporary, path)
@@ -88,44 +93,57 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb", keep_previous: Path |
     fsync_directory(path.parent)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    with atomic_file(path, "w") as handle:
+def atomic_write_text(path: str | os.PathLike, text: str, permissions: int | None = None) -> None:
+    with atomic_file(path, "w", permissions=permissions) as handle:
         handle.write(text)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    with atomic_file(path, "wb") as handle:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, permissions: int | None = None) -> None:
+    with atomic_file(path, "wb", permissions=permissions) as handle:
         handle.write(data)
+
+
+def swap_directory(staging: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Rename the complete folder ``staging`` to ``path``, replacing what is there in one step for a reader.
+
+    A folder cannot be renamed over a non-empty one: the old one is moved aside first, put back if
+    the swap fails, and removed after it. ``staging`` must be beside ``path`` (same file system).
+    """
+    staging, path = Path(staging), Path(path)
+    if not path.exists():
+        os.replace(staging, path)
+    else:
+        backup = path.with_name(f".{path.name}.previous-{os.getpid()}-{secrets.token_hex(4)}")
+        os.replace(path, backup)
+        try:
+            os.replace(staging, path)
+        except BaseException:
+            os.replace(backup, path)
+            raise
+        shutil.rmtree(backup, ignore_errors=True)
+    fsync_directory(path.parent)
 
 
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike, replace: bool = True) -> Iterator[Path]:
     """A staging folder to fill; it becomes ``path`` when the block ends without error.
 
-    An existing ``path`` is replaced (``replace=True``) or left as it is when another process made it
-    meanwhile (``replace=False``: first writer wins, as for a cache).
+    An existing ``path`` is replaced (``replace=True``, see :func:`swap_directory`) or left as it is
+    when another process made it meanwhile (``replace=False``: first writer wins, as for a cache).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = make_temporary_directory(path.parent, prefix=f".{path.name}.")
-    backup = path.with_name(f".{path.name}.previous-{os.getpid()}")
     try:
         yield staging
-        if not path.exists():
+        if replace:
+            swap_directory(staging, path)
+        elif not path.exists():
             try:
                 os.replace(staging, path)
             except OSError:
-                if replace or not path.exists():  # another process won the race when not replacing
+                if not path.exists():  # another process won the race when not replacing
                     raise
-        elif replace:
-            # A folder cannot be renamed over a non-empty one: move the old one aside, then swap.
-            os.replace(path, backup)
-            try:
-                os.replace(staging, path)
-            except BaseException:
-                os.replace(backup, path)
-                raise
-        fsync_directory(path.parent)
+            fsync_directory(path.parent)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-        shutil.rmtree(backup, ignore_errors=True)

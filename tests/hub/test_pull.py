@@ -91,7 +91,7 @@ def test_a_connection_dropped_mid_file_is_resumed(pushed_hub, serve):
     assert ranges == [None, "bytes=8192-"]
 
 
-def test_a_server_that_keeps_dropping_leaves_a_resumable_partial_file(pushed_hub, serve, isolated_cache):
+def test_a_server_that_keeps_dropping_leaves_a_resumable_partial_file(pushed_hub, serve, isolated_cache, monkeypatch):
     from zoo.catalog import download
 
     server = serve(pushed_hub)
@@ -102,14 +102,10 @@ def test_a_server_that_keeps_dropping_leaves_a_resumable_partial_file(pushed_hub
         return original(*args, **{**kwargs, "attempts": 1})
 
     server.drop_after[f"{NAME}/1/{WEIGHTS}"] = 9000
-    pytest.MonkeyPatch.setattr(pytest.MonkeyPatch(), "zoo.hub.pull.download_resumable", one_attempt)
-    try:
+    with monkeypatch.context() as patch:
+        patch.setattr(download, "download_resumable", one_attempt)
         with pytest.raises(DownloadError, match="resumes"):
             pull(NAME, server.url, log=None)
-    finally:
-        import zoo.hub.pull
-
-        zoo.hub.pull.download_resumable = original
     assert staging_file(server.url, WEIGHTS, isolated_cache).stat().st_size == 8192
     pulled = pull(NAME, server.url, log=None)
     assert sha(pulled.dir / WEIGHTS) == sha(source)

@@ -3,7 +3,8 @@
 Every dataset has a canonical source (URL + sha256 per file), a folder under the data
 root, a loader for that layout and a tiny synthetic fixture in the same layout for tests.
 The data root is, in order: the ``root`` argument (config key ``data.root``), the
-environment variable ``ZOO_DATA_DIR``, then ``~/.cache/zoo/data``. An existing local copy
+environment variable ``ZOO_DATA_DIR``, then ``data/`` under zoo's cache root (:mod:`zoo.cache`:
+``$ZOO_CACHE_DIR``, else ``~/.cache/zoo`` or the platform's equivalent). An existing local copy
 is always read as is: the canonical files, or any other layout the dataset documents
 (``DatasetSpec.local_layouts``, e.g. a held-out TSV copy). Only when neither is there is a
 missing file downloaded and verified.
@@ -23,6 +24,7 @@ from typing import Any, Callable
 
 from torch.utils.data import Dataset
 
+from zoo.cache import cache_dir
 from zoo.catalog.download import ChecksumWarning, check_local_copy, download, sha256_of
 from zoo.catalog.registry import Registry
 from zoo.errors import DataError, MissingDataError
@@ -77,11 +79,12 @@ def register_dataset(spec: DatasetSpec) -> DatasetSpec:
 
 
 def data_root(root: str | os.PathLike | None = None) -> Path:
+    """``root``, else ``$ZOO_DATA_DIR``, else ``data/`` under the cache root (which ``ZOO_CACHE_DIR`` moves)."""
     if root is not None:
         return Path(root).expanduser()
     if os.environ.get("ZOO_DATA_DIR"):
         return Path(os.environ["ZOO_DATA_DIR"]).expanduser()
-    return Path.home() / ".cache" / "zoo" / "data"
+    return cache_dir("data")
 
 
 def dataset_dir(spec: DatasetSpec, root: str | os.PathLike | None = None) -> Path:

@@ -136,7 +136,8 @@ def _finish_part(part: Path, destination: Path, sha256: str, size: int, what: st
 
 
 def copy_verified(source: Path, destination: Path, sha256: str, size: int, what: str) -> Path:
-    """Copy a local file to ``destination`` (atomically) if it has the declared size and sha256."""
+    """Copy a local file to ``destination`` (atomically) if it has the declared size and sha256; nothing is
+    written otherwise."""
     source = Path(source)
     if not source.is_file():
         raise DownloadError(f"{what}: {source} does not exist")
@@ -144,11 +145,21 @@ def copy_verified(source: Path, destination: Path, sha256: str, size: int, what:
         raise _integrity_error(
             what, f"{source} is {source.stat().st_size} bytes, larger than the {size} declared; refused"
         )
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    part = destination.with_name(destination.name + ".part")
-    with open(source, "rb") as reader, open(part, "wb") as writer:
-        writer.writelines(iter(lambda: reader.read(1 << 20), b""))
-    return _finish_part(part, destination, sha256, size, what, str(source))
+    digest, copied = hashlib.sha256(), 0
+    with open(source, "rb") as reader, atomic_file(destination) as writer:
+        for chunk in iter(lambda: reader.read(1 << 20), b""):
+            digest.update(chunk)
+            copied += len(chunk)
+            writer.write(chunk)
+        if copied != size:  # raised inside the block: the temporary file is removed, nothing is kept
+            raise _integrity_error(what, f"{source} has {copied} bytes, the index declares {size}; nothing was kept")
+        if digest.hexdigest() != sha256:
+            raise _integrity_error(
+                what,
+                f"{source} has sha256 {digest.hexdigest()}, the index declares {sha256}; nothing was kept. "
+                f"The file on the hub is corrupt or was replaced",
+            )
+    return destination
 
 
 def download_resumable(

@@ -21,8 +21,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from zoo.errors import ConfigError
     from zoo.experiment.recipes import find_recipe, read_recipe
-    from zoo.experiment.run_dir import atomic_write_text
     from zoo.experiment.yaml_files import dump_yaml
+    from zoo.files import atomic_write_text
 
     source = find_recipe(args.recipe)
     dest = args.dest / source.name if args.dest.is_dir() else args.dest

@@ -8,7 +8,7 @@ checkpoint; there is never a silent switch to random weights), then the method.
 
 At ``scale=tiny`` the backbone is the registry's tiny random-weight configuration and the
 data is the dataset's synthetic fixture, written once (atomically) to
-``$ZOO_CACHE_DIR/fixtures/<dataset>`` (default ``~/.cache/zoo/fixtures``).
+``fixtures/<dataset>`` under the cache root (:mod:`zoo.cache`, which ``ZOO_CACHE_DIR`` moves).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 
 import zoo.peft as zp
+from zoo.cache import cache_dir
 from zoo.catalog.backbones import BACKBONES, BackboneSpec, PretrainedUnavailable, create_backbone
 from zoo.catalog.datasets import (
     DATASETS,
@@ -107,7 +108,7 @@ def resolve(config: RunConfig) -> Resolved:
 # -- data ------------------------------------------------------------------------------
 def fixture_root(spec: DatasetSpec) -> Path:
     """A data root holding the dataset's synthetic fixture, written on first use."""
-    base = Path(os.environ.get("ZOO_CACHE_DIR") or Path.home() / ".cache" / "zoo").expanduser() / "fixtures"
+    base = cache_dir("fixtures")
     root = base / spec.name
     if not root.exists():
         # A reader sees the whole fixture or none; when two processes race, the first one's stays.

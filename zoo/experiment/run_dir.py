@@ -28,7 +28,7 @@ from zoo import __version__
 from zoo.errors import ConfigError
 from zoo.experiment.config import RunConfig
 from zoo.experiment.yaml_files import read_yaml
-from zoo.files import atomic_write_text  # noqa: F401  (runs.atomic_write_text writes the card)
+from zoo.files import atomic_write_text
 
 CONFIG_FILE = "config.yaml"
 RUN_FILE = "run.json"

@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator
 from zoo.errors import ConfigError
 from zoo.experiment import run_dir as runs
 from zoo.experiment.config import RunConfig, load_config
+from zoo.files import atomic_write_text
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -325,7 +326,7 @@ def _finish(run_dir, built, label, command, report, result, test_metrics, change
         rows_used={role: len(dataset) for role, dataset in built.datasets.items()},
         changed=list(changed),
     )
-    runs.atomic_write_text(run_dir / runs.CARD_FILE, card)
+    atomic_write_text(run_dir / runs.CARD_FILE, card)
     runs.mark(
         run_dir,
         "complete",

@@ -1,5 +1,10 @@
 """Where hubs are: a folder, an http(s) URL, or ``hf://org/repo[@revision]``; and which ones are searched.
 
+Each kind of hub is a :class:`Hub`: :class:`FolderHub`, :class:`HttpHub` and
+:class:`zoo.hub.hf.HfHub`. A hub reads its index, fetches one file of an entry into the cache
+(verified against the entry's size and sha256), and publishes an entry with its files
+(a folder and the Hugging Face Hub; an HTTP hub is read-only). :func:`parse_hub` makes one from a URL.
+
 ``--hub URL`` names one hub. Without it, the hubs in ``ZOO_HUB`` (separated by commas) are
 searched in order, then the default hub that ships with zoo (``zoo/hub/default``). The index of
 every remote hub read is kept in the cache, so ``ZOO_OFFLINE=1`` (or no network) still lists and
@@ -17,13 +22,16 @@ import hashlib
 import os
 import re
 import sys
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zoo.errors import DownloadError, HubError
-from zoo.hub.index import INDEX_FILE, parse_index
+from zoo.cache import cache_dir
+from zoo.errors import ConfigError, DownloadError, HubError
+from zoo.files import atomic_write_bytes, atomic_write_text
+from zoo.hub.index import INDEX_FILE, add_entry, dump_index, empty_index, parse_index
 
 DEFAULT_HUB = Path(__file__).resolve().parent / "default"
 MAX_INDEX_BYTES = 32 << 20
@@ -75,8 +83,8 @@ def fetch_index(url: str, what: str, deadline_s: float | None = None) -> bytes:
 
 
 def cache_root() -> Path:
-    """``$ZOO_CACHE_DIR/hub``, else ``~/.cache/zoo/hub``."""
-    return Path(os.environ.get("ZOO_CACHE_DIR") or Path.home() / ".cache" / "zoo").expanduser() / "hub"
+    """Where pulled adapters and the indexes of remote hubs are kept: ``hub/`` under :func:`zoo.cache.cache_root`."""
+    return cache_dir("hub")
 
 
 def offline_requested() -> bool:
@@ -87,14 +95,20 @@ def say_to_stderr(message: str) -> None:
     print(message, file=sys.stderr)
 
 
+Describe = Callable[[dict[str, Any]], tuple[dict[str, Any], dict[str, bytes]]]
+"""``describe(index) -> (entry, contents)``: the entry to publish, made against the hub's current index
+(which picks the next free version), and its files' contents by path under the entry's folder."""
+
+
 @dataclass(frozen=True)
-class Hub:
-    """One hub. ``url``: as the user wrote it; ``kind``: folder, http or hf."""
+class Hub(ABC):
+    """One hub. ``url``: as the user wrote it; ``location``: the folder, base URL or ``org/repo``."""
 
     url: str
-    kind: str
     location: str
-    revision: str | None = None
+
+    is_remote = True
+    """Its index and files come over the network (and are kept in the cache for offline use)."""
 
     @property
     def key(self) -> str:
@@ -106,54 +120,37 @@ class Hub:
     def cache_dir(self) -> Path:
         return cache_root() / self.key
 
-    @property
-    def is_remote(self) -> bool:
-        return self.kind != "folder"
-
     def __str__(self) -> str:
-        return "the default hub" if self.kind == "folder" and Path(self.location) == DEFAULT_HUB else self.url
+        return self.url
 
-    # -- reading ----------------------------------------------------------------------------
-    def read_index_text(self) -> bytes:
-        if self.kind == "folder":
-            path = Path(self.location) / INDEX_FILE
-            if not path.is_file():
-                raise HubError(f"{self}: {path} does not exist; a hub folder has an {INDEX_FILE} (made by zoo push)")
-            return read_index_file(path, f"{self}: {path}")
-        if self.kind == "http":
-            return fetch_index(f"{self.location}/{INDEX_FILE}", f"{self}/{INDEX_FILE}")
-        return read_index_file(Path(self.hf_download(INDEX_FILE)), f"{self}/{INDEX_FILE}")
+    # -- what each kind of hub does ----------------------------------------------------------
+    @abstractmethod
+    def read_index_bytes(self) -> bytes:
+        """The hub's ``index.json`` as it is now, at most :data:`MAX_INDEX_BYTES` of it."""
 
-    def hf_download(self, filename: str) -> str:
-        try:
-            from huggingface_hub import hf_hub_download
-            from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-        except ImportError as error:  # pragma: no cover - a declared dependency
-            raise HubError(f"{self}: huggingface_hub is needed for hf:// hubs ({error})") from None
-        try:
-            return hf_hub_download(self.location, filename, revision=self.revision)
-        except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as error:
-            raise DownloadError(
-                f"{self}: could not fetch {filename} from the Hugging Face Hub ({type(error).__name__}: "
-                f"{str(error).splitlines()[0][:200]}); without network access use a hub already in the cache"
-            ) from None
+    @abstractmethod
+    def fetch_file(self, entry: dict[str, Any], item: dict[str, Any], destination: Path) -> None:
+        """The file ``item`` (one of ``entry["files"]``) at ``destination``, with the size and sha256 that
+        ``item`` declares; a file that differs raises :class:`zoo.errors.IntegrityError` and is not kept."""
 
+    @abstractmethod
+    def publish(self, describe: Describe, log: Callable[[str], None]) -> dict[str, Any]:
+        """Publish the entry ``describe`` makes against the current index: its files, then the index that
+        lists it, so that a reader never sees an entry whose files are missing. Returns the entry."""
+
+    # -- shared ------------------------------------------------------------------------------
     def index(self, log: Callable[[str], None] = say_to_stderr) -> dict[str, Any]:
         """The hub's index: read afresh (and cached) when possible; the cached copy offline, saying so."""
-        if not self.is_remote:
-            return parse_index(self.read_index_text(), f"{self} ({Path(self.location) / INDEX_FILE})")
         cached = self.cache_dir / INDEX_FILE
         if not offline_requested():
             try:
-                text = self.read_index_text()
+                text = self.read_index_bytes()
             except DownloadError as error:
                 if not cached.is_file():
                     raise
                 log(f"offline ({str(error)[:160]}): using the cached index of {self} from {cached}")
             else:
                 index = parse_index(text, f"{self}/{INDEX_FILE}")
-                from zoo.experiment.run_dir import atomic_write_text
-
                 atomic_write_text(cached, text.decode())
                 return index
         elif not cached.is_file():
@@ -164,19 +161,116 @@ class Hub:
             log(f"offline (ZOO_OFFLINE): using the cached index of {self}")
         return parse_index(read_index_file(cached, str(cached)), str(cached))
 
+    @staticmethod
+    def remote_path(entry: dict[str, Any], item: dict[str, Any]) -> str:
+        return f"{entry['path']}/{item['path']}"
+
+    @staticmethod
+    def file_label(entry: dict[str, Any], item: dict[str, Any]) -> str:
+        return f"{entry['name']}@{entry['version']} file {item['path']}"
+
+
+TEMPORARY_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{6,}\.tmp$")
+"""``.<file>.<random>.tmp``: what :func:`zoo.files.atomic_file` writes beside a file before renaming it."""
+PUBLISHED_MODE = 0o644
+"""A hub folder is meant to be served: its files are readable by a web server whatever the umask."""
+
+
+@dataclass(frozen=True)
+class FolderHub(Hub):
+    """A folder on this machine (or a mounted share): read in place, published under a lock."""
+
+    is_remote = False
+
+    def __str__(self) -> str:
+        return "the default hub" if Path(self.location) == DEFAULT_HUB else self.url
+
+    def read_index_bytes(self) -> bytes:
+        path = Path(self.location) / INDEX_FILE
+        if not path.is_file():
+            raise HubError(f"{self}: {path} does not exist; a hub folder has an {INDEX_FILE} (made by zoo push)")
+        return read_index_file(path, f"{self}: {path}")
+
+    def index(self, log: Callable[[str], None] = say_to_stderr) -> dict[str, Any]:
+        return parse_index(self.read_index_bytes(), f"{self} ({Path(self.location) / INDEX_FILE})")
+
+    def fetch_file(self, entry: dict[str, Any], item: dict[str, Any], destination: Path) -> None:
+        from zoo.catalog.download import copy_verified
+
+        what = self.file_label(entry, item)
+        root = Path(self.location).resolve()
+        source = (root / self.remote_path(entry, item)).resolve()
+        if not source.is_relative_to(root):  # a symlink out of the hub
+            raise HubError(f"{what}: {source} lies outside the hub folder; refused")
+        copy_verified(source, destination, item["sha256"], item["size"], what)
+
+    def publish(self, describe: Describe, log: Callable[[str], None]) -> dict[str, Any]:
+        """Under a lock on the folder (which also lets it remove what a killed push left): files first, the
+        index last, each written atomically."""
+        from filelock import FileLock
+
+        root = Path(self.location)
+        root.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(root / ".zoo-push.lock"), timeout=600):
+            index_path = root / INDEX_FILE
+            self._remove_leftovers(root, log)
+            index = (
+                parse_index(read_index_file(index_path, str(index_path)), str(index_path))
+                if index_path.is_file()
+                else empty_index()
+            )
+            entry, contents = describe(index)
+            for relative, data in contents.items():  # files first ...
+                atomic_write_bytes(root / entry["path"] / relative, data, permissions=PUBLISHED_MODE)
+            atomic_write_text(
+                index_path, dump_index(add_entry(index, entry)), permissions=PUBLISHED_MODE
+            )  # ... the index last
+        return entry
+
+    @staticmethod
+    def _remove_leftovers(root: Path, log: Callable[[str], None]) -> None:
+        """Temporary files that a killed push left in the hub folder (called under the push lock, so no
+        push is writing them now)."""
+        for path in sorted(root.rglob(".*.tmp")):
+            if path.is_file() and not path.is_symlink() and TEMPORARY_NAME.match(path.name):
+                path.unlink()
+                log(f"removed {path.relative_to(root)}, left by an interrupted push")
+
+
+@dataclass(frozen=True)
+class HttpHub(Hub):
+    """A hub folder served over http(s): read-only; reads are bounded, downloads resume."""
+
+    def read_index_bytes(self) -> bytes:
+        return fetch_index(f"{self.location}/{INDEX_FILE}", f"{self}/{INDEX_FILE}")
+
+    def fetch_file(self, entry: dict[str, Any], item: dict[str, Any], destination: Path) -> None:
+        from zoo.catalog import download
+
+        url = f"{self.location}/{self.remote_path(entry, item)}"
+        download.download_resumable(url, destination, item["sha256"], item["size"], self.file_label(entry, item))
+
+    def publish(self, describe: Describe, log: Callable[[str], None]) -> dict[str, Any]:
+        raise ConfigError(
+            f"--hub {self.url}: an HTTP hub is read-only; zoo pushes to a folder or to hf://org/repo. To serve a hub "
+            f"over HTTP, push to a folder and publish that folder with any static web server"
+        )
+
 
 def parse_hub(url: str | os.PathLike) -> Hub:
     text = str(url)
     if text.startswith("hf://"):
+        from zoo.hub.hf import HfHub
+
         repo, _, revision = text[len("hf://") :].partition("@")
         if repo.count("/") != 1 or not all(repo.split("/")):
             raise HubError(f"hub {text!r}: write a Hugging Face Hub repository as hf://org/repo[@revision]")
-        return Hub(text, "hf", repo, revision or None)
+        return HfHub(text, repo, revision or None)
     if text.startswith(("http://", "https://")):
-        return Hub(text.rstrip("/"), "http", text.rstrip("/"))
+        return HttpHub(text.rstrip("/"), text.rstrip("/"))
     text = text.removeprefix("file://")
     path = Path(text).expanduser().resolve()
-    return Hub(str(path), "folder", str(path))
+    return FolderHub(str(path), str(path))
 
 
 def search_path(

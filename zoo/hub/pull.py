@@ -1,14 +1,15 @@
 """``pull(name[@version])``: an adapter from a hub into the local cache, verified.
 
-Cache layout (``$ZOO_CACHE_DIR/hub``, else ``~/.cache/zoo/hub``)::
+Cache layout (``hub/`` under the cache root, :mod:`zoo.cache`: ``$ZOO_CACHE_DIR``, else ``~/.cache/zoo``)::
 
     <hub key>/index.json                          the hub's index as last read (for offline use)
     <hub key>/adapters/<name>/<version>/          a complete, verified adapter (renamed into place)
     <hub key>/adapters/<name>/<version>.partial/  files being fetched; kept across interruptions
     <hub key>/locks/<name>@<version>.lock         one process fetches an adapter at a time
 
-Every file is checked against the index's size and sha256 before it is kept; an interrupted
-download resumes with an HTTP Range request; the adapter's folder appears in one rename once
+Every file is fetched by the hub (:meth:`zoo.hub.locations.Hub.fetch_file`: copied from a folder,
+downloaded over HTTP, or through ``huggingface_hub``) and checked against the index's size and sha256
+before it is kept; an interrupted HTTP download resumes with a Range request; the adapter's folder appears in one rename once
 every file is verified, so a reader never sees half an adapter, and only once its ``config.yaml``
 passes :func:`zoo.hub.pulled_config.read_pulled_config` (an entry asking for a backbone option the
 backbone does not allow from a hub is refused here, and nothing of it is kept). Offline
@@ -26,8 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zoo.catalog.download import copy_verified, download_resumable, sha256_of
+from zoo.catalog.download import sha256_of
 from zoo.errors import DownloadError, HubError
+from zoo.files import swap_directory
 from zoo.hub.index import find_entry, validate_entry
 from zoo.hub.locations import Hub, offline_requested, say_to_stderr, search_path
 from zoo.hub.pulled_config import read_pulled_config
@@ -71,20 +73,6 @@ def _verified(folder: Path, entry: dict[str, Any]) -> bool:
     return True
 
 
-def _fetch_file(hub: Hub, entry: dict[str, Any], item: dict[str, Any], destination: Path) -> None:
-    what = f"{entry['name']}@{entry['version']} file {item['path']}"
-    remote = f"{entry['path']}/{item['path']}"
-    if hub.kind == "folder":
-        source = (Path(hub.location) / remote).resolve()
-        if not source.is_relative_to(Path(hub.location).resolve()):  # a symlink out of the hub
-            raise HubError(f"{what}: {source} lies outside the hub folder; refused")
-        copy_verified(source, destination, item["sha256"], item["size"], what)
-    elif hub.kind == "http":
-        download_resumable(f"{hub.location}/{remote}", destination, item["sha256"], item["size"], what)
-    else:
-        copy_verified(Path(hub.hf_download(remote)), destination, item["sha256"], item["size"], what)
-
-
 def _fetch(hub: Hub, entry: dict[str, Any], target: Path, log: Callable[[str], None]) -> None:
     staging = target.with_name(target.name + ".partial")
     staging.mkdir(parents=True, exist_ok=True)
@@ -97,7 +85,7 @@ def _fetch(hub: Hub, entry: dict[str, Any], target: Path, log: Callable[[str], N
         ):
             continue  # verified by an earlier, interrupted pull
         destination.parent.mkdir(parents=True, exist_ok=True)
-        _fetch_file(hub, entry, item, destination)
+        hub.fetch_file(entry, item, destination)
     if "config.yaml" in {item["path"] for item in entry["files"]}:
         try:
             read_pulled_config(staging, entry, f"{entry['name']}@{entry['version']}")
@@ -105,7 +93,7 @@ def _fetch(hub: Hub, entry: dict[str, Any], target: Path, log: Callable[[str], N
             shutil.rmtree(staging)  # verified files of a refused entry: nothing of it is kept
             raise
     (staging / ENTRY_FILE).write_text(json.dumps(entry, indent=2) + "\n")
-    os.replace(staging, target)
+    swap_directory(staging, target)
 
 
 def pull_entry(hub: Hub, entry: dict[str, Any], log: Callable[[str], None] = say_to_stderr) -> PulledAdapter:

@@ -15,27 +15,20 @@ from __future__ import annotations
 import datetime
 import hashlib
 import os
-import re
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from zoo import __version__
 from zoo.errors import ConfigError, DataError, DownloadError, HubError
+from zoo.experiment.labels import label_names
 from zoo.hub.index import (
     ADAPTER_FILES,
-    INDEX_FILE,
-    add_entry,
     check_name,
     check_version,
-    dump_index,
-    empty_index,
     next_version,
-    parse_index,
 )
-from zoo.experiment.labels import label_names
-from zoo.hub.locations import Hub, parse_hub, say_to_stderr
+from zoo.hub.locations import parse_hub, say_to_stderr
 
 
 def _weights_source(config, spec, origin) -> dict[str, Any]:
@@ -269,50 +262,6 @@ def describe_run(
     return entry, contents
 
 
-def _write_atomic(data: bytes, destination: Path) -> None:
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        os.chmod(temporary, 0o644)  # a hub folder is meant to be served: readable by a web server
-        os.replace(temporary, destination)
-    finally:
-        Path(temporary).unlink(missing_ok=True)
-
-
-TEMPORARY_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{6,}\.tmp$")
-"""``.<file>.<random>.tmp``: what :func:`_write_atomic` and :func:`zoo.files.atomic_file` write beside a file."""
-
-
-def _remove_leftovers(root: Path, log) -> None:
-    """Temporary files that a killed push left in the hub folder (called under the push lock, so no
-    push is writing them now)."""
-    for path in sorted(root.rglob(".*.tmp")):
-        if path.is_file() and not path.is_symlink() and TEMPORARY_NAME.match(path.name):
-            path.unlink()
-            log(f"removed {path.relative_to(root)}, left by an interrupted push")
-
-
-def _push_folder(hub: Hub, run_dir: Path, name: str | None, version: str | None, licence: str | None, log) -> dict:
-    from filelock import FileLock
-
-    from zoo.experiment.run_dir import atomic_write_text
-
-    root = Path(hub.location)
-    root.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root / ".zoo-push.lock"), timeout=600):
-        index_path = root / INDEX_FILE
-        _remove_leftovers(root, log)
-        index = parse_index(index_path.read_bytes(), str(index_path)) if index_path.is_file() else empty_index()
-        entry, contents = _describe(run_dir, name, version, licence, index, log)
-        for relative, data in contents.items():  # files first ...
-            _write_atomic(data, root / entry["path"] / relative)
-        atomic_write_text(index_path, dump_index(add_entry(index, entry)))  # ... the index last
-        os.chmod(index_path, 0o644)
-    return entry
-
-
 def _describe(run_dir, name, version, licence, index, log):
     """The entry, with the version checked against the index before anything is written."""
     from zoo.experiment import load_run
@@ -331,12 +280,6 @@ def _describe(run_dir, name, version, licence, index, log):
     return describe_run(run_dir, name, version, licence, log)
 
 
-def _push_hf(hub: Hub, run_dir: Path, name: str | None, version: str | None, licence: str | None, log) -> dict:
-    from zoo.hub.hf import push_to_hf
-
-    return push_to_hf(hub, run_dir, name, version, licence, log, _describe)
-
-
 def push(
     run_dir: str | os.PathLike,
     hub: str | os.PathLike,
@@ -350,11 +293,6 @@ def push(
     log = log or (lambda _message: None)
     run_dir = Path(run_dir)
     target = parse_hub(hub)
-    if target.kind == "http":
-        raise ConfigError(
-            f"--hub {hub}: zoo pushes to a folder or to hf://org/repo; to serve a hub over HTTP, push to a folder and "
-            f"publish that folder with any static web server"
-        )
-    entry = (_push_folder if target.kind == "folder" else _push_hf)(target, run_dir, name, version, licence, log)
+    entry = target.publish(lambda index: _describe(run_dir, name, version, licence, index, log), log)
     log(f"pushed {entry['name']}@{entry['version']} to {target} ({len(entry['files'])} files)")
     return entry

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from zoo.errors import AdapterFileError
-from zoo.files import make_temporary_directory
+from zoo.files import atomic_directory
 from zoo.peft.config import ConfigError
 from zoo.peft.engine import (
     DEFAULT_ADAPTER,
@@ -98,22 +97,11 @@ def save_adapter(model: nn.Module, adapter_dir: str | os.PathLike, adapter_name:
     tensors = adapter_tensors(model, adapter_name)
     config = adapter_config(model, adapter_name)
     target = Path(adapter_dir)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = make_temporary_directory(target.parent, prefix=f".{target.name}.")  # the umask's mode, not 0700
-    try:
+    with atomic_directory(target) as staging:  # the umask's mode, not tempfile's 0700
         metadata = {"format": "pt", "zoo": json.dumps(zoo_section(model, adapter_name), default=str)}
         # safetensors' save_file makes its file 0600 whatever the umask; written here it gets the umask's mode
         (staging / WEIGHTS_NAME).write_bytes(save(tensors, metadata=metadata))
         (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
-        if target.exists():
-            backup = target.parent / f".{target.name}.old-{os.getpid()}"
-            os.replace(target, backup)
-            os.replace(staging, target)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 

@@ -236,7 +236,7 @@ def render(
     rows: list[dict[str, Any]], folder: Path, spec=None, scale: str = "", command: str = "", plots: bool = True
 ) -> list[Path]:
     """Write ``<name>.md``, ``<name>.csv`` and the plots into ``folder``; returns the files written."""
-    from zoo.experiment.run_dir import atomic_write_text
+    from zoo.files import atomic_write_text
 
     name = getattr(spec, "name", "results")
     records = summarise(rows, spec)
