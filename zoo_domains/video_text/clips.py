@@ -52,7 +52,7 @@ def _read_npy(path: Path, num_frames: int) -> torch.Tensor:
 
 
 def _read_frame_folder(path: Path, num_frames: int) -> torch.Tensor:
-    from torchvision.io import ImageReadMode, decode_image, read_file
+    from PIL import Image  # not torchvision.io: its image decoding is deprecated since torchvision 0.29
 
     files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
@@ -60,8 +60,9 @@ def _read_frame_folder(path: Path, num_frames: int) -> torch.Tensor:
     frames = []
     for file in (files[i] for i in sample_indices(len(files), num_frames)):
         try:
-            frames.append(decode_image(read_file(str(file)), mode=ImageReadMode.RGB))
-        except RuntimeError as error:
+            with Image.open(file) as image:
+                frames.append(torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1))
+        except OSError as error:  # PIL.UnidentifiedImageError included; a truncated file raises OSError itself
             raise DataError(f"{file}: not a readable image ({str(error).splitlines()[0]})") from None
     if len({tuple(f.shape) for f in frames}) != 1:
         raise DataError(f"{path}: frames differ in size ({sorted({tuple(f.shape[1:]) for f in frames})})")

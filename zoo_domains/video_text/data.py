@@ -44,7 +44,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 
 from zoo_domains.video_text.clips import VIDEO_SUFFIXES, find_clip, read_clip
@@ -293,7 +292,7 @@ def synthetic_clip(index: int, frames: int = 5, height: int = 24, width: int = 3
 
 def make_fixture(directory: Path) -> None:
     """A tiny copy in zoo's layout: .npy clips and PNG frame folders, two captions per training video."""
-    from torchvision.io import write_png
+    from PIL import Image
 
     directory = Path(directory)
     (directory / "annotations").mkdir(parents=True, exist_ok=True)
@@ -309,7 +308,7 @@ def make_fixture(directory: Path) -> None:
                 folder = directory / "videos" / video_id
                 folder.mkdir(exist_ok=True)
                 for t, frame in enumerate(clip):
-                    write_png(torch.from_numpy(frame).permute(2, 0, 1).contiguous(), str(folder / f"{t:03d}.png"))
+                    Image.fromarray(frame).save(folder / f"{t:03d}.png")
             captions = [caption, f"{caption} on a grey background"] if split == "train" else [caption]
             lines += [json.dumps({"video_id": video_id, "caption": c, "category": category}) for c in captions]
         (directory / "annotations" / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
