@@ -1,6 +1,6 @@
 """Every recipe: it validates, it names the real backbone and data at default scale, it builds at
-scale=tiny and takes a training step; the recipes cover every method that applies to each domain.
-Five of them (END_TO_END) are also trained through the CLI in test_train.py."""
+scale=tiny and takes a training step; the recipes cover every method that applies to each registered
+domain. One recipe a domain (END_TO_END) is also trained through the CLI in test_train.py."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import zoo.peft as zp
+from tests.zoo_domains.registered import domain_names, main_recipe, main_task
 from zoo.catalog.backbones import BACKBONES
 from zoo.catalog.datasets import DATASETS
 from zoo.errors import ConfigError
@@ -19,15 +20,20 @@ from zoo.experiment.config import load_config
 from zoo.experiment.recipes import list_recipes, recipe_summary, recipes_root
 
 RECIPES = list_recipes()
-END_TO_END = (
-    "vision/medical-lora",
-    "text/sst2-dora",
-    "protein/gb1-ia3",
-    "speech/digits-adapter",
-    "video_text/retrieval-vpt",
-)
+DOMAINS = {domain: main_task(domain) for domain in domain_names()}
+"""Each registered domain and the task whose recipes cover every method that applies."""
+END_TO_END_METHODS = ("ia3", "adapter", "dora", "vpt", "lora")
+"""Taken in turn by the domains (in name order), so the CLI trainings cover several methods."""
+
+
+def end_to_end_recipe(index: int, domain: str) -> str:
+    turn = [END_TO_END_METHODS[(index + k) % len(END_TO_END_METHODS)] for k in range(len(END_TO_END_METHODS))]
+    return next(main_recipe(domain, m) for m in turn if main_recipe(domain, m) in RECIPES)
+
+
+END_TO_END = tuple(end_to_end_recipe(index, domain) for index, domain in enumerate(DOMAINS))
+"""One recipe of each domain, also trained through the CLI in test_train.py."""
 VISION_REQUIRED = ("lora", "dora", "adaptformer", "kadaptation", "vpt", "bitfit", "adapter", "full", "linear")
-DOMAINS = {"vision": "medical", "text": "sst2", "protein": "gb1", "speech": "digits", "video_text": "retrieval"}
 
 
 def readme_exclusions() -> list[tuple[str, str, str]]:
@@ -76,8 +82,18 @@ def test_recipe_list_comes_from_the_folder():
 def test_required_vision_recipes_and_one_domain_each():
     for method in VISION_REQUIRED:
         assert f"vision/medical-{method}" in RECIPES
-    for recipe in END_TO_END:
-        assert recipe in RECIPES
+    assert sorted(recipe.split("/")[0] for recipe in END_TO_END) == domain_names()
+    assert len({recipe_summary(recipe)["method"] for recipe in END_TO_END}) == min(
+        len(DOMAINS), len(END_TO_END_METHODS)
+    )
+
+
+def test_every_registered_domain_and_only_those_have_recipes():
+    with_recipes = {recipe.split("/")[0] for recipe in RECIPES}
+    assert with_recipes == set(domain_names())
+    for domain in domain_names():
+        backbones = {recipe_summary(r)["backbone"] for r in RECIPES if r.startswith(f"{domain}/")}
+        assert {BACKBONES.get(name).domain for name in backbones} == {domain}
 
 
 def test_recipes_cover_every_method_that_applies():

@@ -15,19 +15,26 @@ import numpy as np
 import pytest
 import torch
 
+from tests.zoo_domains.registered import main_recipe
+from zoo.catalog.backbones import BACKBONES
 from zoo.cli.main import main
+from zoo.hub.inputs import INPUT_READERS
 
 TEXTS = ["a gripping, beautifully acted film", "dull and far too long", "the music is the best thing about it"]
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """A tiny run of each domain with a predict reader (text comes from conftest's ``tiny_run``)."""
+def runs(tiny_run, tmp_path_factory):
+    """A tiny LoRA run of each domain with a predict reader, on the domain's main task (conftest's
+    ``tiny_run`` for its own domain)."""
     import zoo
 
     out = tmp_path_factory.mktemp("runs")
-    recipes = {"vision": "vision/medical-lora", "protein": "protein/gb1-lora", "speech": "speech/digits-lora"}
-    return {domain: zoo.run(recipe, ["scale=tiny"], out=out / domain, log=None) for domain, recipe in recipes.items()}
+    made = {BACKBONES.get(zoo.load_run(tiny_run.dir).config.backbone.name).domain: tiny_run}
+    for domain in INPUT_READERS.names():
+        if domain not in made:
+            made[domain] = zoo.run(main_recipe(domain, "lora"), ["scale=tiny"], out=out / domain, log=None)
+    return made
 
 
 def model_outputs(run_dir, inputs):
@@ -123,24 +130,28 @@ def test_a_dash_reads_one_text_a_line_from_standard_input(tiny_run, capsys, monk
     assert code == 2 and out == "" and "standard input ('-') held no inputs" in err
 
 
+# -- every domain -------------------------------------------------------------------------
+@pytest.mark.parametrize("domain", INPUT_READERS.names())
+def test_each_domain_predicts_on_its_example_files_as_its_model_does_on_what_was_written(
+    runs, capsys, tmp_path, domain
+):
+    import zoo
+
+    run_dir = runs[domain].dir
+    built = zoo.load_run(run_dir).build()
+    if hasattr(built.model, "predict_inputs"):
+        pytest.skip("predicts its inputs against each other: see the video-text tests below")
+    example = INPUT_READERS.get(domain).write_example(tmp_path)
+    rows = predict_json(capsys, run_dir, *example.arguments)
+    assert len(rows) == len(example.inputs)
+    outputs = model_outputs(run_dir, example.inputs)  # the inputs as written, never read back from the files
+    if "value" in rows[0]:
+        assert [row["value"] for row in rows] == pytest.approx(outputs.reshape(-1).tolist(), abs=1e-5)
+    else:
+        assert_classified(rows, outputs, list(rows[0]["scores"]))
+
+
 # -- speech ------------------------------------------------------------------------------
-def test_speech_reads_wav_files_and_folders(runs, capsys, tmp_path):
-    import soundfile
-
-    time = np.arange(4000) / 8000
-    mono = (0.4 * np.sin(2 * np.pi * 440 * time)).astype(np.float32)
-    stereo = np.stack([mono, 0.5 * mono[::-1]], axis=1)  # (time, channels), as soundfile writes it
-    folder = tmp_path / "clips"
-    folder.mkdir()
-    soundfile.write(folder / "a.wav", mono, 8000, subtype="FLOAT")
-    soundfile.write(folder / "b.wav", stereo, 16000, subtype="FLOAT")
-    run_dir = runs["speech"].dir
-    rows = predict_json(capsys, run_dir, folder / "a.wav", folder)
-    assert [row["input"] for row in rows] == [str(folder / "a.wav"), str(folder / "a.wav"), str(folder / "b.wav")]
-    reference = [(torch.from_numpy(mono), 8000), (torch.from_numpy(mono), 8000), (torch.from_numpy(stereo.T), 16000)]
-    assert_classified(rows, model_outputs(run_dir, reference), [str(digit) for digit in range(10)])
-
-
 def test_speech_refuses_text_and_other_files(runs, capsys, tmp_path):
     run_dir = runs["speech"].dir
     code, _, err = run_cli(capsys, "predict", run_dir, "hello")
@@ -240,3 +251,66 @@ def test_protein_refuses_words_and_files_of_other_kinds(runs, capsys, tmp_path):
     (tmp_path / "blank.fasta").write_text("\n\n")
     code, _, err = run_cli(capsys, "predict", run_dir, tmp_path / "blank.fasta")
     assert code == 2 and "no inputs in it" in err
+
+
+# -- video-text --------------------------------------------------------------------------
+def test_video_text_retrieval_matches_each_query_and_clip_as_its_model_scores_the_pairs(runs, capsys, tmp_path):
+    import zoo
+
+    run_dir = runs["video_text"].dir
+    example = INPUT_READERS.get("video_text").write_example(tmp_path)  # a .npy clip, a frame folder, a query
+    queries = [argument for argument in example.arguments if not argument.startswith(str(tmp_path))]
+    queries.append("a blue square moves to the left")
+    clip_names = [argument for argument in example.arguments if argument.startswith(str(tmp_path))]
+    rows = predict_json(capsys, run_dir, *clip_names, *queries)
+    assert [row["input"] for row in rows] == [*clip_names, *queries]
+
+    built = zoo.load_run(run_dir).build()
+    frames = built.config.data.options["num_frames"]
+    clips = [clip for clip in example.inputs if not isinstance(clip, str)]
+    # the middle frame of each of `frames` equal segments of the written clip, as training samples it
+    sampled = [clip[[int((i + 0.5) * len(clip) / frames) for i in range(frames)]] for clip in clips]
+    pairs = [(clip, query) for clip in sampled for query in queries]
+    with torch.no_grad():
+        outputs = built.model(built.model.backbone.collate(pairs)).reshape(len(clips), len(queries), 2, -1)
+        logits = built.model.temperature() * (outputs[..., 1, :] * outputs[..., 0, :]).sum(-1)  # (clips, queries)
+    for row, expected in zip(rows, [*logits.softmax(-1), *logits.T.softmax(-1)]):
+        shown = queries if row["input"] in clip_names else clip_names
+        assert list(row["scores"]) == shown
+        assert list(row["scores"].values()) == pytest.approx(expected.tolist(), abs=1e-5)
+        assert row["label"] == shown[int(expected.argmax())]
+
+    code, out, err = run_cli(capsys, "predict", run_dir, *clip_names, queries[0], "--format", "csv")
+    assert code == 0, err
+    assert out.splitlines()[0].split(",") == ["input", "label", queries[0], *clip_names]
+
+
+def test_video_text_refuses_queries_alone_and_files_it_cannot_read(runs, capsys, tmp_path):
+    run_dir = runs["video_text"].dir
+    code, out, err = run_cli(capsys, "predict", run_dir, "a dog runs", "a cat sleeps")
+    assert code == 2 and out == ""
+    assert "retrieval matches text queries against clips; got 2 queries and 0 clips" in err
+    (tmp_path / "broken.mp4").write_bytes(b"not a video")
+    code, _, err = run_cli(capsys, "predict", run_dir, tmp_path / "broken.mp4", "a dog runs")
+    assert code == 2 and f"{tmp_path / 'broken.mp4'}: " in err and ("PyAV" in err or "not a readable video" in err)
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("no frames here")
+    code, _, err = run_cli(capsys, "predict", run_dir, tmp_path / "notes", "a dog runs")
+    assert code == 2 and "a folder with neither frame images" in err
+    code, _, err = run_cli(capsys, "predict", run_dir, "img.wav", "a dog runs")
+    assert code == 2 and "img.wav is an audio file" in err
+
+
+def test_a_video_text_classifier_reads_clips_only_sampled_as_it_was_trained(tmp_path):
+    from zoo.errors import DataError
+    from zoo.hub.inputs import reader_for
+
+    reader = reader_for("video_text", "classification", {"num_frames": 3})
+    assert reader.read_argument is None and reader.read_lines is None and "queries" not in reader.takes
+    clip = np.arange(6 * 4 * 5 * 3, dtype=np.uint8).reshape(6, 4, 5, 3)
+    np.save(tmp_path / "clip.npy", clip)
+    [(frames, name)] = reader.read_file(tmp_path / "clip.npy")
+    expected = torch.from_numpy(clip[[1, 3, 5]]).permute(0, 3, 1, 2).float() / 255  # segment middles of 6 frames
+    assert name == str(tmp_path / "clip.npy") and torch.allclose(frames, expected)
+    with pytest.raises(DataError, match="num_frames is 0"):
+        reader_for("video_text", "retrieval", {"num_frames": 0})

@@ -1,12 +1,13 @@
 """``zoo predict NAME_OR_RUN_DIR INPUT... [--format table|json|csv]``: predictions for the domain's inputs.
 
 NAME is a hub adapter (pulled first if needed) or a pulled adapter folder; RUN_DIR a finished
-run. Inputs, by domain: texts, or .txt/.csv/.tsv/.jsonl/.json files of texts; image files or
-folders of images; amino-acid sequences or FASTA files; audio files or folders of them. An
+run. What an adapter reads is its domain's registered input reader (``zoo.hub.inputs``; ``zoo
+predict --help`` lists them): texts or files of texts, images, sequences, audio, clips. An
 argument with a file suffix or a path is read as a file, which must exist and suit the adapter;
 ``-`` reads standard input, one input a line. ``json`` prints a list with one object per input:
-``input``, the predicted ``label`` (by class name where the task has names) and the class
-``scores``, or the regression ``value``, all at full precision; the table rounds them.
+``input``, the predicted ``label`` (by class name where the task has names; for retrieval, the
+best-matching input of the other kind) and the ``scores``, or the regression ``value``, all at
+full precision; the table rounds them.
 """
 
 from __future__ import annotations
@@ -25,14 +26,11 @@ INPUT_WIDTH = 60
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("predict", help="predict with a hub adapter or a run directory")
-    parser.add_argument("model", help="<domain>/<task>-<method>[@version], a pulled adapter folder, or a run directory")
-    parser.add_argument(
-        "inputs",
-        nargs="*",
-        help="texts or .txt/.csv/.tsv/.jsonl files; image files or folders; sequences or FASTA files; audio "
-        "files or folders; '-' reads standard input (one input a line)",
+    parser = commands.add_parser(
+        "predict", help="predict with a hub adapter or a run directory", formatter_class=_InputsHelpFormatter
     )
+    parser.add_argument("model", help="<domain>/<task>-<method>[@version], a pulled adapter folder, or a run directory")
+    parser.add_argument("inputs", nargs="*", help=INPUTS_HELP)  # completed by the domains' readers when shown
     parser.add_argument("--format", choices=("table", "json", "csv"), default="table")
     parser.add_argument("--hub", help="the hub to pull NAME from (default: $ZOO_HUB, then zoo's own)")
     parser.add_argument("--backbone-weights", help="a local checkpoint of the base backbone (used before any other)")
@@ -43,18 +41,35 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
+INPUTS_HELP = "what to predict on, as the adapter's domain reads it; '-' reads standard input (one input a line)"
+
+
+def inputs_help() -> str:
+    """INPUTS_HELP and what each registered domain's adapters take (the domains load only when help is shown)."""
+    from zoo.hub.inputs import describe_readers
+
+    return f"{INPUTS_HELP}. By domain: {'; '.join(describe_readers())}".replace("%", "%%")
+
+
+class _InputsHelpFormatter(argparse.HelpFormatter):
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        return inputs_help() if action.dest == "inputs" else action.help
+
+
 def _rows(names: list[str], predictions: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"input": name, **prediction} for name, prediction in zip(names, predictions)]
 
 
 def _write_csv(rows: list[dict[str, Any]]) -> None:
-    classes = list(rows[0].get("scores", {}))
+    # every row's score columns, in order of appearance (retrieval scores a query by clips, a clip by queries)
+    classes = list(dict.fromkeys(name for row in rows for name in row.get("scores", {})))
     value_columns = ["label"] if "label" in rows[0] else [key for key in rows[0] if key != "input"]
     writer = csv.writer(sys.stdout, lineterminator="\n")
     writer.writerow(["input", *value_columns, *classes])
     for row in rows:
         values = [" ".join(map(str, v)) if isinstance(v, list) else v for v in (row.get(k) for k in value_columns)]
-        writer.writerow([row["input"], *values, *(f"{row['scores'][c]:.6f}" for c in classes)])
+        scores = row.get("scores", {})
+        writer.writerow([row["input"], *values, *(f"{scores[c]:.6f}" if c in scores else "" for c in classes)])
 
 
 def _shown(row: dict[str, Any]) -> str:
@@ -79,12 +94,15 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.inputs:  # before pulling or building anything
         raise DataError(
-            f"no inputs given: pass what to predict on after {args.model} (texts, files, a folder, or '-' to read "
-            f"standard input)"
+            f"no inputs given: pass what to predict on after {args.model} (inputs, files, a folder, or '-' to read "
+            f"standard input; zoo predict --help lists what each domain reads)"
         )
     predictor = load(args.model, hub=args.hub, backbone_weights=args.backbone_weights, force=args.force)
-    inputs, names = read_inputs(predictor.domain, args.inputs, predictor.name)
-    rows = _rows(names, predictor.predict(inputs, args.batch_size))
+    data_options = predictor.config.data.options if predictor.config is not None else None
+    inputs, names = read_inputs(
+        predictor.domain, args.inputs, predictor.name, task_kind=predictor.task_kind, data_options=data_options
+    )
+    rows = _rows(names, predictor.predict(inputs, args.batch_size, names))
     if args.format == "json":
         print(json.dumps(rows, indent=2))
     elif args.format == "csv":

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from zoo.errors import DataError
+from zoo.hub.inputs import InputExample, InputReader, Read, register_input_reader
 from zoo_domains.protein.backbones import check_sequence
 from zoo_domains.protein.files import read_fasta
-from zoo.errors import DataError
-from zoo.hub.inputs import InputReader, Read, register_input_reader
 
 SUFFIXES = (".fasta", ".fa", ".faa", ".fas")
+KINDS = {**{suffix: "a FASTA file" for suffix in SUFFIXES}, ".fna": "a nucleotide FASTA file"}
 SHOWN_RESIDUES = 30
 
 
@@ -55,13 +56,23 @@ def read_sequence(argument: str) -> tuple[str, str]:
     return check_sequence(sequence, f"sequence {_shown(argument)!r}"), _shown(sequence)
 
 
+def write_example(folder: Path) -> InputExample:
+    """A FASTA file of two records (the second soft-masked, in lower case) and a typed sequence."""
+    (folder / "proteins.fasta").write_text(">first some description\nMKTAYIAKQR\nQISFVKSHFS\n\n>second\nmktayiak\n")
+    return InputExample(
+        (str(folder / "proteins.fasta"), "GVSERTIDPK"), ("MKTAYIAKQRQISFVKSHFS", "MKTAYIAK", "GVSERTIDPK")
+    )
+
+
 register_input_reader(
     InputReader(
         domain="protein",
         takes=f"amino-acid sequences (upper-case one-letter codes) or FASTA files ({'/'.join(SUFFIXES)})",
         suffixes=SUFFIXES,
         read_file=read_fasta_file,
+        write_example=write_example,
         read_argument=read_sequence,
         read_lines=read_sequence_lines,
+        kinds=KINDS,
     )
 )

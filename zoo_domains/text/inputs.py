@@ -14,9 +14,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from zoo_domains.text.data import read_csv, read_lines
 from zoo.errors import DataError
-from zoo.hub.inputs import InputReader, Read, register_input_reader
+from zoo.hub.inputs import InputExample, InputReader, Read, register_input_reader
+from zoo_domains.text.data import read_csv, read_lines
 
 TEXT_COLUMNS = ("text", "sentence", "sentence1", "source", "review", "content", "description")
 """Header names taken as the column of texts, in this order."""
@@ -91,12 +91,22 @@ def read_text_argument(argument: str) -> tuple[str, str]:
     return argument, argument
 
 
+def write_example(folder: Path) -> InputExample:
+    """A typed text, a .txt file of two and a .csv with a header naming its text column."""
+    texts = ["a gripping, beautifully acted film", "dull and far too long", "the music is the best thing about it"]
+    (folder / "reviews.txt").write_text(f"{texts[1]}\n\n{texts[2]}\n", encoding="utf-8")
+    (folder / "reviews.csv").write_text(f'id,text\n7,"{texts[0]}"\n', encoding="utf-8")
+    arguments = (texts[0], str(folder / "reviews.txt"), str(folder / "reviews.csv"))
+    return InputExample(arguments, (texts[0], texts[1], texts[2], texts[0]))
+
+
 register_input_reader(
     InputReader(
         domain="text",
         takes="text or .txt/.csv/.tsv/.jsonl/.json files of texts",
         suffixes=(".txt", ".text", ".csv", ".tsv", ".jsonl", ".json"),
         read_file=read_text_file,
+        write_example=write_example,
         read_argument=read_text_argument,
         read_lines=read_text_lines,
     )

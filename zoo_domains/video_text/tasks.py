@@ -19,17 +19,18 @@ median rank, :func:`zoo.tasks.metrics.retrieval_metrics`).
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, DataError
 from zoo.tasks import metrics
 from zoo.tasks.heads import TaskSpec
 from zoo.tasks.train_tasks import ModelTask, TaskRequest, register_task_builder
+from zoo_domains.video_text.backbones import clip_tokenizer
 
 MAX_LOGIT_SCALE = math.log(100.0)
 
@@ -61,6 +62,16 @@ def contrastive_loss(outputs: torch.Tensor, scale: torch.Tensor, labels: torch.T
         logits = logits.masked_fill(same_video, float("-inf"))
     targets = torch.arange(logits.shape[0], device=logits.device)
     return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+
+
+def _distinct(names: list[str]) -> list[str]:
+    """The names, a repeated one numbered (``clip.npy``, ``clip.npy (2)``), so each keys its own score."""
+    seen: dict[str, int] = {}
+    distinct = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        distinct.append(name if seen[name] == 1 else f"{name} ({seen[name]})")
+    return distinct
 
 
 def retrieval_evaluate(outputs: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, float]:
@@ -98,6 +109,49 @@ class RetrievalModel(nn.Module):
 
     def loss(self, outputs: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         return contrastive_loss(outputs, self.temperature(), labels)
+
+    @torch.no_grad()
+    def predict_inputs(
+        self, inputs: Sequence[Any], batch_size: int = 32, names: Sequence[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """What ``zoo predict`` shows for a mix of clips (frame tensors) and text queries (strings): for
+        each query the clips, for each clip the queries, as CLIP's zero-shot probabilities (softmax of
+        exp(tau)-scaled cosine similarities over the other kind); ``label`` is the best match by name."""
+        names = (
+            list(names)
+            if names is not None
+            else [x if isinstance(x, str) else f"clip {i}" for i, x in enumerate(inputs)]
+        )
+        queries = [i for i, item in enumerate(inputs) if isinstance(item, str)]
+        clips = [i for i, item in enumerate(inputs) if not isinstance(item, str)]
+        if not queries or not clips:
+            raise DataError(
+                f"retrieval matches text queries against clips; got {len(queries)} queries and {len(clips)} clips: "
+                f"give at least one of each"
+            )
+        was_training = self.training
+        self.eval()
+        device = next(self.parameters()).device
+        tokenize = clip_tokenizer(self.backbone.context_length)
+        try:
+            videos, texts = [], []
+            for start in range(0, len(clips), batch_size):
+                batch = self.backbone.collate([inputs[i] for i in clips[start : start + batch_size]])
+                videos.append(self.encode_video({k: v.to(device) for k, v in batch.items()}).float().cpu())
+            for start in range(0, len(queries), batch_size):
+                tokens = tokenize([inputs[i] for i in queries[start : start + batch_size]]).to(device)
+                texts.append(self.encode_text({"input_ids": tokens}).float().cpu())
+            logits = float(self.temperature()) * torch.cat(texts) @ torch.cat(videos).T  # (queries, clips)
+        finally:
+            self.train(was_training)
+        results: dict[int, dict[str, Any]] = {}
+        for rows, row_indices, column_indices in ((logits, queries, clips), (logits.T, clips, queries)):
+            shown = _distinct([names[i] for i in column_indices])
+            for index, row in zip(row_indices, rows):
+                best = int(row.argmax())
+                scores = dict(zip(shown, row.softmax(-1).tolist()))
+                results[index] = {"label": shown[best], "index": best, "scores": scores}
+        return [results[i] for i in range(len(inputs))]
 
     @torch.no_grad()
     def evaluate(self, dataset: Dataset, batch_size: int = 16, device: Any = None) -> dict[str, float]:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from zoo_domains.vision.images import IMAGE_EXTENSIONS
 from zoo.errors import DataError
-from zoo.hub.inputs import InputReader, Read, register_input_reader
+from zoo.hub.inputs import InputExample, InputReader, Read, register_input_reader
+from zoo_domains.vision.images import IMAGE_EXTENSIONS
 
 SUFFIXES = tuple(sorted({*IMAGE_EXTENSIONS, ".gif"}))
 
@@ -27,12 +27,29 @@ def read_image_file(path: Path) -> Read:
     return [(image, str(path))]
 
 
+def write_example(folder: Path) -> InputExample:
+    """A folder of a greyscale and a colour PNG (and a text file, which a folder read skips)."""
+    import numpy as np
+    from PIL import Image
+
+    generator = np.random.default_rng(0)
+    grey = generator.integers(0, 256, (28, 28), dtype=np.uint8)
+    colour = generator.integers(0, 256, (40, 36, 3), dtype=np.uint8)
+    images = folder / "images"
+    images.mkdir()
+    Image.fromarray(grey).save(images / "a.png")
+    Image.fromarray(colour).save(images / "b.png")
+    (images / "notes.txt").write_text("not an image, skipped in a folder")
+    return InputExample((str(images / "b.png"), str(images)), (colour, grey, colour))
+
+
 register_input_reader(
     InputReader(
         domain="vision",
         takes=f"image files ({'/'.join(SUFFIXES)}) or folders of them",
         suffixes=SUFFIXES,
         read_file=read_image_file,
+        write_example=write_example,
         reads_folders=True,
     )
 )
