@@ -1,4 +1,4 @@
-"""Registry-driven checks over every domain: backbones, PEFT methods on them, datasets.
+"""Registry-driven checks over every domain: backbones, PEFT methods on them, datasets, input readers.
 
 Everything registered is covered without a hand-kept list: a new backbone, dataset or
 PEFT method is tested here by registering it.
@@ -7,7 +7,9 @@ PEFT method is tested here by registering it.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -15,6 +17,7 @@ import zoo.peft as zp
 from zoo.catalog.backbones import BACKBONES, create_backbone
 from zoo.catalog.datasets import DATASETS, dataset_dir, local_copy_present
 from zoo.errors import ConfigError
+from zoo.hub.inputs import INPUT_READERS, read_inputs
 from zoo.tasks.heads import TaskModel
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -94,3 +97,32 @@ def test_dataset_reads_the_real_shared_copy(name):
             pytest.skip(f"{name}: shared copy has no {split} split ({error})")
         assert len(dataset) > 0
         dataset[len(dataset) - 1]
+
+
+def test_every_domain_with_backbones_registers_an_input_reader():
+    with_backbones = {BACKBONES.get(name).domain for name in BACKBONES.names()}
+    assert with_backbones == set(INPUT_READERS.names()), "a domain's adapters need a reader for zoo predict"
+
+
+def assert_same_input(read: Any, written: Any, where: str) -> None:
+    """What a reader made of a file equals what was written to it: texts exactly, arrays (an image, a
+    waveform, video frames) to float precision, pairs element by element."""
+    if isinstance(written, (str, int)):
+        assert read == written, where
+    elif isinstance(written, (tuple, list)):
+        assert isinstance(read, (tuple, list)) and len(read) == len(written), where
+        for index, (part, expected) in enumerate(zip(read, written)):
+            assert_same_input(part, expected, f"{where}[{index}]")
+    else:
+        read_array, expected = np.asarray(read, dtype=np.float64), np.asarray(written, dtype=np.float64)
+        assert read_array.shape == expected.shape, f"{where}: shape {read_array.shape}, written {expected.shape}"
+        np.testing.assert_allclose(read_array, expected, atol=1e-6, err_msg=where)
+
+
+@pytest.mark.parametrize("domain", INPUT_READERS.names())
+def test_input_reader_reads_its_example_as_written(domain, tmp_path):
+    example = INPUT_READERS.get(domain).write_example(tmp_path)
+    inputs, names = read_inputs(domain, example.arguments)
+    assert len(inputs) == len(names) == len(example.inputs)
+    for index, (read, written) in enumerate(zip(inputs, example.inputs)):
+        assert_same_input(read, written, f"{domain} input {index} ({names[index]})")

@@ -88,11 +88,18 @@ class Predictor:
                 chunks.append(self.model(move_to_device(batch, device)).float().cpu())
         return torch.cat(chunks) if chunks else torch.empty(0)
 
-    def predict(self, inputs: Sequence[Any], batch_size: int = 32) -> list[dict[str, Any]]:
+    def predict(
+        self, inputs: Sequence[Any], batch_size: int = 32, names: Sequence[str] | None = None
+    ) -> list[dict[str, Any]]:
         """One dict per input: classification ``{"label", "index", "scores": {class: probability}}``;
-        regression ``{"value"}``; per-token tasks ``{"labels": [...]}``."""
+        regression ``{"value"}``; per-token tasks ``{"labels": [...]}``. A task model that predicts
+        each input against the others given (retrieval) does so with its ``predict_inputs``, naming
+        the inputs by ``names``."""
         if isinstance(inputs, (str, bytes)):
             raise TypeError("predict takes a list of inputs; wrap a single one as [input]")
+        against_each_other = getattr(self.model, "predict_inputs", None)
+        if against_each_other is not None:
+            return against_each_other(list(inputs), batch_size, names)
         outputs = self.outputs(inputs, batch_size)
         results = []
         for output in outputs:
