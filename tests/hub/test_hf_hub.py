@@ -207,3 +207,17 @@ def test_an_http_hub_is_read_only(tmp_path):
 
     with pytest.raises(ConfigError, match="an HTTP hub is read-only; zoo pushes to a folder or to hf://org/repo"):
         push(tmp_path, "http://127.0.0.1:9/hub", log=None)
+
+
+def test_zoo_push_of_a_run_to_an_hf_hub_is_one_commit(tiny_run, repository):
+    from zoo.hub.push import push
+
+    read_at = repository.head
+    entry = push(tiny_run.dir, HUB, log=None)
+    [commit] = repository.commits
+    assert commit["parent_commit"] == read_at
+    written = {op.path_in_repo: op.path_or_fileobj for op in commit["operations"]}
+    assert set(written) == {f"{entry['path']}/{item['path']}" for item in entry["files"]} | {INDEX_FILE}
+    weights = f"{entry['path']}/adapter/adapter_model.safetensors"
+    assert written[weights] == (tiny_run.dir / "adapter/adapter_model.safetensors").read_bytes()
+    assert set(repository.index()["adapters"]) == {OTHER, entry["name"]}

@@ -190,14 +190,22 @@ def test_load_run_on_a_folder_of_neither_kind_says_what_to_use(tmp_path):
 KILLED_PUSH = textwrap.dedent(
     """
     import os, signal, sys, types
+    import zoo.files as files
+    import zoo.hub.locations as locations
     import zoo.hub.push as push_module
 
     def killed(source, destination):  # the process dies after writing its first temporary file
         os.kill(os.getpid(), signal.SIGKILL)
 
-    patched = types.ModuleType("os")  # os.replace as push.py sees it, and only there
+    patched = types.ModuleType("os")  # os.replace as zoo.files sees it, once the hub's first file is written
     patched.__dict__.update(os.__dict__, replace=killed)
-    push_module.os = patched
+    write = locations.atomic_write_bytes
+
+    def write_and_die(*args, **kwargs):
+        files.os = patched
+        write(*args, **kwargs)
+
+    locations.atomic_write_bytes = write_and_die
     push_module.push(sys.argv[1], sys.argv[2], version="9", log=None)
     """
 )
