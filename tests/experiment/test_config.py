@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
@@ -176,7 +175,7 @@ def test_method_keys_follow_the_method_chosen_on_the_command_line(recipes):
         ("train.epochs=true", "train.epochs=True is not allowed"),
         ("train.epochs=1.5", "train.epochs=1.5 is not allowed"),
         ("method.r=1.5", "method.r=1.5 is not allowed for lora"),
-        ("method.r=abc", "expected an integer"),
+        ("method.r=abc", "expected a whole number"),
         ("backbone.pretrained=3", "backbone.pretrained=3 is not allowed"),
         ("data.download=maybe", "data.download='maybe' is not allowed"),
         ("scale=huge", "scale='huge' is not allowed; choose one of default, tiny"),
@@ -217,7 +216,7 @@ def test_resolved_config_round_trips(recipes):
 
 
 def test_train_section_has_every_trainer_setting(recipes):
-    names = {field.name for field in dataclasses.fields(TrainSettings)}
+    names = set(TrainSettings.model_fields)
     assert set(load_config("vision/medical-lora").train.model_dump()) == names
 
 
@@ -273,3 +272,63 @@ def test_zoo_train_refuses_nan_before_making_a_run_directory(tmp_path, monkeypat
     assert code != 0
     assert "train.lr=nan is not allowed" in err and "finite" in err
     assert list(tmp_path.iterdir()) == []  # no run directory, nothing else either
+
+
+def test_interpolation_reads_other_keys_once_everything_is_merged(recipes):
+    (recipes / "vision" / "linked.yaml").write_text(
+        "defaults: [_base]\n"
+        "method: {name: lora, r: 4, lora_alpha: '${method.r}'}\n"
+        "train: {eval_batch_size: '${train.batch_size}'}\n"
+    )
+    config = load_config("vision/linked")
+    assert (config.method.lora_alpha, config.train.eval_batch_size) == (4, 8)
+    # the tiny section and the overrides come first, so the interpolation reads their values
+    tiny = load_config("vision/linked", ["scale=tiny", "method.r=16"])
+    assert (tiny.method.lora_alpha, tiny.train.eval_batch_size) == (16, 2)
+    assert tiny.to_dict()["method"] == {"name": "lora", "r": 16, "lora_alpha": 16}  # saved resolved
+    overridden = load_config("vision/medical-lora", ["train.eval_batch_size=${train.batch_size}"])
+    assert overridden.train.eval_batch_size == 8
+
+
+def test_interpolation_of_a_missing_key_names_it(recipes):
+    (recipes / "vision" / "dangling.yaml").write_text("defaults: [_base]\nmethod: {name: lora, r: '${train.rank}'}\n")
+    with pytest.raises(ConfigError, match=r"method\.r in .*dangling\.yaml: Interpolation key 'train\.rank' not found"):
+        load_config("vision/dangling")
+
+
+def test_an_interpolated_value_is_type_checked_like_any_other(recipes):
+    (recipes / "vision" / "mistyped.yaml").write_text(
+        "defaults: [_base]\nmethod: {name: lora, use_rslora: '${method.r}'}\n"
+    )
+    with pytest.raises(ConfigError, match="method.use_rslora=8 is not allowed for lora"):
+        load_config("vision/mistyped", ["method.r=8"])
+
+
+def test_the_method_section_is_its_methods_config(recipes):
+    from zoo.peft.lora import LoraConfig
+    from zoo.peft.registry import method_config
+
+    config = load_config("vision/medical-lora", ["method.lora_alpha=16"])
+    assert type(config.method) is LoraConfig
+    assert (config.method.r, config.method.lora_alpha, config.method.lora_dropout) == (4, 16, 0.0)
+    assert method_config(config.method) is config.method  # a config object passes as it is
+
+
+def test_the_method_config_is_built_once_from_recipe_to_adapter(recipes, monkeypatch):
+    """Loading the recipe builds the LoraConfig; building the model hands that object to zoo.peft.apply."""
+    from zoo.experiment.build import build_model, resolve
+    from zoo.peft.engine import peft_state
+    from zoo.peft.lora import LoraConfig
+
+    built = []
+    check = LoraConfig.check
+    monkeypatch.setattr(LoraConfig, "check", lambda self: (built.append(self.r), check(self))[1])
+    config = load_config("vision/medical-lora", ["scale=tiny", "method.r=2"])
+    assert built == [2]
+    model, _ = build_model(config, resolve(config), outputs=2)
+    assert built == [2]  # not built again by apply
+    record = peft_state(model).adapters["default"]
+    assert isinstance(record.config, LoraConfig) and record.config.r == 2
+    # the adapter keeps its own copy: the head it filled in is not written back into the run's config
+    assert record.config.modules_to_save and config.method.modules_to_save is None
+    assert "modules_to_save" not in config.to_dict()["method"]

@@ -66,3 +66,16 @@ def check_disable_exact(base, model, batch):
             disabled = logits(model, batch)
         assert torch.equal(disabled, logits(base, batch))
         assert torch.equal(logits(model, batch), adapted)  # re-enabling restores the adapter
+
+
+SMALL_OPTIONS = {
+    "sparse": {"density": 0.2},
+    "kadaptation": {"n": 4},
+    "vpt": {"num_prompts": 2},
+    "prefix": {"num_virtual_tokens": 2},
+}
+"""Options that keep a method small on the tiny backbones of the test matrices (defaults otherwise)."""
+
+
+def small_options(method: str) -> dict:
+    return dict(SMALL_OPTIONS.get(method, {}))

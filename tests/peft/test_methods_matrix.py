@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 import zoo.peft as zp
 from tests.conftest import tiny_bert, tiny_vit
+from tests.peft.method_checks import small_options
 from zoo.peft.layers import logical_path
 
 METHODS = zp.list_methods()
@@ -41,7 +42,7 @@ def setup(request):
 
 
 def apply(kind, model, method):
-    return zp.apply(model, method, **zp.get_method(method).test_options)
+    return zp.apply(model, method, **small_options(method))
 
 
 @pytest.mark.parametrize("method", METHODS)

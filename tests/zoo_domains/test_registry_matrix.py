@@ -16,6 +16,7 @@ import torch
 import zoo.peft as zp
 from zoo.catalog.backbones import BACKBONES, create_backbone
 from zoo.catalog.datasets import DATASETS, dataset_dir, local_copy_present
+from tests.peft.method_checks import small_options
 from zoo.errors import ConfigError
 from zoo.hub.inputs import INPUT_READERS, read_inputs
 from zoo.tasks.heads import TaskModel
@@ -59,10 +60,10 @@ def test_every_method_on_every_backbone(name, method):
     if excluded is not None:
         # Declared as not fitting: it must still refuse, saying why (else it gets a recipe and leaves the table).
         with pytest.raises(ConfigError, match=excluded.error) as refused:
-            zp.apply(model, method, structure=spec.structure, **zp.get_method(method).test_options)
+            zp.apply(model, method, structure=spec.structure, **small_options(method))
         assert method in str(refused.value)
         return
-    zp.apply(model, method, structure=spec.structure, **zp.get_method(method).test_options)
+    zp.apply(model, method, structure=spec.structure, **small_options(method))
     model.train()
     loss = model.loss(model(batch), torch.tensor([0, 1]))
     loss.backward()

@@ -257,7 +257,7 @@ def build_model(
     model, task = resolved.builder.build(backbone, request)
     if apply_method:
         try:
-            zp.apply(model, config.method.name, structure=resolved.backbone.structure, **config.method.options)
+            zp.apply(model, config.method.name, structure=resolved.backbone.structure, config=config.method)
         except ConfigError as error:
             raise ConfigError(f"method {config.method.name} on backbone {resolved.backbone.name}: {error}") from None
     return model, task
@@ -278,7 +278,6 @@ def build_run(config: RunConfig, roles: tuple[str, ...] = ("train", "val", "test
 def choose_layers(config: RunConfig, resolved: Resolved, outputs: int | None, train_set: Dataset | None):
     """``method.layers=auto:K``: the method on every block, each block's importance on a few training
     batches, then the config with the K most important block indices in ``method.layers``."""
-    from zoo.experiment.config import MethodChoice
     from zoo.experiment.layer_selection import block_importance, most_important
 
     count = auto_count(config.method.options["layers"])
@@ -286,9 +285,7 @@ def choose_layers(config: RunConfig, resolved: Resolved, outputs: int | None, tr
         raise ConfigError(
             f"method.layers=auto:{count} measures block importance on the training split, and there is none"
         )
-    everywhere = config.model_copy(
-        update={"method": MethodChoice(name=config.method.name, options={**config.method.options, "layers": None})}
-    )
+    everywhere = config.with_method_options(layers=None)
     model, task = build_model(everywhere, resolved, outputs)
     blocks = peft_state(model).structure.block_names(model)
     if count > len(blocks):
@@ -297,9 +294,7 @@ def choose_layers(config: RunConfig, resolved: Resolved, outputs: int | None, tr
         model, task, train_set, blocks, batch_size=config.train.batch_size, seed=config.train.seed
     )
     chosen = most_important(scores, count)
-    selected = config.model_copy(
-        update={"method": MethodChoice(name=config.method.name, options={**config.method.options, "layers": chosen})}
-    )
+    selected = config.with_method_options(layers=chosen)
     return selected, {"rule": f"auto:{count}", "blocks": blocks, "importance": scores, "chosen": chosen}
 
 

@@ -13,6 +13,13 @@ plus ``description`` and ``scale`` (``default``: the pretrained backbone and the
 ``tiny:`` overrides, for a smoke run on a CPU). Recipe files may start with ``defaults:``,
 a list of base files merged under them (see :mod:`zoo.experiment.recipes`).
 
+Merging (bases, the ``tiny:`` section, ``key=value`` overrides) and ``${section.key}``
+interpolation are OmegaConf's; the merged mapping is then typed once, by pydantic: the
+sections here, ``train`` by :class:`zoo.train.TrainSettings` and ``method`` by the config class
+of the method it names (:func:`zoo.peft.registry.method_config`), so ``RunConfig.method`` is that
+method's :class:`zoo.peft.MethodConfig`, handed to :func:`zoo.peft.apply` as it is. Those two
+classes are reached lazily, at validation: importing this module stays free of torch.
+
 Every value is type-checked (pydantic, strict: ``1`` is not a bool, ``"8"`` is not an int),
 numbers must be finite anywhere in the config (``.nan`` and ``.inf`` would only fail inside the
 run), and every error names the key, the bad value and what is allowed; an unknown key lists the
@@ -21,18 +28,17 @@ valid ones, closest first.
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import functools
 import math
-import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from pydantic import BaseModel, Field, PlainValidator
 
 from zoo.errors import ConfigError
-from zoo.experiment.yaml_files import dump_yaml, merge, parse_value
+from zoo.experiment.yaml_files import dump_yaml, parse_value
+from zoo.strict_model import StrictModel, unknown_key
 
 SCALES = ("default", "tiny")
 SECTIONS = ("backbone", "data", "task", "method", "train")
@@ -43,11 +49,12 @@ FILE_ONLY_KEYS = ("defaults", "tiny", "search")
 
 
 # -- sections --------------------------------------------------------------------------
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True, allow_inf_nan=False)
+class Section(StrictModel):
+    pass
 
 
 class BackboneConfig(Section):
+    error_prefix: ClassVar[str] = "backbone"
     name: str = Field(description="A backbone from `zoo ls backbones`.")
     pretrained: bool | str = Field(
         True,
@@ -58,6 +65,7 @@ class BackboneConfig(Section):
 
 
 class DataConfig(Section):
+    error_prefix: ClassVar[str] = "data"
     name: str = Field(description="A dataset from `zoo ls datasets`.")
     root: str | None = Field(None, description="Data root; default $ZOO_DATA_DIR, else ~/.cache/zoo/data.")
     download: bool = Field(True, description="Download missing files from their canonical URL (checksum verified).")
@@ -70,6 +78,7 @@ class DataConfig(Section):
 
 
 class TaskConfig(Section):
+    error_prefix: ClassVar[str] = "task"
     kind: str | None = Field(
         None, description="classification, regression, per_residue, retrieval, generation; null: the dataset's task."
     )
@@ -80,25 +89,37 @@ class TaskConfig(Section):
     options: dict[str, Any] = Field(default_factory=dict, description="Passed to the task builder.")
 
 
-class MethodChoice(BaseModel):
-    """The PEFT method and its options (checked against that method's config class)."""
+def _method_section(value: Any) -> Any:
+    from zoo.peft.registry import method_config
 
-    model_config = ConfigDict(frozen=True)
-    name: str
-    options: dict[str, Any] = Field(default_factory=dict)
+    return method_config(value)
 
 
-@functools.cache
-def train_section_model() -> type[BaseModel]:
-    """A strict pydantic model with the fields of :class:`zoo.train.TrainSettings` (one source of truth)."""
+def _train_section(value: Any) -> Any:
     from zoo.train.settings import TrainSettings
 
-    hints = typing.get_type_hints(TrainSettings)
-    fields: dict[str, Any] = {}
-    for item in dataclasses.fields(TrainSettings):
-        default = item.default if item.default is not dataclasses.MISSING else item.default_factory()  # type: ignore[misc]
-        fields[item.name] = (hints[item.name], Field(default, description=item.metadata.get("help", "")))
-    return create_model("TrainConfig", __base__=Section, **fields)
+    if isinstance(value, TrainSettings):
+        return value
+    if not isinstance(value, dict):
+        raise ConfigError(f"train must be a mapping of trainer settings (train.lr, train.epochs, ...), got {value!r}")
+    return TrainSettings(**value)
+
+
+if TYPE_CHECKING:
+    from zoo.peft.config import MethodConfig
+    from zoo.train.settings import TrainSettings
+
+    TypedMethod = MethodConfig
+    TypedTrain = TrainSettings
+else:
+    # The classes behind these two sections import torch (the method files, zoo.train); each is
+    # typed by its own class, found when a section is validated, never when this module is imported.
+    TypedMethod = Annotated[Any, PlainValidator(_method_section)]
+    TypedTrain = Annotated[Any, PlainValidator(_train_section)]
+
+
+def _default_train() -> Any:
+    return _train_section({})
 
 
 class RunConfig(Section):
@@ -107,17 +128,20 @@ class RunConfig(Section):
     backbone: BackboneConfig
     data: DataConfig
     task: TaskConfig = Field(default_factory=TaskConfig)
-    method: MethodChoice
-    train: BaseModel
+    method: TypedMethod = Field(description="The PEFT method: the config class registered under its name.")
+    train: TypedTrain = Field(default_factory=_default_train, description="zoo.train.TrainSettings.")
 
     @property
     def tiny(self) -> bool:
         return self.scale == "tiny"
 
-    def train_settings(self):
-        from zoo.train.settings import TrainSettings
+    def train_settings(self) -> TrainSettings:
+        return self.train
 
-        return TrainSettings(**self.train.model_dump())
+    def with_method_options(self, **changes: Any) -> RunConfig:
+        """This configuration with some method options changed (their config built and checked anew)."""
+        section = {"name": self.method.name, **self.method.options, **changes}
+        return self.model_copy(update={"method": _method_section(section)})
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved configuration as a recipe would state it (method options flat under method)."""
@@ -138,32 +162,24 @@ class RunConfig(Section):
 _SECTION_MODELS: dict[str, type[BaseModel]] = {"backbone": BackboneConfig, "data": DataConfig, "task": TaskConfig}
 
 
-def _section_model(name: str) -> type[BaseModel]:
-    return train_section_model() if name == "train" else _SECTION_MODELS[name]
+def section_model(name: str) -> type[BaseModel]:
+    """The model of a section other than ``method`` (whose model depends on the method named)."""
+    if name == "train":
+        from zoo.train.settings import TrainSettings
+
+        return TrainSettings
+    return _SECTION_MODELS[name]
 
 
 # -- keys ------------------------------------------------------------------------------
-def method_option_types(method: str) -> dict[str, Any]:
-    """``{option: type}`` of a PEFT method's config class (raises ConfigError for an unknown method)."""
-    from zoo.peft import get_method
-
-    config_class = get_method(method).config_class
-    hints = typing.get_type_hints(config_class)
-    return {item.name: hints[item.name] for item in dataclasses.fields(config_class)}
-
-
 def valid_keys(section: str, method: str | None = None) -> list[str]:
     if section == "method":
-        return ["name"] + sorted(method_option_types(method)) if method else ["name"]
-    return list(_section_model(section).model_fields)
+        if not method:
+            return ["name"]
+        from zoo.peft.registry import get_method
 
-
-def _unknown(key: str, valid: list[str], where: str, prefix: str, name: str | None = None) -> ConfigError:
-    name = name or key.rsplit(".", 1)[-1]
-    close = difflib.get_close_matches(name, valid, n=3, cutoff=0.5)
-    hint = f" Did you mean {', '.join(repr(prefix + c) for c in close)}?" if close else ""
-    listed = ", ".join(prefix + v for v in valid)
-    return ConfigError(f"unknown key {key!r}{where}.{hint} Valid keys: {listed}")
+        return ["name"] + sorted(get_method(method).config_class.model_fields)
+    return list(section_model(section).model_fields)
 
 
 def check_keys(
@@ -174,7 +190,7 @@ def check_keys(
     top = ["description", "scale", *SECTIONS] + (list(FILE_ONLY_KEYS) if allow_file_keys else [])
     for key, value in data.items():
         if key not in top:
-            raise _unknown(key, top, where, "")
+            raise unknown_key(key, top, where)
         if key == "tiny" and allow_file_keys:
             if not isinstance(value, dict):
                 raise ConfigError(
@@ -200,13 +216,15 @@ def check_keys(
             if key == "method" and method is None and sub != "name":
                 continue  # the method is chosen elsewhere (a base file or the command line); checked once merged
             if sub not in valid:
-                raise _unknown(f"{key}.{sub}", valid, where, f"{key}.")
+                raise unknown_key(f"{key}.{sub}", valid, where, f"{key}.")
 
 
-# -- overrides -------------------------------------------------------------------------
+# -- overrides and merging ---------------------------------------------------------------
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """``["method.r=16", "train.lr=3e-4"]`` -> ``{"method": {"r": 16}, "train": {"lr": 0.0003}}``."""
-    nested: dict[str, Any] = {}
+    """``["method.r=16", "train.lr=3e-4"]`` -> ``{"method": {"r": 16}, "train": {"lr": 0.0003}}``.
+    Values read as YAML (:func:`zoo.experiment.yaml_files.parse_value`); ``${...}`` is kept for
+    :func:`compose` to resolve against the whole configuration."""
+    nested = OmegaConf.create()
     for pair in pairs:
         key, sep, text = pair.partition("=")
         key = key.strip()
@@ -221,94 +239,56 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         if parts[0] in FILE_ONLY_KEYS:
             raise ConfigError(f"{parts[0]!r} can only be set in a recipe file, not from the command line")
         if len(parts) > 1 and parts[0] not in SECTIONS:
-            raise _unknown(key, ["description", "scale", *SECTIONS], " (command line)", "", parts[0])
+            raise unknown_key(key, ["description", "scale", *SECTIONS], " (command line)", "", parts[0])
         if len(parts) > 3 or (len(parts) == 3 and parts[1] not in FREE_FORM):
             raise ConfigError(
                 f"override key {key!r} is too deep: write section.key (e.g. method.r=16), or section.options.key "
                 f"for builder options (e.g. backbone.options.img_size=384)"
             )
-        target = nested
-        for part in parts[:-1]:
-            node = target.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {key!r} conflicts with an earlier override of {part!r}")
-            target = node
-        target[parts[-1]] = parse_value(text)
-    return nested
+        try:
+            OmegaConf.update(nested, key, parse_value(text), merge=True)
+        except OmegaConfBaseException as error:
+            raise ConfigError(f"override {pair!r}: {_first_line(error)}") from None
+    return OmegaConf.to_container(nested)
 
 
-def compose(recipe: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+def _first_line(error: Exception) -> str:
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
+def _as_omegaconf(data: dict[str, Any], what: str) -> Any:
+    try:
+        return OmegaConf.create(data)
+    except OmegaConfBaseException as error:
+        key = getattr(error, "full_key", None)
+        raise ConfigError(f"{what}{f', key {key}' if key else ''}: {_first_line(error)}") from None
+
+
+def compose(recipe: dict[str, Any], overrides: dict[str, Any], where: str = "") -> dict[str, Any]:
     """The recipe (its ``defaults`` already merged) with, for scale=tiny, its ``tiny:`` section, then the
-    command-line overrides on top, so that an explicit override always wins."""
+    command-line overrides on top, so that an explicit override always wins; then ``${...}`` resolved
+    against that whole configuration."""
     recipe = dict(recipe)
     tiny = recipe.pop("tiny", None) or {}
     recipe.pop("defaults", None)
     recipe.pop("search", None)  # the search space of `zoo tune`, not part of a run
     scale = overrides.get("scale", recipe.get("scale", "default"))
+    layers = [_as_omegaconf(recipe, f"the recipe{where}")]
     if scale == "tiny":
-        recipe = merge(recipe, tiny)
-    return merge(recipe, overrides)
+        layers.append(_as_omegaconf(tiny, f"tiny{where}"))
+    layers.append(_as_omegaconf(overrides, "the command line"))
+    merged = OmegaConf.merge(*layers)
+    try:
+        return OmegaConf.to_container(merged, resolve=True)
+    except OmegaConfBaseException as error:
+        key = getattr(error, "full_key", None) or "?"
+        raise ConfigError(
+            f"{key}{where}: {_first_line(error)}; an interpolation names another key of the configuration, "
+            f"e.g. ${{train.lr}}"
+        ) from None
 
 
 # -- validation ------------------------------------------------------------------------
-def _type_name(annotation: Any) -> str:
-    text = getattr(annotation, "__name__", None) if not typing.get_args(annotation) else None
-    text = text or str(annotation).replace("typing.", "")
-    return {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false"}.get(text, text)
-
-
-def _validation_error(error: ValidationError, prefix: str, model: type[BaseModel]) -> ConfigError:
-    messages = []
-    for item in error.errors():
-        location = [str(part) for part in item["loc"] if not isinstance(part, int)]
-        # unions report one error per member ("bool", "str"): keep the field, not the member
-        field = location[0] if location else ""
-        key = ".".join([prefix, field] if prefix else [field]) if field else prefix
-        annotation = model.model_fields[field].annotation if field in model.model_fields else None
-        if item["type"] == "missing":
-            messages.append(f"{key} is required ({model.model_fields[field].description or _type_name(annotation)})")
-        else:
-            allowed = f"; expected {_type_name(annotation)}" if annotation is not None else ""
-            messages.append(f"{key}={item.get('input')!r} is not allowed: {item['msg']}{allowed}")
-    unique = list(dict.fromkeys(messages))
-    return ConfigError("; ".join(unique[:3]))
-
-
-def _validate_section(name: str, value: Any) -> BaseModel:
-    model = _section_model(name)
-    try:
-        return model.model_validate(value if value is not None else {})
-    except ValidationError as error:
-        raise _validation_error(error, name, model) from None
-
-
-def _validate_method(value: Any) -> MethodChoice:
-    from pydantic import TypeAdapter
-
-    from zoo.peft import get_method
-
-    if not isinstance(value, dict) or "name" not in value:
-        raise ConfigError("method.name is required: a PEFT method from `zoo ls methods`, e.g. method.name=lora")
-    options = {k: v for k, v in value.items() if k != "name"}
-    name = value["name"]
-    types = method_option_types(name)  # unknown method: ConfigError with close matches
-    for key, option in options.items():
-        try:
-            TypeAdapter(
-                types[key], config=ConfigDict(strict=True, arbitrary_types_allowed=True, allow_inf_nan=False)
-            ).validate_python(option)
-        except ValidationError as error:
-            raise ConfigError(
-                f"method.{key}={option!r} is not allowed for {name}: {error.errors()[0]['msg']}; "
-                f"expected {_type_name(types[key])}"
-            ) from None
-    try:
-        get_method(name).config_class.from_options(dict(options))
-    except ConfigError as error:
-        raise ConfigError(f"method: {error}") from None
-    return MethodChoice(name=name, options=options)
-
-
 def _non_finite(value: Any, key: str) -> tuple[str, float] | None:
     """The first ``(key, number)`` under ``value`` that is nan or infinite, options and lists included."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -331,8 +311,8 @@ def check_finite(data: dict[str, Any]) -> None:
     key, value = found
     section, _, field = key.partition(".")
     help_text = ""
-    if section in ("backbone", "data", "task", "train") and field in _section_model(section).model_fields:
-        help_text = (_section_model(section).model_fields[field].description or "").rstrip(".")
+    if section in ("backbone", "data", "task", "train") and field in section_model(section).model_fields:
+        help_text = (section_model(section).model_fields[field].description or "").rstrip(".")
     raise ConfigError(
         f"{key}={value!r} is not allowed: numbers in a config must be finite (nan and inf are refused); "
         f"give a finite number" + (f" ({key}: {help_text})" if help_text else "")
@@ -354,11 +334,8 @@ def validate(data: dict[str, Any], where: str = "") -> RunConfig:
     description = data.get("description", "")
     if not isinstance(description, str):
         raise ConfigError(f"description={description!r} must be a string")
-    sections = {name: _validate_section(name, data.get(name)) for name in ("backbone", "data", "task", "train")}
-    method = _validate_method(data["method"])
-    config = RunConfig.model_construct(description=description, scale=scale, method=method, **sections)
+    config = RunConfig(**{key: value for key, value in data.items() if value is not None})
     _check_values(config)
-    config.train_settings()  # TrainSettings' own checks (ranges, choices), which name train.<field>
     return config
 
 
@@ -381,14 +358,30 @@ def _check_values(config: RunConfig) -> None:
         config.data.root = str(Path(config.data.root).expanduser().resolve())
 
 
-def load_config(recipe: str | Path, overrides: list[str] | dict[str, Any] = ()) -> RunConfig:
-    """Read a recipe (by name, e.g. ``vision/medical-lora``, or a YAML path) and apply overrides."""
+def _read(recipe: str | Path) -> tuple[Path, dict[str, Any]]:
     from zoo.experiment.recipes import find_recipe, read_recipe
 
     path = find_recipe(recipe)
     data = read_recipe(path)
+    check_keys(data, f" in {path}", allow_file_keys=True)
+    return path, data
+
+
+def _validated(path: Path, data: dict[str, Any], overrides: list[str] | dict[str, Any]) -> RunConfig:
     parsed = parse_overrides(list(overrides)) if not isinstance(overrides, dict) else overrides
     method_name = (parsed.get("method") or {}).get("name") or (data.get("method") or {}).get("name")
-    check_keys(data, f" in {path}", allow_file_keys=True)
     check_keys(parsed, " (command line)", method_name=method_name)
-    return validate(compose(data, parsed), f" in {path}")
+    return validate(compose(data, parsed, f" in {path}"), f" in {path}")
+
+
+def load_config(recipe: str | Path, overrides: list[str] | dict[str, Any] = ()) -> RunConfig:
+    """Read a recipe (by name, e.g. ``vision/medical-lora``, or a YAML path) and apply overrides."""
+    return _validated(*_read(recipe), overrides)
+
+
+def load_run_configs(recipe: str | Path, overrides: list[str] | dict[str, Any] = ()) -> tuple[RunConfig, RunConfig]:
+    """The run's configuration and the recipe's own at the same scale (what the recipe says without the
+    other overrides, to tell whether its description still fits), from one reading of the recipe."""
+    path, data = _read(recipe)
+    config = _validated(path, data, overrides)
+    return config, _validated(path, data, {"scale": config.scale} if config.scale != "default" else {})

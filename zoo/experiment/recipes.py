@@ -4,7 +4,9 @@ A recipe is named by its path under the recipes folder without ``.yaml``
 (``vision/medical-lora``); a path to any YAML file works too (e.g. one made with ``zoo cp``).
 Files whose name starts with ``_`` are bases, not recipes: a recipe lists them under
 ``defaults:`` and states only what differs. Bases are merged in order, then the recipe on
-top (nested mappings merge, other values are replaced); a base may have defaults itself.
+top (OmegaConf's merge: nested mappings merge, other values, lists included, are replaced); a
+base may have defaults itself. ``${section.key}`` interpolations are kept as written here and
+resolved once the run's whole configuration is composed (:func:`zoo.experiment.config.compose`).
 A ``defaults`` entry is a path relative to the file that names it (``_base`` is
 ``_base.yaml`` beside it) or, failing that, a name under the recipes folder
 (``vision/_base``), so that a copied recipe still finds its base.
@@ -97,10 +99,8 @@ def read_recipe(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict[s
         defaults = [defaults]
     if not isinstance(defaults, list) or not all(isinstance(d, str) for d in defaults):
         raise ConfigError(f"{path}: defaults={defaults!r} must be a list of base recipe files, e.g. [_base]")
-    merged: dict[str, Any] = {}
-    for name in defaults:
-        merged = merge(merged, read_recipe(_resolve_base(name, path), (*_seen, path)))
-    return merge(merged, data)
+    bases = [read_recipe(_resolve_base(name, path), (*_seen, path)) for name in defaults]
+    return merge(*bases, data)
 
 
 def recipe_summary(name: str) -> dict[str, Any]:

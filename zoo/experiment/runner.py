@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator
 
 from zoo.errors import ConfigError
 from zoo.experiment import run_dir as runs
-from zoo.experiment.config import RunConfig, load_config
+from zoo.experiment.config import RunConfig, load_run_configs
 from zoo.files import atomic_write_text
 
 
@@ -173,11 +173,9 @@ def run(
     if isinstance(recipe, RunConfig):
         config, label, original = recipe, name or "config", recipe
     else:
-        config = load_config(recipe, overrides)
+        # with the recipe as written (at the same scale), to tell whether its description still fits the run
+        config, original = load_run_configs(recipe, overrides)
         label = name or recipe_label(recipe)
-        # The recipe as written (at the same scale), to tell whether its description still fits the run.
-        scale = {"scale": config.scale} if config.scale != "default" else {}
-        original = load_config(recipe, scale)
     if command is None:
         shown = (
             " ".join(overrides)

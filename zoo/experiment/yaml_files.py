@@ -1,4 +1,5 @@
-"""Reading and writing the YAML of recipes and run directories, and merging one mapping into another.
+"""Reading and writing the YAML of recipes and run directories, and merging one mapping into another
+(OmegaConf's merge: nested mappings merge, anything else, lists included, is replaced).
 
 Recipes (:mod:`zoo.experiment.recipes`) and the typed config (:mod:`zoo.experiment.config`) both
 read YAML; keeping it here lets the config load recipes without the recipes importing the config.
@@ -6,12 +7,13 @@ read YAML; keeping it here lets the config load recipes without the recipes impo
 
 from __future__ import annotations
 
-import copy
 import re
 from pathlib import Path
 from typing import Any
 
 import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from zoo.errors import ConfigError
 
@@ -59,12 +61,10 @@ def dump_yaml(data: dict[str, Any]) -> str:
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True, width=100)
 
 
-def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """``update`` merged into a copy of ``base``: nested mappings merge, anything else is replaced."""
-    result = copy.deepcopy(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(result.get(key), dict):
-            result[key] = merge(result[key], value)
-        else:
-            result[key] = copy.deepcopy(value)
-    return result
+def merge(*mappings: dict[str, Any]) -> dict[str, Any]:
+    """The mappings merged left to right into a new one; ``${...}`` interpolations are kept, unresolved."""
+    try:
+        return OmegaConf.to_container(OmegaConf.merge(*(OmegaConf.create(m) for m in mappings)))
+    except OmegaConfBaseException as error:
+        key = getattr(error, "full_key", None)
+        raise ConfigError(f"cannot merge{f' key {key}' if key else ''}: {str(error).splitlines()[0]}") from None

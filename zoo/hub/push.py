@@ -59,21 +59,19 @@ def _parameter_report(config, resolved, outputs, record, fingerprint_log):
 
     import zoo.peft as zp
     from zoo.experiment.build import build_backbone
-    from zoo.experiment.config import MethodChoice
     from zoo.hub.fingerprint import backbone_fingerprint
     from zoo.tasks.train_tasks import TaskRequest
 
     chosen = (record.get("layer_selection") or {}).get("chosen")
     if chosen is not None:  # method.layers=auto:K chose these blocks when it ran
-        options = {**config.method.options, "layers": chosen}
-        config = config.model_copy(update={"method": MethodChoice(name=config.method.name, options=options)})
+        config = config.with_method_options(layers=chosen)
     fingerprint_log()
     torch.manual_seed(config.train.seed)  # as build_model does, so a tiny random base is the same one
     backbone = build_backbone(config, resolved)
     fingerprint = backbone_fingerprint(backbone)
     request = TaskRequest(num_outputs=outputs, main_metric=config.task.main_metric, options=dict(config.task.options))
     model, _ = resolved.builder.build(backbone, request)
-    zp.apply(model, config.method.name, structure=resolved.backbone.structure, **config.method.options)
+    zp.apply(model, config.method.name, structure=resolved.backbone.structure, config=config.method)
     return fingerprint, zp.parameter_report(model)
 
 

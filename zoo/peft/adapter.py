@@ -19,8 +19,6 @@ configs), or a named ``size``: ``"tiny"`` = 8, ``"small"`` = 64, whatever the wi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -37,7 +35,6 @@ ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "swish": F.silu, "tanh": torch.ta
 DEFAULT_REDUCTION = 16
 
 
-@dataclass
 class BottleneckAdapterConfig(MethodConfig):
     variant: str = option(
         "houlsby", help="'houlsby': after attention output and FFN output; 'pfeiffer': after FFN output only."
@@ -48,8 +45,8 @@ class BottleneckAdapterConfig(MethodConfig):
     size: str | None = option(None, help="Named bottleneck size instead of reduction_factor: 'tiny' = 8, 'small' = 64.")
     non_linearity: str = option("relu", help="Activation in the bottleneck: relu, gelu, swish or tanh.")
 
-    def validate(self) -> None:
-        super().validate()
+    def check(self) -> None:
+        super().check()
         require_choice(self, "variant", VARIANTS)
         require_choice(self, "non_linearity", tuple(ACTIVATIONS))
         if self.reduction_factor is not None:

@@ -19,8 +19,6 @@ output; a forward pre-hook on ``ffn_in`` hands it the FFN input of the same call
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -39,14 +37,13 @@ from zoo.peft.registry import register_method
 from zoo.peft.targeting import base_of
 
 
-@dataclass
 class AdaptFormerConfig(MethodConfig):
     bottleneck: int = option(64, help="Width of the parallel bottleneck.")
     scale: float = option(0.1, help="Scale s of the bottleneck's output.")
     adapter_dropout: float = option(0.0, help="Dropout after the bottleneck's relu (the original code uses 0.1).")
 
-    def validate(self) -> None:
-        super().validate()
+    def check(self) -> None:
+        super().check()
         require_int_positive(self, "bottleneck")
         require_positive(self, "scale")
         require_probability(self, "adapter_dropout")

@@ -19,7 +19,6 @@ Saved keys read ``base_model.model.<module>.bias_delta``. Merging adds the delta
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +32,6 @@ from zoo.peft.registry import register_method
 from zoo.peft.targeting import _skip, base_of, match_modules
 
 
-@dataclass
 class BitFitConfig(MethodConfig):
     """``target_modules`` restricts the modules whose bias is trained (None: all but the head)."""
 

@@ -1,33 +1,43 @@
 """Typed configuration shared by every PEFT method.
 
-Each method declares a dataclass that subclasses :class:`MethodConfig`. Fields carry
-their help text in ``metadata["help"]``; option names follow HF PEFT where the method
-exists there. Validation happens at construction, and every error names the option,
+Each method declares a strict pydantic model that subclasses :class:`MethodConfig`, in the
+method's own file (``zoo/peft/lora.py`` holds ``LoraConfig``, its layers and its inject
+function: a PEFT method is one file). Fields carry their help text as ``description``; option
+names follow HF PEFT where the method exists there. Types are checked by pydantic, strictly
+(``"8"`` is not an int, ``1`` is not a bool, nan and inf are refused); :meth:`MethodConfig.check`
+adds the method's own checks (ranges, choices); every error is a ConfigError naming the option,
 the bad value and what is allowed.
+
+A config is typed once: a recipe's ``method:`` section becomes the config object of the
+method it names (:func:`zoo.peft.registry.method_config`), and :func:`zoo.peft.apply` takes
+that object as it is (``apply(model, config.name, config=config)``) without checking it again.
+
+Why the configs stay in the method files rather than in a torch-free module of their own:
+the method files import torch, and the config layer (:mod:`zoo.experiment.config`) must
+import without it; it does, because it reaches the method configs only through the registry,
+by name, when a ``method:`` section is validated (the registry imports the method files on its
+first lookup). Keeping each config beside the code that reads it means a new method is still
+one new file, with nothing to list anywhere else.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
-from dataclasses import dataclass, field
 from typing import Any, ClassVar
+
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 
 from zoo.errors import ConfigError
 from zoo.peft.block_selection import check_layers
+from zoo.strict_model import StrictModel, describe
 
 
-def option(default: Any = dataclasses.MISSING, help: str = "", **kwargs: Any) -> Any:
-    """A dataclass field with help text (mutable defaults go through ``default_factory``)."""
-    metadata = {"help": help}
-    if isinstance(default, (list, dict, set)):
-        value = default
-        return field(default_factory=lambda: type(value)(value), metadata=metadata, **kwargs)
-    return field(default=default, metadata=metadata, **kwargs)
+def option(default: Any = None, help: str = "", **kwargs: Any) -> Any:
+    """A config field with its help text (pydantic copies mutable defaults for each instance)."""
+    return Field(default, description=help, **kwargs)
 
 
-@dataclass
-class MethodConfig:
+class MethodConfig(StrictModel):
     """Options every method has.
 
     ``target_modules`` follows HF PEFT: a list of names matches a module whose full name
@@ -37,7 +47,9 @@ class MethodConfig:
     default targets that the backbone's structure description gives for the method.
     """
 
+    model_config = ConfigDict(arbitrary_types_allowed=True)
     method: ClassVar[str] = ""
+    """The name the class is registered under (set by :func:`zoo.peft.register_method`)."""
 
     target_modules: list[str] | str | None = option(None, help="Modules to adapt (names, suffixes or a regex).")
     modules_to_save: list[str] | None = option(
@@ -51,46 +63,58 @@ class MethodConfig:
         "before training); None: every block. Block-based methods only (zoo.peft.block_selection).",
     )
 
-    def __post_init__(self) -> None:
-        self.validate()
+    @model_validator(mode="before")
+    @classmethod
+    def _tuples_as_lists(cls, data: Any) -> Any:
+        # Python callers write target_modules=("query", "value"); YAML has only lists
+        if isinstance(data, dict):
+            return {key: list(value) if isinstance(value, tuple) else value for key, value in data.items()}
+        return data
 
-    def validate(self) -> None:
-        """Check option values; subclasses extend this and call ``super().validate()``."""
+    def check(self) -> None:
+        """Check option values; subclasses extend this and call ``super().check()``."""
         self.layers = check_layers(self.method, self.layers)
-        if self.target_modules is not None and not isinstance(self.target_modules, (str, list, tuple)):
-            raise ConfigError(
-                f"{self.method}: target_modules={self.target_modules!r} must be a list of module names or a regex string"
-            )
-        if isinstance(self.target_modules, tuple):
-            self.target_modules = list(self.target_modules)
-        if self.modules_to_save is not None:
-            if isinstance(self.modules_to_save, str) or not all(isinstance(m, str) for m in self.modules_to_save):
-                raise ConfigError(
-                    f"{self.method}: modules_to_save={self.modules_to_save!r} must be a list of module names"
-                )
-            self.modules_to_save = list(self.modules_to_save)
+
+    @property
+    def name(self) -> str:
+        """The method: the discriminator of a run configuration's ``method`` section."""
+        return self.method
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The options that were given (the rest are defaults), as a recipe states them."""
+        return {key: getattr(self, key) for key in type(self).model_fields if key in self.model_fields_set}
 
     @classmethod
-    def from_options(cls, options: dict[str, Any]) -> "MethodConfig":
-        """Build a config from keyword options, naming unknown ones and the valid set."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(options) - names)
+    def from_options(cls, options: dict[str, Any], key_prefix: str | None = None) -> "MethodConfig":
+        """Build a config from keyword options; unknown ones are named with the closest valid ones.
+        ``key_prefix`` (``"method"``) words errors as keys of a run configuration: ``method.r=...``."""
+        names = sorted(cls.model_fields)
+        unknown = sorted(set(options) - set(names))
         if unknown:
             hints = []
             for key in unknown:
-                close = difflib.get_close_matches(key, sorted(names), n=1)
+                close = difflib.get_close_matches(key, names, n=1)
                 hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-            raise ConfigError(
-                f"{cls.method}: unknown option(s) {', '.join(hints)}; valid options: {', '.join(sorted(names))}"
-            )
-        return cls(**options)
+            raise ConfigError(f"{cls.method}: unknown option(s) {', '.join(hints)}; valid options: {', '.join(names)}")
+        try:
+            return cls(**options)
+        except ConfigError as error:
+            if key_prefix is None or not isinstance(error.__cause__, ValidationError):
+                raise
+            raise ConfigError(describe(error.__cause__, cls, key_prefix, qualifier=f" for {cls.method}")) from None
+
+    @classmethod
+    def explain(cls, error: ValidationError) -> str:
+        return describe(error, cls, lead=f"{cls.method}: ")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every option, defaults included (what a saved adapter records)."""
+        return self.model_dump()
 
     @classmethod
     def help(cls) -> dict[str, str]:
-        return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
+        return {name: field.description or "" for name, field in cls.model_fields.items()}
 
 
 def require_positive(config: MethodConfig, name: str, allow_zero: bool = False) -> None:

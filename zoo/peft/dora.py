@@ -30,8 +30,6 @@ does there. Tensors are saved under HF PEFT's names (``lora_A.weight``, ``lora_B
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -52,7 +50,6 @@ from zoo.peft.registry import register_method
 from zoo.peft.targeting import base_of
 
 
-@dataclass
 class DoraConfig(LoraConfig):
     """LoRA's options (r, lora_alpha, lora_dropout, use_rslora); the magnitude has none."""
 

@@ -133,13 +133,19 @@ def apply(
     structure: Structure | str | None = None,
     **options: Any,
 ) -> nn.Module:
-    """Inject ``method`` as adapter ``adapter_name``, make it the active one, and return ``model``."""
+    """Inject ``method`` as adapter ``adapter_name``, make it the active one, and return ``model``.
+
+    Options come as keywords (``r=8``), checked here, or as a config object already checked
+    (``config=LoraConfig(r=8)``, or the ``method`` of a run configuration), taken as it is."""
     spec = get_method(method)
     config = options.pop("config", None)
     if config is None:
         config = spec.config_class.from_options(options)
-    elif options or not isinstance(config, spec.config_class):
+    elif options or not isinstance(config, spec.config_class) or config.name != method:
         raise ConfigError(f"{method}: pass either config=<{spec.config_class.__name__}> or keyword options, not both")
+    else:
+        # the adapter keeps its own copy: injecting fills in defaults (the head) that are not the caller's
+        config = config.model_copy()
     if not isinstance(adapter_name, str) or not adapter_name.isidentifier():
         raise ConfigError(f"adapter_name={adapter_name!r} must be a Python identifier, e.g. 'default'")
     state = peft_state(model)

@@ -9,17 +9,14 @@ fine-tuning cannot be disabled, deleted or share a model with other adapters.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from zoo.peft.config import ConfigError, MethodConfig
 from zoo.peft.engine import InjectionContext
 from zoo.peft.registry import register_method
 
 
-@dataclass
 class FullConfig(MethodConfig):
-    def validate(self) -> None:
-        super().validate()
+    def check(self) -> None:
+        super().check()
         if self.target_modules is not None:
             raise ConfigError("full: target_modules is not used, every parameter is trained; leave it unset")
         if self.modules_to_save:

@@ -20,8 +20,6 @@ Adapters without fused slices are saved as HF PEFT's ``IA3`` and load in ``peft`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 from torch.func import functional_call
@@ -34,7 +32,6 @@ from zoo.peft.registry import register_method
 from zoo.peft.targeting import FUSED_SLICE_NAMES, base_of, match_modules
 
 
-@dataclass
 class IA3Config(MethodConfig):
     feedforward_modules: list[str] | str | None = option(
         None,
@@ -44,18 +41,6 @@ class IA3Config(MethodConfig):
     init_ia3_weights: bool = option(
         True, help="Start the vectors at ones (identity); False draws them from N(0, 1) as peft does."
     )
-
-    def validate(self) -> None:
-        super().validate()
-        value = self.feedforward_modules
-        if value is not None and not isinstance(value, (str, list, tuple)):
-            raise ConfigError(
-                f"ia3: feedforward_modules={value!r} is not allowed; give a list of module names or a regex string"
-            )
-        if isinstance(value, tuple):
-            self.feedforward_modules = list(value)
-        if not isinstance(self.init_ia3_weights, bool):
-            raise ConfigError(f"ia3: init_ia3_weights={self.init_ia3_weights!r} is not allowed; use True or False")
 
 
 class IA3Layer(WrappedLayer):

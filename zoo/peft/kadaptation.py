@@ -24,7 +24,6 @@ as ``(slices, n, out/n or in/n, r)``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -40,7 +39,6 @@ from zoo.peft.targeting import FUSED_SLICE_NAMES, base_of
 SHARED_NAME = "zoo_kadaptation"
 
 
-@dataclass
 class KAdaptationConfig(MethodConfig):
     n: int = option(
         4, help="Size of the shared n x n factors A_i and number of Kronecker terms; must divide in and out features."
@@ -48,8 +46,8 @@ class KAdaptationConfig(MethodConfig):
     r: int = option(1, help="Rank of each fast-weight product u_i v_i^T.")
     alpha: float = option(1.0, help="Scale numerator: the update is multiplied by alpha / r.")
 
-    def validate(self) -> None:
-        super().validate()
+    def check(self) -> None:
+        super().check()
         require_int_positive(self, "n")
         require_int_positive(self, "r")
         require_positive(self, "alpha")
@@ -201,7 +199,6 @@ def _layer_class(module: nn.Module) -> type[KAdaptationLayer]:
     mergeable=True,
     starts_at_identity=True,
     default_targets=("query", "value"),
-    test_options={"n": 4},
 )
 def inject_kadaptation(context: InjectionContext, config: KAdaptationConfig) -> None:
     targets = context.targets(config, allowed=(nn.Linear, nn.MultiheadAttention))

@@ -9,17 +9,14 @@ the head, so several probes can share a backbone and disabling gives the origina
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from zoo.peft.config import ConfigError, MethodConfig
 from zoo.peft.engine import InjectionContext
 from zoo.peft.registry import register_method
 
 
-@dataclass
 class LinearProbeConfig(MethodConfig):
-    def validate(self) -> None:
-        super().validate()
+    def check(self) -> None:
+        super().check()
         if self.target_modules is not None:
             raise ConfigError(
                 "linear: target_modules is not used, only the head trains; set modules_to_save=[head name]"

@@ -16,7 +16,6 @@ is added to the projection weight because the module never calls a Linear for it
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -37,15 +36,14 @@ from zoo.peft.registry import register_method
 from zoo.peft.targeting import FUSED_SLICE_NAMES, base_of
 
 
-@dataclass
 class LoraConfig(MethodConfig):
     r: int = option(8, help="Rank of the update B A.")
     lora_alpha: float = option(8, help="Scale numerator: the update is multiplied by lora_alpha / r.")
     lora_dropout: float = option(0.0, help="Dropout on the input of the low-rank branch.")
     use_rslora: bool = option(False, help="Scale by lora_alpha / sqrt(r) (rank-stabilised LoRA).")
 
-    def validate(self) -> None:
-        super().validate()
+    def check(self) -> None:
+        super().check()
         require_int_positive(self, "r")
         require_positive(self, "lora_alpha")
         require_probability(self, "lora_dropout")

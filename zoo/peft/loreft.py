@@ -25,7 +25,6 @@ from __future__ import annotations
 import inspect
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -41,13 +40,12 @@ CHILD_NAME = "zoo_loreft"
 _POSITIONS = re.compile(r"^(?:f(?P<first>\d+))?\+?(?:l(?P<last>\d+))?$")
 
 
-@dataclass
 class LoreftConfig(MethodConfig):
     r: int = option(4, help="Rank of the edited subspace (pyreft's low_rank_dimension).")
     positions: str = option("all", help="Token positions edited: 'all' or pyreft-style 'f<n>+l<m>' (first n, last m).")
 
-    def validate(self) -> None:
-        super().validate()
+    def check(self) -> None:
+        super().check()
         require_int_positive(self, "r")
         self.position_span()
         if self.target_modules is not None:

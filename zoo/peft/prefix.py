@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -52,15 +51,14 @@ def _first_parameter(parameters, names: tuple[str, ...]) -> str | None:
     return next((name for name in names if name in parameters), None)
 
 
-@dataclass
 class PrefixTuningConfig(MethodConfig):
     num_virtual_tokens: int = option(20, help="Number of prefix key/value vectors P per attention layer.")
     prefix_projection: bool = option(
         False, help="Reparameterise prefixes with an MLP (HF PEFT); only False is supported."
     )
 
-    def validate(self) -> None:
-        super().validate()
+    def check(self) -> None:
+        super().check()
         require_int_positive(self, "num_virtual_tokens")
         if self.prefix_projection is not False:
             raise ConfigError(
@@ -257,7 +255,6 @@ def import_keys(tensors: dict) -> dict:
     "prefix",
     PrefixTuningConfig,
     needs_structure=True,
-    test_options={"num_virtual_tokens": 2},
     peft_type="PREFIX_TUNING",
     to_peft=prefix_to_peft,
     from_peft=prefix_from_peft,

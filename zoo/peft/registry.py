@@ -16,7 +16,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import pkgutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -42,8 +42,6 @@ class MethodSpec:
     default_targets: tuple[str, ...] = ()
     """Structure roles (:data:`zoo.peft.structure.ROLES`) targeted when ``target_modules`` is not
     given, e.g. ``("query", "value")``; each structure says where those are in its blocks."""
-    test_options: dict[str, Any] = field(default_factory=dict)
-    """Options that keep the method small on the tiny backbones of the test matrices."""
     peft_type: str | None = None
     """The ``peft_type`` HF PEFT uses for this method, when HF PEFT has it."""
     to_peft: Callable[[MethodConfig, Any, str], dict[str, Any] | None] | None = None
@@ -119,3 +117,17 @@ def get_method(name: str) -> MethodSpec:
         hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
         raise ConfigError(f"unknown PEFT method {name!r}.{hint} Known methods: {', '.join(sorted(_METHODS))}")
     return _METHODS[name]
+
+
+def method_config(section: Any, key_prefix: str = "method") -> MethodConfig:
+    """A run configuration's ``method`` section, ``{name: lora, r: 8, ...}``, as the config object of the
+    method it names (``name`` picks the class): the typed form :func:`zoo.peft.apply` takes as it is.
+    A config object passes unchanged; errors name keys as ``method.<option>``."""
+    if isinstance(section, MethodConfig):
+        return section
+    if not isinstance(section, dict) or "name" not in section:
+        raise ConfigError(
+            f"{key_prefix}.name is required: a PEFT method from `zoo ls methods`, e.g. {key_prefix}.name=lora"
+        )
+    options = {key: value for key, value in section.items() if key != "name"}
+    return get_method(section["name"]).config_class.from_options(options, key_prefix=key_prefix)

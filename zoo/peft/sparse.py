@@ -25,9 +25,6 @@ to every Linear inside the blocks (its registered default target, the role ``"bl
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -44,7 +41,6 @@ from zoo.peft.targeting import base_of, match_modules, resolve_targets
 SELECTIONS = ("magnitude", "gradient", "random")
 
 
-@dataclass
 class SparseConfig(MethodConfig):
     density: float = option(
         0.2,
@@ -58,29 +54,17 @@ class SparseConfig(MethodConfig):
     calibration: Callable[[nn.Module], Any] | None = option(
         None,
         help="For selection='gradient': calibration(model) -> loss or iterable of losses. Used once, not saved.",
-        compare=False,
         repr=False,
+        exclude=True,  # a function: not saved with the adapter
     )
 
-    def validate(self) -> None:
-        super().validate()
-        density = self.density
-        if isinstance(density, bool) or not isinstance(density, (int, float)) or not 0 < density <= 1:
+    def check(self) -> None:
+        super().check()
+        if not 0 < self.density <= 1:
             raise ConfigError(
-                f"sparse: density={density!r} is not allowed; density must be in (0, 1] (fraction of entries trained)"
+                f"sparse: density={self.density!r} is not allowed; density must be in (0, 1] (fraction of entries trained)"
             )
         require_choice(self, "selection", SELECTIONS)
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise ConfigError(f"sparse: seed={self.seed!r} is not allowed; seed must be an integer")
-        if self.calibration is not None and not callable(self.calibration):
-            raise ConfigError(
-                f"sparse: calibration={self.calibration!r} is not allowed; pass a callable(model) -> loss"
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            f.name: copy.deepcopy(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "calibration"
-        }
 
 
 def entries_for(numel: int, density: float) -> int:
@@ -204,7 +188,6 @@ def _gradient_scores(model: nn.Module, weights: list[torch.Tensor], calibration:
     mergeable=True,
     starts_at_identity=True,
     default_targets=("block",),
-    test_options={"density": 0.2},
 )
 def inject_sparse(context: InjectionContext, config: SparseConfig) -> None:
     targets = _targets(context, config)

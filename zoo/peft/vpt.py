@@ -19,7 +19,6 @@ every token attends to the prompts and the prompts attend to what the first toke
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +34,6 @@ ROOT_NAME = "zoo_vpt"
 INITS = ("xavier", "normal")
 
 
-@dataclass
 class VptConfig(MethodConfig):
     num_prompts: int = option(10, help="Prompt tokens P inserted after the [CLS] token(s).")
     deep: bool = option(False, help="VPT-deep: fresh prompts before every block (else only before the first).")
@@ -47,13 +45,11 @@ class VptConfig(MethodConfig):
         "the model has no Conv2d; 'normal': N(0, 0.02).",
     )
 
-    def validate(self) -> None:
-        super().validate()
+    def check(self) -> None:
+        super().check()
         require_int_positive(self, "num_prompts")
         require_probability(self, "prompt_dropout")
         require_choice(self, "init", INITS)
-        if not isinstance(self.deep, bool):
-            raise ConfigError(f"vpt: deep={self.deep!r} is not allowed; deep must be True or False")
         if self.target_modules is not None:
             raise ConfigError(
                 f"vpt: target_modules={self.target_modules!r} is not used; prompts go before the blocks; leave it unset"
@@ -189,7 +185,7 @@ def _width(structure, model: nn.Module, block: str) -> int:
     return base_of(structure.submodule(model, block, structure.ffn_out)).out_features
 
 
-@register_method("vpt", VptConfig, needs_structure=True, test_options={"num_prompts": 2})
+@register_method("vpt", VptConfig, needs_structure=True)
 def inject_vpt(context: InjectionContext, config: VptConfig) -> None:
     structure = context.require_structure()
     model = context.model

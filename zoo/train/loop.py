@@ -69,7 +69,7 @@ class Trainer:
         ]
         if missing:
             raise TypeError(f"task {type(task).__name__} lacks {', '.join(missing)} (see zoo.train.TrainTask)")
-        settings.validate()
+        settings.check()  # ranges again: a caller may have changed a value after construction
         if len(train_set) == 0:
             raise ConfigError("the training set is empty")
         self.model, self.task, self.train_set, self.val_set = model, task, train_set, val_set
