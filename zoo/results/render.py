@@ -40,8 +40,8 @@ FIELDS = (
 
 @dataclass
 class Group:
-    domain: str
-    method: str
+    domain: str | None
+    method: str | None
     train_size: int | None
     rows: list[dict[str, Any]]
 
@@ -91,7 +91,7 @@ def summarise(rows: list[dict[str, Any]], spec=None) -> list[dict[str, Any]]:
         base = means.get((g.domain, baseline, g.train_size))
         published = spec.published_for(g.method, g.domain, g.train_size) if spec is not None else None
         memory = g.mean_of("peak_memory_bytes")
-        splits = sorted({r.get("metric_split") for r in g.complete() if r.get("metric_split")})
+        splits = sorted({r["metric_split"] for r in g.complete() if r.get("metric_split")})
         not_complete = [
             f"{r.get('status')}: {str(r.get('error') or '').splitlines()[0][:200] if r.get('error') else ''}"
             for r in g.rows

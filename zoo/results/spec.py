@@ -76,13 +76,17 @@ class Published(_Strict):
     note: str = ""
 
 
+def _whole_training_set() -> list[int | None]:
+    return [None]  # a size of None: every training example
+
+
 class TableSpec(_Strict):
     name: str
     description: str = ""
     domains: dict[str, DomainEntry]
     methods: list[str | MethodEntry]
     seeds: list[int] = Field(default_factory=lambda: [0])
-    train_sizes: list[int | None] = Field(default_factory=lambda: [None])
+    train_sizes: list[int | None] = Field(default_factory=_whole_training_set)
     overrides: Overrides = Field(default_factory=list, description="Added to every cell at every scale.")
     baseline: str | None = Field("full", description="Method label the deltas are taken against.")
     scales: dict[Literal["tiny", "cpu", "paper"], ScaleEntry] = Field(default_factory=dict)

@@ -75,13 +75,14 @@ class TaskModel(nn.Module):
             raise ValueError(f"task {task!r} is not allowed; choose one of {', '.join(TASKS)}")
         self.backbone = backbone
         self.task = TASKS[task]
-        self.head = nn.Linear(backbone.hidden_size, num_outputs)
+        # backbone: a module with zoo.catalog.backbones.Backbone's members, which nn.Module types as Tensor | Module
+        self.head = nn.Linear(backbone.hidden_size, num_outputs)  # type: ignore[arg-type]
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
         features = self.backbone(batch)
         if self.task.per_token:
             return self.head(features)
-        return self.head(self.backbone.pool(features, batch))
+        return self.head(self.backbone.pool(features, batch))  # type: ignore[operator]  # Backbone.pool
 
     def loss(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.task.loss(outputs, labels)

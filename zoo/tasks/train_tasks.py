@@ -24,7 +24,7 @@ from zoo.errors import ConfigError
 from zoo.tasks.heads import IGNORE_INDEX, TASKS, TaskModel, TaskSpec
 from zoo.tasks.metrics import greater_is_better
 from zoo.train.loop import move_to_device
-from zoo.train.task import TrainTask
+from zoo.train.task import TrainTask, dataset_size
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -63,7 +63,7 @@ class ModelTask:
         outputs = model(batch)  # called, not unwrapped: DDP synchronises gradients in its forward
         if self.spec.per_token:
             labels = _fit_labels(labels, outputs.shape[1])
-        return unwrap(model).loss(outputs, labels)
+        return unwrap(model).loss(outputs, labels)  # type: ignore[operator]  # TaskModel.loss
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, dataset: Dataset, batch_size: int) -> dict[str, float]:
@@ -72,8 +72,9 @@ class ModelTask:
         device = model_device(model)
         outputs, targets = [], []
         try:
-            for start in range(0, len(dataset), batch_size):
-                batch, labels = self.collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+            size = dataset_size(dataset)
+            for start in range(0, size, batch_size):
+                batch, labels = self.collate([dataset[i] for i in range(start, min(start + batch_size, size))])
                 output = model(move_to_device(batch, device)).float().cpu()
                 if self.spec.per_token:  # keep the labelled positions only: lengths differ between batches
                     labels = _fit_labels(labels, output.shape[1])
@@ -155,7 +156,8 @@ def _task_model_builder(
     def build(backbone: nn.Module, request: TaskRequest) -> tuple[nn.Module, ModelTask]:
         _check_options(kind, request.options)
         model = TaskModel(backbone, kind, request.num_outputs or 1)
-        return model, ModelTask(backbone.collate, TASKS[kind], request.main_metric or "", label_dtype)
+        collate = backbone.collate  # a zoo.catalog.backbones.Backbone's; nn.Module types it as Tensor | Module
+        return model, ModelTask(collate, TASKS[kind], request.main_metric or "", label_dtype)  # type: ignore[arg-type]
 
     return build
 

@@ -19,7 +19,7 @@ import hashlib
 import logging
 import random
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, cast
 
 import numpy as np
 import torch
@@ -160,7 +160,8 @@ def check_resumable(
 
 
 def capture_rng_state() -> dict[str, Any]:
-    numpy_state = np.random.get_state()
+    # legacy=True (the default): the tuple (name, keys, position, has_gauss, cached_gaussian)
+    numpy_state = cast(tuple[Any, ...], np.random.get_state())
     state = {
         "python": random.getstate(),
         # numpy's key array becomes a tensor so the file loads with weights_only=True
@@ -223,7 +224,8 @@ def gather_trainable(
 
         options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
         state = get_model_state_dict(model, options=options)
-        return {name: state[name] for name, _ in trainable if name in state}  # no buffers
+        # full_state_dict: each value is a whole tensor; no buffers
+        return {name: cast(torch.Tensor, state[name]) for name, _ in trainable if name in state}
     return {name: parameter.detach().to("cpu", copy=True) for name, parameter in trainable}
 
 
@@ -237,9 +239,10 @@ def load_trainable(
             f"the checkpoint does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
     if fsdp:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, ValueType, set_model_state_dict
 
-        set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=False))
+        full_state: dict[str, ValueType] = dict(state)
+        set_model_state_dict(model, full_state, options=StateDictOptions(full_state_dict=True, strict=False))
         return
     with torch.no_grad():
         for name, parameter in trainable:
@@ -277,7 +280,7 @@ def full_weights(
         yield model
         return
     state = gather_trainable(model, trainable, fsdp)
-    swapped: list[tuple[nn.Module, str, nn.Parameter]] = []
+    swapped: list[tuple[nn.Module, str, nn.Parameter | None]] = []
     if is_main:
         for name, _ in trainable:
             owner_name, _, attribute = name.rpartition(".")

@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from zoo.train.devices import move_to_device
-from zoo.train.task import TrainTask
+from zoo.train.task import TrainTask, dataset_size
 
 
 class TrainingDiverged(FloatingPointError):
@@ -85,7 +85,7 @@ def first_batch_loss(
 ) -> float | None:
     """``model``'s loss on the first batch of ``dataset`` without gradients, on ``device``; None if
     computing it fails (the probe failing says nothing about divergence, so the error that led here stands)."""
-    count = min(len(dataset), batch_size)
+    count = min(dataset_size(dataset), batch_size)
     try:
         batch, labels = task.collate([dataset[i] for i in range(count)])
         with torch.no_grad(), autocast():

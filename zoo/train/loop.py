@@ -36,7 +36,7 @@ from zoo.train.result import TrainResult
 from zoo.train.sampler import ResumableDistributedSampler
 from zoo.train.schedule import adamw, warmup_cosine
 from zoo.train.settings import TrainSettings
-from zoo.train.task import TrainTask
+from zoo.train.task import TrainTask, dataset_size
 
 logger = logging.getLogger("zoo.train")
 
@@ -70,7 +70,7 @@ class Trainer:
         if missing:
             raise TypeError(f"task {type(task).__name__} lacks {', '.join(missing)} (see zoo.train.TrainTask)")
         settings.check()  # ranges again: a caller may have changed a value after construction
-        if len(train_set) == 0:
+        if dataset_size(train_set) == 0:
             raise ConfigError("the training set is empty")
         self.model, self.task, self.train_set, self.val_set = model, task, train_set, val_set
         self.settings = settings
@@ -89,7 +89,9 @@ class Trainer:
         self.local_batch_size = settings.batch_size // self.world_size
         if settings.precision == "bf16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise ConfigError("train.precision=bf16: this GPU does not support bfloat16; use fp32")
-        self.sampler = ResumableDistributedSampler(len(train_set), self.world_size, self.rank, seed=settings.seed)
+        self.sampler = ResumableDistributedSampler(
+            dataset_size(train_set), self.world_size, self.rank, seed=settings.seed
+        )
         self.micro_batches_per_epoch = self.sampler.batches_per_epoch(self.local_batch_size)
         self.steps_per_epoch = math.ceil(self.micro_batches_per_epoch / settings.grad_accum)
         self.total_steps = settings.max_steps or settings.epochs * self.steps_per_epoch
@@ -124,6 +126,11 @@ class Trainer:
         self.optimizer = adamw(self.trainable, self.settings.lr, self.settings.weight_decay)
         self.scheduler = warmup_cosine(self.optimizer, self.total_steps, self.settings.warmup_ratio)
 
+    def _prepared_optimizer(self) -> torch.optim.Optimizer:
+        if self.optimizer is None:
+            raise RuntimeError("the optimizer is made by _prepare(), which fit() calls first")
+        return self.optimizer
+
     def _loader(self, epoch: int) -> DataLoader:
         # Own generator: worker seeds come from it instead of the global RNG, which would
         # otherwise be advanced once per epoch and make a mid-epoch resume diverge.
@@ -145,10 +152,10 @@ class Trainer:
     def _gradient_sync(self, enabled: bool) -> Iterator[None]:
         """Skip the all-reduce on micro-batches whose gradients are only accumulated."""
         if self.fsdp:
-            self.model.set_requires_gradient_sync(enabled)
+            self.model.set_requires_gradient_sync(enabled)  # type: ignore[operator]  # added by fully_shard
             yield
         elif self.distributed and not enabled:
-            with self.training_model.no_sync():
+            with self.training_model.no_sync():  # type: ignore[operator]  # a DistributedDataParallel here
                 yield
         else:
             yield
@@ -213,7 +220,7 @@ class Trainer:
 
     def _train(self, reporter: RunReporter) -> None:
         settings, progress, task = self.settings, self.progress, self.task
-        model = self.training_model
+        model, optimizer = self.training_model, self._prepared_optimizer()
         model.train()
         window_start = time.perf_counter()
         while progress.step < self.total_steps and not progress.stopped_early:
@@ -235,9 +242,9 @@ class Trainer:
                 progress.micro += group
                 if settings.max_grad_norm is not None:
                     torch.nn.utils.clip_grad_norm_([p for _, p in self.trainable], settings.max_grad_norm)
-                self.optimizer.step()
+                optimizer.step()
                 self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
+                optimizer.zero_grad(set_to_none=True)
                 progress.step += 1
                 self.divergence.after_step(self.window_loss, progress.step)
                 epoch_done = progress.micro >= self.micro_batches_per_epoch
@@ -253,7 +260,7 @@ class Trainer:
                         progress.step,
                         self._epochs_done(),
                         mean_loss,
-                        self.scheduler.get_last_lr()[0],
+                        float(self.scheduler.get_last_lr()[0]),
                         progress.window_micro * settings.batch_size / max(elapsed, 1e-9),
                     )
                     progress.train_loss = mean_loss
@@ -264,7 +271,7 @@ class Trainer:
                     (every and progress.step % every == 0) or (every is None and epoch_done) or finished
                 ):
                     self._stop_if_diverged()  # NaN scores would reach the metric, or be taken for a result
-                    self._validate(reporter)
+                    self._validate(reporter, self.val_set)
                     model.train()
                 every = settings.checkpoint_every
                 if (every and progress.step % every == 0) or epoch_done or finished or progress.stopped_early:
@@ -309,7 +316,7 @@ class Trainer:
 
     def _raise_if_outputs_diverged(self, dataset: Dataset, error: BaseException | None) -> None:
         """TrainingDiverged if the trained model's loss on the first batch of ``dataset`` is not finite."""
-        if self.progress.step == 0 or len(dataset) == 0:
+        if self.progress.step == 0 or dataset_size(dataset) == 0:
             return  # nothing trained yet: whatever failed is not divergence
         loss = first_batch_loss(
             self.task, self.model, dataset, self.settings.eval_batch_size, self.device, self._autocast
@@ -317,9 +324,9 @@ class Trainer:
         if loss is not None and not math.isfinite(loss):
             raise self.divergence.error(self.progress.step, loss) from error
 
-    def _validate(self, reporter: RunReporter) -> None:
+    def _validate(self, reporter: RunReporter, val_set: Dataset) -> None:
         progress, name = self.progress, self.task.main_metric
-        metrics = self.evaluate(self.val_set)
+        metrics = self.evaluate(val_set)
         if name not in metrics:
             raise ConfigError(
                 f"the task's evaluate() gave {', '.join(metrics) or 'nothing'} but not its main metric {name!r}"
@@ -346,7 +353,7 @@ class Trainer:
     def _save_last(self) -> None:
         trainable, optimizer = (
             ckpt.gather_trainable(self.model, self.trainable, self.fsdp),
-            ckpt.gather_optimizer(self.model, self.optimizer, self.fsdp),
+            ckpt.gather_optimizer(self.model, self._prepared_optimizer(), self.fsdp),
         )
         # every rank's own: its dropout stream and its share of the logging window's loss
         per_process = dist_utils.gather_objects(
@@ -379,7 +386,7 @@ class Trainer:
         strategy, names = "fsdp" if self.fsdp else "ddp", [name for name, _ in self.trainable]
         ckpt.check_resumable(payload, self.settings.to_dict(), strategy, names, self.checkpoint_dir)
         ckpt.load_trainable(self.model, self.trainable, payload["trainable"], self.fsdp)
-        ckpt.load_optimizer(self.model, self.optimizer, payload["optimizer"], self.fsdp)
+        ckpt.load_optimizer(self.model, self._prepared_optimizer(), payload["optimizer"], self.fsdp)
         self.scheduler.load_state_dict(payload["scheduler"])
         self.progress = RunProgress(**payload["progress"])
         self.window_loss.fill_(

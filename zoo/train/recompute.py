@@ -26,12 +26,14 @@ def enable_gradient_checkpointing(model: nn.Module) -> str:
     if hf_models:
         for _name, module in hf_models:
             # non-reentrant: works with frozen inputs (PEFT) and keyword arguments
-            module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            module.gradient_checkpointing_enable(  # type: ignore[operator]  # a transformers model (hasattr above)
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
         return "transformers gradient_checkpointing_enable on " + ", ".join(name or "<model>" for name, _ in hf_models)
     state = peft_state(model)
     structure = state.structure if state is not None and state.structure is not None else detect_structure(model)
     blocks = structure.block_names(model) if structure is not None else []
-    if not blocks:
+    if structure is None or not blocks:
         raise ConfigError(
             f"train.gradient_checkpointing=true: {type(model).__name__} is not a transformers model and no "
             f"structure description finds its blocks, so there is nothing to recompute; register a structure "

@@ -19,7 +19,8 @@ class ResumableDistributedSampler(DistributedSampler):
     """
 
     def __init__(self, dataset_size: int, num_replicas: int, rank: int, seed: int, shuffle: bool = True) -> None:
-        super().__init__(range(dataset_size), num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
+        # a range for a dataset: DistributedSampler only takes its length
+        super().__init__(range(dataset_size), num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)  # type: ignore[arg-type]
         self.start = 0
 
     def set_start(self, start: int) -> None:

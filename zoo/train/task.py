@@ -6,7 +6,7 @@ pieces that differ. Composition, not inheritance: any object with these members 
 
 from __future__ import annotations
 
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, Sequence, Sized, cast, runtime_checkable
 
 import torch
 from torch import nn
@@ -39,3 +39,12 @@ class TrainTask(Protocol):
         several processes every process evaluates the whole dataset (FSDP needs them all).
         """
         ...
+
+
+def dataset_size(dataset: Dataset) -> int:
+    """The number of examples in ``dataset``.
+
+    Every dataset the trainer takes is map-style and has a length; torch's ``Dataset`` type
+    does not declare ``__len__``, so the length is read through ``Sized``.
+    """
+    return len(cast(Sized, dataset))

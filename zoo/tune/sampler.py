@@ -10,7 +10,7 @@ what one uninterrupted 4-trial study proposes, never trial 0's and 1's values ag
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import optuna
@@ -62,7 +62,7 @@ class TrialSeededSampler(BaseSampler):
         self._for(trial).before_trial(study, trial)
 
     def after_trial(
-        self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: list[float] | None
+        self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None
     ) -> None:
         sampler = self._for(trial)
         try:

@@ -22,7 +22,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 from zoo.errors import ConfigError
 from zoo.experiment.config import RunConfig, load_config
@@ -82,14 +82,18 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return merge(base, update)
 
 
+def _lowest_value(parameter: SearchParameter) -> Any:
+    if parameter.kind == "choice":
+        return parameter.choices[0]
+    if parameter.low is None:
+        raise ConfigError(f"search parameter {parameter.key} ({parameter.kind}) has no lower bound")
+    return int(parameter.low) if parameter.kind == "int" else float(parameter.low)
+
+
 def check_parameters(recipe: str, overrides: dict[str, Any], parameters: list[SearchParameter]) -> None:
     """Every searched key exists and takes its lowest value (the config names close matches otherwise)."""
     for parameter in parameters:
-        sample = (
-            parameter.choices[0]
-            if parameter.kind == "choice"
-            else (int(parameter.low) if parameter.kind == "int" else float(parameter.low))
-        )
+        sample = _lowest_value(parameter)
         try:
             load_config(recipe, _merge(overrides, _overrides_of([parameter], {parameter.key: sample})))
         except ConfigError as error:
@@ -346,6 +350,7 @@ def _plots(study, study_dir: Path, parameters: list[SearchParameter]) -> list[Pa
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
     from optuna.exceptions import ExperimentalWarning
     from optuna.visualization import matplotlib as optuna_plots
 
@@ -361,7 +366,8 @@ def _plots(study, study_dir: Path, parameters: list[SearchParameter]) -> list[Pa
             warnings.simplefilter("ignore", ExperimentalWarning)
             warnings.simplefilter("ignore", UserWarning)
             axes = draw()
-            figure = (axes.flat[0] if hasattr(axes, "flat") else axes).get_figure()
+            # optuna draws each plot on a new top-level figure (never a subfigure)
+            figure = cast(Figure, (axes.flat[0] if hasattr(axes, "flat") else axes).get_figure())
             figure.tight_layout()
         path = study_dir / name
         figure.savefig(path, dpi=110)
