@@ -47,7 +47,7 @@ from zoo.peft.block_selection import auto_count
 from zoo.peft.engine import peft_state
 from zoo.peft.report import ParameterReport
 from zoo.tasks.train_tasks import TASK_BUILDERS, TaskBuilder, TaskRequest
-from zoo.train.task import TrainTask
+from zoo.train.task import TrainTask, dataset_size
 
 SPLIT_KEYS = {"train": "train_split", "val": "val_split", "test": "test_split"}
 
@@ -147,7 +147,7 @@ def _data_hint(config: RunConfig, spec: DatasetSpec) -> str:
     return "\n".join(lines)
 
 
-def load_split(config: RunConfig, resolved: Resolved, split: str) -> tuple[Dataset, Path]:
+def load_split(config: RunConfig, resolved: Resolved, split: str) -> tuple[Dataset, Path | None]:
     dataset, directory, _ = load_split_source(config, resolved, split)
     return dataset, directory
 
@@ -156,6 +156,7 @@ def load_split_source(config: RunConfig, resolved: Resolved, split: str) -> tupl
     """The split, its folder, and what it was read from."""
     spec = resolved.dataset
     options = dict(config.data.options)
+    directory: Path | None
     try:
         if config.tiny:
             directory = fixture_root(spec) / (spec.folder or "data")
@@ -179,10 +180,10 @@ def load_split_source(config: RunConfig, resolved: Resolved, split: str) -> tupl
 
 
 def _subset(dataset: Dataset, limit: int | None, seed: int) -> Dataset:
-    if limit is None or limit >= len(dataset):
+    if limit is None or limit >= dataset_size(dataset):
         return dataset
     generator = torch.Generator().manual_seed(seed)
-    indices = torch.randperm(len(dataset), generator=generator)[:limit].sort().values.tolist()
+    indices = torch.randperm(dataset_size(dataset), generator=generator)[:limit].sort().values.tolist()
     return Subset(dataset, indices)
 
 
@@ -275,19 +276,29 @@ def build_run(config: RunConfig, roles: tuple[str, ...] = ("train", "val", "test
     return BuiltRun(config, resolved, model, task, datasets, directory, sources, selection)
 
 
-def choose_layers(config: RunConfig, resolved: Resolved, outputs: int | None, train_set: Dataset | None):
+def choose_layers(
+    config: RunConfig, resolved: Resolved, outputs: int | None, train_set: Dataset | None
+) -> tuple[RunConfig, dict[str, Any]]:
     """``method.layers=auto:K``: the method on every block, each block's importance on a few training
     batches, then the config with the K most important block indices in ``method.layers``."""
     from zoo.experiment.layer_selection import block_importance, most_important
 
     count = auto_count(config.method.options["layers"])
+    if count is None:
+        raise ConfigError(f"method.layers={config.method.options['layers']!r}: choose_layers needs auto:K")
     if train_set is None:
         raise ConfigError(
             f"method.layers=auto:{count} measures block importance on the training split, and there is none"
         )
     everywhere = config.with_method_options(layers=None)
     model, task = build_model(everywhere, resolved, outputs)
-    blocks = peft_state(model).structure.block_names(model)
+    state = peft_state(model)
+    if state is None or state.structure is None:
+        raise ConfigError(
+            f"method.layers=auto:{count}: no structure description finds this backbone's blocks; "
+            f"register one (zoo.peft.register_structure) or list the layers"
+        )
+    blocks = state.structure.block_names(model)
     if count > len(blocks):
         raise ConfigError(f"method.layers=auto:{count}: this backbone has {len(blocks)} blocks")
     scores = block_importance(
