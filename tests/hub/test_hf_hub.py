@@ -221,3 +221,12 @@ def test_zoo_push_of_a_run_to_an_hf_hub_is_one_commit(tiny_run, repository):
     weights = f"{entry['path']}/adapter/adapter_model.safetensors"
     assert written[weights] == (tiny_run.dir / "adapter/adapter_model.safetensors").read_bytes()
     assert set(repository.index()["adapters"]) == {OTHER, entry["name"]}
+
+
+def test_a_peft_adapter_is_pulled_from_its_repository_by_its_two_files(repository):
+    config = {"peft_type": "LORA", "base_model_name_or_path": "bert-base-uncased", "r": 4}
+    repository.land({"adapter_config.json": json.dumps(config).encode(), "adapter_model.safetensors": b"weights"})
+    pulled = pull(HUB, log=None)
+    assert pulled.entry == {"name": "someone/adapters", "version": "main", "peft": config}
+    assert json.loads((pulled.adapter_dir / "adapter_config.json").read_text()) == config
+    assert [name for name, _ in repository.fetched] == ["adapter_config.json", "adapter_model.safetensors"]

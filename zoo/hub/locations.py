@@ -1,7 +1,7 @@
 """Where hubs are: a folder, an http(s) URL, or ``hf://org/repo[@revision]``; and which ones are searched.
 
-Each kind of hub is a :class:`Hub`: :class:`FolderHub`, :class:`HttpHub` and
-:class:`zoo.hub.hf.HfHub`. A hub reads its index, fetches one file of an entry into the cache
+Each kind of hub is a :class:`Hub`: :class:`FolderHub`, :class:`HttpHub` and :class:`HfHub`
+(through ``huggingface_hub``, :mod:`zoo.hub.hf`). A hub reads its index, fetches one file of an entry into the cache
 (verified against the entry's size and sha256), and publishes an entry with its files
 (a folder and the Hugging Face Hub; an HTTP hub is read-only). :func:`parse_hub` makes one from a URL.
 
@@ -24,7 +24,7 @@ import re
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -257,11 +257,71 @@ class HttpHub(Hub):
         )
 
 
+@dataclass(frozen=True)
+class HfHub(Hub):
+    """``hf://org/repo[@revision]``: a zoo hub in a Hugging Face model repository. A pull fetches the files
+    of the commit its index was read at; a push is one commit of the files and the index, on top of the
+    commit the index was read at, read again once when another push landed in between."""
+
+    revision: str | None = None
+    read_at: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+    """``{"commit": sha}`` of the index last read."""
+
+    def read_index_bytes(self) -> bytes:
+        from zoo.hub import hf
+
+        client = hf.api()
+        commit = hf.head_commit(client, self.location, self.revision, str(self))
+        path = hf.download(client, self.location, INDEX_FILE, commit, str(self))
+        text = read_index_file(path, f"{self}/{INDEX_FILE}")
+        self.read_at["commit"] = commit
+        return text
+
+    def fetch_file(self, entry: dict[str, Any], item: dict[str, Any], destination: Path) -> None:
+        from zoo.catalog.download import copy_verified
+        from zoo.hub import hf
+
+        revision = self.read_at.get("commit", self.revision)
+        source = hf.download(hf.api(), self.location, self.remote_path(entry, item), revision, str(self))
+        copy_verified(source, destination, item["sha256"], item["size"], self.file_label(entry, item))
+
+    def _index_at_head(self, client) -> tuple[str, dict[str, Any]]:
+        from zoo.hub import hf
+
+        commit = hf.head_commit(client, self.location, self.revision, str(self))
+        path = hf.index_file_at(client, self.location, commit, str(self))
+        if path is None:
+            return commit, empty_index()
+        return commit, parse_index(read_index_file(path, f"{self}/{INDEX_FILE}"), f"{self}/{INDEX_FILE}")
+
+    def publish(self, describe: Describe, log: Callable[[str], None]) -> dict[str, Any]:
+        from zoo.hub import hf
+
+        client = hf.authenticated_api(f"pushing to {self}")
+        hf.create_repo(client, self.location, str(self))
+        parent, index = self._index_at_head(client)
+        entry, contents = describe(index)
+        commit = lambda index, parent: hf.commit_entry(
+            client, self.location, self.revision, entry, contents, index, parent, str(self)
+        )
+        if commit(index, parent):
+            return entry
+        label = f"{entry['name']}@{entry['version']}"
+        log(f"{self} changed while {label} was being pushed (another push landed); reading its index again")
+        parent, index = self._index_at_head(client)
+        if entry["version"] in index["adapters"].get(entry["name"], {}).get("versions", {}):
+            raise HubError(
+                f"{label} was published on {self} by another push meanwhile; nothing was published: push again "
+                f"(without --version, the next free version is chosen)"
+            )
+        if commit(index, parent):
+            return entry
+        raise HubError(f"{self} changed again while {label} was being pushed; nothing was published: push again")
+
+
 def parse_hub(url: str | os.PathLike) -> Hub:
     text = str(url)
     if text.startswith("hf://"):
-        from zoo.hub.hf import HfHub
-
         repo, _, revision = text[len("hf://") :].partition("@")
         if repo.count("/") != 1 or not all(repo.split("/")):
             raise HubError(f"hub {text!r}: write a Hugging Face Hub repository as hf://org/repo[@revision]")

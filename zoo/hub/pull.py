@@ -31,7 +31,7 @@ from zoo.catalog.download import sha256_of
 from zoo.errors import DownloadError, HubError
 from zoo.files import swap_directory
 from zoo.hub.index import find_entry, validate_entry
-from zoo.hub.locations import Hub, offline_requested, say_to_stderr, search_path
+from zoo.hub.locations import Hub, offline_requested, parse_hub, say_to_stderr, search_path
 from zoo.hub.pulled_config import read_pulled_config
 
 ENTRY_FILE = "entry.json"
@@ -157,7 +157,7 @@ def pull(
     if str(reference).startswith("hf://"):
         from zoo.hub.hf import pull_peft_adapter
 
-        root, entry, adapter_path = pull_peft_adapter(str(reference), log)
+        root, entry, adapter_path = pull_peft_adapter(parse_hub(str(reference)), log)
         return PulledAdapter(root, entry, str(reference), adapter_path)
     errors = []
     for candidate in search_path(hub):
