@@ -54,7 +54,7 @@ def _recording_pools(sockets: list[socket.socket]) -> dict[str, type]:
     from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
     def recording(base: type) -> type:
-        class RecordingConnection(base):  # type: ignore[misc, valid-type]
+        class RecordingConnection(base):
             def connect(self) -> None:
                 super().connect()
                 sockets.append(self.sock)
@@ -106,7 +106,7 @@ class BoundedGet:
         self._session: requests.Session | None = None
         self._timer: threading.Timer | None = None
         self._end = 0.0
-        self.response: requests.Response | None = None
+        self._response: requests.Response | None = None
 
     def _expire(self) -> None:
         self.expired.set()
@@ -132,7 +132,7 @@ class BoundedGet:
         self._timer.daemon = True
         self._timer.start()
         try:
-            self.response = self._session.get(self.url, stream=True, timeout=self.timeout, headers=self.headers)
+            self._response = self._session.get(self.url, stream=True, timeout=self.timeout, headers=self.headers)
         except (requests.RequestException, OSError):
             self.__exit__(None, None, None)
             if self.expired.is_set():
@@ -140,9 +140,15 @@ class BoundedGet:
             raise
         return self
 
+    @property
+    def response(self) -> requests.Response:
+        """The response, its headers read (its body not yet)."""
+        if self._response is None:
+            raise RuntimeError("use BoundedGet as a context manager: `with BoundedGet(url) as request:`")
+        return self._response
+
     def chunks(self, size: int) -> Iterator[bytes]:
         """The body, ``size`` bytes at a time (the last chunk may be shorter)."""
-        assert self.response is not None, "use BoundedGet as a context manager"
         try:
             for chunk in self.response.iter_content(size):
                 if self.expired.is_set() or time.monotonic() > self._end:
@@ -158,7 +164,7 @@ class BoundedGet:
     def __exit__(self, *exc_info: Any) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        if self.response is not None:
-            self.response.close()
+        if self._response is not None:
+            self._response.close()
         if self._session is not None:
             self._session.close()

@@ -164,13 +164,13 @@ def pull(
         try:
             index = candidate.index(log)
         except (DownloadError, HubError) as error:
-            entry = cached_entry(candidate, reference)
-            if entry is None:
+            cached = cached_entry(candidate, reference)
+            if cached is None:
                 errors.append(str(error))
                 continue
             why = "offline" if isinstance(error, DownloadError) else f"the index of {candidate} is refused"
-            log(f"{why} ({str(error)[:160]}): serving {entry['name']}@{entry['version']} from the cache")
-            return pull_entry(candidate, entry, log)
+            log(f"{why} ({str(error)[:160]}): serving {cached['name']}@{cached['version']} from the cache")
+            return pull_entry(candidate, cached, log)
         try:
             entry = find_entry(index, reference, str(candidate))
         except HubError as error:
