@@ -230,3 +230,26 @@ def test_a_peft_adapter_is_pulled_from_its_repository_by_its_two_files(repositor
     assert pulled.entry == {"name": "someone/adapters", "version": "main", "peft": config}
     assert json.loads((pulled.adapter_dir / "adapter_config.json").read_text()) == config
     assert [name for name, _ in repository.fetched] == ["adapter_config.json", "adapter_model.safetensors"]
+
+
+def test_without_network_an_hf_hub_is_served_from_the_cache_and_says_so(repository, monkeypatch):
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    parse_hub(HUB).publish(describing(shipped_entry(NAME), []), log=lambda _m: None)
+    first = pull(NAME, HUB, log=None)
+
+    def no_network(*args, **kwargs):
+        raise OfflineModeIsEnabled("Cannot reach https://huggingface.co: offline mode is enabled.")
+
+    monkeypatch.setattr(FakeApi, "repo_info", no_network)
+    monkeypatch.setattr(FakeApi, "hf_hub_download", no_network)
+    messages = []
+    assert pull(NAME, HUB, log=messages.append).dir == first.dir
+    assert any(m.startswith("offline (") and "cached index" in m for m in messages)
+
+
+def test_zoo_offline_without_a_cached_hf_hub_is_a_clear_error_and_asks_nothing(repository, monkeypatch):
+    monkeypatch.setenv("ZOO_OFFLINE", "1")
+    monkeypatch.setattr(FakeApi, "repo_info", lambda *a, **k: pytest.fail("no request when ZOO_OFFLINE is set"))
+    with pytest.raises(HubError, match=f"ZOO_OFFLINE is set and {HUB} has never been read on this machine"):
+        pull(NAME, HUB, log=None)
