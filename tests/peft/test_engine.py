@@ -11,6 +11,7 @@ import zoo.peft as zp
 from tests.conftest import tiny_bert
 from tests.peft.test_lora import randomise_trainable
 from zoo.errors import ConfigError
+from zoo.peft.engine import peft_state
 from zoo.peft.io import AdapterFileError
 from zoo.peft.layers import AdapterModule
 
@@ -104,6 +105,9 @@ def test_target_pattern_matching_nothing_lists_candidates(bert):
         ({"r": 2.5}, "r"),
         ({"lora_alpha": 0}, "lora_alpha"),
         ({"lora_dropout": 1.5}, "lora_dropout"),
+        ({"r": "8"}, "r"),  # strict: no coercion from strings
+        ({"use_rslora": 1}, "use_rslora"),  # nor from numbers to booleans
+        ({"lora_dropout": float("nan")}, "lora_dropout"),
     ],
 )
 def test_bad_option_values_name_the_option(bert, options, key):
@@ -114,6 +118,22 @@ def test_bad_option_values_name_the_option(bert, options, key):
 def test_unknown_option_suggests_close_match(bert):
     with pytest.raises(ConfigError, match="did you mean 'lora_alpha'"):
         zp.apply(bert, "lora", lora_alhpa=4)
+
+
+def test_a_config_object_is_taken_as_it_is(bert, monkeypatch):
+    from zoo.peft.lora import LoraConfig
+
+    config = LoraConfig(r=2, target_modules=("query",))
+    checked = []
+    monkeypatch.setattr(LoraConfig, "check", lambda self: checked.append(self))
+    zp.apply(bert, "lora", config=config)
+    assert checked == []  # not validated again
+    record = peft_state(bert).adapters["default"]
+    assert (record.config.r, record.config.target_modules) == (2, ["query"])
+    # the adapter's copy got the head filled in, the caller's object did not
+    assert record.config.modules_to_save and config.modules_to_save is None
+    with pytest.raises(ConfigError, match="pass either config=<DoraConfig>"):
+        zp.apply(bert, "dora", adapter_name="other", config=config)  # a LoraConfig is no DoraConfig
 
 
 def test_same_adapter_name_twice(bert):

@@ -117,23 +117,23 @@ class MethodConfig(StrictModel):
         return {name: field.description or "" for name, field in cls.model_fields.items()}
 
 
+# Range checks for check(); the types are pydantic's, already checked by then.
 def require_positive(config: MethodConfig, name: str, allow_zero: bool = False) -> None:
     value = getattr(config, name)
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (value >= 0 if allow_zero else value > 0)
-    if not ok:
+    if not (value >= 0 if allow_zero else value > 0):
         bound = ">= 0" if allow_zero else "> 0"
         raise ConfigError(f"{config.method}: {name}={value!r} is not allowed; {name} must be a number {bound}")
 
 
 def require_int_positive(config: MethodConfig, name: str) -> None:
     value = getattr(config, name)
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+    if value <= 0:
         raise ConfigError(f"{config.method}: {name}={value!r} is not allowed; {name} must be an integer > 0")
 
 
 def require_probability(config: MethodConfig, name: str) -> None:
     value = getattr(config, name)
-    if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+    if not 0.0 <= value < 1.0:
         raise ConfigError(f"{config.method}: {name}={value!r} is not allowed; {name} must be in [0, 1)")
 
 
