@@ -3,7 +3,9 @@
 Everything zoo writes that someone else reads (run directories, adapters, checkpoints, downloads,
 fixtures, hub files) goes through :func:`atomic_file` or :func:`atomic_directory`: the content is
 written beside the target under a temporary name, flushed to disk, and renamed into place with
-``os.replace``, which is atomic on POSIX and Windows. A crash or a Ctrl-C leaves the old target (or
+``os.replace``, which is atomic on POSIX and Windows. What is staged across processes (a pulled
+adapter's folder, a resumed download's ``.part``) is put in place by :func:`swap_directory` and
+:func:`move_into_place`, the same renames. A crash or a Ctrl-C leaves the old target (or
 none) and no temporary file.
 
 The temporary names are made here rather than by :mod:`tempfile`, whose files are 0600 and folders 0700
@@ -101,6 +103,15 @@ def atomic_write_text(path: str | os.PathLike, text: str, permissions: int | Non
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, permissions: int | None = None) -> None:
     with atomic_file(path, "wb", permissions=permissions) as handle:
         handle.write(data)
+
+
+def move_into_place(complete: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Rename ``complete``, a finished file written beside ``path`` under another name (a resumed download's
+    ``.part``, kept across processes, so not an :func:`atomic_file`), to ``path``, durably."""
+    with open(complete, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(complete, path)
+    fsync_directory(Path(path).parent)
 
 
 def swap_directory(staging: str | os.PathLike, path: str | os.PathLike) -> None:

@@ -18,7 +18,7 @@ import requests
 
 from zoo.catalog.bounded_http import BoundedGet
 from zoo.errors import ChecksumWarning, DownloadError
-from zoo.files import atomic_file
+from zoo.files import atomic_file, move_into_place
 
 
 def sha256_of(path: str | os.PathLike, chunk_size: int = 1 << 20, algorithm: str = "sha256") -> str:
@@ -131,7 +131,7 @@ def _finish_part(part: Path, destination: Path, sha256: str, size: int, what: st
             f"{source} has sha256 {actual}, the index declares {sha256}; the partial file was removed and "
             f"nothing was kept. The file on the hub is corrupt or was replaced",
         )
-    os.replace(part, destination)
+    move_into_place(part, destination)
     return destination
 
 
