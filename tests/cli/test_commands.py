@@ -145,7 +145,7 @@ def test_pretrained_weights_unavailable_offline_say_how_to_pass_a_checkpoint(zoo
     assert_nothing_written(tmp_path)
 
 
-@pytest.mark.parametrize("data", ["fixture", "shared"])
+@pytest.mark.parametrize("data", ["fixture", pytest.param("shared", marks=pytest.mark.shared_data)])
 def test_offline_route_local_data_root_and_local_checkpoint(zoo, tmp_path, data, monkeypatch):
     """The README's offline route at default scale: ZOO_DATA_DIR with the PneumoniaMNIST subset and
     backbone.pretrained=/path to a timm checkpoint, read by the real loading code."""
@@ -194,6 +194,9 @@ def test_overrides_may_follow_options(zoo, tmp_path):
     assert json.loads((tmp_path / "late" / "run.json").read_text())["steps"] == 1
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.timeout(120, method="signal")  # a hung gloo rank: fail this test, kill torchrun, go on
 def test_nproc_launches_ddp_through_torchrun_and_only_rank_zero_writes(zoo, tmp_path):
     code, _, err = zoo("train", "vision/medical-linear", "scale=tiny", "train.max_steps=2", "--nproc", "2")
     assert code == 0, err

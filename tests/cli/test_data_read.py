@@ -85,6 +85,7 @@ def test_ls_datasets_states_the_local_files_rows_and_checksums(zoo, tmp_path, mo
     assert code == 0 and "no local copy" in out
 
 
+@pytest.mark.shared_data
 @pytest.mark.skipif(not (SHARED_DATA / "sst2").exists(), reason="no shared data")
 def test_ls_datasets_on_the_shared_copies(zoo, monkeypatch):
     monkeypatch.setenv("ZOO_DATA_DIR", str(SHARED_DATA))

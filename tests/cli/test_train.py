@@ -227,6 +227,7 @@ def test_sigterm_is_handled_during_a_run_only_where_nobody_else_handles_it(tmp_p
     assert seen[previous] == (previous, previous)  # the application's handler is left in charge
 
 
+@pytest.mark.slow
 def test_sigterm_marks_the_run_interrupted_with_what_resume_needs(tmp_path):
     run_dir = tmp_path / "term"
     command = [sys.executable, "-m", "zoo.cli.main", "train", "vision/medical-lora", "scale=tiny"]

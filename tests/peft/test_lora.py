@@ -104,7 +104,14 @@ def test_multihead_attention_in_proj_slices():
     torch.testing.assert_close(model(x), reference(x), atol=1e-5, rtol=1e-5)
     loss = model(x).pow(2).mean()
     loss.backward()
-    assert layer.lora_A["default"]["q"].weight.grad is not None
+    # the gradient reaching A_q is the one through the dense in_proj_weight + [B_q A_q; 0; B_v A_v]
+    a_q = layer.lora_A["default"]["q"].weight.detach().clone().requires_grad_()
+    b_q, b_v = layer.lora_B["default"]["q"].weight.detach(), layer.lora_B["default"]["v"].weight.detach()
+    a_v = layer.lora_A["default"]["v"].weight.detach()
+    dense = base.attn.in_proj_weight + torch.cat([b_q @ a_q, torch.zeros(8, 8), b_v @ a_v])
+    reference_loss = torch.func.functional_call(base, {"attn.in_proj_weight": dense}, (x,)).pow(2).mean()
+    (expected,) = torch.autograd.grad(reference_loss, a_q)
+    torch.testing.assert_close(layer.lora_A["default"]["q"].weight.grad, expected, atol=1e-6, rtol=1e-4)
     zp.merge(model)
     torch.testing.assert_close(model(x), reference(x), atol=1e-5, rtol=1e-5)
     zp.unmerge(model)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 
+from PIL import Image
+
 from tests.results.conftest import SMALL, write_table
 
 
@@ -51,8 +53,9 @@ def test_mean_std_delta_and_published_match_a_hand_computation(tmp_path):
     files = render(rows, tmp_path / "out", spec, scale="cpu", command="zoo reproduce small --scale cpu")
     names = {path.name for path in files}
     assert {"small.md", "small.csv", "small-metric-vs-parameters.png", "small-memory-time.png"} <= names
-    for path in files:
-        assert path.stat().st_size > 0
+    # one panel of 4 x 3.5 inches per domain (text, video_text) at 110 dpi; the memory/time pair is 10 x 3.5
+    sizes = {path.name: Image.open(path).size for path in files if path.suffix == ".png"}
+    assert sizes == {"small-metric-vs-parameters.png": (880, 385), "small-memory-time.png": (1100, 385)}
     # by hand: bitfit mean (0.8 + 0.9 + 0.7) / 3 = 0.8; sample std sqrt((0 + 0.01 + 0.01) / 2) = 0.1;
     # full mean 0.925, std sqrt((0.025^2 * 2) / 1) = 0.035355; delta 0.8 - 0.925 = -0.125
     markdown = (tmp_path / "out" / "small.md").read_text()

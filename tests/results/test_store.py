@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 from pathlib import Path
 
@@ -41,8 +42,14 @@ def test_add_takes_a_zoo_train_run(zoo):
     with ResultsStore("store") as store:
         (row,) = store.rows()
     assert row["method"] == "bitfit" and row["domain"] == "text" and row["status"] == "complete"
-    assert row["metric"] == "accuracy" and row["metric_value"] is not None and row["random_init"] is True
-    assert Path("runs/one/result.json").is_file()
+    assert row["metric"] == "accuracy" and row["random_init"] is True
+    # the number is the run's own evaluation: test split when it has one, else validation
+    evaluated = json.loads(Path("runs/one/eval_results.json").read_text())
+    split = "test" if "test" in evaluated else "val"
+    assert (row["metric_split"], row["metric_value"]) == (split, evaluated[split]["metrics"]["accuracy"])
+    # the row is kept beside the run as well (all but the time the store recorded it)
+    stored = json.loads(json.dumps({key: value for key, value in row.items() if key != "recorded"}))
+    assert json.loads(Path("runs/one/result.json").read_text()) == stored
 
 
 def test_corrupt_store_names_rebuild_and_rebuild_remakes_it(zoo, small_table):

@@ -21,6 +21,9 @@ def adapter(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(run_dir / "adapter" / "adapter_model.safetensors")
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.timeout(120, method="signal")  # a hung gloo rank: fail this test, kill torchrun, go on
 def test_two_processes_ddp_and_fsdp_match_one_process(tmp_path, monkeypatch):
     """DDP, FSDP, and FSDP killed after step 5 and resumed from its (gathered) step-4 checkpoint."""
     distributed_run.train(str(tmp_path / "single"), "ddp")  # this process, world size 1
@@ -70,6 +73,8 @@ def test_ddp_wrapper_forwards_model_attributes(tmp_path):
     assert "WORLD_SIZE" not in os.environ
 
 
+@pytest.mark.distributed
+@pytest.mark.timeout(60, method="signal")
 def test_launch_module_command_line(monkeypatch, capfd):
     from zoo.train.launch import main
 

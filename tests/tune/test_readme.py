@@ -4,6 +4,8 @@ import re
 import shlex
 from pathlib import Path
 
+import pytest
+
 from zoo.cli.main import main
 from zoo.experiment import load_run
 
@@ -27,6 +29,7 @@ def _smaller(command: list[str]) -> list[str]:
     return command if "scale=tiny" in command else [*command[:2], "scale=tiny", *command[2:]]
 
 
+@pytest.mark.slow
 def test_the_readme_tune_commands_chain(tmp_path, monkeypatch, capsys):
     commands = readme_tune_commands()
     assert [c[0] for c in commands] == ["tune", "train", "tune", "tune"]

@@ -32,6 +32,7 @@ def _values(trials):
     return [tuple(sorted(trial.params.items())) for trial in trials]
 
 
+@pytest.mark.slow
 def test_an_extended_study_proposes_what_one_uninterrupted_study_proposes(tmp_path):
     extended, straight = tmp_path / "extended", tmp_path / "straight"
     tune("text/sst2-lora", TINY, parse_search(SEARCH), 2, extended, log=None)
@@ -83,6 +84,7 @@ SIGNALLED_TUNE = textwrap.dedent(
 STUDY_OF_ONE = ["tune", "text/sst2-lora", "scale=tiny", "train.checkpoint_every=1", "--trials", "1", "--study"]
 
 
+@pytest.mark.slow
 def test_a_trial_of_a_killed_process_is_failed_and_its_run_resumed_on_the_next_start(tmp_path):
     folder = tmp_path / "study"
     command = [*STUDY_OF_ONE, str(folder)]
@@ -130,6 +132,7 @@ def test_a_half_made_run_directory_of_a_killed_trial_is_cleaned_and_the_trial_ru
     assert load_run(half_made).status == "complete" and not (half_made / "config.yaml.tmp").exists()
 
 
+@pytest.mark.slow
 def test_a_stopped_study_says_so_in_one_line_and_the_same_command_resumes_it(tmp_path, capsys):
     folder = tmp_path / "study"
     command = [*STUDY_OF_ONE, str(folder)]
@@ -165,6 +168,7 @@ def test_a_trial_of_a_live_process_is_left_running(tmp_path):
     assert _trials(folder)[1].state == TrialState.FAIL
 
 
+@pytest.mark.slow
 def test_failed_trials_do_not_count_and_a_rerun_retries_them(tmp_path, monkeypatch, capfd):
     import zoo.experiment
 

@@ -268,6 +268,7 @@ def test_gb1_fixture_splits_follow_set_and_validation_columns(tmp_path):
         protein_data.load_flip_gb1(tmp_path / "flip" / "gb1", "train", split_name="four_vs_rest")
 
 
+@pytest.mark.shared_data
 @pytest.mark.skipif(not (SHARED_GB1 / "splits.zip").exists(), reason="no real FLIP GB1 copy")
 def test_gb1_real_copy_three_vs_rest():
     sizes = {s: len(protein_data.load_flip_gb1(SHARED_GB1, s)) for s in ("train", "val", "test")}

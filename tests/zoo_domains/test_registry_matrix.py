@@ -14,9 +14,9 @@ import pytest
 import torch
 
 import zoo.peft as zp
+from tests.peft.method_checks import small_options
 from zoo.catalog.backbones import BACKBONES, create_backbone
 from zoo.catalog.datasets import DATASETS, dataset_dir, local_copy_present
-from tests.peft.method_checks import small_options
 from zoo.errors import ConfigError
 from zoo.hub.inputs import INPUT_READERS, read_inputs
 from zoo.tasks.heads import TaskModel
@@ -71,6 +71,24 @@ def test_every_method_on_every_backbone(name, method):
     assert trainable and any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainable)
 
 
+def assert_items_fit_the_spec(spec, dataset, items) -> None:
+    """Every item is an (input, target) pair; a classification target is one of the classes the spec
+    declares (else the dataset's own class names), a regression target a finite number."""
+    names = getattr(dataset, "classes", None) or getattr(dataset, "label_names", None)
+    if spec.num_classes is not None and names is not None:
+        assert len(names) == spec.num_classes, f"{spec.name}: {len(names)} class names, {spec.num_classes} declared"
+    for item in items:
+        assert isinstance(item, tuple) and len(item) == 2, (
+            f"{spec.name}: item {type(item).__name__} is no (input, target)"
+        )
+        target = item[1]
+        if spec.task == "classification":
+            classes = spec.num_classes or len(names or ()) or float("inf")  # inf: the user's files set the count
+            assert int(target) == target and 0 <= int(target) < classes, f"{spec.name}: label {target} of {classes}"
+        elif spec.task == "regression":
+            assert torch.isfinite(torch.as_tensor(target, dtype=torch.float64)).all(), f"{spec.name}: {target}"
+
+
 @pytest.mark.parametrize("name", DATASETS.names())
 def test_dataset_reads_its_fixture(name, tmp_path):
     spec = DATASETS.get(name)
@@ -78,11 +96,14 @@ def test_dataset_reads_its_fixture(name, tmp_path):
     spec.make_fixture(folder)
     split = spec.splits[0]
     dataset = spec.load(folder, split)
-    assert len(dataset) > 0
-    item = dataset[0]
-    assert item is not None
+    items = list(dataset)  # iteration ends with IndexError at len(dataset), as torch's Dataset contract wants
+    assert len(items) == len(dataset) >= 2, f"{name}: the fixture's {split} split reads as {len(items)} item(s)"
+    assert_items_fit_the_spec(spec, dataset, items)
+    if spec.task == "classification":
+        assert len({int(target) for _, target in items}) >= 2, f"{name}: a one-class fixture tests no classifier"
 
 
+@pytest.mark.shared_data
 @pytest.mark.parametrize("name", DATASETS.names())
 def test_dataset_reads_the_real_shared_copy(name):
     spec = DATASETS.get(name)
@@ -96,8 +117,7 @@ def test_dataset_reads_the_real_shared_copy(name):
             dataset = spec.load(directory, split)
         except FileNotFoundError as error:
             pytest.skip(f"{name}: shared copy has no {split} split ({error})")
-        assert len(dataset) > 0
-        dataset[len(dataset) - 1]
+        assert_items_fit_the_spec(spec, dataset, [dataset[0], dataset[len(dataset) - 1]])
 
 
 def test_every_domain_with_backbones_registers_an_input_reader():

@@ -204,6 +204,7 @@ def test_fsdd_fixture_splits_by_recording_index(tmp_path):
     assert logits.shape == (4, 10)
 
 
+@pytest.mark.shared_data
 @pytest.mark.skipif(not SHARED_FSDD.exists(), reason="no real FSDD copy")
 def test_fsdd_real_copy_has_the_official_split():
     sizes = {split: len(load_dataset("fsdd", split, root=SHARED_FSDD.parent)) for split in ("train", "val", "test")}

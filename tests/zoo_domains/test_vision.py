@@ -324,6 +324,7 @@ def test_multi_label_layout(tmp_path):
         load_medmnist(tmp_path, "train", filename="chestmnist.npz", num_classes=14, multi_label=True)
 
 
+@pytest.mark.shared_data
 @pytest.mark.skipif(not (SHARED_MEDMNIST / "pneumoniamnist_subset.npz").exists(), reason="no shared MedMNIST subset")
 def test_shared_pneumoniamnist_subset_loads_with_a_checksum_warning():
     sizes = {}
