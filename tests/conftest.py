@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -38,6 +40,15 @@ def tiny_vit(num_classes: int = 3, seed: int = 0):
         embed_dim=32,
         num_heads=4,
     ).eval()
+
+
+@pytest.fixture(autouse=True)
+def _pytest_formats_the_warnings():
+    """The `zoo` command line sets a one-line warnings.formatwarning for its users, and the tests call
+    it in this process: put pytest's back, so the warnings summary keeps each warning's file and line."""
+    original = warnings.formatwarning
+    yield
+    warnings.formatwarning = original
 
 
 @pytest.fixture
