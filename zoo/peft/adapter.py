@@ -19,6 +19,8 @@ configs), or a named ``size``: ``"tiny"`` = 8, ``"small"`` = 64, whatever the wi
 
 from __future__ import annotations
 
+from typing import Callable, cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,7 +33,12 @@ from zoo.peft.targeting import base_of
 
 VARIANTS = ("houlsby", "pfeiffer")
 SIZES = {"tiny": 8, "small": 64}
-ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "swish": F.silu, "tanh": torch.tanh}
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "relu": F.relu,
+    "gelu": F.gelu,
+    "swish": F.silu,
+    "tanh": torch.tanh,
+}
 DEFAULT_REDUCTION = 16
 
 
@@ -82,7 +89,7 @@ class BottleneckAdapter(WrappedLayer):
         self.non_linearity: dict[str, str] = {}
 
     def add_adapter(self, name: str, bottleneck: int, non_linearity: str) -> None:
-        base = base_of(self.base_layer)
+        base = cast(nn.Linear, base_of(self.base_layer))  # inject_adapter checks it is one
         width = base.out_features
         down, up = nn.Linear(width, bottleneck), nn.Linear(bottleneck, width)
         nn.init.zeros_(up.weight)
@@ -106,12 +113,10 @@ def inject_adapter(context: InjectionContext, config: BottleneckAdapterConfig) -
     places = [structure.attention_out, structure.ffn_out] if config.variant == "houlsby" else [structure.ffn_out]
     for block in context.block_names():
         for place in places:
-            module = structure.submodule(context.model, block, place)
-            if not isinstance(base_of(module), nn.Linear):
+            projection = base_of(structure.submodule(context.model, block, place))
+            if not isinstance(projection, nn.Linear):
                 raise ConfigError(
-                    f"adapter: {block}.{place} is a {type(base_of(module)).__name__}; bottleneck adapters follow an nn.Linear projection"
+                    f"adapter: {block}.{place} is a {type(projection).__name__}; bottleneck adapters follow an nn.Linear projection"
                 )
             layer = context.wrap(f"{block}.{place}", BottleneckAdapter, BottleneckAdapter)
-            layer.add_adapter(
-                context.adapter_name, config.bottleneck(base_of(module).out_features), config.non_linearity
-            )
+            layer.add_adapter(context.adapter_name, config.bottleneck(projection.out_features), config.non_linearity)

@@ -19,6 +19,9 @@ output; a forward pre-hook on ``ffn_in`` hands it the FFN input of the same call
 
 from __future__ import annotations
 
+import functools
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -70,7 +73,7 @@ class AdaptFormerLayer(WrappedLayer):
         self._handle = ffn_in.register_forward_pre_hook(self._keep_ffn_input)
 
     def add_adapter(self, name: str, config: AdaptFormerConfig, in_features: int) -> None:
-        base = base_of(self.base_layer)
+        base = cast(nn.Linear, base_of(self.base_layer))  # inject_adaptformer checks it is one
         down, up = nn.Linear(in_features, config.bottleneck), nn.Linear(config.bottleneck, base.out_features)
         nn.init.zeros_(up.weight)
         nn.init.zeros_(up.bias)
@@ -111,7 +114,7 @@ def inject_adaptformer(context: InjectionContext, config: AdaptFormerConfig) -> 
                     f"adaptformer: {block}.{part} is a {type(base_of(module)).__name__}; AdaptFormer needs Linear FFN layers"
                 )
         layer = context.wrap(
-            f"{block}.{structure.ffn_out}", AdaptFormerLayer, lambda base, ffn_in=ffn_in: AdaptFormerLayer(base, ffn_in)
+            f"{block}.{structure.ffn_out}", AdaptFormerLayer, functools.partial(AdaptFormerLayer, ffn_in=ffn_in)
         )
-        layer.add_adapter(context.adapter_name, config, base_of(ffn_in).in_features)
+        layer.add_adapter(context.adapter_name, config, cast(nn.Linear, base_of(ffn_in)).in_features)
         layer.train(context.model.training)  # the bottleneck's dropout follows the model's mode

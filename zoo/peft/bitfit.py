@@ -19,6 +19,7 @@ Saved keys read ``base_model.model.<module>.bias_delta``. Merging adds the delta
 from __future__ import annotations
 
 import re
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -39,14 +40,14 @@ class BitFitConfig(MethodConfig):
 class BitFitLayer(WrappedLayer):
     """Calls the wrapped module with ``bias + bias_delta[active]``."""
 
-    adapter_groups = ("bias_delta",)
+    adapter_groups: tuple[str, ...] = ("bias_delta",)
 
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__(base_layer)
         self.bias_delta = nn.ParameterDict()
 
     def add_adapter(self, name: str) -> None:
-        self.bias_delta[name] = nn.Parameter(torch.zeros_like(base_of(self.base_layer).bias))
+        self.bias_delta[name] = nn.Parameter(torch.zeros_like(_bias_of(base_of(self.base_layer))))
 
     def merge(self, name: str) -> None:
         with torch.no_grad():
@@ -58,16 +59,18 @@ class BitFitLayer(WrappedLayer):
         base = self.base_layer
         if name is None:
             return base(x, *args, **kwargs)
-        bias = base.bias + self.bias_delta[name]
+        bias = _bias_of(base) + self.bias_delta[name]
         forward = type(base).forward
         if not args and not kwargs:
             # The base classes' own forward, with the bias swapped (no functional_call overhead).
             if forward is nn.Linear.forward:
-                return F.linear(x, base.weight, bias)
+                return F.linear(x, cast(nn.Linear, base).weight, bias)
             if forward is nn.LayerNorm.forward:
-                return F.layer_norm(x, base.normalized_shape, base.weight, bias, base.eps)
+                norm = cast(nn.LayerNorm, base)
+                return F.layer_norm(x, norm.normalized_shape, norm.weight, bias, norm.eps)
             if forward is nn.Conv2d.forward:
-                return base._conv_forward(x, base.weight, bias)
+                conv = cast(nn.Conv2d, base)
+                return conv._conv_forward(x, conv.weight, bias)
         return functional_call(base, {_innermost_path(base, "bias"): bias}, (x, *args), kwargs)
 
 
@@ -80,7 +83,7 @@ class BitFitMultiheadAttention(BitFitLayer):
         self.out_proj_bias_delta = nn.ParameterDict()
 
     def _biases(self) -> dict[str, torch.Tensor]:
-        attention = base_of(self.base_layer)
+        attention = cast(nn.MultiheadAttention, base_of(self.base_layer))
         found = {"in_proj_bias": attention.in_proj_bias, "out_proj.bias": attention.out_proj.bias}
         return {path: bias for path, bias in found.items() if bias is not None}
 
@@ -105,10 +108,14 @@ class BitFitMultiheadAttention(BitFitLayer):
         return functional_call(self.base_layer, replaced, args, kwargs)
 
 
+def _bias_of(module: nn.Module) -> torch.Tensor:
+    return cast(torch.Tensor, module.bias)  # bitfit wraps only modules with a bias tensor
+
+
 def _innermost_path(module: nn.Module, path: str) -> str:
     prefix = ""
     while hasattr(module, "base_layer"):
-        module, prefix = module.base_layer, prefix + "base_layer."
+        module, prefix = cast(nn.Module, module.base_layer), prefix + "base_layer."
     return prefix + path
 
 

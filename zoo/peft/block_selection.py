@@ -53,8 +53,10 @@ def select_blocks(method: str, value: Any, blocks: list[str]) -> list[str]:
         return list(blocks)
     count = len(blocks)
     if isinstance(value, str):
-        kind, number = _SPEC.match(value).groups()
-        number = int(number)
+        match = _SPEC.match(value)
+        if match is None:  # check_layers lets only these forms through
+            raise ConfigError(f"{method}: layers={value!r} must be {FORMS}")
+        kind, number = match.group(1), int(match.group(2))
         if kind == "auto":
             raise ConfigError(
                 f"{method}: layers={value} is chosen from training batches, which zoo.run / zoo train measure before "

@@ -30,12 +30,13 @@ does there. Tensors are saved under HF PEFT's names (``lora_A.weight``, ``lora_B
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from zoo.peft.config import MethodConfig
 from zoo.peft.engine import InjectionContext
 from zoo.peft.lora import (
     LoraConfig,
@@ -72,22 +73,21 @@ class DoraLayer(LoraLayer):
 
     def weight_norm(self, name: str) -> torch.Tensor:
         """``||W + dW||_c`` without gradient, shaped like the magnitude of adapter ``name``."""
-        base = base_of(self.base_layer)
+        base = self._base()
         with torch.no_grad():
             weight = base.weight
             if isinstance(base, nn.Conv2d):
-                a, b = self.lora_A[name].weight, self.lora_B[name].weight
+                a, b = self._factor_weights(name)
                 adapted = weight + (b.flatten(1) @ a.flatten(1)).view(weight.shape) * self.scaling[name]
                 return adapted.flatten(1).norm(dim=1).view(1, -1, 1, 1)
             if not self.slices[name]:
                 # addmm computes W + s * B A in one kernel; with B = 0 it returns W bit for bit.
-                adapted = torch.addmm(
-                    weight, self.lora_B[name].weight, self.lora_A[name].weight, alpha=self.scaling[name]
-                )
+                a, b = self._factor_weights(name)
+                adapted = torch.addmm(weight, b, a, alpha=self.scaling[name])
                 return adapted.norm(dim=1)
             norms = []
             for slice_name, (start, end) in self.slices[name].items():
-                a, b = self.lora_A[name][slice_name].weight, self.lora_B[name][slice_name].weight
+                a, b = self._factor_weights(name, slice_name)
                 norms.append(torch.addmm(weight[start:end], b, a, alpha=self.scaling[name]).norm(dim=1))
             return torch.cat(norms)
 
@@ -98,7 +98,7 @@ class DoraLayer(LoraLayer):
     def merge(self, name: str) -> None:
         if name not in self.lora_magnitude_vector:
             return super().merge(name)
-        base = base_of(self.base_layer)
+        base = self._base()
         with torch.no_grad():
             scale = self.dora_scale(name)
             delta = self.delta_weight(name)
@@ -119,7 +119,7 @@ class DoraLayer(LoraLayer):
         name = self.active
         if name is None or name not in self.lora_magnitude_vector:
             return super().forward(x, *args, **kwargs)
-        base = base_of(self.base_layer)
+        base = self._base()
         bias = base.bias
         forward = type(self.base_layer).forward
         if bias is not None and not args and not kwargs and forward in (nn.Linear.forward, nn.Conv2d.forward):
@@ -128,7 +128,7 @@ class DoraLayer(LoraLayer):
             if forward is nn.Linear.forward:
                 out = F.linear(x, base.weight)
             else:
-                out = base._conv_forward(x, base.weight, None)
+                out = cast(nn.Conv2d, base)._conv_forward(x, base.weight, None)
             bias_free = True
         else:
             out = self.base_layer(x, *args, **kwargs)
@@ -142,10 +142,13 @@ class DoraLayer(LoraLayer):
         if not self.slices[name]:
             update = self.lora_B[name](self.lora_A[name](dropped))
             return _rescale(out, update, scaling, scale, bias, bias_free)
-        result = out + bias if bias_free else out  # the rows outside the slices, as the base computes them
+        result = (
+            out + bias if bias_free and bias is not None else out
+        )  # the rows outside the slices, as the base computes them
         offset = 0
         for slice_name, (start, end) in self.slices[name].items():
-            update = self.lora_B[name][slice_name](self.lora_A[name][slice_name](dropped))
+            a, b = self._factors(name, slice_name)
+            update = b(a(dropped))
             rows = scale[offset : offset + end - start]
             part_bias = bias[start:end] if bias is not None else None
             result[..., start:end] = _rescale(out[..., start:end], update, scaling, rows, part_bias, bias_free)
@@ -171,12 +174,12 @@ class DoraMultiheadAttention(LoraMultiheadAttention):
     def weight_norm(self, name: str) -> torch.Tensor:
         """``||W + dW||_c`` of the adapted rows, in slice order, without gradient."""
         with torch.no_grad():
-            adapted = base_of(self.base_layer).in_proj_weight + self.delta_weight(name)
+            adapted = self._attention().in_proj_weight + self.delta_weight(name)
             return torch.cat([adapted[start:end].norm(dim=1) for start, end in self.slices[name].values()])
 
     def adapted_weight(self, name: str) -> torch.Tensor:
         """``in_proj_weight`` with each adapted row replaced by ``m * (W + dW) / ||W + dW||_c``."""
-        weight = base_of(self.base_layer).in_proj_weight
+        weight = self._attention().in_proj_weight
         adapted = weight + self.delta_weight(name)
         scale = self.lora_magnitude_vector[name] / self.weight_norm(name)
         rows, offset, position = [], 0, 0
@@ -219,7 +222,7 @@ def _rescale(
     return torch.addcmul(bias * (1 - scale), summed, scale)
 
 
-def dora_to_peft(config: MethodConfig, model: nn.Module, adapter_name: str) -> dict | None:
+def dora_to_peft(config: LoraConfig, model: nn.Module, adapter_name: str) -> dict | None:
     return lora_to_peft(config, model, adapter_name, use_dora=True)
 
 

@@ -20,6 +20,8 @@ Adapters without fused slices are saved as HF PEFT's ``IA3`` and load in ``peft`
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 from torch.func import functional_call
@@ -138,7 +140,7 @@ class IA3MultiheadAttention(IA3Layer):
         name = self.active
         if name is None:
             return self.base_layer(*args, **kwargs)
-        base = base_of(self.base_layer)
+        base = cast(nn.MultiheadAttention, base_of(self.base_layer))
         scale = self.scale_vector(name)
         tensors = {_param_path(self.base_layer, base, "in_proj_weight"): base.in_proj_weight * scale[:, None]}
         if base.in_proj_bias is not None:

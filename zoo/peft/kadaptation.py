@@ -24,6 +24,7 @@ as ``(slices, n, out/n or in/n, r)``.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import nn
@@ -206,7 +207,7 @@ def inject_kadaptation(context: InjectionContext, config: KAdaptationConfig) -> 
     # that calls its children in turn (nn.Sequential) would call them too.
     first_class = _layer_class(targets[0].module)
     first = context.wrap(targets[0].name, first_class, first_class)
-    shared = first._modules.get(SHARED_NAME)
+    shared = cast("SharedKroneckerFactors | None", first._modules.get(SHARED_NAME))
     if shared is None:
         shared = SharedKroneckerFactors()
         first.add_module(SHARED_NAME, shared)

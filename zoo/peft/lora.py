@@ -16,6 +16,7 @@ is added to the projection weight because the module never calls a Linear for it
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -62,7 +63,7 @@ def _slice_bounds(out_features: int, slices: tuple[str, ...] | None) -> dict[str
     return {s: (i * size, (i + 1) * size) for i, s in enumerate(FUSED_SLICE_NAMES) if s in slices}
 
 
-def _init_pair(a: nn.Module, b: nn.Module) -> None:
+def _init_pair(a: nn.Linear | nn.Conv2d, b: nn.Linear | nn.Conv2d) -> None:
     # As in the reference implementation: A like a default Linear, B zero so the update starts at 0.
     nn.init.kaiming_uniform_(a.weight, a=math.sqrt(5))
     nn.init.zeros_(b.weight)
@@ -71,7 +72,7 @@ def _init_pair(a: nn.Module, b: nn.Module) -> None:
 class LoraLayer(DeltaWeightLayer):
     """LoRA on a Linear or Conv2d, optionally restricted to slices of a fused q/k/v output."""
 
-    adapter_groups = ("lora_A", "lora_B")
+    adapter_groups: tuple[str, ...] = ("lora_A", "lora_B")
     adapter_settings = ("lora_dropout", "scaling", "slices")
 
     def __init__(self, base_layer: nn.Module) -> None:
@@ -82,14 +83,40 @@ class LoraLayer(DeltaWeightLayer):
         self.scaling: dict[str, float] = {}
         self.slices: dict[str, dict[str, tuple[int, int]]] = {}
 
+    def _base(self) -> nn.Linear | nn.Conv2d:
+        # inject_lora_layers wraps only Linear and Conv2d here (MultiheadAttention has its own class)
+        return cast("nn.Linear | nn.Conv2d", base_of(self.base_layer))
+
+    def _factors(self, name: str, slice_name: str | None = None) -> tuple[nn.Module, nn.Module]:
+        """A and B of adapter ``name`` (of one slice of a fused projection)."""
+        a, b = self.lora_A[name], self.lora_B[name]
+        if slice_name is not None:
+            a, b = cast(nn.ModuleDict, a)[slice_name], cast(nn.ModuleDict, b)[slice_name]
+        return a, b
+
+    def _factor_weights(self, name: str, slice_name: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The weights of A and B of adapter ``name`` (of one slice of a fused projection)."""
+        a, b = self._factors(name, slice_name)
+        return cast(torch.Tensor, a.weight), cast(torch.Tensor, b.weight)
+
     def _make_pair(self, r: int) -> tuple[nn.Module, nn.Module]:
-        base = base_of(self.base_layer)
+        base = self._base()
+        a: nn.Linear | nn.Conv2d
+        b: nn.Linear | nn.Conv2d
         if isinstance(base, nn.Conv2d):
             if base.groups != 1:
                 raise ConfigError(
                     f"lora on a grouped Conv2d (groups={base.groups}) is not supported; target another layer"
                 )
-            a = nn.Conv2d(base.in_channels, r, base.kernel_size, base.stride, base.padding, base.dilation, bias=False)
+            a = nn.Conv2d(
+                base.in_channels,
+                r,
+                base.kernel_size,  # type: ignore[arg-type]  # a Conv2d's own: two ints, typed tuple[int, ...]
+                base.stride,  # type: ignore[arg-type]
+                base.padding,  # type: ignore[arg-type]
+                base.dilation,  # type: ignore[arg-type]
+                bias=False,
+            )
             b = nn.Conv2d(r, base.out_channels, 1, bias=False)
         else:
             a = nn.Linear(base.in_features, r, bias=False)
@@ -99,7 +126,7 @@ class LoraLayer(DeltaWeightLayer):
         return a.to(weight.device, weight.dtype), b.to(weight.device, weight.dtype)
 
     def add_adapter(self, name: str, config: LoraConfig, slices: tuple[str, ...] | None) -> None:
-        base = base_of(self.base_layer)
+        base = self._base()
         self.slices[name] = _slice_bounds(base.weight.shape[0], slices)
         if self.slices[name]:
             if isinstance(base, nn.Conv2d):
@@ -122,14 +149,15 @@ class LoraLayer(DeltaWeightLayer):
 
     def delta_weight(self, name: str) -> torch.Tensor:
         """The dense update (lora_alpha / r) B A, shaped like the base weight."""
-        base = base_of(self.base_layer)
+        base = self._base()
         weight = base.weight
         if self.slices[name]:
             delta = torch.zeros_like(weight)
             for slice_name, (start, end) in self.slices[name].items():
-                delta[start:end] = self.lora_B[name][slice_name].weight @ self.lora_A[name][slice_name].weight
+                a, b = self._factor_weights(name, slice_name)
+                delta[start:end] = b @ a
             return delta * self.scaling[name]
-        a, b = self.lora_A[name].weight, self.lora_B[name].weight
+        a, b = self._factor_weights(name)
         if isinstance(base, nn.Conv2d):
             delta = (b.flatten(1) @ a.flatten(1)).view(weight.shape)
         else:
@@ -150,12 +178,12 @@ class LoraLayer(DeltaWeightLayer):
         # is one matmul and one add; writing each slice into ``out`` in place made backward copy
         # the whole fused gradient once per slice.
         bounds = self.slices[name]
-        a_parts = [self.lora_A[name][slice_name].weight for slice_name in bounds]
+        a_parts = [self._factor_weights(name, slice_name)[0] for slice_name in bounds]
         a = torch.cat(a_parts)
         b = a.new_zeros(out.shape[-1], a.shape[0])
         column = 0
         for part, (slice_name, (start, end)) in zip(a_parts, bounds.items()):
-            b[start:end, column : column + part.shape[0]] = self.lora_B[name][slice_name].weight
+            b[start:end, column : column + part.shape[0]] = self._factor_weights(name, slice_name)[1]
             column += part.shape[0]
         return out + F.linear(F.linear(dropped, a) * scaling, b)
 
@@ -169,8 +197,11 @@ class LoraMultiheadAttention(LoraLayer):
 
     weight_name = "in_proj_weight"
 
+    def _attention(self) -> nn.MultiheadAttention:
+        return cast(nn.MultiheadAttention, base_of(self.base_layer))
+
     def add_adapter(self, name: str, config: LoraConfig, slices: tuple[str, ...] | None) -> None:
-        base = base_of(self.base_layer)
+        base = self._attention()
         if not base._qkv_same_embed_dim:
             raise ConfigError(
                 "lora on nn.MultiheadAttention needs q, k and v of the same size (kdim == vdim == embed_dim)"
@@ -194,17 +225,18 @@ class LoraMultiheadAttention(LoraLayer):
         self.scaling[name] = config.scaling
 
     def delta_weight(self, name: str) -> torch.Tensor:
-        weight = base_of(self.base_layer).in_proj_weight
+        weight = self._attention().in_proj_weight
         delta = torch.zeros_like(weight)
         for slice_name, (start, end) in self.slices[name].items():
-            delta[start:end] = self.lora_B[name][slice_name].weight @ self.lora_A[name][slice_name].weight
+            a, b = self._factor_weights(name, slice_name)
+            delta[start:end] = b @ a
         return delta * self.scaling[name]
 
     def forward(self, *args, **kwargs):
         name = self.active
         if name is None:
             return self.base_layer(*args, **kwargs)
-        base = base_of(self.base_layer)
+        base = self._attention()
         weight = base.in_proj_weight + self.delta_weight(name)
         return functional_call(
             self.base_layer, {_param_path(self.base_layer, base, "in_proj_weight"): weight}, args, kwargs
@@ -216,7 +248,7 @@ def _param_path(outer: nn.Module, inner: nn.Module, parameter: str) -> str:
     module = outer
     while module is not inner:
         path.append("base_layer")
-        module = module.base_layer
+        module = cast(nn.Module, module.base_layer)
     return ".".join(path + [parameter])
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import inspect
 import re
 from collections.abc import Mapping
+from typing import cast
 
 import torch
 from torch import nn
@@ -176,6 +177,7 @@ def inject_loreft(context: InjectionContext, config: LoreftConfig) -> None:
     attention = structure.submodule(context.model, first_block, structure.attention) if first_block else None
     if (
         config.positions != "all"
+        and first_block is not None
         and attention is not None
         and not structure.is_batch_first(context.model.get_submodule(first_block), attention)
     ):
@@ -186,7 +188,8 @@ def inject_loreft(context: InjectionContext, config: LoreftConfig) -> None:
     reference = next(p for p in context.model.parameters() if p.is_floating_point())
     for index in indices:
         block = context.model.get_submodule(blocks[index])
-        dim = base_of(structure.submodule(context.model, blocks[index], structure.ffn_out)).out_features
+        ffn_out = base_of(structure.submodule(context.model, blocks[index], structure.ffn_out))
+        dim = cast(nn.Linear, ffn_out).out_features  # the block's output projection
         if config.r > dim:
             raise ConfigError(
                 f"loreft: r={config.r} is not allowed; R has orthonormal rows, so r must be <= the hidden size {dim}"

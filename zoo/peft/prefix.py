@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+from typing import cast
 
 import torch
 from torch import nn
@@ -184,11 +185,11 @@ class PrefixTuning(AdapterModule):
 
 def _hidden_size(structure, model: nn.Module, block: str) -> int:
     if structure.attention_kind == "separate":
-        return base_of(structure.submodule(model, block, structure.key)).out_features
+        return cast(nn.Linear, base_of(structure.submodule(model, block, structure.key))).out_features
     if structure.attention_kind == "fused_qkv":
-        return base_of(structure.submodule(model, block, structure.qkv)).out_features // 3
+        return cast(nn.Linear, base_of(structure.submodule(model, block, structure.qkv))).out_features // 3
     if structure.attention_kind == "mha":
-        return base_of(structure.submodule(model, block, structure.qkv)).embed_dim
+        return cast(nn.MultiheadAttention, base_of(structure.submodule(model, block, structure.qkv))).embed_dim
     raise ConfigError(
         f"prefix: attention of kind {structure.attention_kind!r} is not supported (separate, fused_qkv or mha)"
     )
@@ -210,7 +211,7 @@ def _task_type(model: nn.Module) -> str | None:
 def prefix_to_peft(config: PrefixTuningConfig, model: nn.Module, adapter_name: str) -> dict | None:
     hf_config = getattr(model, "config", None)
     root = getattr(model, ROOT_NAME, None)
-    if not hasattr(hf_config, "num_attention_heads") or root is None or root._patched:
+    if hf_config is None or not hasattr(hf_config, "num_attention_heads") or root is None or root._patched:
         return None  # peft's prefix tuning runs HF transformers models only
     task = _task_type(model)
     if task is None:

@@ -80,10 +80,8 @@ def timm_forward(prefixes, index, attn, x, attn_mask=None, is_causal=False):
 
 
 # -- torch nn.MultiheadAttention --------------------------------------------------------
-def _additive(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """nn.MultiheadAttention's masks (bool: True = do not attend; float: added) as additive floats."""
-    if mask is None:
-        return None
     if mask.dtype == torch.bool:
         return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(mask, float("-inf"))
     return mask.to(dtype)
@@ -166,7 +164,7 @@ def _check_multihead(attn) -> None:
 
 
 # -- dispatch -----------------------------------------------------------------------------
-def _library_class(module: str, name: str) -> type | None:
+def _library_class(module: str, name: str) -> type[nn.Module] | None:
     # An attention of that class exists only once its library is imported: look, never import here,
     # so a library that fails to load is not mistaken for one that is absent.
     loaded = sys.modules.get(module)

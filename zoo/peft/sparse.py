@@ -25,7 +25,7 @@ to every Linear inside the blocks (its registered default target, the role ``"bl
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +36,7 @@ from zoo.peft.config import ConfigError, MethodConfig, option, require_choice
 from zoo.peft.engine import InjectionContext
 from zoo.peft.layers import WrappedLayer
 from zoo.peft.registry import register_method
-from zoo.peft.targeting import base_of, match_modules, resolve_targets
+from zoo.peft.targeting import base_of, match_modules, no_default_targets
 
 SELECTIONS = ("magnitude", "gradient", "random")
 
@@ -73,6 +73,8 @@ def entries_for(numel: int, density: float) -> int:
 
 
 class SparseDelta(nn.Module):
+    indices: torch.Tensor  # a buffer
+
     def __init__(self, indices: torch.Tensor, like: torch.Tensor) -> None:
         super().__init__()
         self.values = nn.Parameter(torch.zeros(indices.numel(), dtype=like.dtype, device=like.device))
@@ -89,7 +91,7 @@ class SparseLayer(WrappedLayer):
         self.needs_indices: set[str] = set()
 
     def add_adapter(self, name: str, indices: torch.Tensor | None, count: int) -> None:
-        weight = base_of(self.base_layer).weight
+        weight = self._linear().weight
         if indices is None:  # gradient selection without calibration: the indices must come from a file
             indices = torch.arange(count)
             self.needs_indices.add(name)
@@ -100,15 +102,21 @@ class SparseLayer(WrappedLayer):
         if "sparse_delta.indices" in state:
             self.needs_indices.discard(name)
 
+    def _linear(self) -> nn.Linear:
+        return cast(nn.Linear, base_of(self.base_layer))  # inject_sparse wraps only Linear layers
+
+    def _delta(self, name: str) -> SparseDelta:
+        return cast(SparseDelta, self.sparse_delta[name])
+
     def effective_weight(self, name: str) -> torch.Tensor:
-        weight = base_of(self.base_layer).weight
-        delta = self.sparse_delta[name]
+        weight = self._linear().weight
+        delta = self._delta(name)
         return weight.reshape(-1).index_add(0, delta.indices, delta.values).view_as(weight)
 
     def merge(self, name: str) -> None:
         with torch.no_grad():
             weight = self._keep_original("base_layer.weight")
-            delta = self.sparse_delta[name]
+            delta = self._delta(name)
             weight.view(-1).index_add_(0, delta.indices, delta.values.to(weight.dtype))
         self.merged_adapter = name
 
@@ -124,10 +132,10 @@ class SparseLayer(WrappedLayer):
         weight = self.effective_weight(name)
         base = self.base_layer
         if type(base).forward is nn.Linear.forward and not args and not kwargs:
-            return F.linear(x, weight, base.bias)
+            return F.linear(x, weight, cast(nn.Linear, base).bias)
         path, module = "weight", base
         while hasattr(module, "base_layer"):
-            module, path = module.base_layer, "base_layer." + path
+            module, path = cast(nn.Module, module.base_layer), "base_layer." + path
         return functional_call(base, {path: weight}, (x, *args), kwargs)
 
 
@@ -135,7 +143,7 @@ def _targets(context: InjectionContext, config: SparseConfig) -> list[tuple[str,
     """(name to wrap, innermost Linear) for each Linear selected, outermost wrapper first."""
     patterns = config.target_modules if config.target_modules is not None else context.default_targets()
     if patterns is None:
-        resolve_targets(context.model, None, "sparse")  # raises, listing candidate names
+        raise no_default_targets(context.model, "sparse")
     found: dict[int, tuple[str, nn.Linear]] = {}
     for target in match_modules(context.model, patterns):
         if target.slices:
@@ -193,6 +201,7 @@ def inject_sparse(context: InjectionContext, config: SparseConfig) -> None:
     targets = _targets(context, config)
     weights = [linear.weight for _, linear in targets]
     counts = [entries_for(w.numel(), config.density) for w in weights]
+    scores: list[torch.Tensor] | None  # None: the indices come from a saved adapter
     if config.selection == "magnitude":
         scores = [w.detach().abs() for w in weights]
     elif config.selection == "gradient":

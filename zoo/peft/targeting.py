@@ -82,6 +82,15 @@ def candidate_names(
     return list(names)
 
 
+def no_default_targets(
+    model: nn.Module, method: str, allowed: tuple[type[nn.Module], ...] = (nn.Linear,)
+) -> ConfigError:
+    return ConfigError(
+        f"{method}: no target_modules given and no default is known for this backbone; "
+        f"pass target_modules=[...], e.g. from these module names: {', '.join(candidate_names(model, allowed))}"
+    )
+
+
 def resolve_targets(
     model: nn.Module,
     patterns: list[str] | str | None,
@@ -90,10 +99,7 @@ def resolve_targets(
 ) -> list[Target]:
     """Targets for ``method``; an error lists candidate names when nothing matches."""
     if patterns is None or (isinstance(patterns, list) and not patterns):
-        raise ConfigError(
-            f"{method}: no target_modules given and no default is known for this backbone; "
-            f"pass target_modules=[...], e.g. from these module names: {', '.join(candidate_names(model, allowed))}"
-        )
+        raise no_default_targets(model, method, allowed)
     targets = match_modules(model, patterns)
     if not targets:
         raise ConfigError(
@@ -135,6 +141,7 @@ def _is_wrapped(module: nn.Module, allowed: tuple[type[nn.Module], ...]) -> bool
 
 def base_of(module: nn.Module) -> nn.Module:
     """The innermost original layer under any number of adapter wrappers."""
-    while hasattr(module, "base_layer"):
-        module = module.base_layer
+    inner = getattr(module, "base_layer", None)
+    while isinstance(inner, nn.Module):
+        module, inner = inner, getattr(inner, "base_layer", None)
     return module

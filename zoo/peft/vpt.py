@@ -19,6 +19,7 @@ every token attends to the prompts and the prompts attend to what the first toke
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -159,7 +160,10 @@ def _take_hidden(args, kwargs):
 def _extend_mask(prompts: VisualPrompts, name: str, args: tuple, kwargs: dict):
     """Blocks get the mask over the original tokens; extend it to cover the prompts."""
     count = prompts.prompt_embeddings[name].shape[1]
-    tokens = (args[0] if args else kwargs.get("hidden_states", kwargs.get("x"))).shape[1] - count
+    hidden = args[0] if args else kwargs.get("hidden_states", kwargs.get("x"))
+    if hidden is None:
+        raise RuntimeError("vpt: cannot find the hidden states among the block's arguments")
+    tokens = hidden.shape[1] - count
     for key in ("attention_mask", "attn_mask"):
         if kwargs.get(key) is not None:
             kwargs[key] = insert_attended(kwargs[key], prompts.cls_tokens, count, tokens)
@@ -182,7 +186,7 @@ def _fan_in(model: nn.Module, dim: int) -> int:
 
 
 def _width(structure, model: nn.Module, block: str) -> int:
-    return base_of(structure.submodule(model, block, structure.ffn_out)).out_features
+    return cast(nn.Linear, base_of(structure.submodule(model, block, structure.ffn_out))).out_features
 
 
 @register_method("vpt", VptConfig, needs_structure=True)
