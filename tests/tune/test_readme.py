@@ -8,6 +8,7 @@ import pytest
 
 from zoo.cli.main import main
 from zoo.experiment import load_run
+from zoo.experiment.yaml_files import read_yaml
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -42,6 +43,10 @@ def test_the_readme_tune_commands_chain(tmp_path, monkeypatch, capsys):
     first_study = Path(commands[0][commands[0].index("--study") + 1])
     trials = sorted((first_study / "trials").iterdir())
     assert len(trials) == 2  # --trials 10 then 20 at a tenth: the second run added one trial
-    for study in re.findall(r"train it with: zoo train (\S+)", out):
-        assert Path(study).is_file()
+    bests = re.findall(r"best: trial (\d+), .*; train it with: zoo train (\S+)", out)
+    assert len(bests) == out.count("train it with: zoo train") == 3  # one per zoo tune command
+    for trial, best in bests:
+        # the best recipe is that trial's resolved config, its description aside
+        trial_config = read_yaml(Path(best).parent / "trials" / f"trial-{int(trial):03d}" / "config.yaml")
+        assert {**read_yaml(best), "description": None} == {**trial_config, "description": None}
     assert len({Path(s).parent for s in re.findall(r"train it with: zoo train (\S+)", out)}) == 2  # no collision
