@@ -142,8 +142,8 @@ def test_interrupted_run_resumes_to_the_same_adapter(zoo, tmp_path):
 def test_default_run_directories_do_not_overwrite(zoo, tmp_path):
     args = ("train", "vision/medical-linear", "scale=tiny", "train.max_steps=1")
     assert zoo(*args)[0] == 0 and zoo(*args)[0] == 0
-    assert (tmp_path / "runs/tiny/vision/medical-linear/run.json").is_file()
-    assert (tmp_path / "runs/tiny/vision/medical-linear-2/run.json").is_file()
+    for name in ("medical-linear", "medical-linear-2"):  # two whole runs side by side
+        assert json.loads((tmp_path / "runs/tiny/vision" / name / "run.json").read_text())["status"] == "complete"
     code, _, err = zoo(*args, "--out", "runs/tiny/vision/medical-linear")
     assert code == 2 and "already holds a complete run" in err
 
