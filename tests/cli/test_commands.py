@@ -191,7 +191,7 @@ def test_validate_reports_a_method_that_does_not_fit_the_backbone(zoo):
 def test_overrides_may_follow_options(zoo, tmp_path):
     code, _, err = zoo("train", "vision/medical-linear", "--out", "late", "scale=tiny", "train.max_steps=1")
     assert code == 0, err
-    assert json.loads((tmp_path / "late" / "run.json").read_text())["steps"] == 1
+    assert json.loads((tmp_path / "late" / "run.json").read_text())["training"]["steps"] == 1
 
 
 @pytest.mark.slow

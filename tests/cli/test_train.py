@@ -39,7 +39,7 @@ def test_recipe_trains_end_to_end_through_the_cli(zoo, tmp_path, recipe):
     assert record["status"] == "complete" and record["command"] == f"zoo train {recipe} scale=tiny"
     # the trainer's logs and checkpoints
     lines = [json.loads(line) for line in (run_dir / METRICS_NAME).read_text().splitlines()]
-    assert lines and any(record["main_metric"] in line for line in lines)
+    assert lines and any(record["task"]["main_metric"] in line for line in lines)
     assert any(p.name.startswith("events.out.tfevents") for p in (run_dir / TENSORBOARD_DIR).iterdir())
     assert (run_dir / CHECKPOINT_DIR / BEST_NAME).is_file() and (run_dir / CHECKPOINT_DIR / LAST_NAME).is_file()
     # the adapter in the core's format, evaluation results, the model card
@@ -49,8 +49,8 @@ def test_recipe_trains_end_to_end_through_the_cli(zoo, tmp_path, recipe):
     assert "val" in results and ("test" in results) == (config.data.test_split is not None)
     card = (run_dir / "README.md").read_text()
     assert f"zoo train {recipe} scale=tiny" in card
-    assert f"{record['trainable_parameters']:,} of {record['total_parameters']:,}" in card
-    main_value = results["val"]["metrics"][record["main_metric"]]
+    assert f"{record['parameters']['trainable']:,} of {record['parameters']['total']:,}" in card
+    main_value = results["val"]["metrics"][record["task"]["main_metric"]]
     assert f"{main_value:.4f}" in card and "Smoke run" in card
 
     # zoo eval rebuilds the model from config.yaml + adapter/ and gets the same numbers
@@ -60,7 +60,7 @@ def test_recipe_trains_end_to_end_through_the_cli(zoo, tmp_path, recipe):
     again = json.loads((run_dir / "eval_results.json").read_text())[split]["metrics"]
     if split == "test":  # the val entry is the trainer's number at the best step, so compare test only
         assert again == pytest.approx(results["test"]["metrics"], abs=1e-5)
-    assert record["main_metric"] in out
+    assert record["task"]["main_metric"] in out
 
     code, out, _ = zoo("info", run_dir)
     assert code == 0 and "(complete)" in out and "adapter/" in out and f"zoo train {recipe} scale=tiny" in out

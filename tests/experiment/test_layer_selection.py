@@ -49,11 +49,11 @@ def runs(tmp_path_factory):
 
 
 def test_last_one_trains_fewer_parameters_than_every_block(runs):
-    assert runs["last"].record["trainable_parameters"] < runs["all"].record["trainable_parameters"]
+    assert runs["last"].record.parameters.trainable < runs["all"].record.parameters.trainable
 
 
 def test_auto_trains_the_most_important_block_and_the_adapter_remembers_it(runs):
-    selection = runs["auto"].record["layer_selection"]
+    selection = runs["auto"].record.layer_selection
     scores = selection["importance"]
     assert selection["chosen"] == [max(range(len(scores)), key=lambda i: (scores[i], -i))]
     adapter = json.loads((runs["auto"].dir / "adapter" / "adapter_config.json").read_text())

@@ -167,7 +167,7 @@ def test_load_run_reads_a_pulled_adapter_and_builds_it(minilm_hub, monkeypatch):
     pulled = pull(f"{NAME}@2", hub, log=None)
     assert not (pulled.dir / "run.json").exists()
     run = zoo.load_run(pulled.dir)
-    assert (run.status, run.recipe, run.record["published"]) == ("complete", "text/sst2-lora", f"{NAME}@2")
+    assert (run.status, run.recipe, run.record.published) == ("complete", "text/sst2-lora", f"{NAME}@2")
     assert run.metrics("val") == entry["metrics"]["val"]["metrics"]
     built = run.build()
     inputs = [item["input"] for item in entry["reference_predictions"]]
@@ -228,7 +228,7 @@ def test_the_next_push_removes_what_a_killed_push_left(tiny_run, hub_copy):
 def test_reference_inputs_are_spread_over_the_held_out_split_and_only_text_is_stored():
     import numpy as np
 
-    from zoo.hub.reference import held_out_inputs
+    from zoo.experiment.reference import held_out_inputs
 
     texts = [(f"sentence {i}", i % 2) for i in range(15)]
     assert held_out_inputs({"val": texts, "test": texts[:3]}) == (

@@ -68,7 +68,7 @@ def test_changed_configuration_reruns_the_cell(zoo, tmp_path):
     write_table(tmp_path, body.replace("STEPS", "2"), "one")
     second = reproduce(str(tmp_path / "one.yaml"), "tiny", "res", say=lambda _m: None)
     assert second.states == {"text/full/seed0": "stale"} and second.outcomes == {"text/full/seed0": "complete"}
-    assert runs.read_json(Path("res/one/tiny/text/full/seed0/run.json"))["steps"] == 2
+    assert runs.read_json(Path("res/one/tiny/text/full/seed0/run.json"))["training"]["steps"] == 2
     assert list(Path("res/.superseded").iterdir())  # the older run is kept aside
 
 

@@ -104,7 +104,7 @@ def test_a_trial_of_a_killed_process_is_failed_and_its_run_resumed_on_the_next_s
     assert retry.state == TrialState.COMPLETE and retry.params == first.params
     assert retry.user_attrs["run_dir"] == run_dir  # carried on in the killed trial's run directory
     run = load_run(run_dir)
-    assert run.status == "complete" and run.record["started"] == started["started"]
+    assert run.status == "complete" and run.record.started == started["started"]
     assert result.finished == 1 and str(result.best_run) == run_dir
     assert any("trial 0" in line and "gone" in line for line in said)
 
@@ -147,7 +147,7 @@ def test_a_stopped_study_says_so_in_one_line_and_the_same_command_resumes_it(tmp
     assert main(command) == 0
     first, retry = _trials(folder)
     assert (first.state, retry.state) == (TrialState.FAIL, TrialState.COMPLETE) and retry.params == first.params
-    assert load_run(folder / "trials" / "trial-000").record["started"] == started["started"]
+    assert load_run(folder / "trials" / "trial-000").record.started == started["started"]
 
 
 def test_a_trial_of_a_live_process_is_left_running(tmp_path):

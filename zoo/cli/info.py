@@ -21,32 +21,33 @@ def run(args: argparse.Namespace) -> int:
     if not run_dir.is_dir():
         raise FileNotFoundError(f"{run_dir} is a file, not a run directory; give the folder of a run")
     config = runs.read_config(run_dir)
-    record = runs.read_json(run_dir / runs.RUN_FILE)
-    state = record.get("status", "unknown")
-    print(f"{run_dir}: {record.get('recipe', '?')} ({state})")
-    print(f"  command   {record.get('command', '?')}")
-    print(
-        f"  started   {record.get('started', '?')}"
-        + (f", finished {record['finished']}" if record.get("finished") else "")
-    )
+    record = runs.read_record(run_dir)
+    state = record.status
+    print(f"{run_dir}: {record.recipe or '?'} ({state})")
+    print(f"  command   {record.command or '?'}")
+    print(f"  started   {record.started or '?'}" + (f", finished {record.finished}" if record.finished else ""))
     print(
         f"  model     {config.method.name} on {config.backbone.name}"
         f"{' (scale=tiny)' if config.tiny else ''}, data {config.data.name}"
     )
-    if record.get("trainable_parameters"):
-        print(f"  trainable {record['trainable_parameters']:,} of {record['total_parameters']:,} parameters")
-    if state == "complete":
+    if record.parameters:
+        total = f" of {record.parameters.total:,}" if record.parameters.total else ""
+        print(f"  trainable {record.parameters.trainable:,}{total} parameters")
+    if record.backbone and record.backbone.fingerprint:
+        print(f"  weights   fingerprint {record.backbone.fingerprint}")
+    if state == "complete" and record.training:
+        training = record.training
         print(
-            f"  steps     {record.get('steps')}; best {record.get('main_metric')} {record.get('best_metric')} "
-            f"at step {record.get('best_step')}"
+            f"  steps     {training.steps}; best {record.main_metric} {training.best_metric} "
+            f"at step {training.best_step}"
         )
     elif state in ("running", "interrupted", "failed"):
-        if record.get("error"):
-            print(f"  error     {record['error']}")
-        if str(record.get("error", "")).startswith("TrainingDiverged"):  # a resume keeps the lr, and diverges again
+        if record.error:
+            print(f"  error     {record.error}")
+        if (record.error or "").startswith("TrainingDiverged"):  # a resume keeps the lr, and diverges again
             print("  not complete: train it again with a lower train.lr (--resume keeps the settings it diverged with)")
         else:
-            command = runs.resume_command(record.get("command", "zoo train RECIPE"), run_dir)
+            command = runs.resume_command(record.command or "zoo train RECIPE", run_dir)
             print(f"  not complete: continue with `{command}`")
     for split, entry in runs.read_json(run_dir / runs.EVAL_FILE).items():
         metrics = ", ".join(f"{k} {v:.4f}" for k, v in entry.get("metrics", {}).items())

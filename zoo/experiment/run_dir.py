@@ -4,7 +4,8 @@
 
     runs/vision/medical-lora/
       config.yaml         the resolved configuration (recipe + defaults + overrides), written first
-      run.json            status (running / complete / failed / interrupted), command, timings
+      run.json            status (running / complete / failed / interrupted), command, timings; once
+                          complete, the whole run record (zoo.experiment.record.RunRecord)
       metrics.jsonl, tensorboard events, checkpoints    written by the trainer while it runs
       adapter/            the final adapter (zoo.peft.save_adapter: adapter_config.json + safetensors)
       eval_results.json   validation metrics at the best step and the test metrics
@@ -27,6 +28,7 @@ from typing import Any
 from zoo import __version__
 from zoo.errors import ConfigError
 from zoo.experiment.config import RunConfig
+from zoo.experiment.record import RECORD_VERSION, RunRecord, dump_record, parse_record
 from zoo.experiment.yaml_files import read_yaml
 from zoo.files import atomic_write_text
 
@@ -73,27 +75,50 @@ def is_published_adapter(path: Path) -> bool:
     )
 
 
-def published_record(path: Path) -> dict[str, Any]:
+def published_record(path: Path) -> RunRecord:
     """What a run.json would say of a published adapter, from its index entry when it has one."""
+    from zoo.experiment.record import BackboneRecord, DataRecord, ParameterCounts, TaskRecord
+
     entry = read_json(path / PUBLISHED_ENTRY_FILE)
-    task = entry.get("task") or {}
-    return {
-        "status": "complete",
-        "published": f"{entry['name']}@{entry['version']}" if entry.get("name") else None,
-        "recipe": entry.get("recipe"),
-        "command": entry.get("command"),
-        "num_outputs": task.get("num_outputs"),
-        "main_metric": task.get("main_metric"),
-        "trainable_parameters": (entry.get("method") or {}).get("trainable_parameters"),
-    }
+    task, backbone, method = entry.get("task") or {}, entry.get("backbone") or {}, entry.get("method") or {}
+    trainable = method.get("trainable_parameters")
+    return RunRecord(
+        status="complete",
+        published=f"{entry['name']}@{entry['version']}" if entry.get("name") else None,
+        recipe=entry.get("recipe"),
+        command=entry.get("command"),
+        task=TaskRecord(
+            kind=task.get("kind"),
+            main_metric=task["main_metric"],
+            num_outputs=task.get("num_outputs"),
+            labels=task.get("labels"),
+        )
+        if task.get("main_metric")
+        else None,
+        backbone=BackboneRecord(
+            name=backbone["name"], domain=entry.get("domain"), fingerprint=backbone.get("fingerprint")
+        )
+        if backbone.get("name")
+        else None,
+        data=DataRecord(name=entry["dataset"]["name"]) if (entry.get("dataset") or {}).get("name") else None,
+        parameters=ParameterCounts(trainable=trainable) if trainable is not None else None,
+    )
+
+
+def read_record(path: Path) -> RunRecord:
+    """``run.json`` of a run directory, typed (an empty record when there is none yet)."""
+    return parse_record(read_json(path / RUN_FILE), path / RUN_FILE)
+
+
+def write_record(path: Path, record: RunRecord) -> None:
+    write_json(path / RUN_FILE, dump_record(record))
 
 
 def recorded_num_outputs(path: Path) -> int | None:
     """The task head's size a run recorded (run.json), or a published adapter's entry (entry.json)."""
-    outputs = read_json(path / RUN_FILE).get("num_outputs")
-    if outputs is None:
-        outputs = (read_json(path / PUBLISHED_ENTRY_FILE).get("task") or {}).get("num_outputs")
-    return outputs
+    if (path / RUN_FILE).is_file():
+        return read_record(path).num_outputs
+    return published_record(path).num_outputs
 
 
 def status(path: Path) -> str:
@@ -175,7 +200,13 @@ def start(run_dir: Path, config: RunConfig, recipe: str, command: str, resume: b
     record = read_json(run_dir / RUN_FILE) if resume else {}
     if not resume:
         atomic_write_text(run_dir / CONFIG_FILE, f"# resolved configuration of {recipe}\n" + config.to_yaml())
-        record = {"recipe": recipe, "command": command, "started": now(), "zoo_version": __version__}
+        record = {
+            "record_version": RECORD_VERSION,
+            "recipe": recipe,
+            "command": command,
+            "started": now(),
+            "zoo_version": __version__,
+        }
     record.update(status="running", pid=os.getpid(), host=socket.gethostname(), updated=now())
     if resume:
         record.setdefault("resumes", []).append({"command": command, "at": now()})

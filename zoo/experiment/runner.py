@@ -5,7 +5,10 @@ tables, the hub, tuning). The order keeps bad input cheap and nothing half-writt
 recipe and overrides are validated, the data and the backbone loaded, the method applied,
 and only then is the run directory created. The trainer writes metrics, TensorBoard events
 and checkpoints while it runs; the adapter, evaluation results and model card are written
-at the end, and ``run.json`` says ``complete`` last.
+at the end, and ``run.json`` last: the whole run record (:mod:`zoo.experiment.record`: what ran,
+on which weights and data, with what result), taken while the model and the data are in memory,
+so that nothing that reads a run (the card, ``zoo push``, ``zoo info``, the results store) builds
+or reads them again.
 
 Under torchrun every process calls :func:`run` with the same arguments and the same ``out``;
 only rank 0 writes the run directory.
@@ -25,6 +28,7 @@ from typing import Any, Callable, Iterator
 from zoo.errors import ConfigError
 from zoo.experiment import run_dir as runs
 from zoo.experiment.config import RunConfig, load_run_configs
+from zoo.experiment.record import RunRecord
 from zoo.files import atomic_write_text
 
 
@@ -73,18 +77,19 @@ class Run:
 
     dir: Path
     config: RunConfig
-    record: dict[str, Any] = field(default_factory=dict)
-    """``run.json``: status, recipe, command, timings, parameter counts."""
+    record: RunRecord = field(default_factory=RunRecord)
+    """``run.json`` (:class:`zoo.experiment.record.RunRecord`): status, command, timings and, once the run
+    is complete, what it trained on, its fingerprint, parameter counts and metrics."""
     results: dict[str, Any] = field(default_factory=dict)
-    """``eval_results.json``: per split, ``{"metrics": {...}, "step": ..., "note": ...}``."""
+    """``eval_results.json``: per split, ``{"metrics": {...}, "step": ..., "note": ...}`` (with ``zoo eval``'s)."""
 
     @property
     def status(self) -> str:
-        return self.record.get("status", "unknown")
+        return self.record.status
 
     @property
     def recipe(self) -> str | None:
-        return self.record.get("recipe")
+        return self.record.recipe
 
     def metrics(self, split: str = "test") -> dict[str, float]:
         """The metrics measured on ``split`` (``val``: at the best step), or {} when there are none."""
@@ -109,7 +114,7 @@ def load_run(run_dir: str | os.PathLike) -> Run:
     run_dir = Path(run_dir)
     results = runs.read_json(run_dir / runs.EVAL_FILE) if (run_dir / runs.EVAL_FILE).is_file() else {}
     if runs.is_run_dir(run_dir):
-        return Run(run_dir, runs.read_config(run_dir), runs.read_json(run_dir / runs.RUN_FILE), results)
+        return Run(run_dir, runs.read_config(run_dir), runs.read_record(run_dir), results)
     if runs.is_published_adapter(run_dir):
         return Run(run_dir, runs.read_config(run_dir), runs.published_record(run_dir), results)
     if not run_dir.is_dir():
@@ -133,9 +138,9 @@ def recipe_label(recipe: str | os.PathLike) -> str:
 
 def still_running(run_dir: Path) -> int | None:
     """The pid of another live process of this machine that is training ``run_dir``, if any."""
-    record = runs.read_json(run_dir / runs.RUN_FILE)
-    pid = record.get("pid")
-    if record.get("status") != "running" or record.get("host") != socket.gethostname() or not pid or pid == os.getpid():
+    record = runs.read_record(run_dir)
+    pid = record.pid
+    if record.status != "running" or record.host != socket.gethostname() or not pid or pid == os.getpid():
         return None
     try:
         os.kill(pid, 0)
@@ -206,13 +211,18 @@ def run(
 def _train(config, original, label, run_dir, command, resume, say, main, callbacks=(), show_progress=True) -> None:
     import zoo.peft as zp
     from zoo.experiment.build import build_run
+    from zoo.experiment.fingerprint import base_weights_fingerprint
     from zoo.experiment.model_card import described_changes
     from zoo.train import Trainer
     from zoo.train.memory import peak_memory, reset_peak_memory
 
     built = build_run(config)
     report = zp.parameter_report(built.model)
+    fingerprint = None
     if main:
+        # the base weights as built, before training changes anything (full fine-tuning changes them all)
+        backbone = getattr(built.model, "backbone", None)
+        fingerprint = base_weights_fingerprint(backbone) if backbone is not None else None
         sizes = ", ".join(f"{role} {len(dataset)}" for role, dataset in built.datasets.items())
         say(
             f"{label}{' (scale=tiny)' if config.tiny else ''}: {config.method.name} on {config.backbone.name}, "
@@ -221,14 +231,6 @@ def _train(config, original, label, run_dir, command, resume, say, main, callbac
         say(f"  {report}")
         say(f"  run directory: {run_dir}{' (resuming)' if resume else ''}")
         runs.start(run_dir, config, label, command, resume)
-        outputs = getattr(getattr(built.model, "head", None), "out_features", None)
-        runs.mark(
-            run_dir,
-            "running",
-            num_outputs=outputs,
-            data_dir=str(built.data_dir) if built.data_dir else None,
-            layer_selection=built.layer_selection,
-        )
         if built.layer_selection:
             selection = built.layer_selection
             shown = ", ".join(f"{i}: {score:.3g}" for i, score in enumerate(selection["importance"]))
@@ -258,14 +260,14 @@ def _train(config, original, label, run_dir, command, resume, say, main, callbac
                     _finish(
                         run_dir,
                         built,
-                        label,
-                        command,
                         report,
                         result,
                         test_metrics,
                         described_changes(original, config),
                         say,
                         memory,
+                        fingerprint,
+                        can_forward=not getattr(trainer, "fsdp", False),
                     )
         except KeyboardInterrupt as interrupt:
             if main and runs.status(run_dir) != "complete":  # not when it came after the last line was written
@@ -278,9 +280,12 @@ def _train(config, original, label, run_dir, command, resume, say, main, callbac
             raise
 
 
-def _finish(run_dir, built, label, command, report, result, test_metrics, changed, say, memory=None) -> None:
+def _finish(run_dir, built, report, result, test_metrics, changed, say, memory, fingerprint, can_forward=True) -> None:
+    """Write the adapter, eval_results.json, the model card, and run.json's whole record (last)."""
     import zoo.peft as zp
     from zoo.experiment.model_card import model_card
+    from zoo.experiment.record import ReferenceOutputs, finished_record
+    from zoo.experiment.reference import reference_outputs
 
     config = built.config
     zp.save_adapter(built.model, run_dir / runs.ADAPTER_DIR)
@@ -301,60 +306,28 @@ def _finish(run_dir, built, label, command, report, result, test_metrics, change
             "note": weights,
         }
     runs.write_json(run_dir / runs.EVAL_FILE, results)
-    training = {
-        "steps": result.steps,
-        "epochs": result.epochs,
-        "stopped_early": result.stopped_early,
-        "seconds": result.train_seconds,
-    }
-    card = model_card(
-        recipe=label,
-        command=command,
-        config=config,
-        backbone_spec=built.resolved.backbone,
-        dataset_spec=built.resolved.dataset,
-        task_kind=built.resolved.task_kind,
-        main_metric=built.task.main_metric,
-        report=report,
-        results=results,
-        training=training,
-        data_dir=built.data_dir,
-        run_dir=run_dir,
-        sources=built.sources,
-        rows_used={role: len(dataset) for role, dataset in built.datasets.items()},
-        changed=list(changed),
-    )
-    atomic_write_text(run_dir / runs.CARD_FILE, card)
-    runs.mark(
-        run_dir,
-        "complete",
+    if not can_forward:  # under FSDP rank 0 holds whole tensors for reading only
+        reference = ReferenceOutputs(note="not taken: a strategy=fsdp run holds no whole model to run")
+    else:
+        try:
+            reference = reference_outputs(built.model, built.datasets)
+        except Exception as error:  # a model whose forward needs more than inputs (generation): none stored
+            reference = ReferenceOutputs(note=f"the model could not be run on held-out inputs ({error})")
+    record = finished_record(
+        runs.read_record(run_dir),
+        built,
+        report,
+        result,
+        results,
+        fingerprint=fingerprint,
+        reference=reference,
+        changed=changed,
         finished=runs.now(),
-        steps=result.steps,
-        main_metric=built.task.main_metric,
-        best_metric=result.best_metric,
-        best_step=result.best_step,
-        trainable_parameters=report.trainable,
-        total_parameters=report.total,
-        epochs=result.epochs,
-        stopped_early=result.stopped_early,
-        train_seconds=round(result.train_seconds, 3),
-        **(memory or {}),
-        data={
-            "name": config.data.name,
-            "splits": {
-                role: {"rows_used": len(dataset), **_source(built.sources.get(role))}
-                for role, dataset in built.datasets.items()
-            },
-        },
+        memory=memory,
     )
+    atomic_write_text(run_dir / runs.CARD_FILE, model_card(config, record, run_dir))
+    runs.write_record(run_dir, record)  # complete, and only now
     for split, entry in results.items():
         shown = ", ".join(f"{k} {v:.4f}" for k, v in entry["metrics"].items() if isinstance(v, (int, float)))
         say(f"{split}: {shown}")
     say(f"done: {run_dir} (model card {run_dir / runs.CARD_FILE})")
-
-
-def _source(source) -> dict[str, Any]:
-    """What run.json keeps of a split's source: the file, its rows and checksum (for the results store)."""
-    if source is None:
-        return {}
-    return {"rows": source.rows, "file": str(source.file) if source.file else None, "sha256": source.sha256}

@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from zoo.experiment.config import RunConfig
-from zoo.experiment.model_card import WeightsOrigin
+from zoo.experiment.record import WeightsRecord
 
 FLAGS_WITH_VALUE = ("--out", "--nproc")
 NAMED_WEIGHTS = ("package", "hf", "checkpoint", "source")
 """Origins that ``pretrained: true`` finds again (a checkpoint: given with ``--backbone-weights``)."""
 
 
-def portable_config(config: RunConfig, origin: WeightsOrigin, recipe: str | None, changed: list[str]) -> str:
+def portable_config(config: RunConfig, origin: WeightsRecord, recipe: str | None, changed: list[str]) -> str:
     """``config.yaml`` as published: the run's configuration with the data root and weights path left
     to the machine that uses it."""
     data = config.to_dict()
@@ -99,7 +99,7 @@ def machine_path_markers(run_dir: Path, data_dir: Path | None) -> list[str]:
     return [m for m in markers if m and m not in ("/", ".")]
 
 
-def entry_weights(origin: WeightsOrigin) -> dict[str, Any]:
+def entry_weights(origin: WeightsRecord) -> dict[str, Any]:
     """The entry's ``backbone`` fields that say where the weights came from, by name only."""
     if origin.kind == "package":
         return {"local_copy": origin.label}

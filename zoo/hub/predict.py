@@ -25,9 +25,6 @@ from typing import Any
 import torch
 
 from zoo.errors import (
-    ConfigError,
-    DataError,
-    DownloadError,
     FingerprintMismatch,
     HubError,
 )
@@ -77,16 +74,9 @@ class Predictor:
 
     def outputs(self, inputs: Sequence[Any], batch_size: int = 32) -> torch.Tensor:
         """The model's raw outputs (logits), batch by batch."""
-        from zoo.tasks.train_tasks import model_device
-        from zoo.train.loop import move_to_device
+        from zoo.experiment.reference import model_outputs
 
-        device = model_device(self.model)
-        chunks = []
-        with torch.no_grad():
-            for start in range(0, len(inputs), batch_size):
-                batch = self.collate(list(inputs[start : start + batch_size]))
-                chunks.append(self.model(move_to_device(batch, device)).float().cpu())
-        return torch.cat(chunks) if chunks else torch.empty(0)
+        return model_outputs(self.model, self.collate, inputs, batch_size)
 
     def predict(
         self, inputs: Sequence[Any], batch_size: int = 32, names: Sequence[str] | None = None
@@ -100,28 +90,28 @@ class Predictor:
         against_each_other = getattr(self.model, "predict_inputs", None)
         if against_each_other is not None:
             return against_each_other(list(inputs), batch_size, names)
-        outputs = self.outputs(inputs, batch_size)
-        results = []
-        for output in outputs:
-            if self.task_kind == "regression":
-                results.append({"value": float(output.reshape(-1)[0])})
-            elif output.ndim > 1:
-                indices = output.argmax(-1).tolist()
-                results.append({"labels": [self._name(i) for i in indices]})
-            else:
-                probabilities = output.softmax(-1).tolist()
-                index = int(output.argmax())
-                results.append(
-                    {
-                        "label": self._name(index),
-                        "index": index,
-                        "scores": {self._name(i): p for i, p in enumerate(probabilities)},
-                    }
-                )
-        return results
+        return read_outputs(self.outputs(inputs, batch_size), self.task_kind, self.labels)
 
-    def _name(self, index: int) -> str | int:
-        return self.labels[index] if self.labels and index < len(self.labels) else index
+
+def read_outputs(outputs: torch.Tensor, task_kind: str, labels: Sequence[str] | None) -> list[dict[str, Any]]:
+    """A model's raw outputs as :meth:`Predictor.predict` gives them, classes named by ``labels`` (else indices)."""
+
+    def name(index: int) -> str | int:
+        return labels[index] if labels and index < len(labels) else index
+
+    results = []
+    for output in outputs:
+        if task_kind == "regression":
+            results.append({"value": float(output.reshape(-1)[0])})
+        elif output.ndim > 1:
+            results.append({"labels": [name(i) for i in output.argmax(-1).tolist()]})
+        else:
+            probabilities = output.softmax(-1).tolist()
+            index = int(output.argmax())
+            results.append(
+                {"label": name(index), "index": index, "scores": {name(i): p for i, p in enumerate(probabilities)}}
+            )
+    return results
 
 
 def _check_adapter_folder(pulled) -> None:
@@ -137,11 +127,9 @@ def _check_adapter_folder(pulled) -> None:
 
 def from_pulled(pulled, backbone_weights=None, force: bool = False, log=say_to_stderr) -> Predictor:
     import zoo.peft as zp
-    from zoo.catalog.backbones import create_backbone
-    from zoo.experiment.build import resolve
-    from zoo.hub.fingerprint import backbone_fingerprint
+    from zoo.experiment.build import build_model, resolve
+    from zoo.experiment.fingerprint import backbone_fingerprint
     from zoo.hub.pulled_config import read_pulled_config
-    from zoo.tasks.train_tasks import TaskRequest
 
     entry = pulled.entry
     _check_adapter_folder(pulled)
@@ -154,14 +142,11 @@ def from_pulled(pulled, backbone_weights=None, force: bool = False, log=say_to_s
         )
     pretrained, where = choose_weights(config, backbone_weights)
     log(f"{pulled.name}: base weights from {where}")
-    torch.manual_seed(config.train.seed)
-    backbone = create_backbone(
-        config.backbone.name,
-        pretrained=pretrained,
-        scale="tiny" if config.tiny else "default",
-        **{**resolved.builder.backbone_options, **config.backbone.options},
-    )
-    expected, actual = entry["backbone"]["fingerprint"], backbone_fingerprint(backbone)
+    config.backbone.pretrained = str(pretrained) if isinstance(pretrained, Path) else pretrained
+    task = entry["task"]
+    # the task model without the method; the adapter's own files say what it adds (adapter_config.json)
+    model, train_task = build_model(config, resolved, task.get("num_outputs"), apply_method=False)
+    expected, actual = entry["backbone"]["fingerprint"], backbone_fingerprint(model.backbone)
     if actual != expected:
         message = (
             f"{pulled.name} was trained on {config.backbone.name} weights with fingerprint {expected}, but the "
@@ -173,35 +158,27 @@ def from_pulled(pulled, backbone_weights=None, force: bool = False, log=say_to_s
                 f"or --force to load it anyway"
             )
         warnings.warn(f"{message}; loading it anyway (--force)", stacklevel=2)
-    task = entry["task"]
-    request = TaskRequest(
-        num_outputs=task.get("num_outputs"), main_metric=config.task.main_metric, options=dict(config.task.options)
-    )
-    model, train_task = resolved.builder.build(backbone, request)
     zp.load_adapter(model, pulled.adapter_dir, structure=resolved.backbone.structure)
     return Predictor(
-        model, backbone.collate, task["kind"], task.get("labels"), entry["domain"], pulled.name, train_task, config
+        model,
+        model.backbone.collate,
+        task["kind"],
+        task.get("labels"),
+        entry["domain"],
+        pulled.name,
+        train_task,
+        config,
     )
 
 
 def from_run_dir(run_dir: str | os.PathLike, log=say_to_stderr) -> Predictor:
-    """A run directory's model, as ``zoo eval`` rebuilds it (class names read from its dataset when it is here)."""
-    from zoo.experiment.build import load_built_run, load_datasets
-    from zoo.experiment.labels import label_names
+    """A run directory's model, as ``zoo eval`` rebuilds it, with the class names its record holds."""
+    from zoo.experiment import load_run
+    from zoo.experiment.build import load_built_run
 
+    run = load_run(run_dir)
     built = load_built_run(run_dir)
-    labels = None
-    for role in ("test", "val", "train"):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                datasets, _, _ = load_datasets(built.config, built.resolved, (role,))
-        except (DataError, DownloadError, ConfigError, OSError):  # the data need not be here; classes shown by index
-            labels = None
-            continue
-        if role in datasets:
-            labels = label_names(datasets[role])
-            break
+    labels = run.record.task.labels if run.record.task else None
     return Predictor(
         built.model,
         built.model.backbone.collate,

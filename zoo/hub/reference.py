@@ -1,7 +1,9 @@
 """Reference predictions: a few held-out inputs and what the adapter answered when it was pushed.
 
-``zoo push`` stores them in the index entry as ``"reference_predictions": [{"input": ..., "output":
-...}, ...]``, each ``output`` as :meth:`zoo.hub.predict.Predictor.predict` returns it. A pulled copy
+The runner records the model's raw outputs on a few held-out inputs when a run ends
+(:mod:`zoo.experiment.reference`); ``zoo push`` stores them in the index entry as
+``"reference_predictions": [{"input": ..., "output": ...}, ...]``, each ``output`` as
+:meth:`zoo.hub.predict.Predictor.predict` returns it. A pulled copy
 that answers the same (:func:`check_reference_predictions`) is the adapter that was published, on
 the base weights it was trained on, built the way it was built.
 """
@@ -14,40 +16,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from zoo.errors import HubError
+from zoo.experiment.reference import REFERENCE_COUNT  # noqa: F401  (how many a run records)
 
-REFERENCE_COUNT = 8
 SCORE_TOLERANCE = 1e-4
 """Scores and values may differ by this much (absolute, and relative for large values): another BLAS,
 thread count or CPU changes the last bits of a float32 forward pass."""
 
 
-def held_out_inputs(datasets: dict[str, Any], count: int = REFERENCE_COUNT) -> tuple[str | None, list[Any], str]:
-    """(the role read: test, else val; up to ``count`` raw inputs spread over it; a note on what was left out).
-
-    Only inputs that are JSON strings are kept (texts, protein sequences): an image array or an audio
-    tensor is not what ``zoo predict`` reads from a command line, so it is not stored."""
-    role = next((r for r in ("test", "val") if r in datasets), None)
-    if role is None:
-        return None, [], "no held-out split (test or val) to take reference inputs from"
-    dataset = datasets[role]
-    size = len(dataset)
-    if size == 0:
-        return role, [], f"the {role} split is empty"
-    wanted = min(count, size)
-    indices = sorted({round(i * (size - 1) / max(wanted - 1, 1)) for i in range(wanted)})
-    inputs = [dataset[i][0] for i in indices]
-    kept = [item for item in inputs if isinstance(item, str)]
-    if len(kept) < len(inputs):
-        kind = type(next(item for item in inputs if not isinstance(item, str))).__name__
-        return role, kept, f"{len(inputs) - len(kept)} {role} inputs are {kind} values, not text; not stored"
-    return role, kept, ""
-
-
-def reference_predictions(predictor: Any, inputs: Sequence[Any]) -> list[dict[str, Any]]:
-    """``[{"input", "output"}]`` of ``predictor`` on ``inputs``, as JSON would give them back."""
-    if not inputs:
-        return []
-    outputs = predictor.predict(list(inputs), batch_size=len(inputs))
+def as_json(inputs: Sequence[Any], outputs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``[{"input", "output"}]``, as JSON would give them back (a class index as a score key becomes a string)."""
     return json.loads(json.dumps([{"input": i, "output": o} for i, o in zip(inputs, outputs, strict=True)]))
 
 

@@ -1,9 +1,11 @@
 """One row per run: what ran, what it scored, what it cost, and where it came from.
 
 A row is made from a run directory alone (``zoo results add`` takes any run, ``zoo train`` ones
-too) plus, for a table cell, the cell's coordinates. Provenance (zoo version, git commit and
-whether the tree was dirty, package versions, hardware) is that of the process making the row,
-which for a table cell is the process that trained it; ``provenance_from`` says which.
+too): its record (``run.json``, :class:`zoo.experiment.record.RunRecord`), its configuration and
+metrics, plus, for a table cell, the cell's coordinates. The package versions are those the run
+recorded when it ended; the git commit, whether the tree was dirty, and the hardware are those of
+the process making the row, which for a table cell is the process that trained it;
+``provenance_from`` says which.
 """
 
 from __future__ import annotations
@@ -14,13 +16,11 @@ import math
 import os
 import platform
 import subprocess
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from zoo import __version__
 
-PACKAGES = ("torch", "transformers", "timm", "open_clip_torch", "fair-esm", "torchaudio", "numpy", "peft", "pydantic")
 CONVERGENCE_FRACTION = 0.95
 
 
@@ -45,17 +45,6 @@ def git_state() -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError):
         return {"git_commit": None, "git_dirty": None}
     return {"git_commit": commit, "git_dirty": dirty}
-
-
-@functools.cache
-def package_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version(), "zoo": __version__}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
 
 
 @functools.cache
@@ -86,11 +75,14 @@ def hardware() -> dict[str, Any]:
     return info
 
 
-def provenance(source: str) -> dict[str, Any]:
+def provenance(source: str, versions: dict[str, str] | None = None) -> dict[str, Any]:
+    """``versions``: the packages a run recorded (default: this process's)."""
+    from zoo.experiment.record import package_versions
+
     return {
-        "zoo_version": __version__,
+        "zoo_version": (versions or {}).get("zoo", __version__),
         **git_state(),
-        "packages": package_versions(),
+        "packages": versions or package_versions(),
         "hardware": hardware(),
         "provenance_from": source,
     }
@@ -124,20 +116,23 @@ def _adapter_bytes(run_dir: Path) -> int | None:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
 
-def _examples_per_second(history: list[dict[str, Any]], record: dict[str, Any], train: dict[str, Any]) -> float | None:
+def _examples_per_second(history: list[dict[str, Any]], training: Any, train: dict[str, Any]) -> float | None:
     logged = [
         row["examples_per_second"] for row in history if row.get("split") == "train" and row.get("examples_per_second")
     ]
     if logged:
         return round(sum(logged) / len(logged), 2)
-    seconds, steps = record.get("train_seconds"), record.get("steps")
+    seconds, steps = (training.seconds, training.steps) if training else (None, None)
     if seconds and steps:
         return round(steps * train.get("batch_size", 1) * train.get("grad_accum", 1) / seconds, 2)
     return None
 
 
 def row_from_run(run_dir: str | os.PathLike, cell: dict[str, Any] | None = None, source: str = "add") -> dict[str, Any]:
-    """The store's row of a run directory (any status); ``cell`` adds a table cell's coordinates."""
+    """The store's row of a run directory (any status); ``cell`` adds a table cell's coordinates.
+
+    The main metric is the one the run recorded (its task's, which chose the best checkpoint); a run that
+    did not complete has none unless its configuration names one (``task.main_metric``)."""
     from zoo.experiment import run_dir as runs
     from zoo.experiment.yaml_files import read_yaml
     from zoo.results.cells import config_hash
@@ -146,22 +141,24 @@ def row_from_run(run_dir: str | os.PathLike, cell: dict[str, Any] | None = None,
 
     run_dir = Path(run_dir).resolve()
     config = read_yaml(run_dir / runs.CONFIG_FILE)
-    record = runs.read_json(run_dir / runs.RUN_FILE)
+    record = runs.read_record(run_dir)
     results = runs.read_json(run_dir / runs.EVAL_FILE)
     try:
         history = read_metrics(run_dir)
     except json.JSONDecodeError:
         history = []
-    train, backbone, data = config.get("train", {}), config.get("backbone", {}), config.get("data", {})
-    main_metric = record.get("main_metric") or (config.get("task") or {}).get("main_metric") or "accuracy"
-    trainable, total = record.get("trainable_parameters"), record.get("total_parameters")
-    data_record = record.get("data") or {}
+    train, backbone = config.get("train", {}), config.get("backbone", {})
+    main_metric = record.main_metric or (config.get("task") or {}).get("main_metric")
+    better = record.task.greater_is_better if record.task else main_metric and greater_is_better(main_metric)
+    parameters, training, memory = record.parameters, record.training, record.memory
+    trainable = parameters.trainable if parameters else None
+    total = parameters.total if parameters else None
     row: dict[str, Any] = {
         "run_dir": str(run_dir),
-        "status": record.get("status", "unknown"),
-        "error": record.get("error"),
-        "recipe": record.get("recipe"),
-        "command": record.get("command"),
+        "status": record.status,
+        "error": record.error,
+        "recipe": record.recipe,
+        "command": record.command,
         "config_hash": config_hash(config),
         "config": config,
         "scale_setting": config.get("scale"),
@@ -169,26 +166,28 @@ def row_from_run(run_dir: str | os.PathLike, cell: dict[str, Any] | None = None,
         "random_init": config.get("scale") == "tiny" or backbone.get("pretrained") is False,
         "method": (config.get("method") or {}).get("name"),
         "seed": train.get("seed"),
-        "train_size": data.get("max_train_examples"),
-        "dataset": data.get("name"),
-        "data_splits": data_record.get("splits"),
+        "train_size": (config.get("data") or {}).get("max_train_examples"),
+        "dataset": (config.get("data") or {}).get("name"),
+        "data_splits": {role: split.model_dump(exclude_none=True) for role, split in record.data.splits.items()}
+        if record.data
+        else None,
         "metrics": {split: entry.get("metrics", {}) for split, entry in results.items()},
         "main_metric": main_metric,
-        "best_val_metric": record.get("best_metric"),
-        "steps": record.get("steps"),
-        "steps_to_95pct_best_val": steps_to_fraction_of_best(history, main_metric, greater_is_better(main_metric)),
+        "best_val_metric": training.best_metric if training else None,
+        "steps": training.steps if training else None,
+        "steps_to_95pct_best_val": steps_to_fraction_of_best(history, main_metric, better) if main_metric else None,
         "trainable_parameters": trainable,
         "total_parameters": total,
         "trainable_percent": 100 * trainable / total if trainable is not None and total else None,
         "parameter_reduction_percent": 100 * (1 - trainable / total) if trainable is not None and total else None,
         "adapter_bytes": _adapter_bytes(run_dir),
-        "peak_memory_bytes": record.get("peak_memory_bytes"),
-        "peak_memory_kind": record.get("peak_memory_kind"),
-        "train_seconds": record.get("train_seconds"),
-        "examples_per_second": _examples_per_second(history, record, train),
-        "started": record.get("started"),
-        "finished": record.get("finished"),
-        **provenance(source),
+        "peak_memory_bytes": memory.peak_bytes if memory else None,
+        "peak_memory_kind": memory.kind if memory else None,
+        "train_seconds": training.seconds if training else None,
+        "examples_per_second": _examples_per_second(history, training, train),
+        "started": record.started,
+        "finished": record.finished,
+        **provenance(source, record.versions or None),
     }
     if cell is not None:
         row.update(cell_fields(cell))
@@ -197,7 +196,7 @@ def row_from_run(run_dir: str | os.PathLike, cell: dict[str, Any] | None = None,
             table=None,
             scale=None,
             cell=None,
-            domain=_domain_of(backbone.get("name")),
+            domain=record.backbone.domain if record.backbone else _domain_of(backbone.get("name")),
             method_label=row["method"],
             metric=main_metric,
         )
