@@ -332,3 +332,18 @@ def test_the_method_config_is_built_once_from_recipe_to_adapter(recipes, monkeyp
     # the adapter keeps its own copy: the head it filled in is not written back into the run's config
     assert record.config.modules_to_save and config.method.modules_to_save is None
     assert "modules_to_save" not in config.to_dict()["method"]
+
+
+def test_run_configs_read_the_recipe_once_and_keep_it_as_written(recipes, monkeypatch):
+    from zoo.experiment import recipes as recipe_files
+    from zoo.experiment.config import load_run_configs
+
+    reads = []
+    read = recipe_files.read_recipe
+    monkeypatch.setattr(recipe_files, "read_recipe", lambda path, *seen: reads.append(path) or read(path, *seen))
+    config, written = load_run_configs("vision/medical-lora", ["scale=tiny", "method.r=16"])
+    assert [Path(path).name for path in reads] == ["medical-lora.yaml", "_base.yaml"]  # each file once
+    assert (config.method.r, written.method.r) == (16, 4) and written.scale == "tiny" == config.scale
+    assert written.train.max_steps == 3  # the recipe's tiny section, at the run's scale
+    config, written = load_run_configs("vision/medical-lora", ["scale=tiny"])
+    assert written is config  # nothing else overridden: one config

@@ -224,7 +224,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     """``["method.r=16", "train.lr=3e-4"]`` -> ``{"method": {"r": 16}, "train": {"lr": 0.0003}}``.
     Values read as YAML (:func:`zoo.experiment.yaml_files.parse_value`); ``${...}`` is kept for
     :func:`compose` to resolve against the whole configuration."""
-    nested = OmegaConf.create()
+    nested: dict[str, Any] = {}
     for pair in pairs:
         key, sep, text = pair.partition("=")
         key = key.strip()
@@ -245,11 +245,19 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
                 f"override key {key!r} is too deep: write section.key (e.g. method.r=16), or section.options.key "
                 f"for builder options (e.g. backbone.options.img_size=384)"
             )
+        nested = with_dotted_keys(nested, {key: parse_value(text)})
+    return nested
+
+
+def with_dotted_keys(overrides: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """``overrides`` (nested) with each dotted key of ``values`` set on top: ``{"method.r": 8}``."""
+    merged = OmegaConf.create(overrides)
+    for key, value in values.items():
         try:
-            OmegaConf.update(nested, key, parse_value(text), merge=True)
+            OmegaConf.update(merged, key, value, merge=True)
         except OmegaConfBaseException as error:
-            raise ConfigError(f"override {pair!r}: {_first_line(error)}") from None
-    return OmegaConf.to_container(nested)
+            raise ConfigError(f"override {key}={value!r}: {_first_line(error)}") from None
+    return OmegaConf.to_container(merged)
 
 
 def _first_line(error: Exception) -> str:
@@ -383,5 +391,8 @@ def load_run_configs(recipe: str | Path, overrides: list[str] | dict[str, Any] =
     """The run's configuration and the recipe's own at the same scale (what the recipe says without the
     other overrides, to tell whether its description still fits), from one reading of the recipe."""
     path, data = _read(recipe)
-    config = _validated(path, data, overrides)
+    parsed = parse_overrides(list(overrides)) if not isinstance(overrides, dict) else overrides
+    config = _validated(path, data, parsed)
+    if not set(parsed) - {"scale"}:
+        return config, config  # nothing but the scale changed: the recipe as written is the run's config
     return config, _validated(path, data, {"scale": config.scale} if config.scale != "default" else {})

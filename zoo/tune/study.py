@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, cast
 
 from zoo.errors import ConfigError
-from zoo.experiment.config import RunConfig, load_config
+from zoo.experiment.config import RunConfig, load_config, with_dotted_keys
 from zoo.experiment.yaml_files import dump_yaml
 from zoo.files import atomic_write_text
 from zoo.tune import trials as trials_
@@ -64,24 +64,6 @@ def _metric_direction(config: RunConfig) -> tuple[str, bool]:
     return metric, greater_is_better(metric)
 
 
-def _overrides_of(parameters: list[SearchParameter], values: dict[str, Any]) -> dict[str, Any]:
-    """Dotted keys -> the nested mapping that load_config takes as overrides."""
-    nested: dict[str, Any] = {}
-    for parameter in parameters:
-        node = nested
-        *parents, last = parameter.key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = values[parameter.key]
-    return nested
-
-
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    from zoo.experiment.yaml_files import merge
-
-    return merge(base, update)
-
-
 def _lowest_value(parameter: SearchParameter) -> Any:
     if parameter.kind == "choice":
         return parameter.choices[0]
@@ -95,7 +77,7 @@ def check_parameters(recipe: str, overrides: dict[str, Any], parameters: list[Se
     for parameter in parameters:
         sample = _lowest_value(parameter)
         try:
-            load_config(recipe, _merge(overrides, _overrides_of([parameter], {parameter.key: sample})))
+            load_config(recipe, with_dotted_keys(overrides, {parameter.key: sample}))
         except ConfigError as error:
             raise ConfigError(f"search {parameter.describe()}: {error}") from None
 
@@ -223,7 +205,7 @@ def tune(
         try:
             run = run_experiment(
                 recipe,
-                _merge(overrides, _overrides_of(parameters, values)),
+                with_dotted_keys(overrides, {parameter.key: values[parameter.key] for parameter in parameters}),
                 out=out,
                 resume=resume,
                 log=None,
