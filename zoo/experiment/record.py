@@ -38,7 +38,8 @@ class TaskRecord(RecordModel):
     kind: str | None = None
     main_metric: str
     """The metric that chose the best checkpoint and that result tables report."""
-    greater_is_better: bool = True
+    greater_is_better: bool | None = None
+    """Whether a higher ``main_metric`` is better (None: not recorded, a run of an older zoo)."""
     num_outputs: int | None = None
     labels: list[str] | None = None
     """Class (or per-token state) names by output index, as the dataset named them; None: it named none."""

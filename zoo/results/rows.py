@@ -149,7 +149,9 @@ def row_from_run(run_dir: str | os.PathLike, cell: dict[str, Any] | None = None,
         history = []
     train, backbone = config.get("train", {}), config.get("backbone", {})
     main_metric = record.main_metric or (config.get("task") or {}).get("main_metric")
-    better = record.task.greater_is_better if record.task else main_metric and greater_is_better(main_metric)
+    better = record.task.greater_is_better if record.task else None
+    if better is None and main_metric:
+        better = greater_is_better(main_metric)
     parameters, training, memory = record.parameters, record.training, record.memory
     trainable = parameters.trainable if parameters else None
     total = parameters.total if parameters else None
