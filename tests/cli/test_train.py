@@ -64,6 +64,8 @@ def test_recipe_trains_end_to_end_through_the_cli(zoo, tmp_path, recipe):
 
     code, out, _ = zoo("info", run_dir)
     assert code == 0 and "(complete)" in out and "adapter/" in out and f"zoo train {recipe} scale=tiny" in out
+    assert f"fingerprint {record['backbone']['fingerprint']}" in out
+    assert f"{record['parameters']['trainable']:,} of {record['parameters']['total']:,} parameters" in out
 
 
 def test_model_card_reports_the_parameters_of_the_trained_model(zoo, tmp_path):

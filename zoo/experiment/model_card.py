@@ -24,6 +24,11 @@ def _number(value: Any) -> str:
     return str(value)
 
 
+def _option(value: Any) -> Any:
+    """A method option as a recipe writes it: ``lora_alpha=8``, though its config holds the float 8.0."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 def _metrics_table(results: dict[str, Any], main_metric: str) -> list[str]:
     rows = [(split, entry.get("metrics", {}), entry) for split, entry in results.items() if entry.get("metrics")]
     if not rows:
@@ -232,7 +237,7 @@ def model_card(
     main_metric, report, data = record.task.main_metric, record.parameters, record.data
     changed, splits = record.changed, data.splits
     method = config.method
-    options = ", ".join(f"{k}={v}" for k, v in method.options.items() if v is not None) or "defaults"
+    options = ", ".join(f"{k}={_option(v)}" for k, v in method.options.items() if v is not None) or "defaults"
     dataset = f"`{data.name}`: {data.description}" + (f" (licence {data.licence})" if data.licence else "")
     if config.tiny:
         dataset = f"`{data.name}` synthetic fixture (scale=tiny)"
