@@ -48,7 +48,7 @@ def base_weights_fingerprint(backbone: nn.Module) -> str:
     )
     state = {}
     for key, tensor in backbone.state_dict().items():
-        if key.startswith(adapter_prefixes) or f"{key}." in {p for p in adapter_prefixes}:
+        if key.startswith(adapter_prefixes):  # the groups are dicts keyed by adapter name
             continue
         base_key = logical_path(key)
         if base_key in state:  # a layer wrapped twice keeps one copy of its weights
