@@ -14,19 +14,35 @@ ConfigError with its own message; that message is passed on unchanged.
 from __future__ import annotations
 
 import difflib
+import math
 import types
 import typing
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, PlainValidator, ValidationError, model_validator
 
 from zoo.errors import ConfigError
 
 _WORDS = {"str": "a string", "int": "a whole number", "float": "a number", "bool": "true or false"}
 
 
+def _number_as_written(value: Any) -> int | float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError("Input should be a valid number")
+    if not math.isfinite(value):
+        raise ValueError("it must be a finite number (nan and inf are refused)")
+    return value
+
+
+Number = Annotated[float, PlainValidator(_number_as_written)]
+"""A finite number kept as written: ``8`` stays an int (a saved config and a model card say
+``lora_alpha=8``, not ``8.0``); a bool or a string is refused like in any strict field."""
+
+
 def type_name(annotation: Any) -> str:
     """``int`` -> "a whole number", ``int | None`` -> "a whole number or null", others as written."""
+    if typing.get_origin(annotation) is Annotated:
+        return type_name(annotation.__origin__)
     arguments = typing.get_args(annotation)
     if typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in arguments:
         rest = [argument for argument in arguments if argument is not type(None)]
@@ -88,7 +104,8 @@ def describe(
             )
         else:
             expected = f"; expected {type_name(field.annotation)}" if field is not None else ""
-            messages.append(f"{lead}{key}={item['input']!r} is not allowed{qualifier}: {item['msg']}{expected}")
+            reason = item["msg"].removeprefix("Value error, ")
+            messages.append(f"{lead}{key}={item['input']!r} is not allowed{qualifier}: {reason}{expected}")
     return "; ".join(list(dict.fromkeys(messages))[:3])
 
 

@@ -30,6 +30,7 @@ from zoo.peft.engine import InjectionContext
 from zoo.peft.layers import WrappedLayer
 from zoo.peft.registry import register_method
 from zoo.peft.targeting import base_of
+from zoo.strict_model import Number
 
 VARIANTS = ("houlsby", "pfeiffer")
 SIZES = {"tiny": 8, "small": 64}
@@ -46,7 +47,7 @@ class BottleneckAdapterConfig(MethodConfig):
     variant: str = option(
         "houlsby", help="'houlsby': after attention output and FFN output; 'pfeiffer': after FFN output only."
     )
-    reduction_factor: float | None = option(
+    reduction_factor: Number | None = option(
         None, help="Bottleneck = hidden size / reduction_factor (16 when neither this nor size is set)."
     )
     size: str | None = option(None, help="Named bottleneck size instead of reduction_factor: 'tiny' = 8, 'small' = 64.")

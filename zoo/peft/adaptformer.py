@@ -38,12 +38,13 @@ from zoo.peft.engine import InjectionContext
 from zoo.peft.layers import WrappedLayer
 from zoo.peft.registry import register_method
 from zoo.peft.targeting import base_of
+from zoo.strict_model import Number
 
 
 class AdaptFormerConfig(MethodConfig):
     bottleneck: int = option(64, help="Width of the parallel bottleneck.")
-    scale: float = option(0.1, help="Scale s of the bottleneck's output.")
-    adapter_dropout: float = option(0.0, help="Dropout after the bottleneck's relu (the original code uses 0.1).")
+    scale: Number = option(0.1, help="Scale s of the bottleneck's output.")
+    adapter_dropout: Number = option(0.0, help="Dropout after the bottleneck's relu (the original code uses 0.1).")
 
     def check(self) -> None:
         super().check()

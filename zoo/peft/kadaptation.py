@@ -36,6 +36,7 @@ from zoo.peft.layers import AdapterModule, DeltaWeightLayer
 from zoo.peft.lora import _param_path, _slice_bounds
 from zoo.peft.registry import register_method
 from zoo.peft.targeting import FUSED_SLICE_NAMES, base_of
+from zoo.strict_model import Number
 
 SHARED_NAME = "zoo_kadaptation"
 
@@ -45,7 +46,7 @@ class KAdaptationConfig(MethodConfig):
         4, help="Size of the shared n x n factors A_i and number of Kronecker terms; must divide in and out features."
     )
     r: int = option(1, help="Rank of each fast-weight product u_i v_i^T.")
-    alpha: float = option(1.0, help="Scale numerator: the update is multiplied by alpha / r.")
+    alpha: Number = option(1.0, help="Scale numerator: the update is multiplied by alpha / r.")
 
     def check(self) -> None:
         super().check()

@@ -35,12 +35,13 @@ from zoo.peft.engine import InjectionContext, adapter_modules
 from zoo.peft.layers import DeltaWeightLayer, logical_path
 from zoo.peft.registry import register_method
 from zoo.peft.targeting import FUSED_SLICE_NAMES, base_of
+from zoo.strict_model import Number
 
 
 class LoraConfig(MethodConfig):
     r: int = option(8, help="Rank of the update B A.")
-    lora_alpha: float = option(8, help="Scale numerator: the update is multiplied by lora_alpha / r.")
-    lora_dropout: float = option(0.0, help="Dropout on the input of the low-rank branch.")
+    lora_alpha: Number = option(8, help="Scale numerator: the update is multiplied by lora_alpha / r.")
+    lora_dropout: Number = option(0.0, help="Dropout on the input of the low-rank branch.")
     use_rslora: bool = option(False, help="Scale by lora_alpha / sqrt(r) (rank-stabilised LoRA).")
 
     def check(self) -> None:

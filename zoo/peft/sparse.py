@@ -37,12 +37,13 @@ from zoo.peft.engine import InjectionContext
 from zoo.peft.layers import WrappedLayer
 from zoo.peft.registry import register_method
 from zoo.peft.targeting import base_of, match_modules, no_default_targets
+from zoo.strict_model import Number
 
 SELECTIONS = ("magnitude", "gradient", "random")
 
 
 class SparseConfig(MethodConfig):
-    density: float = option(
+    density: Number = option(
         0.2,
         help="Fraction of each weight's entries trained, in (0, 1]; 0.6 and 0.2 are the usual '40%/80% pruned' settings.",
     )

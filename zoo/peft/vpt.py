@@ -30,6 +30,7 @@ from zoo.peft.engine import InjectionContext
 from zoo.peft.layers import AdapterModule
 from zoo.peft.registry import register_method
 from zoo.peft.targeting import base_of
+from zoo.strict_model import Number
 
 ROOT_NAME = "zoo_vpt"
 INITS = ("xavier", "normal")
@@ -38,7 +39,7 @@ INITS = ("xavier", "normal")
 class VptConfig(MethodConfig):
     num_prompts: int = option(10, help="Prompt tokens P inserted after the [CLS] token(s).")
     deep: bool = option(False, help="VPT-deep: fresh prompts before every block (else only before the first).")
-    prompt_dropout: float = option(0.0, help="Dropout on the prompt tokens during training.")
+    prompt_dropout: Number = option(0.0, help="Dropout on the prompt tokens during training.")
     init: str = option(
         "xavier",
         help="'xavier': uniform(-v, v), v = sqrt(6 / (fan_in + dim)), fan_in = in_channels * kernel area of "
