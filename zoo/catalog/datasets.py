@@ -20,7 +20,7 @@ import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import AbstractSet, Any, Callable
 
 from torch.utils.data import Dataset
 
@@ -205,7 +205,7 @@ class SplitSource:
 
 
 def describe_split(
-    spec: DatasetSpec, dataset: Dataset, split: str, directory: Path | None, differing: set[Path] = frozenset()
+    spec: DatasetSpec, dataset: Dataset, split: str, directory: Path | None, differing: AbstractSet[Path] = frozenset()
 ) -> SplitSource:
     """Where a loaded split came from: the dataset's ``source`` file if it names one, else the one canonical
     file its split reads. ``differing``: files a ChecksumWarning named while it was loaded."""

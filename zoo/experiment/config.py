@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Sequence
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -375,19 +375,19 @@ def _read(recipe: str | Path) -> tuple[Path, dict[str, Any]]:
     return path, data
 
 
-def _validated(path: Path, data: dict[str, Any], overrides: list[str] | dict[str, Any]) -> RunConfig:
+def _validated(path: Path, data: dict[str, Any], overrides: Sequence[str] | dict[str, Any]) -> RunConfig:
     parsed = parse_overrides(list(overrides)) if not isinstance(overrides, dict) else overrides
     method_name = (parsed.get("method") or {}).get("name") or (data.get("method") or {}).get("name")
     check_keys(parsed, " (command line)", method_name=method_name)
     return validate(compose(data, parsed, f" in {path}"), f" in {path}")
 
 
-def load_config(recipe: str | Path, overrides: list[str] | dict[str, Any] = ()) -> RunConfig:
+def load_config(recipe: str | Path, overrides: Sequence[str] | dict[str, Any] = ()) -> RunConfig:
     """Read a recipe (by name, e.g. ``vision/medical-lora``, or a YAML path) and apply overrides."""
     return _validated(*_read(recipe), overrides)
 
 
-def load_run_configs(recipe: str | Path, overrides: list[str] | dict[str, Any] = ()) -> tuple[RunConfig, RunConfig]:
+def load_run_configs(recipe: str | Path, overrides: Sequence[str] | dict[str, Any] = ()) -> tuple[RunConfig, RunConfig]:
     """The run's configuration and the recipe's own at the same scale (what the recipe says without the
     other overrides, to tell whether its description still fits), from one reading of the recipe."""
     path, data = _read(recipe)

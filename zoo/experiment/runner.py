@@ -23,7 +23,7 @@ import socket
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from zoo.errors import ConfigError
 from zoo.experiment import run_dir as runs
@@ -151,7 +151,7 @@ def still_running(run_dir: Path) -> int | None:
 
 def run(
     recipe: str | os.PathLike | RunConfig,
-    overrides: list[str] | dict[str, Any] = (),
+    overrides: Sequence[str] | dict[str, Any] = (),
     *,
     out: str | os.PathLike | None = None,
     resume: bool = False,

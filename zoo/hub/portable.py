@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from zoo.experiment.config import RunConfig
 from zoo.experiment.record import WeightsRecord
@@ -84,7 +84,7 @@ def portable_command(command: str | None, recipe: str | None, name: str) -> tupl
     return shlex.join(kept), left
 
 
-def machine_paths(text: str, paths: list[str | Path]) -> list[str]:
+def machine_paths(text: str, paths: Sequence[str | Path]) -> list[str]:
     """Which of ``paths`` (this machine's data root, run folder, virtualenv, home) ``text`` names."""
     return [str(p) for p in paths if p and str(p) not in ("/", ".") and str(p) in text]
 

@@ -99,7 +99,7 @@ def read_outputs(outputs: torch.Tensor, task_kind: str, labels: Sequence[str] | 
     def name(index: int) -> str | int:
         return labels[index] if labels and index < len(labels) else index
 
-    results = []
+    results: list[dict[str, Any]] = []
     for output in outputs:
         if task_kind == "regression":
             results.append({"value": float(output.reshape(-1)[0])})

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from pathlib import PurePosixPath
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Mapping
 
 from pydantic import (
     BaseModel,
@@ -260,7 +260,7 @@ class HubIndex(HubModel):
 
 
 # -- parsing, with errors that name the hub, the entry and the field --------------------
-def _describe(location: tuple[Any, ...], item: dict[str, Any]) -> str:
+def _describe(location: tuple[Any, ...], item: Mapping[str, Any]) -> str:
     field = ".".join(str(part) for part in location) or "the entry"
     if item["type"] == "missing":
         return f"field {field!r} is missing"
