@@ -31,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from zoo.errors import ConfigError
     from zoo.experiment import run_dir as runs
     from zoo.experiment.build import load_built_run, load_split, resolve
+    from zoo.train.task import dataset_size
 
     if not runs.is_run_dir(args.run_dir):
         from zoo.hub.evaluate import run as evaluate_hub_adapter
@@ -50,9 +51,9 @@ def run(args: argparse.Namespace) -> int:
     with torch.no_grad():
         metrics = built.task.evaluate(model, dataset, batch_size)
     runs.update_eval_results(
-        args.run_dir, args.split, metrics, note=f"zoo eval, {len(dataset)} examples", at=runs.now()
+        args.run_dir, args.split, metrics, note=f"zoo eval, {dataset_size(dataset)} examples", at=runs.now()
     )
-    print(f"{args.run_dir} on {config.data.name} {args.split} ({len(dataset)} examples):")
+    print(f"{args.run_dir} on {config.data.name} {args.split} ({dataset_size(dataset)} examples):")
     for name, value in metrics.items():
         print(f"  {name:<14} {value:.4f}")
     return 0

@@ -215,6 +215,7 @@ def _train(config, original, label, run_dir, command, resume, say, main, callbac
     from zoo.experiment.model_card import described_changes
     from zoo.train import Trainer
     from zoo.train.memory import peak_memory, reset_peak_memory
+    from zoo.train.task import dataset_size
 
     built = build_run(config)
     report = zp.parameter_report(built.model)
@@ -223,7 +224,7 @@ def _train(config, original, label, run_dir, command, resume, say, main, callbac
         # the base weights as built, before training changes anything (full fine-tuning changes them all)
         backbone = getattr(built.model, "backbone", None)
         fingerprint = base_weights_fingerprint(backbone) if backbone is not None else None
-        sizes = ", ".join(f"{role} {len(dataset)}" for role, dataset in built.datasets.items())
+        sizes = ", ".join(f"{role} {dataset_size(dataset)}" for role, dataset in built.datasets.items())
         say(
             f"{label}{' (scale=tiny)' if config.tiny else ''}: {config.method.name} on {config.backbone.name}, "
             f"{config.data.name} ({sizes})"

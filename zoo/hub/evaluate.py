@@ -14,6 +14,7 @@ def run(args: argparse.Namespace) -> int:
     from zoo.errors import ConfigError
     from zoo.experiment.build import load_split, resolve
     from zoo.hub.predict import load
+    from zoo.train.task import dataset_size
 
     predictor = load(str(args.run_dir), hub=args.hub, backbone_weights=args.backbone_weights)
     if predictor.config is None or predictor.task is None:
@@ -30,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
         )
     dataset, _ = load_split(config, resolved, args.split)
     metrics = predictor.task.evaluate(predictor.model, dataset, args.batch_size or config.train.eval_batch_size)
-    print(f"{predictor.name} on {config.data.name} {args.split} ({len(dataset)} examples):")
+    print(f"{predictor.name} on {config.data.name} {args.split} ({dataset_size(dataset)} examples):")
     for name, value in metrics.items():
         print(f"  {name:<14} {value:.4f}")
     return 0
