@@ -355,6 +355,7 @@ def _unload(model: nn.Module, keep_heads: bool) -> nn.Module:
     state = _state_or_error(model)
     active = state.active if state.enabled else None
     for name, module in reversed(list(adapter_modules(model))):
+        replacement: nn.Module | None  # None: the wrapper is removed with nothing in its place
         if isinstance(module, HeadCopy) and keep_heads and active is not None and active in module.modules_to_save:
             replacement = module.modules_to_save[active]
         else:
