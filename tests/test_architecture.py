@@ -1,6 +1,7 @@
 """The package layout as a checked rule: one-way imports, no cycles, no domain in the core."""
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -123,3 +124,24 @@ def test_light_modules_do_not_import_torch(module):
         ).stdout.strip()
         == "False"
     )
+
+
+def _readme_layout() -> str:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Layout", 1)[1]
+    return section.split("```", 2)[1]
+
+
+def test_the_readme_layout_names_every_package_and_module():
+    """The README's layout is the map a newcomer reads first: each package of zoo and zoo_domains, and each
+    top-level module of zoo, is named in it (a package added without a line there fails here)."""
+    layout = _readme_layout()
+    named = set(re.findall(r"^(zoo(?:_domains)?/[\w./]*)", layout, flags=re.MULTILINE))
+    packages = {f"zoo/{p.parent.name}/" for p in (ROOT / "zoo").glob("*/__init__.py")}
+    modules = {f"zoo/{p.name}" for p in (ROOT / "zoo").glob("*.py") if p.name != "__init__.py"}
+    expected = packages | modules | {"zoo/recipes/", "zoo_domains/"}
+    assert expected - named == set(), f"add these to the Layout section of README.md: {sorted(expected - named)}"
+    assert named - expected == set(), f"the Layout section names what no longer exists: {sorted(named - expected)}"
+    domains = {p.parent.name for p in (ROOT / "zoo_domains").glob("*/__init__.py")}
+    described = layout.split("zoo_domains/", 1)[1].split("\n")[0]
+    assert all(domain in described for domain in domains), f"name every domain package on the zoo_domains line: {domains}"
