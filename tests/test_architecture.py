@@ -97,7 +97,9 @@ def _cycle(edges: dict[str, set[str]]) -> list[str] | None:
 
 
 def test_the_core_never_imports_a_domain():
-    offenders = {m: sorted(t for t in targets if t.split(".")[0] == "zoo_domains") for m, targets in _graph("zoo").items()}
+    offenders = {
+        m: sorted(t for t in targets if t.split(".")[0] == "zoo_domains") for m, targets in _graph("zoo").items()
+    }
     assert not {m: t for m, t in offenders.items() if t}
 
 
@@ -144,4 +146,6 @@ def test_the_readme_layout_names_every_package_and_module():
     assert named - expected == set(), f"the Layout section names what no longer exists: {sorted(named - expected)}"
     domains = {p.parent.name for p in (ROOT / "zoo_domains").glob("*/__init__.py")}
     described = layout.split("zoo_domains/", 1)[1].split("\n")[0]
-    assert all(domain in described for domain in domains), f"name every domain package on the zoo_domains line: {domains}"
+    assert all(domain in described for domain in domains), (
+        f"name every domain package on the zoo_domains line: {domains}"
+    )

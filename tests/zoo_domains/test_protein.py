@@ -13,12 +13,12 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 import zoo.peft as zp
-from zoo_domains.protein import backbones as protein_backbones
-from zoo_domains.protein import data as protein_data
 from zoo.catalog.backbones import BACKBONES, PretrainedUnavailable, create_backbone
 from zoo.catalog.datasets import DATASETS, DataError, load_dataset
 from zoo.catalog.registry import UnknownNameError
 from zoo.tasks.heads import IGNORE_INDEX, TaskModel
+from zoo_domains.protein import backbones as protein_backbones
+from zoo_domains.protein import data as protein_data
 
 esm = pytest.importorskip("esm")
 

@@ -16,12 +16,12 @@ import torch
 import torchaudio.functional as AF
 
 import zoo.peft as zp
-from zoo_domains.speech import backbones as speech
-from zoo_domains.speech import data
 from zoo.catalog.backbones import BACKBONES, PretrainedUnavailable, create_backbone
 from zoo.catalog.datasets import DATASETS, DataError, load_dataset
 from zoo.peft.structure import detect_structure
 from zoo.tasks.heads import TaskModel
+from zoo_domains.speech import backbones as speech
+from zoo_domains.speech import data
 
 SHARED_FSDD = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "fsdd"
 

@@ -14,14 +14,14 @@ import pytest
 import torch
 
 import zoo.peft as zp
-from zoo_domains.text import backbones as text_backbones
-from zoo_domains.text.data import AGNEWS_LABELS, SST2_URL, make_agnews_fixture, make_sst2_fixture
-from zoo_domains.text.tasks import Seq2SeqModel
 from zoo.catalog.backbones import PretrainedUnavailable, create_backbone
 from zoo.catalog.datasets import DATASETS, DataError, load_dataset
 from zoo.catalog.download import ChecksumWarning
 from zoo.catalog.registry import UnknownNameError
 from zoo.tasks.heads import TaskModel
+from zoo_domains.text import backbones as text_backbones
+from zoo_domains.text.data import AGNEWS_LABELS, SST2_URL, make_agnews_fixture, make_sst2_fixture
+from zoo_domains.text.tasks import Seq2SeqModel
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 ENCODERS = ("bert_base", "roberta_base", "minilm_l6")

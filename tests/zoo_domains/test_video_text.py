@@ -15,13 +15,13 @@ import torch
 import torch.nn.functional as F
 
 import zoo.peft as zp
+from zoo.catalog.backbones import PretrainedUnavailable, create_backbone
+from zoo.catalog.datasets import DataError, load_dataset
+from zoo.tasks.heads import TaskModel
 from zoo_domains.video_text.backbones import OPEN_CLIP_VIT, TINY_CONFIG
 from zoo_domains.video_text.clips import read_clip, sample_indices
 from zoo_domains.video_text.data import CATEGORIES, make_fixture, synthetic_clip
 from zoo_domains.video_text.tasks import RetrievalModel, Temperature, contrastive_loss, retrieval_evaluate
-from zoo.catalog.backbones import PretrainedUnavailable, create_backbone
-from zoo.catalog.datasets import DataError, load_dataset
-from zoo.tasks.heads import TaskModel
 
 
 def tiny(**options):

@@ -11,11 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from zoo_domains.vision.data import load_medmnist, write_medmnist_fixture
 from zoo.catalog.backbones import PretrainedUnavailable, create_backbone
 from zoo.catalog.datasets import DataError, load_dataset
 from zoo.catalog.download import ChecksumWarning
 from zoo.tasks.heads import TASKS, TaskModel
+from zoo_domains.vision.data import load_medmnist, write_medmnist_fixture
 
 SHARED_MEDMNIST = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "medmnist"
 # timm keyword arguments that make a full-size architecture small, for checkpoint round trips.

@@ -27,10 +27,17 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import Dataset
 
-from zoo_domains.protein.backbones import check_sequence
-from zoo_domains.protein.files import header_attributes, read_csv_rows, read_fasta, read_text, read_zip_text, zip_members
 from zoo.catalog.datasets import DataError, DatasetSpec, RemoteFile, register_dataset
 from zoo.tasks.heads import IGNORE_INDEX
+from zoo_domains.protein.backbones import check_sequence
+from zoo_domains.protein.files import (
+    header_attributes,
+    read_csv_rows,
+    read_fasta,
+    read_text,
+    read_zip_text,
+    zip_members,
+)
 
 FLIP_GB1_URL = "https://github.com/J-SNACKKB/FLIP/raw/main/splits/gb1/splits.zip"
 FLIP_SECONDARY_STRUCTURE_URL = "https://github.com/J-SNACKKB/FLIP/raw/main/splits/secondary_structure/splits.zip"

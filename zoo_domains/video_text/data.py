@@ -46,9 +46,9 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
-from zoo_domains.video_text.clips import VIDEO_SUFFIXES, find_clip, read_clip
 from zoo.catalog.datasets import DataError, DatasetSpec, RemoteFile, data_root, register_dataset
 from zoo.catalog.download import download
+from zoo_domains.video_text.clips import VIDEO_SUFFIXES, find_clip, read_clip
 
 MSRVTT_URL = "https://www.robots.ox.ac.uk/~maxbain/frozen-in-time/data/MSRVTT.zip"
 # Upstream publishes no checksum for MSRVTT.zip, so it is not verified (sha256=None).

@@ -26,10 +26,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoo_domains.vision.images import prepare_images
 from zoo.catalog.backbones import PretrainedUnavailable, PretrainedWeights, register_backbone
 from zoo.catalog.download import hf_hub_unavailable
 from zoo.peft.structure import VIT_STYLE
+from zoo_domains.vision.images import prepare_images
 
 DOMAIN = "vision"
 LOCAL_FORMAT = (

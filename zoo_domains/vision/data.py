@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from zoo_domains.vision.images import IMAGE_EXTENSIONS
 from zoo.catalog.datasets import DataError, DatasetSpec, RemoteFile, register_dataset
+from zoo_domains.vision.images import IMAGE_EXTENSIONS
 
 MEDMNIST_FOLDER = "medmnist"
 MEDMNIST_RECORD = "https://zenodo.org/records/10519652/files"
