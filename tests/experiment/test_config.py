@@ -296,6 +296,19 @@ def test_interpolation_of_a_missing_key_names_it(recipes):
         load_config("vision/dangling")
 
 
+@pytest.mark.parametrize("value", ["${oc.env:ZOO_SECRET_FOR_TEST}", "prefix ${ oc.decode:'1'}"])
+def test_a_resolver_call_is_refused_before_it_reads_anything(recipes, monkeypatch, value):
+    """A recipe names other keys only: ${oc.env:...} would copy this machine's environment into the run's
+    config, its model card and a pushed adapter."""
+    monkeypatch.setenv("ZOO_SECRET_FOR_TEST", "hunter2")
+    (recipes / "vision" / "leaky.yaml").write_text(f"defaults: [_base]\ndescription: {value!r}\n")
+    with pytest.raises(ConfigError, match=r"description in .*leaky\.yaml: .* calls an interpolation resolver") as error:
+        load_config("vision/leaky")
+    assert "hunter2" not in str(error.value)
+    with pytest.raises(ConfigError, match="calls an interpolation resolver"):
+        load_config("vision/medical-lora", ["description=${oc.env:ZOO_SECRET_FOR_TEST}"])
+
+
 def test_an_interpolated_value_is_type_checked_like_any_other(recipes):
     (recipes / "vision" / "mistyped.yaml").write_text(
         "defaults: [_base]\nmethod: {name: lora, use_rslora: '${method.r}'}\n"

@@ -29,6 +29,7 @@ valid ones, closest first.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Sequence
 
@@ -286,6 +287,7 @@ def compose(recipe: dict[str, Any], overrides: dict[str, Any], where: str = "") 
         layers.append(_as_omegaconf(tiny, f"tiny{where}"))
     layers.append(_as_omegaconf(overrides, "the command line"))
     merged = OmegaConf.merge(*layers)
+    _refuse_resolvers(OmegaConf.to_container(merged, resolve=False), where)
     try:
         return OmegaConf.to_container(merged, resolve=True)
     except OmegaConfBaseException as error:
@@ -294,6 +296,27 @@ def compose(recipe: dict[str, Any], overrides: dict[str, Any], where: str = "") 
             f"{key}{where}: {_first_line(error)}; an interpolation names another key of the configuration, "
             f"e.g. ${{train.lr}}"
         ) from None
+
+
+RESOLVER_CALL = re.compile(r"\$\{\s*[\w.]+\s*:")
+"""``${name:...}``: an OmegaConf resolver call (``oc.env``, ``oc.decode``...), as opposed to ``${key}``."""
+
+
+def _refuse_resolvers(value: Any, where: str, key: str = "") -> None:
+    """Interpolation names other keys only. A resolver would read this machine (``${oc.env:HF_TOKEN}``)
+    into values that the run directory, the model card and a pushed adapter then publish."""
+    if isinstance(value, dict):
+        for name, item in value.items():
+            _refuse_resolvers(item, where, f"{key}.{name}" if key else str(name))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _refuse_resolvers(item, where, f"{key}[{index}]")
+    elif isinstance(value, str) and RESOLVER_CALL.search(value):
+        raise ConfigError(
+            f"{key}{where}: {value!r} calls an interpolation resolver; a recipe may only name another key of "
+            f"the configuration (e.g. ${{train.lr}}): values such as environment variables would be published "
+            f"with the run's config and its adapter"
+        )
 
 
 # -- validation ------------------------------------------------------------------------
