@@ -1,6 +1,9 @@
 """Two CPU processes (gloo) through the launcher give the adapter that one process gives."""
 
 import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -82,3 +85,39 @@ def test_launch_module_command_line(monkeypatch, capfd):
     assert "--nproc=0" in capfd.readouterr().err
     monkeypatch.chdir(REPO)
     assert main(["--nproc", "1", "--module", "platform", "--"]) == 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie has exited; only its parent has not read its status yet
+    status = Path(f"/proc/{pid}/status")
+    return not (status.is_file() and "\nState:\tZ" in status.read_text())
+
+
+@pytest.mark.distributed
+@pytest.mark.timeout(120, method="signal")
+def test_an_interrupted_launch_leaves_no_rank_running(tmp_path, monkeypatch):
+    """Whatever stops the launcher (Ctrl-C, SIGTERM, a test's timeout) stops torchrun and every rank it
+    started: killing torchrun alone would leave the ranks running, each holding a core."""
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    pids: list[int] = []
+
+    def interrupt_once_both_ranks_run():
+        deadline = time.monotonic() + 60
+        while len(found := sorted(tmp_path.glob("rank*.pid"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(0.2)  # both pid files are whole
+        pids.extend(int(p.read_text()) for p in found)
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C
+
+    watcher = threading.Thread(target=interrupt_once_both_ranks_run, daemon=True)
+    watcher.start()
+    with pytest.raises(KeyboardInterrupt):
+        launch(2, [str(tmp_path)], module="tests.train.sleeping_rank")
+    watcher.join()
+    assert len(pids) == 2
+    assert [pid for pid in pids if _alive(pid)] == []

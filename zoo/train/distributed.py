@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import atexit
 import os
+import signal
 import subprocess
 import sys
+import threading
 from typing import Sequence
 
 import torch
@@ -75,6 +77,10 @@ def _leave_process_group() -> None:
         dist.destroy_process_group()
 
 
+GROUP_STOP_GRACE_S = 30.0
+"""Seconds torchrun's session gets to stop after SIGTERM before it is killed."""
+
+
 def launch(nproc: int, argv: Sequence[str], module: str = "zoo.cli.main") -> int:
     """Run ``python -m MODULE *argv`` in ``nproc`` processes through torchrun; returns the exit code.
 
@@ -96,7 +102,43 @@ def launch(nproc: int, argv: Sequence[str], module: str = "zoo.cli.main") -> int
         module,
         *argv,
     ]
-    return subprocess.call(command)
+    # torchrun and its ranks get a session of their own so that, whatever stops this call (Ctrl-C, SIGTERM,
+    # a test's timeout), all of them can be stopped together: killing torchrun alone leaves its ranks running
+    process = subprocess.Popen(command, start_new_session=True)
+    previous = signal.getsignal(signal.SIGTERM)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    if in_main_thread:
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        return process.wait()
+    except BaseException:
+        stop_process_group(process)
+        raise
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def stop_process_group(process: subprocess.Popen, grace_s: float = GROUP_STOP_GRACE_S) -> None:
+    """SIGTERM to ``process``'s whole session (each rank marks its run interrupted and saves what resume
+    needs), then SIGKILL to whatever is left after ``grace_s``."""
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, grace_s)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=wait_s)
+        except subprocess.TimeoutExpired:
+            continue
+        try:  # torchrun has exited; a rank it left behind still holds the group
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            return
 
 
 class DistributedModel(DistributedDataParallel):
