@@ -113,7 +113,8 @@ class AntibertyBackbone(nn.Module):
         self.model = model
         self.tokenizer = tokenizer
         self.hidden_size = int(model.config.hidden_size)
-        self.special_ids = tuple(tokenizer.all_special_ids)
+        # Tokens that are never a residue ([UNK] and [MASK] stand in for one).
+        self.special_ids = (tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Last-layer features (batch, tokens, hidden); token 0 is [CLS]."""
