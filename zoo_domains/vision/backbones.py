@@ -1,4 +1,5 @@
-"""Vision transformers from timm: ViT-B/16 and ViT-S/16 (ImageNet-21k, AugReg) and DeiT-S.
+"""Vision transformers from timm: ViT-B/16 and ViT-S/16 (ImageNet-21k, AugReg), ViT-Ti/16
+(ImageNet-21k, fine-tuned on ImageNet-1k) and DeiT-S.
 
 Sources: Dosovitskiy et al. 2021 (ViT, arXiv:2010.11929), Steiner et al. 2022 ("How to train
 your ViT", the AugReg weights, arXiv:2106.10270), Touvron et al. 2021 (DeiT, arXiv:2012.12877).
@@ -14,6 +15,15 @@ weights of a training checkpoint, as timm does) and ViT checkpoint converter (wh
 resamples position embeddings to another image size), and must fit the model exactly apart
 from the classifier: missing or unexpected tensors are an error, never a silent partial load.
 
+``img_size`` (an option of every backbone here; e.g. ``backbone.options.img_size=112``) builds the
+model for another input size, a multiple of the patch size (16): the pretrained position
+embeddings are resampled to the new patch grid by timm's checkpoint converter (bicubic, as
+``timm.layers.resample_abs_pos_embed``), and the collate resizes every image to that size. Small
+images such as MedMNIST's 28x28 need far fewer tokens than 224x224 (49 at 112, 196 at 224).
+
+A local checkpoint of a backbone whose known file is recorded (``KNOWN_FILES``) is checked by
+sha256; a file with another digest still loads when its tensors fit, with a ``ChecksumWarning``.
+
 The backbone returns timm's token sequence ``forward_features`` (B, 1 + patches, hidden)
 and pools with timm's own head pooling (the class token for these models).
 """
@@ -27,7 +37,7 @@ import torch
 from torch import nn
 
 from zoo.catalog.backbones import PretrainedUnavailable, PretrainedWeights, register_backbone
-from zoo.catalog.download import hf_hub_unavailable
+from zoo.catalog.download import check_local_copy, hf_hub_unavailable
 from zoo.peft.structure import VIT_STYLE
 from zoo_domains.vision.images import prepare_images
 
@@ -40,6 +50,11 @@ LOCAL_FORMAT = (
 TINY_OPTIONS = {"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 32, "num_heads": 4}
 # Files timm writes into a model folder, in the order timm itself prefers them.
 FOLDER_FILES = ("model.safetensors", "pytorch_model.bin", "pytorch_model.pth", "model.pth")
+# sha256 of a known local copy of a backbone's weights file, checked when such a file is passed. vit_ti16's
+# is an ImageNet-trained ViT-Tiny/16 state dict with timm's key names (checked to classify ImageNet images),
+# saved by another exporter than the Hub's file (whose digest is not recorded here): the Hub's own file loads
+# as well, with a ChecksumWarning naming both digests.
+KNOWN_FILES = {"vit_ti16": "ef513107ea1a9b5895f85c68b2f335a1b9d38c30edb1eb0cbe10cdef2ebc953e"}
 # Classifier tensors of the pretraining task; the zoo puts its own task head on top.
 CLASSIFIER_PREFIXES = ("head.", "head_dist.")
 # The timm.create_model options a hub entry may set: input size, pooling, regularisation. Never
@@ -106,6 +121,17 @@ class TimmVisionBackbone(nn.Module):
 
 
 # -- loading ---------------------------------------------------------------------------
+def check_image_size(model: nn.Module, requested: Any) -> None:
+    """Refuse an ``img_size`` that the patches do not tile: timm would drop the pixels left over."""
+    patch = tuple(int(p) for p in model.patch_embed.patch_size)
+    size = tuple(int(s) for s in model.patch_embed.img_size)
+    if any(s <= 0 or s % p for s, p in zip(size, patch)):
+        raise ValueError(
+            f"img_size={requested} does not divide into {patch[0]}x{patch[1]} patches; use a multiple of "
+            f"{patch[0]} (e.g. {max(patch[0], size[0] // patch[0] * patch[0])} or {(size[0] // patch[0] + 1) * patch[0]})"
+        )
+
+
 def checkpoint_file(path: Path) -> Path:
     """The weights file of a local checkpoint: the file itself, or the one timm wrote into a folder."""
     if path.is_file():
@@ -117,12 +143,15 @@ def checkpoint_file(path: Path) -> Path:
     raise FileNotFoundError(f"folder {path} holds no {' / '.join(FOLDER_FILES)} (it holds {present})")
 
 
-def load_local_checkpoint(model: nn.Module, path: Path) -> None:
-    """Load a timm ViT state dict into ``model``; every tensor but the classifier must match."""
+def load_local_checkpoint(model: nn.Module, path: Path, known_sha256: str | None = None, what: str = "") -> None:
+    """Load a timm ViT state dict into ``model``; every tensor but the classifier must match.
+    ``known_sha256``: the digest of a known good copy; a file with another one warns and still loads."""
     from timm.models import load_state_dict
     from timm.models.vision_transformer import checkpoint_filter_fn
 
     file = checkpoint_file(path)
+    if known_sha256 is not None:
+        check_local_copy(file, known_sha256, what or "checkpoint")
     try:
         state = load_state_dict(str(file), weights_only=True)
     except Exception as error:
@@ -156,6 +185,7 @@ def build_timm_vit(
     weights: PretrainedWeights,
     pretrained: bool | Path,
     tiny: bool,
+    known_sha256: str | None = None,
     **timm_options: Any,
 ) -> TimmVisionBackbone:
     """``timm_options`` go to ``timm.create_model`` (e.g. ``img_size``, ``drop_path_rate``)."""
@@ -168,7 +198,8 @@ def build_timm_vit(
         model = timm.create_model(timm_name, pretrained=False, num_classes=0, **timm_options)
     elif isinstance(pretrained, Path):
         model = timm.create_model(timm_name, pretrained=False, num_classes=0, **timm_options)
-        load_local_checkpoint(model, pretrained)
+        check_image_size(model, timm_options.get("img_size"))  # before reading the file
+        load_local_checkpoint(model, pretrained, known_sha256, f"backbone {name}")
     else:
         hub_id = timm.models.get_pretrained_cfg(timm_name).hf_hub_id
         reason = hf_hub_unavailable()
@@ -185,10 +216,11 @@ def build_timm_vit(
                 )
             model = timm.create_model(timm_name, pretrained=False, num_classes=0, **timm_options)
             load_local_checkpoint(model, cached)
+    check_image_size(model, timm_options.get("img_size"))
     return TimmVisionBackbone(model)
 
 
-def _register(name: str, timm_name: str, licence: str, description: str) -> None:
+def _register(name: str, timm_name: str, licence: str, description: str, known_sha256: str | None = None) -> None:
     weights = PretrainedWeights(
         source=f"timm:{timm_name}",
         licence=licence,
@@ -197,7 +229,7 @@ def _register(name: str, timm_name: str, licence: str, description: str) -> None
     )
 
     def build(pretrained: bool | Path, tiny: bool, **options: Any) -> TimmVisionBackbone:
-        return build_timm_vit(name, timm_name, weights, pretrained, tiny, **options)
+        return build_timm_vit(name, timm_name, weights, pretrained, tiny, known_sha256, **options)
 
     register_backbone(
         name, domain=DOMAIN, weights=weights, structure=VIT_STYLE, description=description, hub_options=HUB_OPTIONS
@@ -215,6 +247,14 @@ _register(
     "vit_small_patch16_224.augreg_in21k",
     "apache-2.0",
     "ViT-S/16, 22M parameters, ImageNet-21k (AugReg), 224x224, mean/std 0.5",
+)
+_register(
+    "vit_ti16",
+    "vit_tiny_patch16_224.augreg_in21k_ft_in1k",
+    "apache-2.0",
+    # by name, timm's default tag (AugReg, ImageNet-21k then 1k); the text also fits a local copy of unknown release
+    "ViT-Ti/16 (timm architecture), 5.7M parameters, ImageNet-trained, 224x224, mean/std 0.5",
+    known_sha256=KNOWN_FILES["vit_ti16"],
 )
 _register(
     "deit_s16",
