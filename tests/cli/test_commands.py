@@ -16,7 +16,7 @@ from zoo.experiment.recipes import list_recipes
 # Local copies here are fixtures or a subset, never the canonical file: the warning saying so is expected.
 pytestmark = pytest.mark.filterwarnings("ignore::zoo.catalog.download.ChecksumWarning")
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
-# Small enough to train on a CPU in a second, built by the real vit_b16 loading code from a local file.
+# Small enough to train on a CPU in a second, built by the real timm ViT loading code from a local file.
 SMALL_VIT = (
     "backbone.options.img_size=32",
     "backbone.options.patch_size=8",
@@ -89,7 +89,7 @@ def test_cp_writes_a_self_contained_copy_that_runs(zoo, tmp_path):
     code, _, err = zoo("cp", "vision/medical-lora", "mine.yaml")
     assert code == 0, err
     text = (tmp_path / "mine.yaml").read_text()
-    assert "defaults:" not in text and "vit_b16" in text and "name: lora" in text
+    assert "defaults:" not in text and "vit_ti16" in text and "name: lora" in text
     (tmp_path / "mine.yaml").write_text(text.replace("r: 8", "r: 2"))
     code, out, err = zoo("validate", "mine.yaml", "scale=tiny")
     assert code == 0 and "r=2" in out, err
@@ -135,7 +135,7 @@ def test_missing_data_points_at_a_copy_of_another_name(zoo, tmp_path):
 def test_pretrained_weights_unavailable_offline_say_how_to_pass_a_checkpoint(zoo, tmp_path):
     root = write_fixture("pneumoniamnist", tmp_path / "data")
     code, _, err = zoo("train", "vision/medical-lora", f"data.root={root}")  # HF_HUB_OFFLINE=1 (conftest)
-    assert code == 2 and "backbone vit_b16" in err
+    assert code == 2 and "backbone vit_ti16" in err
     assert "backbone.pretrained=/path/to/checkpoint" in err and "scale=tiny" in err
     assert "never switches to random weights" in err
     code, _, err = zoo(

@@ -70,7 +70,7 @@ def test_card_of_an_unchanged_recipe_keeps_its_description(zoo, tmp_path):
     assert zoo("train", "vision/medical-bitfit", "scale=tiny", "--out", "card")[0] == 0
     card = (tmp_path / "card" / "README.md").read_text()
     assert load_config("vision/medical-bitfit").description in card
-    assert "Ran `bitfit` on `vit_b16`" in card
+    assert "Ran `bitfit` on `vit_ti16`" in card
 
 
 def test_ls_datasets_states_the_local_files_rows_and_checksums(zoo, tmp_path, monkeypatch):

@@ -100,7 +100,7 @@ def hostile_hub(vision_hub, tmp_path):
     return hub, marker
 
 
-REFUSAL = "option checkpoint_path is not allowed for backbone vit_b16 from a hub; allowed: "
+REFUSAL = "option checkpoint_path is not allowed for backbone vit_ti16 from a hub; allowed: "
 
 
 def test_a_hostile_checkpoint_path_is_refused_and_nothing_is_loaded(vision_hub, tmp_path, torch_load_calls):
@@ -135,7 +135,7 @@ def test_an_adapter_folder_with_a_hostile_config_is_refused_when_loaded(vision_h
     entry["files"].append({"path": "payload.md", **describe(folder / "payload.md")})
     (folder / ENTRY_FILE).write_text(json.dumps(entry))
     with pytest.raises(
-        HubError, match="options checkpoint_path, pretrained_cfg_overlay are not allowed for backbone vit_b16"
+        HubError, match="options checkpoint_path, pretrained_cfg_overlay are not allowed for backbone vit_ti16"
     ):
         load(folder, log=None)
     assert not marker.exists() and torch_load_calls == []

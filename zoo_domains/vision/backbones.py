@@ -253,7 +253,7 @@ _register(
     "vit_tiny_patch16_224.augreg_in21k_ft_in1k",
     "apache-2.0",
     # by name, timm's default tag (AugReg, ImageNet-21k then 1k); the text also fits a local copy of unknown release
-    "ViT-Ti/16 (timm architecture), 5.7M parameters, ImageNet-trained, 224x224, mean/std 0.5",
+    "ViT-Ti/16 (timm architecture), 5.7M parameters, ImageNet-trained at 224x224, mean/std 0.5",
     known_sha256=KNOWN_FILES["vit_ti16"],
 )
 _register(
