@@ -45,6 +45,8 @@ class ModelTask:
     spec: TaskSpec
     main_metric: str = ""
     label_dtype: torch.dtype = torch.long
+    input_lengths: Callable[[list[Any]], list[int]] | None = None
+    """Length of each input (e.g. a text backbone's token counts): for grouping batches by length."""
     greater_is_better: bool = field(init=False)
 
     def __post_init__(self) -> None:
@@ -65,16 +67,25 @@ class ModelTask:
             labels = _fit_labels(labels, outputs.shape[1])
         return unwrap(model).loss(outputs, labels)  # type: ignore[operator]  # TaskModel.loss
 
+    def example_lengths(self, dataset: Dataset) -> list[int] | None:
+        """Each example's input length, or None when the backbone does not measure its inputs."""
+        if self.input_lengths is None:
+            return None
+        return self.input_lengths([dataset[i][0] for i in range(dataset_size(dataset))])
+
     @torch.no_grad()
     def evaluate(self, model: nn.Module, dataset: Dataset, batch_size: int) -> dict[str, float]:
         was_training = model.training
         model.eval()
         device = model_device(model)
         outputs, targets = [], []
+        size = dataset_size(dataset)
+        # Longest first, so each batch pads little; the outputs go back to dataset order below.
+        lengths = None if self.spec.per_token else self.example_lengths(dataset)
+        order = sorted(range(size), key=lambda i: -lengths[i]) if lengths is not None else list(range(size))
         try:
-            size = dataset_size(dataset)
             for start in range(0, size, batch_size):
-                batch, labels = self.collate([dataset[i] for i in range(start, min(start + batch_size, size))])
+                batch, labels = self.collate([dataset[i] for i in order[start : start + batch_size]])
                 output = model(move_to_device(batch, device)).float().cpu()
                 if self.spec.per_token:  # keep the labelled positions only: lengths differ between batches
                     labels = _fit_labels(labels, output.shape[1])
@@ -86,7 +97,12 @@ class ModelTask:
             model.train(was_training)
         if not outputs:
             raise ValueError("cannot evaluate on an empty dataset")
-        results = self.spec.evaluate(torch.cat(outputs), torch.cat(targets))
+        output, target = torch.cat(outputs), torch.cat(targets)
+        if lengths is not None:
+            restore = torch.empty(size, dtype=torch.long)
+            restore[torch.tensor(order)] = torch.arange(size)
+            output, target = output[restore], target[restore]
+        results = self.spec.evaluate(output, target)
         if self.main_metric not in results:
             raise ConfigError(
                 f"task.main_metric={self.main_metric!r} is not among the metrics this task reports: "
@@ -157,7 +173,8 @@ def _task_model_builder(
         _check_options(kind, request.options)
         model = TaskModel(backbone, kind, request.num_outputs or 1)
         collate = backbone.collate  # a zoo.catalog.backbones.Backbone's; nn.Module types it as Tensor | Module
-        return model, ModelTask(collate, TASKS[kind], request.main_metric or "", label_dtype)  # type: ignore[arg-type]
+        lengths = getattr(backbone, "input_lengths", None)  # text backbones measure their inputs
+        return model, ModelTask(collate, TASKS[kind], request.main_metric or "", label_dtype, lengths)  # type: ignore[arg-type]
 
     return build
 

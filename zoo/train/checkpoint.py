@@ -37,8 +37,10 @@ FORMAT_VERSION = 1
 DIGEST_KEY = "content_sha256"
 
 # Settings that may differ between a run and its resume without changing what it computes.
+ADDED_SETTINGS = {"group_by_length": False, "threads": None}
+"""Settings newer than some checkpoints, with the value that a checkpoint without them ran with."""
 RESUME_MAY_CHANGE = frozenset(
-    {"log_every", "num_workers", "eval_batch_size", "checkpoint_every", "device", "load_best_at_end"}
+    {"log_every", "num_workers", "eval_batch_size", "checkpoint_every", "device", "load_best_at_end", "threads"}
 )
 
 logger = logging.getLogger("zoo.train")
@@ -146,7 +148,7 @@ def check_resumable(
     changed = [
         f"{name}: {saved.get(name)!r} -> {value!r}"
         for name, value in settings.items()
-        if name not in RESUME_MAY_CHANGE and saved.get(name) != value
+        if name not in RESUME_MAY_CHANGE and saved.get(name, ADDED_SETTINGS.get(name)) != value
     ]
     if changed:
         raise CheckpointError(

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from zoo.errors import ConfigError
 from zoo.train import checkpoint as ckpt
 from zoo.train import distributed as dist_utils
-from zoo.train.devices import move_to_device
+from zoo.train.devices import move_to_device, quiet_worker, set_threads
 from zoo.train.divergence import DivergenceWatch, first_batch_loss
 from zoo.train.progress import RunProgress
 from zoo.train.recompute import enable_gradient_checkpointing
@@ -36,7 +36,7 @@ from zoo.train.result import TrainResult
 from zoo.train.sampler import ResumableDistributedSampler
 from zoo.train.schedule import adamw, warmup_cosine
 from zoo.train.settings import TrainSettings
-from zoo.train.task import TrainTask, dataset_size
+from zoo.train.task import TrainTask, dataset_size, example_lengths
 
 logger = logging.getLogger("zoo.train")
 
@@ -89,8 +89,14 @@ class Trainer:
         self.local_batch_size = settings.batch_size // self.world_size
         if settings.precision == "bf16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise ConfigError("train.precision=bf16: this GPU does not support bfloat16; use fp32")
+        self.threads = set_threads(settings.threads, int(os.environ.get("LOCAL_WORLD_SIZE", self.world_size)))
         self.sampler = ResumableDistributedSampler(
-            dataset_size(train_set), self.world_size, self.rank, seed=settings.seed
+            dataset_size(train_set),
+            self.world_size,
+            self.rank,
+            seed=settings.seed,
+            lengths=example_lengths(task, train_set) if settings.group_by_length else None,
+            batch_size=settings.batch_size,
         )
         self.micro_batches_per_epoch = self.sampler.batches_per_epoch(self.local_batch_size)
         self.steps_per_epoch = math.ceil(self.micro_batches_per_epoch / settings.grad_accum)
@@ -143,6 +149,7 @@ class Trainer:
             num_workers=self.settings.num_workers,
             pin_memory=self.device.type == "cuda",
             generator=generator,
+            worker_init_fn=quiet_worker if self.settings.num_workers else None,
         )
 
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -301,7 +308,7 @@ class Trainer:
         self.model.eval()
         try:
             try:
-                with torch.no_grad(), self._autocast():
+                with torch.inference_mode(), self._autocast():
                     metrics = self.task.evaluate(self.model, dataset, self.settings.eval_batch_size)
             except Exception as error:
                 # A step can leave weights that overflow on the next forward before any training loss

@@ -46,6 +46,17 @@ class TrainSettings(StrictModel):
     log_every: int = Field(10, description="Log the training loss every N steps.")
     seed: int = Field(0, description="Seed of torch, numpy, random and the data order.")
     num_workers: int = Field(0, description="DataLoader worker processes.")
+    group_by_length: bool = Field(
+        False,
+        description="Batch training examples of similar length (shuffled, sorted by length within groups of 50 "
+        "batches, batches shuffled), so that padding to each batch's longest item wastes little; needs a task "
+        "that measures its examples (the text backbones' tasks do).",
+    )
+    threads: int | None = Field(
+        None,
+        description="torch CPU threads; None: OMP_NUM_THREADS when set, else the cores this process may use "
+        "(shared among the processes of a launch).",
+    )
     max_grad_norm: float | None = Field(1.0, description="Clip the gradient norm; None: no clipping.")
     strategy: str = Field("ddp", description="Multi-process strategy: ddp, or fsdp for big backbones.")
     device: str = Field("auto", description="auto (cuda when available), cpu or cuda.")
@@ -67,6 +78,8 @@ class TrainSettings(StrictModel):
             raise ConfigError(f"train.weight_decay={self.weight_decay!r} must be >= 0")
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"train.warmup_ratio={self.warmup_ratio!r} must be in [0, 1)")
+        if self.threads is not None and self.threads <= 0:
+            raise ConfigError(f"train.threads={self.threads!r} must be > 0, or null to use the available cores")
         if self.num_workers < 0:
             raise ConfigError(f"train.num_workers={self.num_workers!r} must be >= 0")
         for name, allowed in (("precision", PRECISIONS), ("strategy", STRATEGIES), ("device", DEVICES)):

@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from zoo.errors import ConfigError
+
 
 @runtime_checkable
 class TrainTask(Protocol):
@@ -39,6 +41,26 @@ class TrainTask(Protocol):
         several processes every process evaluates the whole dataset (FSDP needs them all).
         """
         ...
+
+    # Optional: ``example_lengths(dataset) -> list[int] | None``, one length per example (None when the
+    # inputs have none), for ``train.group_by_length``; see :func:`example_lengths`.
+
+
+def example_lengths(task: TrainTask, dataset: Dataset) -> list[int]:
+    """One length per example of ``dataset`` (e.g. its token count), from the task's optional
+    ``example_lengths(dataset)``, for batching examples of similar length together."""
+    measure = getattr(task, "example_lengths", None)
+    lengths = measure(dataset) if measure is not None else None
+    if lengths is None:
+        raise ConfigError(
+            f"train.group_by_length=true: task {type(task).__name__} cannot measure its examples (it has no "
+            "example_lengths(dataset), or its inputs have no length); set train.group_by_length to false"
+        )
+    if len(lengths) != dataset_size(dataset):
+        raise ValueError(
+            f"{type(task).__name__}.example_lengths gave {len(lengths)} lengths for {dataset_size(dataset)} examples"
+        )
+    return [int(length) for length in lengths]
 
 
 def dataset_size(dataset: Dataset) -> int:

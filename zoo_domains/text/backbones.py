@@ -88,6 +88,10 @@ register_exclusion(
 )
 
 
+TOKEN_CACHE_SIZE = 2_000_000
+"""Texts whose token ids a backbone keeps (a few hundred MB at most for sentences)."""
+
+
 class TextBackbone(nn.Module):
     """A transformers encoder and its tokenizer behind zoo's Backbone protocol."""
 
@@ -99,6 +103,7 @@ class TextBackbone(nn.Module):
         self.tokenizer = tokenizer
         self.pooling = pooling
         self.max_length = max_length
+        self._token_cache: dict[int, dict[str, list[int]]] = {}  # max_length -> text -> ids; see token_ids
         self.hidden_size = int(getattr(model.config, "hidden_size", None) or model.config.d_model)
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -114,13 +119,41 @@ class TextBackbone(nn.Module):
         mask = batch["attention_mask"].unsqueeze(-1).to(features.dtype)
         return (features * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
 
+    def token_ids(self, texts: list[str]) -> list[list[int]]:
+        """Each text's token ids (special tokens added, cut to ``max_length``), each text tokenised once.
+
+        The ids are kept per text, keyed by ``max_length`` (the tokenizer is the backbone's own), so
+        epochs after the first, evaluation and :meth:`input_lengths` re-read them instead of
+        tokenising again. Up to ``TOKEN_CACHE_SIZE`` texts are kept; then the cache starts over.
+        """
+        cache = self._token_cache.setdefault(self.max_length, {})
+        missing = list(dict.fromkeys(text for text in texts if text not in cache))
+        if len(cache) + len(missing) > TOKEN_CACHE_SIZE:
+            cache.clear()
+            missing = list(dict.fromkeys(texts))
+        if missing:
+            encoded = self.tokenizer(missing, truncation=True, max_length=self.max_length)["input_ids"]
+            cache.update(zip(missing, encoded))
+        return [cache[text] for text in texts]
+
+    def input_lengths(self, texts: list[str]) -> list[int]:
+        """Tokens per text (at most ``max_length``): what ``collate`` pads a batch up to."""
+        return [len(ids) for ids in self.token_ids(list(texts))]
+
     def collate(self, examples: list[str]) -> dict[str, torch.Tensor]:
+        """Token ids padded to the batch's longest text (not to ``max_length``), and the attention mask."""
         if isinstance(examples, str) or not all(isinstance(text, str) for text in examples):
             raise TypeError("collate takes a list of strings")
-        encoded = self.tokenizer(
-            list(examples), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-        )
-        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+        ids = self.token_ids(list(examples))
+        width = max((len(row) for row in ids), default=0)
+        input_ids = torch.full((len(ids), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(ids), width), dtype=torch.long)
+        left = self.tokenizer.padding_side == "left"
+        for row, tokens in enumerate(ids):
+            place = slice(width - len(tokens), width) if left else slice(0, len(tokens))
+            input_ids[row, place] = torch.tensor(tokens, dtype=torch.long)
+            attention_mask[row, place] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
 
     def example_inputs(self, count: int) -> list[str]:
         return [EXAMPLE_SENTENCES[i % len(EXAMPLE_SENTENCES)] for i in range(count)]
