@@ -1,4 +1,5 @@
-"""Rendering against a hand computation: mean ± std over seeds, Δ vs full fine-tuning, the published number."""
+"""Rendering against a hand computation: mean ± 95% t-interval over seeds, Δ vs full fine-tuning, the published
+number, the legend."""
 
 from __future__ import annotations
 
@@ -57,15 +58,26 @@ def test_mean_std_delta_and_published_match_a_hand_computation(tmp_path):
     sizes = {path.name: Image.open(path).size for path in files if path.suffix == ".png"}
     assert sizes == {"small-metric-vs-parameters.png": (880, 385), "small-memory-time.png": (1100, 385)}
     # by hand: bitfit mean (0.8 + 0.9 + 0.7) / 3 = 0.8; sample std sqrt((0 + 0.01 + 0.01) / 2) = 0.1;
-    # full mean 0.925, std sqrt((0.025^2 * 2) / 1) = 0.035355; delta 0.8 - 0.925 = -0.125
+    # 95% t-interval: t(0.975, 2 df) = 4.3027 (t table) * 0.1 / sqrt(3) = 0.24841.
+    # full mean 0.925, std sqrt((0.025^2 * 2) / 1) = 0.035355; t(0.975, 1 df) = 12.7062 * 0.035355 / sqrt(2) = 0.31766
+    # delta 0.8 - 0.925 = -0.125
     markdown = (tmp_path / "out" / "small.md").read_text()
-    assert "0.8000 ± 0.1000 (Δ -0.1250)" in markdown
-    assert "0.9250 ± 0.0354 [pub. 0.9480]" in markdown
-    assert "0.2500 †" in markdown and RANDOM_INIT_NOTE in markdown  # one seed: no std; random weights marked
+    assert "0.8000 ± 0.2484 (Δ -0.1250)" in markdown
+    assert "0.9250 ± 0.3177 [pub. 0.9480]" in markdown
+    assert "0.2500¹ †" in markdown and RANDOM_INIT_NOTE in markdown  # one seed: no interval; random weights marked
     assert "n/a" in markdown and "adapter does not fit" in markdown
+    # the legend names the interval's method and the test; without test predictions there is no mark
+    assert "mean ± 95% t-interval over each cell's (1 to 3; the seeds column) seeds (Student t, n-1 df)" in markdown
+    assert "▲ better / ▼ worse than `full`" in markdown and "paired bootstrap" in markdown
+    assert "▲" not in markdown.split("| method |")[1].split("\n\n")[0]
     records = {(r["domain"], r["method"]): r for r in csv.DictReader((tmp_path / "out" / "small.csv").open())}
     bitfit = records[("text", "bitfit")]
     assert abs(float(bitfit["mean"]) - 0.8) < 1e-12 and abs(float(bitfit["std"]) - 0.1) < 1e-12
+    assert abs(float(bitfit["ci95_half_width"]) - 4.302653 * 0.1 / 3**0.5) < 1e-6
+    assert abs(float(bitfit["ci95_low"]) - (0.8 - 0.248414)) < 1e-6 and bitfit["interval_method"].startswith("95% t")
+    assert bitfit["vs_baseline"] == "" and bitfit["paired_test"] == "no test predictions recorded"
+    assert records[("video_text", "bitfit")]["ci95_half_width"] == ""
+    assert records[("video_text", "bitfit")]["interval_method"] == "one seed: no interval"
     assert abs(float(bitfit["delta_vs_baseline"]) + 0.125) < 1e-12 and bitfit["seeds"] == "3"
     assert (
         float(records[("text", "full")]["published"]) == 0.948 and records[("text", "full")]["delta_vs_baseline"] == ""

@@ -193,3 +193,72 @@ def test_shipped_tables_are_valid_and_not_recipes():
     scale = load_table("data-scale")
     assert scale.train_sizes == [100, 1000, 10000] and scale.seeds == [0, 1, 2]
     assert [m.label for m in scale.method_entries()] == ["full", "lora", "ia3", "bitfit", "prefix", "loreft", "adapter"]
+
+
+def test_cpu_scale_runs_three_seeds_of_the_real_domains(tmp_path):
+    from zoo.results.cells import plan
+    from zoo.results.spec import load_table
+
+    cells = plan(load_table("cross-domain"), "cpu", tmp_path)
+    seeds: dict[str, set[int]] = {}
+    for cell in cells:
+        seeds.setdefault(cell.domain, set()).add(cell.seed)
+    assert seeds == {"text": {0, 1, 2}, "vision": {0, 1, 2}, "protein": {0, 1, 2}, "speech": {0}, "video_text": {0}}
+    assert len(cells) == 15 * (3 + 3 + 3 + 1 + 1)
+    assert {cell.seed for cell in plan(load_table("data-scale"), "cpu", tmp_path)} == {0, 1, 2}
+
+
+SEEDED = """
+name: seeded
+baseline: full
+domains:
+  vision: {recipe: "vision/medical-{method}", metric: accuracy}
+  protein: {recipe: "protein/gb1-{method}", metric: spearman}
+methods: [full, bitfit]
+seeds: [0, 1]
+scales:
+  tiny: {overrides: [scale=tiny, train.max_steps=2]}
+"""
+
+
+def test_a_table_records_test_predictions_and_renders_intervals_and_the_paired_test(zoo, tmp_path):
+    import csv
+
+    import numpy as np
+
+    from zoo.experiment.predictions import read_predictions
+    from zoo.results.stats import metric_on_rows, paired_bootstrap, t_interval
+
+    code, out, err = zoo("reproduce", write_table(tmp_path, SEEDED, "seeded"), "--scale", "tiny", "--out", "res")
+    assert code == 0, err
+    assert "8 complete" in out
+    rows = rows_of(Path("res"))
+    for cell, row in rows.items():  # each run's test outputs, row by row, give back the metric it reported
+        predictions = read_predictions(row["run_dir"], "test")
+        assert predictions is not None and row["metric_split"] == "test", cell
+        assert predictions.kind == ("classification" if cell.startswith("vision") else "regression")
+        assert np.array_equal(predictions.index, np.arange(len(predictions.target)))
+        recomputed = metric_on_rows(row["metric"], predictions, predictions.index[None, :])[0]
+        assert recomputed == pytest.approx(row["metric_value"], abs=1e-5, nan_ok=True), cell
+    markdown = Path("res/seeded/tiny/seeded.md").read_text()
+    records = {(r["domain"], r["method"]): r for r in csv.DictReader(Path("res/seeded/tiny/seeded.csv").open())}
+    values = [rows[f"vision/bitfit/seed{s}"]["metric_value"] for s in (0, 1)]
+    mean, half = t_interval(values)
+    bitfit = records[("vision", "bitfit")]
+    assert float(bitfit["ci95_half_width"]) == pytest.approx(half) and bitfit["seeds"] == "2"
+    assert f"{mean:.4f} ± {half:.4f}" in markdown  # the interval column, by the t-interval of the two seeds
+    assert "mean ± 95% t-interval over 2 seeds (Student t, n-1 df)" in markdown
+    assert "▲ better / ▼ worse than `full`" in markdown
+    # the paired test ran on the recorded predictions of both seeds, seed i paired with seed i
+    pairs = [
+        {s: read_predictions(rows[f"vision/{m}/seed{s}"]["run_dir"], "test") for s in (0, 1)}
+        for m in ("bitfit", "full")
+    ]
+    expected = paired_bootstrap(*pairs, "accuracy")
+    low, high, p = (float(bitfit[k]) for k in ("delta_ci95_low", "delta_ci95_high", "delta_p_value"))
+    assert (low, high, p) == pytest.approx((expected.low, expected.high, expected.p_value))
+    assert expected.difference == pytest.approx(float(bitfit["delta_vs_baseline"]))
+    assert "paired bootstrap" in bitfit["paired_test"] and "2 seed(s)" in bitfit["paired_test"]
+    assert bitfit["vs_baseline"] == {"▲": "better", "▼": "worse", "": "no difference shown"}[expected.mark]
+    assert records[("protein", "bitfit")]["delta_p_value"] != ""  # Spearman, recomputed on each resample
+    assert records[("vision", "full")]["delta_ci95_low"] == ""  # the baseline is not tested against itself

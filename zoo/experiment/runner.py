@@ -255,7 +255,13 @@ def _train(config, original, label, run_dir, command, resume, say, main, callbac
             memory = peak_memory(trainer.device, reset_worked)
             if trainer.resumed_from is not None:
                 say(f"  resumed from {trainer.resumed_from}")
-            test_metrics = trainer.evaluate(built.datasets["test"]) if "test" in built.datasets else None
+            test_metrics, test_outputs = None, None
+            if "test" in built.datasets:
+                from zoo.experiment.predictions import recording_outputs
+
+                with recording_outputs(built.task) as captured:  # row by row, for paired tests over test rows
+                    test_metrics = trainer.evaluate(built.datasets["test"])
+                test_outputs = captured.predictions()
             with trainer.full_weights():  # whole tensors on rank 0 under FSDP; every process must enter
                 if main:
                     _finish(
@@ -269,6 +275,7 @@ def _train(config, original, label, run_dir, command, resume, say, main, callbac
                         memory,
                         fingerprint,
                         can_forward=not getattr(trainer, "fsdp", False),
+                        test_outputs=test_outputs,
                     )
         except KeyboardInterrupt as interrupt:
             if main and runs.status(run_dir) != "complete":  # not when it came after the last line was written
@@ -281,8 +288,10 @@ def _train(config, original, label, run_dir, command, resume, say, main, callbac
             raise
 
 
-def _finish(run_dir, built, report, result, test_metrics, changed, say, memory, fingerprint, can_forward=True) -> None:
-    """Write the adapter, eval_results.json, the model card, and run.json's whole record (last)."""
+def _finish(
+    run_dir, built, report, result, test_metrics, changed, say, memory, fingerprint, can_forward=True, test_outputs=None
+) -> None:
+    """Write the adapter, eval_results.json, predictions/test.npz, the model card, and run.json's whole record (last)."""
     import zoo.peft as zp
     from zoo.experiment.model_card import model_card
     from zoo.experiment.record import ReferenceOutputs, finished_record
@@ -307,6 +316,10 @@ def _finish(run_dir, built, report, result, test_metrics, changed, say, memory, 
             "note": weights,
         }
     runs.write_json(run_dir / runs.EVAL_FILE, results)
+    if test_outputs is not None:
+        from zoo.experiment.predictions import write_predictions
+
+        write_predictions(run_dir, "test", test_outputs)
     if not can_forward:  # under FSDP rank 0 holds whole tensors for reading only
         reference = ReferenceOutputs(note="not taken: a strategy=fsdp run holds no whole model to run")
     else:

