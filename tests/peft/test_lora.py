@@ -78,6 +78,64 @@ def test_fused_qkv_adapts_only_q_and_v_slices(vit):
     assert torch.equal(out[..., dim : 2 * dim], base_out[..., dim : 2 * dim])
 
 
+class _FusedAttention(nn.Module):
+    def __init__(self, qkv: nn.Linear) -> None:
+        super().__init__()
+        self.qkv = qkv
+
+    def forward(self, x):
+        return self.qkv(x)
+
+
+class _LinearOwnForward(nn.Linear):
+    """Not a plain Linear to the adapter (its own forward): the update is added out of place."""
+
+    def forward(self, x):
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("linear_class", [nn.Linear, _LinearOwnForward])
+@pytest.mark.parametrize("target", ["qkv[q,v]", "qkv[k]", "qkv"])
+@pytest.mark.parametrize("token_shape", [(7,), (2, 5)])
+def test_fused_slice_forward_and_gradients_match_dense_reference(linear_class, target, token_shape):
+    """y = (W + s * [B_q A_q; 0; B_v A_v]) x + b, and the gradients of x, A and B through it."""
+    torch.manual_seed(0)
+    dim = 4
+    model = _FusedAttention(linear_class(dim, 3 * dim))
+    base_weight, base_bias = model.qkv.weight.detach().clone(), model.qkv.bias.detach().clone()
+    zp.apply(model, "lora", r=2, lora_alpha=3, target_modules=[target], modules_to_save=[])
+    randomise_trainable(model)
+    layer = model.qkv
+    scaling = 3 / 2
+    if target == "qkv":
+        pairs = {"all": (layer.lora_A["default"], layer.lora_B["default"], slice(0, 3 * dim))}
+    else:
+        rows = {"q": slice(0, dim), "k": slice(dim, 2 * dim), "v": slice(2 * dim, 3 * dim)}
+        pairs = {s: (layer.lora_A["default"][s], layer.lora_B["default"][s], rows[s]) for s in layer.lora_A["default"]}
+    x = torch.randn(*token_shape, dim, requires_grad=True)
+    upstream = torch.randn(*token_shape, 3 * dim)
+    out = model(x)
+    (out * upstream).sum().backward()
+    reference_x = x.detach().clone().requires_grad_()
+    factors = {
+        s: (a.weight.detach().clone().requires_grad_(), b.weight.detach().clone().requires_grad_())
+        for s, (a, b, _) in pairs.items()
+    }
+    blocks = []
+    for s, (_, _, rows) in pairs.items():
+        a, b = factors[s]
+        blocks.append(F.pad(scaling * b @ a, (0, 0, rows.start, 3 * dim - rows.stop)))
+    expected = F.linear(reference_x, base_weight + sum(blocks), base_bias)
+    (expected * upstream).sum().backward()
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(x.grad, reference_x.grad, atol=1e-6, rtol=1e-5)
+    for s, (a, b, _) in pairs.items():
+        torch.testing.assert_close(a.weight.grad, factors[s][0].grad, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(b.weight.grad, factors[s][1].grad, atol=1e-6, rtol=1e-5)
+    # the base stays frozen: no gradient reaches it
+    assert layer.base_layer.weight.grad is None and layer.base_layer.bias.grad is None
+
+
 def test_multihead_attention_in_proj_slices():
     torch.manual_seed(0)
 

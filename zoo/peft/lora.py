@@ -166,19 +166,22 @@ class LoraLayer(DeltaWeightLayer):
         return delta * self.scaling[name]
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        out = self.base_layer(x, *args, **kwargs)
         name = self.active
+        if name is not None and not args and not kwargs and type(self.base_layer).forward is nn.Linear.forward:
+            return self._add_in_place(x, name)
+        out = self.base_layer(x, *args, **kwargs)
         if name is None:
             return out
         dropped = self.lora_dropout[name](x)
         scaling = self.scaling[name]
-        # Scaling the rank-r activations costs far less than scaling the full-width update.
-        if not self.slices[name]:
-            return out + self.lora_B[name](self.lora_A[name](dropped) * scaling)
-        # One block matrix holds every slice's B (zero rows for the slices left out), so the update
-        # is one matmul and one add; writing each slice into ``out`` in place made backward copy
-        # the whole fused gradient once per slice.
         bounds = self.slices[name]
+        # Scaling the rank-r activations costs far less than scaling the full-width update.
+        if not bounds:
+            return out + self.lora_B[name](self.lora_A[name](dropped) * scaling)
+        # Another base layer may need its output in backward: one block matrix holds every
+        # slice's B (zero rows for the slices left out), so the update is one matmul and one
+        # out-of-place add; writing each slice into ``out`` through autograd made backward
+        # copy the whole fused gradient once per slice.
         a_parts = [self._factor_weights(name, slice_name)[0] for slice_name in bounds]
         a = torch.cat(a_parts)
         b = a.new_zeros(out.shape[-1], a.shape[0])
@@ -187,6 +190,71 @@ class LoraLayer(DeltaWeightLayer):
             b[start:end, column : column + part.shape[0]] = self._factor_weights(name, slice_name)[1]
             column += part.shape[0]
         return out + F.linear(F.linear(dropped, a) * scaling, b)
+
+    def _add_in_place(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        """A plain Linear base: its backward keeps no output, so the update is added into that
+        output in place, with no full-width update tensor and no full-width add; on fused slices
+        only the adapted columns are computed (see _AddLowRankInPlace)."""
+        # The Linear sees 2-D tokens, so its output is a tensor of its own (a 3-D call returns a
+        # view of one, and writing into a view makes autograd copy the whole gradient back).
+        tokens = x.reshape(-1, x.shape[-1])
+        out = self.base_layer(tokens)
+        low_rank_input = self.lora_dropout[name](tokens)
+        bounds = self.slices[name]
+        if bounds:
+            a_parts, b_parts = zip(*(self._factor_weights(name, slice_name) for slice_name in bounds))
+            a, columns = torch.cat(a_parts), tuple(bounds.values())
+        else:
+            a, b = self._factor_weights(name)
+            b_parts, columns = (b,), ((0, out.shape[-1]),)
+        # Scaling the rank-r activations costs far less than scaling the full-width update.
+        low_rank = F.linear(low_rank_input, a) * self.scaling[name]
+        out = _AddLowRankInPlace.apply(out, low_rank, columns, *b_parts)
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+
+class _AddLowRankInPlace(torch.autograd.Function):
+    """``out[..., start:end] += low_rank[..., cols] @ B.T`` for each ``(start, end)`` and B, in place.
+
+    ``low_rank`` holds the rank-r activations of every slice side by side (B's columns say how
+    many belong to each). Only the adapted columns are multiplied and written; backward passes
+    the gradient of ``out`` through untouched (autograd's own in-place slice writes clone it once
+    per slice) and reads each slice of it as a strided view, without copying.
+    ``out`` must be contiguous and not needed by the backward of whatever produced it.
+    """
+
+    @staticmethod
+    def forward(ctx, out, low_rank, bounds, *b_weights):
+        flat_out = out.view(-1, out.shape[-1])
+        flat_low = low_rank.reshape(-1, low_rank.shape[-1])
+        column = 0
+        for (start, end), b in zip(bounds, b_weights):
+            rank = b.shape[1]
+            flat_out[:, start:end].addmm_(flat_low[:, column : column + rank], b.t())
+            column += rank
+        ctx.mark_dirty(out)
+        ctx.save_for_backward(low_rank, *b_weights)
+        ctx.bounds = bounds
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        low_rank, *b_weights = ctx.saved_tensors
+        flat_grad = grad.reshape(-1, grad.shape[-1])
+        flat_low = low_rank.reshape(-1, low_rank.shape[-1])
+        grad_low, grad_b = [], []
+        column = 0
+        for (start, end), b in zip(ctx.bounds, b_weights):
+            rank = b.shape[1]
+            grad_slice = flat_grad[:, start:end]
+            if ctx.needs_input_grad[1]:
+                grad_low.append(grad_slice @ b)
+            # (r x tokens) @ (tokens x width), transposed: about twice as fast as the other order
+            grad_b.append((flat_low[:, column : column + rank].t() @ grad_slice).t().contiguous())
+            column += rank
+        low_rank_grad = torch.cat(grad_low, dim=1).view_as(low_rank) if grad_low else None
+        return (grad, low_rank_grad, None, *grad_b)
 
 
 class LoraMultiheadAttention(LoraLayer):
