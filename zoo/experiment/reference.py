@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
 
 from zoo.experiment.record import ReferenceOutputs
+
+if TYPE_CHECKING:
+    from zoo.catalog.backbones import Backbone
 
 REFERENCE_COUNT = 8
 
@@ -70,7 +73,8 @@ def reference_outputs(model: nn.Module, datasets: dict[str, Any]) -> ReferenceOu
     was_training = copied.training
     copied.eval()
     try:
-        outputs = model_outputs(copied, copied.backbone.collate, inputs, batch_size=len(inputs))
+        backbone = cast("Backbone", copied.backbone)  # nn.Module types its attributes as Tensor | Module
+        outputs = model_outputs(copied, backbone.collate, inputs, batch_size=len(inputs))
     finally:
         copied.train(was_training)
     return ReferenceOutputs(role=role, inputs=inputs, outputs=outputs.tolist(), note=note)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 from omegaconf import OmegaConf
@@ -64,7 +64,8 @@ def dump_yaml(data: dict[str, Any]) -> str:
 def merge(*mappings: dict[str, Any]) -> dict[str, Any]:
     """The mappings merged left to right into a new one; ``${...}`` interpolations are kept, unresolved."""
     try:
-        return OmegaConf.to_container(OmegaConf.merge(*(OmegaConf.create(m) for m in mappings)))
+        merged = OmegaConf.merge(*(OmegaConf.create(m) for m in mappings))
+        return cast(dict[str, Any], OmegaConf.to_container(merged))  # merged DictConfigs become a dict
     except OmegaConfBaseException as error:
         key = getattr(error, "full_key", None)
         raise ConfigError(f"cannot merge{f' key {key}' if key else ''}: {str(error).splitlines()[0]}") from None

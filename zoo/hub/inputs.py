@@ -131,8 +131,8 @@ def _misfit(model: str, reader: InputReader, argument: str, what: str) -> DataEr
 def _read_path(model: str, reader: InputReader, argument: str) -> Read:
     path = Path(argument).expanduser()
     kind = file_kind(path)
-    fits = path.suffix.lower() in reader.suffixes or kind is None
-    if not path.is_dir() and not fits:  # whether or not it exists: no such file could be read
+    # a file of a known kind this model does not take, whether or not it exists: no such file could be read
+    if kind is not None and path.suffix.lower() not in reader.suffixes and not path.is_dir():
         raise _misfit(model, reader, argument, kind)
     if not path.exists():
         hint = (

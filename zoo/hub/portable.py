@@ -103,7 +103,7 @@ def entry_weights(origin: WeightsRecord) -> dict[str, Any]:
     """The entry's ``backbone`` fields that say where the weights came from, by name only."""
     if origin.kind == "package":
         return {"local_copy": origin.label}
-    if origin.kind == "hf":
+    if origin.kind == "hf" and origin.label is not None:  # org/repo@revision
         return {"revision": origin.label.partition("@")[2], "local_copy": f"hf-hub:{origin.label}"}
     if origin.kind == "checkpoint":
         return {"local_copy": "a local checkpoint (identified by the fingerprint)"}

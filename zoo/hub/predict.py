@@ -20,7 +20,7 @@ import os
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -29,6 +29,9 @@ from zoo.errors import (
     HubError,
 )
 from zoo.hub.locations import say_to_stderr
+
+if TYPE_CHECKING:
+    from zoo.catalog.backbones import Backbone
 
 
 def choose_weights(config, backbone_weights: str | os.PathLike | None) -> tuple[bool | Path, str]:
@@ -146,7 +149,8 @@ def from_pulled(pulled, backbone_weights=None, force: bool = False, log=say_to_s
     task = entry["task"]
     # the task model without the method; the adapter's own files say what it adds (adapter_config.json)
     model, train_task = build_model(config, resolved, task.get("num_outputs"), apply_method=False)
-    expected, actual = entry["backbone"]["fingerprint"], backbone_fingerprint(model.backbone)
+    # a TaskModel's backbone is a module; nn.Module types its attributes as Tensor | Module
+    expected, actual = entry["backbone"]["fingerprint"], backbone_fingerprint(model.backbone)  # type: ignore[arg-type]
     if actual != expected:
         message = (
             f"{pulled.name} was trained on {config.backbone.name} weights with fingerprint {expected}, but the "
@@ -161,7 +165,7 @@ def from_pulled(pulled, backbone_weights=None, force: bool = False, log=say_to_s
     zp.load_adapter(model, pulled.adapter_dir, structure=resolved.backbone.structure)
     return Predictor(
         model,
-        model.backbone.collate,
+        cast("Backbone", model.backbone).collate,  # nn.Module types its attributes as Tensor | Module
         task["kind"],
         task.get("labels"),
         entry["domain"],
@@ -181,7 +185,7 @@ def from_run_dir(run_dir: str | os.PathLike, log=say_to_stderr) -> Predictor:
     labels = run.record.task.labels if run.record.task else None
     return Predictor(
         built.model,
-        built.model.backbone.collate,
+        cast("Backbone", built.model.backbone).collate,  # nn.Module types its attributes as Tensor | Module
         built.resolved.task_kind,
         labels,
         built.resolved.backbone.domain,

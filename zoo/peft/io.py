@@ -24,11 +24,12 @@ from zoo.files import atomic_directory
 from zoo.peft.config import ConfigError
 from zoo.peft.engine import (
     DEFAULT_ADAPTER,
+    AdapterRecord,
+    PeftState,
     _state_or_error,
     adapter_modules,
     apply,
     delete_adapter,
-    peft_state,
 )
 from zoo.peft.layers import logical_path
 from zoo.peft.registry import get_method, list_methods
@@ -38,13 +39,18 @@ WEIGHTS_NAME = "adapter_model.safetensors"
 FORMAT_VERSION = 1
 
 
-def adapter_tensors(model: nn.Module, adapter_name: str | None = None) -> dict[str, torch.Tensor]:
-    """The tensors of one adapter under the names they are saved with."""
-    state = _state_or_error(model)
+def _named_adapter(state: PeftState, adapter_name: str | None) -> tuple[str, AdapterRecord]:
+    """The name and record of the adapter ``adapter_name`` (None: the active one)."""
     name = adapter_name or state.active
     if name not in state.adapters:
         raise ConfigError(f"no adapter named {name!r}; adapters on this model: {', '.join(state.adapters)}")
-    spec = get_method(state.adapters[name].method)
+    return name, state.adapters[name]
+
+
+def adapter_tensors(model: nn.Module, adapter_name: str | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of one adapter under the names they are saved with."""
+    name, record = _named_adapter(_state_or_error(model), adapter_name)
+    spec = get_method(record.method)
     prefix = spec.peft_key_prefix
     tensors: dict[str, torch.Tensor] = {}
     if spec.trains_base:
@@ -62,9 +68,7 @@ def adapter_tensors(model: nn.Module, adapter_name: str | None = None) -> dict[s
 
 
 def adapter_config(model: nn.Module, adapter_name: str | None = None) -> dict[str, Any]:
-    state = _state_or_error(model)
-    name = adapter_name or state.active
-    record = state.adapters[name]
+    name, record = _named_adapter(_state_or_error(model), adapter_name)
     spec = get_method(record.method)
     config: dict[str, Any] = {}
     # With a block selection the file stays in zoo's format: peft's layers_to_transform counts layers its own way.
@@ -82,8 +86,7 @@ def zoo_section(model: nn.Module, adapter_name: str | None = None) -> dict[str, 
     """zoo's own description of an adapter. peft-loadable adapters carry it in the safetensors
     metadata rather than in ``adapter_config.json``, where peft would warn about an unknown key."""
     state = _state_or_error(model)
-    name = adapter_name or state.active
-    record = state.adapters[name]
+    name, record = _named_adapter(state, adapter_name)
     return {
         "format_version": FORMAT_VERSION,
         "method": record.method,
@@ -205,7 +208,7 @@ def load_adapter(
 
 
 def _copy_into_adapter(model: nn.Module, adapter_name: str, tensors: dict[str, torch.Tensor], adapter_dir: Any) -> None:
-    spec = get_method(peft_state(model).adapters[adapter_name].method)
+    spec = get_method(_state_or_error(model).adapters[adapter_name].method)
     expected = adapter_tensors(model, adapter_name)
     if spec.import_keys is not None:  # ``tensors`` already went through import_keys: compare like with like
         expected = spec.import_keys(expected)

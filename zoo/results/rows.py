@@ -109,6 +109,15 @@ def steps_to_fraction_of_best(
     return None
 
 
+def _predictions_files(run_dir: Path) -> dict[str, str]:
+    """Split -> its per-example outputs file (``predictions/<split>.npz``) relative to the run directory."""
+    from zoo.experiment.predictions import PREDICTIONS_DIR
+
+    folder = run_dir / PREDICTIONS_DIR
+    files = sorted(path for path in folder.glob("*.npz") if ".partial" not in path.name)
+    return {path.stem: path.relative_to(run_dir).as_posix() for path in files}
+
+
 def _adapter_bytes(run_dir: Path) -> int | None:
     folder = run_dir / "adapter"
     if not folder.is_dir():
@@ -174,10 +183,13 @@ def row_from_run(run_dir: str | os.PathLike, cell: dict[str, Any] | None = None,
         if record.data
         else None,
         "metrics": {split: entry.get("metrics", {}) for split, entry in results.items()},
+        "predictions": _predictions_files(run_dir),
         "main_metric": main_metric,
         "best_val_metric": training.best_metric if training else None,
         "steps": training.steps if training else None,
-        "steps_to_95pct_best_val": steps_to_fraction_of_best(history, main_metric, better) if main_metric else None,
+        "steps_to_95pct_best_val": (
+            steps_to_fraction_of_best(history, main_metric, better) if main_metric and better is not None else None
+        ),
         "trainable_parameters": trainable,
         "total_parameters": total,
         "trainable_percent": 100 * trainable / total if trainable is not None and total else None,

@@ -44,9 +44,11 @@ class SearchParameter:
     def suggest(self, trial) -> Any:
         """The value an Optuna trial proposes for this key."""
         if self.kind == "int":
-            return trial.suggest_int(self.key, int(self.low), int(self.high), log=self.log)
+            low, high = self.bounds()
+            return trial.suggest_int(self.key, int(low), int(high), log=self.log)
         if self.kind == "float":
-            return trial.suggest_float(self.key, float(self.low), float(self.high), log=self.log)
+            low, high = self.bounds()
+            return trial.suggest_float(self.key, low, high, log=self.log)
         # Optuna stores choices as plain values; lists are kept as their YAML text and read back
         chosen = trial.suggest_categorical(self.key, [_as_text(choice) for choice in self.choices])
         return parse_value(chosen)
@@ -54,7 +56,14 @@ class SearchParameter:
     def describe(self) -> str:
         if self.kind == "choice":
             return f"{self.key} in {' | '.join(_as_text(c) for c in self.choices)}"
-        return f"{self.key} in [{self.low:g}, {self.high:g}] ({self.kind}{', log' if self.log else ''})"
+        low, high = self.bounds()
+        return f"{self.key} in [{low:g}, {high:g}] ({self.kind}{', log' if self.log else ''})"
+
+    def bounds(self) -> tuple[float, float]:
+        """(low, high) of an int or float range."""
+        if self.low is None or self.high is None:
+            raise ConfigError(f"search parameter {self.key}: an {self.kind} range needs both low and high")
+        return self.low, self.high
 
 
 def _as_text(value: Any) -> str:
