@@ -14,8 +14,8 @@ import torch
 from zoo.catalog.backbones import PretrainedUnavailable, create_backbone
 from zoo.catalog.download import ChecksumWarning, sha256_of
 
-SHARED_VIT_TINY = Path(__file__).resolve().parents[2].parent / "shared" / "models" / "vit_tiny_patch16_224"
-CHECKPOINT = SHARED_VIT_TINY / "model.safetensors"
+SHARED = Path(__file__).resolve().parents[2].parent / "shared"
+CHECKPOINT = SHARED / "models" / "vit_tiny_patch16_224" / "model.safetensors"
 
 
 def needs_checkpoint(test):
@@ -86,6 +86,36 @@ def test_the_recorded_digest_is_the_known_files():
     from zoo_domains.vision.backbones import KNOWN_FILES
 
     assert sha256_of(CHECKPOINT) == KNOWN_FILES["vit_ti16"]
+
+
+@needs_checkpoint
+@pytest.mark.skipif(not (SHARED / "data" / "medmnist").is_dir(), reason="no shared PneumoniaMNIST subset")
+def test_the_vision_recipes_train_on_the_file_at_112_pixels(tmp_path):
+    """The recipes' backbone as written, from the real file: trained on the same weights as timm's own
+    model at 112x112 (the run's base-weights fingerprint), images resized to 112."""
+    import json
+
+    import zoo
+    from zoo.experiment.fingerprint import state_fingerprint
+
+    overrides = [
+        f"backbone.pretrained={CHECKPOINT}",
+        f"data.root={SHARED / 'data'}",
+        "data.name=pneumoniamnist_subset",
+        "data.max_train_examples=16",
+        "data.max_eval_examples=16",
+        "train.max_steps=2",
+        "train.batch_size=8",
+        "train.precision=fp32",
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ChecksumWarning)  # the data subset is not the canonical file
+        run = zoo.run("vision/medical-linear", overrides, out=tmp_path / "run", log=None)
+    record = json.loads((run.dir / "run.json").read_text())
+    assert record["status"] == "complete" and record["config"]["backbone"]["options"] == {"img_size": 112}
+    reference = timm_reference(num_classes=0, img_size=112)
+    expected = state_fingerprint({f"model.{key}": tensor for key, tensor in reference.state_dict().items()})
+    assert record["backbone"]["fingerprint"] == expected
 
 
 # -- without the real file ------------------------------------------------------------------
