@@ -234,6 +234,7 @@ def test_a_table_records_test_predictions_and_renders_intervals_and_the_paired_t
     assert "8 complete" in out
     rows = rows_of(Path("res"))
     for cell, row in rows.items():  # each run's test outputs, row by row, give back the metric it reported
+        assert row["predictions"] == {"test": "predictions/test.npz"}  # the row names the file
         predictions = read_predictions(row["run_dir"], "test")
         assert predictions is not None and row["metric_split"] == "test", cell
         assert predictions.kind == ("classification" if cell.startswith("vision") else "regression")

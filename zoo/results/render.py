@@ -98,10 +98,14 @@ class Group:
         """Seed -> the test predictions of each complete run whose reported metric is on the test split."""
         found = {}
         for row in self.complete():
-            if row.get("metric_split") == "test" and row.get("run_dir") and isinstance(row.get("seed"), int):
-                predictions = read_predictions(row["run_dir"], "test")
-                if predictions is not None:
-                    found[row["seed"]] = predictions
+            if row.get("metric_split") != "test" or not row.get("run_dir") or not isinstance(row.get("seed"), int):
+                continue
+            files = row.get("predictions")  # absent from rows made before rows named the run's predictions
+            if files is not None and "test" not in files:
+                continue
+            predictions = read_predictions(row["run_dir"], "test")
+            if predictions is not None:
+                found[row["seed"]] = predictions
         return found
 
 
