@@ -121,6 +121,78 @@ def test_gradient_reaches_magnitude_a_and_b_but_not_the_norm():
     assert layer.base_layer.weight.grad is None
 
 
+class _FusedAttention(nn.Module):
+    def __init__(self, qkv: nn.Linear) -> None:
+        super().__init__()
+        self.qkv = qkv
+
+    def forward(self, x):
+        return self.qkv(x)
+
+
+class _LinearOwnForward(nn.Linear):
+    """Not a plain Linear to the adapter (its own forward): the general path runs."""
+
+    def forward(self, x):
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("linear_class", [nn.Linear, _LinearOwnForward])
+@pytest.mark.parametrize("target", ["qkv[q,v]", "qkv[k]", "qkv"])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("token_shape", [(7,), (2, 5)])
+def test_fused_slice_forward_and_gradients_match_dense_equation(linear_class, target, bias, token_shape):
+    """Adapted rows: m * (W + dW) x / ||W + dW||_c (norm detached) + b; other rows: W x + b.
+    Gradients of x, A, B, m and a trainable bias against that dense equation."""
+    torch.manual_seed(0)
+    dim = 4
+    model = _FusedAttention(linear_class(dim, 3 * dim, bias=bias))
+    zp.apply(model, "dora", r=2, lora_alpha=3, target_modules=[target], modules_to_save=[])
+    randomise_trainable(model)
+    layer = model.qkv
+    if bias:
+        layer.base_layer.bias.requires_grad_(True)
+    weight = layer.base_layer.weight.detach().clone()
+    if target == "qkv":
+        pairs = {"all": (layer.lora_A["default"], layer.lora_B["default"], range(0, 3 * dim))}
+    else:
+        rows = {"q": range(0, dim), "k": range(dim, 2 * dim), "v": range(2 * dim, 3 * dim)}
+        pairs = {s: (layer.lora_A["default"][s], layer.lora_B["default"][s], rows[s]) for s in layer.lora_A["default"]}
+    magnitude = layer.lora_magnitude_vector["default"]
+    x = torch.randn(*token_shape, dim, requires_grad=True)
+    upstream = torch.randn(*token_shape, 3 * dim)
+    (model(x) * upstream).sum().backward()
+
+    reference = {
+        s: (a.weight.detach().clone().requires_grad_(), b.weight.detach().clone().requires_grad_())
+        for s, (a, b, _) in pairs.items()
+    }
+    reference_m = magnitude.detach().clone().requires_grad_()
+    reference_x = x.detach().clone().requires_grad_()
+    reference_bias = layer.base_layer.bias.detach().clone().requires_grad_() if bias else None
+    dense_rows, offset = [weight[i] for i in range(3 * dim)], 0
+    for s, (_, _, adapted_rows) in pairs.items():
+        a, b = reference[s]
+        adapted = weight[adapted_rows.start : adapted_rows.stop] + 1.5 * b @ a
+        m = reference_m[offset : offset + len(adapted_rows)]
+        scaled = m.view(-1, 1) * adapted / adapted.norm(dim=1, keepdim=True).detach()
+        for i, row in zip(adapted_rows, scaled):
+            dense_rows[i] = row
+        offset += len(adapted_rows)
+    expected = F.linear(reference_x, torch.stack(dense_rows), reference_bias)
+    (expected * upstream).sum().backward()
+
+    torch.testing.assert_close(model(x), expected, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(x.grad, reference_x.grad, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(magnitude.grad, reference_m.grad, atol=1e-6, rtol=1e-5)
+    for s, (a, b, _) in pairs.items():
+        torch.testing.assert_close(a.weight.grad, reference[s][0].grad, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(b.weight.grad, reference[s][1].grad, atol=1e-6, rtol=1e-5)
+    if bias:
+        torch.testing.assert_close(layer.base_layer.bias.grad, reference_bias.grad, atol=1e-6, rtol=1e-5)
+    assert layer.base_layer.weight.grad is None
+
+
 def test_saved_keys_are_peft_keys(bert, tmp_path):
     peft_model = peft.get_peft_model(
         copy.deepcopy(bert),

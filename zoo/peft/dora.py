@@ -119,16 +119,14 @@ class DoraLayer(LoraLayer):
         name = self.active
         if name is None or name not in self.lora_magnitude_vector:
             return super().forward(x, *args, **kwargs)
+        if not args and not kwargs and type(self.base_layer).forward is nn.Linear.forward:
+            return self._rescale_in_place(x, name)
         base = self._base()
         bias = base.bias
-        forward = type(self.base_layer).forward
-        if bias is not None and not args and not kwargs and forward in (nn.Linear.forward, nn.Conv2d.forward):
+        if bias is not None and not args and not kwargs and type(self.base_layer).forward is nn.Conv2d.forward:
             # The base product without its bias: the bias is then added back as a constant, so
             # the backward pass skips reducing the gradient of (1 - scale) * bias over the batch.
-            if forward is nn.Linear.forward:
-                out = F.linear(x, base.weight)
-            else:
-                out = cast(nn.Conv2d, base)._conv_forward(x, base.weight, None)
+            out = cast(nn.Conv2d, base)._conv_forward(x, base.weight, None)
             bias_free = True
         else:
             out = self.base_layer(x, *args, **kwargs)
@@ -154,6 +152,25 @@ class DoraLayer(LoraLayer):
             result[..., start:end] = _rescale(out[..., start:end], update, scaling, rows, part_bias, bias_free)
             offset += end - start
         return result
+
+    def _rescale_in_place(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        """A plain Linear base: ``W x`` of 2-D tokens is computed once, without the bias, and every
+        adapted column range is rescaled in place (see _DoraColumnsInPlace), so no full-width
+        update, sum or copy is made for the slices of a fused projection."""
+        base = cast(nn.Linear, self.base_layer)
+        tokens = x.reshape(-1, x.shape[-1])
+        out = F.linear(tokens, base.weight)
+        low_rank_input = self.lora_dropout[name](tokens)
+        bounds = self.slices[name]
+        if bounds:
+            a_parts, b_parts = zip(*(self._factor_weights(name, slice_name) for slice_name in bounds))
+            a, columns = torch.cat(a_parts), tuple(bounds.values())
+        else:
+            a, b = self._factor_weights(name)
+            b_parts, columns = (b,), ((0, out.shape[-1]),)
+        low_rank = F.linear(low_rank_input, a) * self.scaling[name]
+        out = _DoraColumnsInPlace.apply(out, low_rank, self.dora_scale(name), base.bias, columns, *b_parts)
+        return out.view(*x.shape[:-1], out.shape[-1])
 
 
 class DoraMultiheadAttention(LoraMultiheadAttention):
@@ -203,6 +220,74 @@ class DoraMultiheadAttention(LoraMultiheadAttention):
             return super().forward(*args, **kwargs)
         path = _param_path(self.base_layer, base_of(self.base_layer), "in_proj_weight")
         return functional_call(self.base_layer, {path: self.adapted_weight(name)}, args, kwargs)
+
+
+class _DoraColumnsInPlace(torch.autograd.Function):
+    """DoRA's output from the bias-free base product ``out = W x``, written into ``out`` in place:
+
+        out[:, cols] = scale[rows] * (out[:, cols] + low_rank[:, ranks] @ B.T) + bias[cols]
+
+    for each column range and its B (``low_rank``: every range's rank-r activations side by
+    side, already multiplied by the LoRA scaling; ``scale``: ``m / ||W + dW||_c`` of the adapted
+    columns in range order); the other columns get their bias only. Backward makes one
+    full-width tensor, the gradient of ``W x`` (the incoming gradient times ``scale`` in the
+    adapted columns), and reads the rest from views.
+    """
+
+    @staticmethod
+    def forward(ctx, out, low_rank, scale, bias, columns, *b_weights):
+        rescaled, offset, position, ranks = [], 0, 0, 0
+        for (start, end), b in zip(columns, b_weights):
+            rank = b.shape[1]
+            if bias is not None and position < start:
+                out[:, position:start] += bias[position:start]
+            # W x + s B A x of these columns, kept for the gradient of the magnitude
+            summed = torch.addmm(out[:, start:end], low_rank[:, ranks : ranks + rank], b.t())
+            rows = scale[offset : offset + end - start]
+            if bias is None:
+                torch.mul(summed, rows, out=out[:, start:end])
+            else:
+                torch.addcmul(bias[start:end], summed, rows, out=out[:, start:end])
+            rescaled.append(summed)
+            offset, position, ranks = offset + end - start, end, ranks + rank
+        if bias is not None and position < out.shape[1]:
+            out[:, position:] += bias[position:]
+        ctx.mark_dirty(out)
+        ctx.save_for_backward(low_rank, scale, *b_weights, *rescaled)
+        ctx.columns, ctx.has_bias = columns, bias is not None
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        columns = ctx.columns
+        low_rank, scale, *rest = ctx.saved_tensors
+        b_weights, rescaled = rest[: len(columns)], rest[len(columns) :]
+        grad = grad.reshape(-1, grad.shape[-1])
+        column_scale = torch.ones(grad.shape[1], dtype=scale.dtype, device=scale.device)
+        offset = 0
+        for start, end in columns:
+            column_scale[start:end] = scale[offset : offset + end - start]
+            offset += end - start
+        grad_out = grad * column_scale
+        grad_low, grad_b, grad_scale, ranks = [], [], [], 0
+        for (start, end), b, summed in zip(columns, b_weights, rescaled):
+            rank = b.shape[1]
+            grad_slice = grad_out[:, start:end]
+            if ctx.needs_input_grad[1]:
+                grad_low.append(grad_slice @ b)
+            grad_b.append((low_rank[:, ranks : ranks + rank].t() @ grad_slice).t().contiguous())
+            if ctx.needs_input_grad[2]:
+                grad_scale.append((grad[:, start:end] * summed).sum(0))
+            ranks += rank
+        return (
+            grad_out,
+            torch.cat(grad_low, dim=1) if grad_low else None,
+            torch.cat(grad_scale) if grad_scale else None,
+            grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[3] else None,
+            None,
+            *grad_b,
+        )
 
 
 def _rescale(
