@@ -165,3 +165,27 @@ def test_padding_to_the_batch_longest_gives_the_outputs_of_padding_to_max_length
         pooled_dynamic = backbone.pool(backbone(dynamic), dynamic)
     assert torch.allclose(pooled_dynamic, pooled_full, atol=1e-5)
     assert math.isfinite(float(pooled_full.abs().sum()))
+
+
+class CachingClassifier(TinyClassifier):
+    """Caches a tensor made in forward per batch shape, as ESM-2's rotary tables are cached per length."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cached: dict[torch.Size, torch.Tensor] = {}
+
+    def forward(self, batch):
+        features = self.body(batch["x"]) * self.scale
+        if features.shape not in self.cached:
+            self.cached[features.shape] = torch.linspace(0.5, 1.5, features.shape[-1]).expand(features.shape).clone()
+        return self.head(features * self.cached[features.shape])  # saved for backward: must be a normal tensor
+
+
+def test_validation_leaves_no_tensor_that_training_cannot_use(tmp_path):
+    # evaluation makes the first batches of 16 (eval_batch_size): then training meets the cached tensor
+    settings = TrainSettings(lr=1e-2, epochs=2, batch_size=16, eval_batch_size=16, log_every=1, device="cpu")
+    model = CachingClassifier()
+    trainer = Trainer(model, PointsTask(), PointsDataset(32), PointsDataset(32, seed=1), settings, tmp_path)
+    trainer.evaluate(trainer.val_set)
+    result = trainer.fit()  # under inference_mode evaluation: "Inference tensors cannot be saved for backward"
+    assert result.steps == 4 and len(result.history) == 2

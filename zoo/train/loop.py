@@ -308,7 +308,9 @@ class Trainer:
         self.model.eval()
         try:
             try:
-                with torch.inference_mode(), self._autocast():
+                # no_grad, not inference_mode: models that cache a tensor made in forward (ESM-2's rotary
+                # tables) would hand an inference tensor to the next training step, which autograd refuses.
+                with torch.no_grad(), self._autocast():
                     metrics = self.task.evaluate(self.model, dataset, self.settings.eval_batch_size)
             except Exception as error:
                 # A step can leave weights that overflow on the next forward before any training loss
