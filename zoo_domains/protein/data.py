@@ -1,7 +1,7 @@
 """Protein datasets: FLIP GB1 fitness, FLIP secondary structure, and your own CSV / FASTA files.
 
 Every item is ``(sequence, label)`` with ``sequence`` a string of one-letter residue codes
-(what the ESM-2 backbones' ``collate`` takes). Letters outside the ESM alphabet are an
+(what the protein backbones' ``collate`` takes). Letters outside the ESM alphabet are an
 error that names the file, the row or record, and the letter.
 
 FLIP (Dallago et al. 2021, "FLIP: Benchmark tasks in fitness landscape inference for
@@ -10,7 +10,7 @@ each task as a ``splits.zip``. FLIP publishes no checksums and has re-packed the
 (FASTA copies were added in 2023), so no checksum is pinned: a local copy is read as is.
 
 Per-residue labels are aligned with the backbone's tokens: ESM-2 puts ``<cls>`` before
-and ``<eos>`` after the residues, so a sequence of L residues has labels
+and ``<eos>`` after the residues (AntiBERTy ``[CLS]`` and ``[SEP]``), so a sequence of L residues has labels
 ``[-100, y_1, ..., y_L, -100]`` (``label_padding=(1, 1)``; -100 is ignored by the loss and
 by Q3). Padding a batch's labels with -100 at the end then matches the padded tokens.
 """
