@@ -67,7 +67,7 @@ def test_mean_std_delta_and_published_match_a_hand_computation(tmp_path):
     assert "0.2500¹ †" in markdown and RANDOM_INIT_NOTE in markdown  # one seed: no interval; random weights marked
     assert "n/a" in markdown and "adapter does not fit" in markdown
     # the legend names the interval's method and the test; without test predictions there is no mark
-    assert "mean ± 95% t-interval over each cell's (1 to 3; the seeds column) seeds (Student t, n-1 df)" in markdown
+    assert "mean ± 95% t-interval over seeds (Student t, n-1 df) (1 to 3 a cell: the seeds column)" in markdown
     assert "▲ better / ▼ worse than `full`" in markdown and "paired bootstrap" in markdown
     assert "▲" not in markdown.split("| method |")[1].split("\n\n")[0]
     records = {(r["domain"], r["method"]): r for r in csv.DictReader((tmp_path / "out" / "small.csv").open())}

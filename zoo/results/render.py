@@ -237,14 +237,11 @@ def _steps_text(record: dict[str, Any]) -> str:
 def legend(records: list[dict[str, Any]], baseline: str) -> list[str]:
     """The footer lines that say how to read the numbers, the interval and the marks."""
     seeds = sorted({r["seeds"] for r in records if r["mean"] is not None})
-    counted = (
-        (f"{seeds[0]}" if len(seeds) == 1 else f"each cell's ({seeds[0]} to {seeds[-1]}; the seeds column)")
-        if seeds
-        else "the"
-    )
+    counted = " over seeds" if len(seeds) != 1 else f" over {seeds[0]} seed" + ("s" if seeds[0] > 1 else "")
+    per_cell = f" ({seeds[0]} to {seeds[-1]} a cell: the seeds column)" if len(seeds) > 1 else ""
     notes = [
-        f"mean ± {INTERVAL_METHOD.replace('over seeds', f'over {counted} seeds')}: "
-        f"t(0.975, n-1) · s / √n with s the sample std over seeds; {ONE_SEED} one seed: no interval.",
+        f"mean ± 95% t-interval{counted} (Student t, n-1 df){per_cell}: t(0.975, n-1) · s / √n with s the sample "
+        f"std over seeds; {ONE_SEED} one seed: no interval.",
         f"{BETTER} better / {WORSE} worse than `{baseline}` in the same column: the 95% interval of the difference "
         f"excludes 0 in a {TEST_METHOD} (seed i paired with seed i, the same rows for both, the metric recomputed on "
         "each resample); no mark: no difference shown, or no test (see the CSV's paired_test column).",
