@@ -75,7 +75,10 @@ def test_mean_std_delta_and_published_match_a_hand_computation(tmp_path):
     assert abs(float(bitfit["mean"]) - 0.8) < 1e-12 and abs(float(bitfit["std"]) - 0.1) < 1e-12
     assert abs(float(bitfit["ci95_half_width"]) - 4.302653 * 0.1 / 3**0.5) < 1e-6
     assert abs(float(bitfit["ci95_low"]) - (0.8 - 0.248414)) < 1e-6 and bitfit["interval_method"].startswith("95% t")
-    assert bitfit["vs_baseline"] == "" and bitfit["paired_test"] == "no test predictions recorded"
+    assert (
+        bitfit["vs_baseline"] == ""
+        and bitfit["paired_test"] == "scored on validation rows (no test split): no paired test"
+    )
     assert records[("video_text", "bitfit")]["ci95_half_width"] == ""
     assert records[("video_text", "bitfit")]["interval_method"] == "one seed: no interval"
     assert abs(float(bitfit["delta_vs_baseline"]) + 0.125) < 1e-12 and bitfit["seeds"] == "3"
@@ -100,3 +103,37 @@ def test_data_scale_plot_when_there_are_several_sizes(tmp_path):
     names = {p.name for p in render(rows, tmp_path, None)}
     assert "results-data-scale.png" in names
     assert "## 100 training examples" in (tmp_path / "results.md").read_text()
+
+
+def test_marks_follow_the_paired_test_on_recorded_test_predictions(tmp_path):
+    import numpy as np
+
+    from zoo.experiment.predictions import Predictions, write_predictions
+    from zoo.results.render import render
+    from zoo.results.spec import load_table
+
+    spec = load_table(write_table(tmp_path, SMALL))
+    rng = np.random.default_rng(0)
+    target = rng.integers(0, 2, 300)
+    rows = []
+    for method, rate in (("full", 0.70), ("bitfit", 0.90), ("adapter-tiny", 0.45)):
+        for seed in range(3):
+            correct = rng.random(300) < rate
+            predicted = np.where(correct, target, 1 - target)
+            output = np.eye(2)[predicted] * 0.8 + 0.1  # probabilities whose argmax is the prediction
+            run_dir = tmp_path / "runs" / method / str(seed)
+            write_predictions(run_dir, "test", Predictions("classification", np.arange(300), target, output))
+            accuracy = float(correct.mean())
+            rows.append(
+                row(
+                    method, "text", seed, accuracy, run_dir=str(run_dir), metric_split="test", predictions={"test": "x"}
+                )
+            )
+    render(rows, tmp_path / "out", spec, plots=False)
+    markdown = (tmp_path / "out" / "small.md").read_text()
+    lines = {line.split(" | ")[0].strip("| "): line for line in markdown.splitlines() if line.startswith("| ")}
+    assert "▲" in lines["bitfit"] and "▼" in lines["adapter-tiny"] and "▲" not in lines["full"]
+    records = {r["method"]: r for r in csv.DictReader((tmp_path / "out" / "small.csv").open())}
+    assert records["bitfit"]["vs_baseline"] == "better" and float(records["bitfit"]["delta_ci95_low"]) > 0
+    assert records["adapter-tiny"]["vs_baseline"] == "worse" and float(records["adapter-tiny"]["delta_p_value"]) < 0.01
+    assert records["full"]["vs_baseline"] == "" and "3 seed(s), 300 rows" in records["bitfit"]["paired_test"]

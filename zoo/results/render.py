@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,7 @@ class Group:
     method: str | None
     train_size: int | None
     rows: list[dict[str, Any]]
+    _predictions: dict[int, Predictions] | None = field(default=None, repr=False)
 
     def complete(self) -> list[dict[str, Any]]:
         return [r for r in self.rows if r.get("status") == "complete" and r.get("metric_value") is not None]
@@ -96,6 +97,11 @@ class Group:
 
     def test_predictions(self) -> dict[int, Predictions]:
         """Seed -> the test predictions of each complete run whose reported metric is on the test split."""
+        if self._predictions is None:  # read once: the baseline's are compared with every method's
+            self._predictions = self._read_test_predictions()
+        return self._predictions
+
+    def _read_test_predictions(self) -> dict[int, Predictions]:
         found = {}
         for row in self.complete():
             if row.get("metric_split") != "test" or not row.get("run_dir") or not isinstance(row.get("seed"), int):
@@ -115,6 +121,8 @@ def paired_test(g: Group, base: Group | None, metric: str | None) -> tuple[Paire
         return None, ""
     if metric not in METRICS:
         return None, f"no per-example recomputation of {metric}"
+    if any(r.get("metric_split") != "test" for r in g.complete() + base.complete()):
+        return None, "scored on validation rows (no test split): no paired test"
     mine, theirs = g.test_predictions(), base.test_predictions()
     if not mine or not theirs:
         return None, "no test predictions recorded"
