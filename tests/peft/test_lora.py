@@ -136,6 +136,35 @@ def test_fused_slice_forward_and_gradients_match_dense_reference(linear_class, t
     assert layer.base_layer.weight.grad is None and layer.base_layer.bias.grad is None
 
 
+@pytest.mark.parametrize("method", ["lora", "dora"])
+@pytest.mark.parametrize("target", ["qkv[q,v]", "qkv"])
+def test_bf16_autocast_matches_fp32(method, target):
+    """Under autocast the base output is bf16 while A, B (and m) stay fp32; the update is added
+    in the output's dtype and every gradient comes back in its parameter's dtype."""
+    torch.manual_seed(0)
+    dim = 16
+    model = _FusedAttention(nn.Linear(dim, 3 * dim))
+    zp.apply(model, method, r=4, lora_alpha=8, target_modules=[target], modules_to_save=[])
+    randomise_trainable(model)
+    x = torch.randn(2, 5, dim)
+    upstream = torch.randn(2, 5, 3 * dim)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+
+    def run(autocast):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = model(x)
+        grads = torch.autograd.grad((out.float() * upstream).sum(), trainable)
+        return out, grads
+
+    reference, reference_grads = run(False)
+    out, grads = run(True)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), reference, atol=0.05, rtol=0.02)
+    for parameter, grad, expected in zip(trainable, grads, reference_grads):
+        assert grad.dtype == parameter.dtype == torch.float32
+        torch.testing.assert_close(grad, expected, atol=0.1, rtol=0.03)
+
+
 def test_multihead_attention_in_proj_slices():
     torch.manual_seed(0)
 

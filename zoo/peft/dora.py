@@ -15,7 +15,9 @@ The base matmul is computed once: with ``scale = m / ||W + dW||_c``,
     y = scale * (W x + (lora_alpha / r) B A x) + bias
 
 (for a wrapped layer other than a plain Linear/Conv2d, ``W x = base_layer(x) - bias``) and
-``||W + dW||_c`` costs one ``out x r x in`` product per step, without gradient.
+``||W + dW||_c`` costs one ``out x r x in`` product per step, without gradient. On a plain
+``nn.Linear`` the adapted columns of ``W x`` are rescaled in place (``_DoraColumnsInPlace``),
+so the slices of a fused projection cost no full-width temporary.
 Dropout (``lora_dropout``) applies to the low-rank branch only; HF PEFT also recomputes
 ``W dropout(x)`` for the magnitude term in training, which this formulation avoids.
 
@@ -236,13 +238,15 @@ class _DoraColumnsInPlace(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, out, low_rank, scale, bias, columns, *b_weights):
+        # Under autocast ``out`` and ``low_rank`` may be bf16 and B fp32: compute in out's dtype.
+        low_rank = low_rank.to(out.dtype)
         rescaled, offset, position, ranks = [], 0, 0, 0
         for (start, end), b in zip(columns, b_weights):
             rank = b.shape[1]
             if bias is not None and position < start:
                 out[:, position:start] += bias[position:start]
             # W x + s B A x of these columns, kept for the gradient of the magnitude
-            summed = torch.addmm(out[:, start:end], low_rank[:, ranks : ranks + rank], b.t())
+            summed = torch.addmm(out[:, start:end], low_rank[:, ranks : ranks + rank], b.t().to(out.dtype))
             rows = scale[offset : offset + end - start]
             if bias is None:
                 torch.mul(summed, rows, out=out[:, start:end])
@@ -264,7 +268,8 @@ class _DoraColumnsInPlace(torch.autograd.Function):
         low_rank, scale, *rest = ctx.saved_tensors
         b_weights, rescaled = rest[: len(columns)], rest[len(columns) :]
         grad = grad.reshape(-1, grad.shape[-1])
-        column_scale = torch.ones(grad.shape[1], dtype=scale.dtype, device=scale.device)
+        column_scale = torch.ones(grad.shape[1], dtype=grad.dtype, device=grad.device)
+        low_rank = low_rank.to(grad.dtype)
         offset = 0
         for start, end in columns:
             column_scale[start:end] = scale[offset : offset + end - start]
@@ -275,10 +280,10 @@ class _DoraColumnsInPlace(torch.autograd.Function):
             rank = b.shape[1]
             grad_slice = grad_out[:, start:end]
             if ctx.needs_input_grad[1]:
-                grad_low.append(grad_slice @ b)
-            grad_b.append((low_rank[:, ranks : ranks + rank].t() @ grad_slice).t().contiguous())
+                grad_low.append(grad_slice @ b.to(grad.dtype))
+            grad_b.append((low_rank[:, ranks : ranks + rank].t() @ grad_slice).t().contiguous().to(b.dtype))
             if ctx.needs_input_grad[2]:
-                grad_scale.append((grad[:, start:end] * summed).sum(0))
+                grad_scale.append((grad[:, start:end] * summed).sum(0).to(scale.dtype))
             ranks += rank
         return (
             grad_out,

@@ -11,6 +11,9 @@ Targets: ``nn.Linear``, ``nn.Conv2d`` (A is a conv with the base kernel, B a 1x1
 slices of a fused q/k/v ``nn.Linear`` (timm's ``qkv``: ``"qkv[q,v]"``), and slices of
 ``nn.MultiheadAttention.in_proj_weight`` (open_clip: ``"attn[q,v]"``), where the update
 is added to the projection weight because the module never calls a Linear for it.
+
+On a plain ``nn.Linear`` the update is added into the base output in place
+(``_AddLowRankInPlace``): on fused slices only the adapted columns are computed.
 """
 
 from __future__ import annotations
@@ -226,11 +229,12 @@ class _AddLowRankInPlace(torch.autograd.Function):
     @staticmethod
     def forward(ctx, out, low_rank, bounds, *b_weights):
         flat_out = out.view(-1, out.shape[-1])
-        flat_low = low_rank.reshape(-1, low_rank.shape[-1])
+        # Under autocast the output and activations may be bf16 and B fp32: compute in out's dtype.
+        flat_low = low_rank.reshape(-1, low_rank.shape[-1]).to(out.dtype)
         column = 0
         for (start, end), b in zip(bounds, b_weights):
             rank = b.shape[1]
-            flat_out[:, start:end].addmm_(flat_low[:, column : column + rank], b.t())
+            flat_out[:, start:end].addmm_(flat_low[:, column : column + rank], b.t().to(out.dtype))
             column += rank
         ctx.mark_dirty(out)
         ctx.save_for_backward(low_rank, *b_weights)
@@ -242,18 +246,18 @@ class _AddLowRankInPlace(torch.autograd.Function):
     def backward(ctx, grad):
         low_rank, *b_weights = ctx.saved_tensors
         flat_grad = grad.reshape(-1, grad.shape[-1])
-        flat_low = low_rank.reshape(-1, low_rank.shape[-1])
+        flat_low = low_rank.reshape(-1, low_rank.shape[-1]).to(grad.dtype)
         grad_low, grad_b = [], []
         column = 0
         for (start, end), b in zip(ctx.bounds, b_weights):
             rank = b.shape[1]
             grad_slice = flat_grad[:, start:end]
             if ctx.needs_input_grad[1]:
-                grad_low.append(grad_slice @ b)
+                grad_low.append(grad_slice @ b.to(grad.dtype))
             # (r x tokens) @ (tokens x width), transposed: about twice as fast as the other order
-            grad_b.append((flat_low[:, column : column + rank].t() @ grad_slice).t().contiguous())
+            grad_b.append((flat_low[:, column : column + rank].t() @ grad_slice).t().contiguous().to(b.dtype))
             column += rank
-        low_rank_grad = torch.cat(grad_low, dim=1).view_as(low_rank) if grad_low else None
+        low_rank_grad = torch.cat(grad_low, dim=1).view_as(low_rank).to(low_rank.dtype) if grad_low else None
         return (grad, low_rank_grad, None, *grad_b)
 
 
