@@ -136,6 +136,20 @@ def test_fused_slice_forward_and_gradients_match_dense_reference(linear_class, t
     assert layer.base_layer.weight.grad is None and layer.base_layer.bias.grad is None
 
 
+def test_hook_on_the_base_linear_sees_the_callers_input():
+    """The update is added in place on flattened tokens only when nothing observes the base."""
+    torch.manual_seed(0)
+    model = _FusedAttention(nn.Linear(4, 12))
+    zp.apply(model, "lora", r=2, target_modules=["qkv[q,v]"], modules_to_save=[])
+    randomise_trainable(model)
+    x = torch.randn(2, 5, 4)
+    unobserved = model(x)
+    seen = []
+    model.qkv.base_layer.register_forward_hook(lambda module, args, output: seen.append((args[0].shape, output.shape)))
+    torch.testing.assert_close(model(x), unobserved)
+    assert seen == [((2, 5, 4), (2, 5, 12))]
+
+
 @pytest.mark.parametrize("method", ["lora", "dora"])
 @pytest.mark.parametrize("target", ["qkv[q,v]", "qkv"])
 def test_bf16_autocast_matches_fp32(method, target):

@@ -170,7 +170,7 @@ class LoraLayer(DeltaWeightLayer):
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         name = self.active
-        if name is not None and not args and not kwargs and type(self.base_layer).forward is nn.Linear.forward:
+        if name is not None and not args and not kwargs and _is_unobserved_linear(self.base_layer):
             return self._add_in_place(x, name)
         out = self.base_layer(x, *args, **kwargs)
         if name is None:
@@ -214,6 +214,12 @@ class LoraLayer(DeltaWeightLayer):
         low_rank = F.linear(low_rank_input, a) * self.scaling[name]
         out = _AddLowRankInPlace.apply(out, low_rank, columns, *b_parts)
         return out.view(*x.shape[:-1], out.shape[-1])
+
+
+def _is_unobserved_linear(module: nn.Module) -> bool:
+    """A plain Linear without hooks: it may be called on flattened tokens, since nothing sees
+    the shape of its input or output."""
+    return type(module).forward is nn.Linear.forward and not (module._forward_hooks or module._forward_pre_hooks)
 
 
 class _AddLowRankInPlace(torch.autograd.Function):
