@@ -231,7 +231,7 @@ def load_antiberty(path: Path) -> AntibertyBackbone:
         package=("antiberty", "antiberty", "trained_models"),
     ),
     structure=BERT_STYLE,
-    description="AntiBERTy (Ruffolo et al. 2021), antibody BERT, 8 layers, width 512, from the antiberty 0.1.3 package",
+    description="AntiBERTy antibody BERT (Ruffolo et al. 2021), 8 layers, width 512",
     hub_options=(),  # it takes no builder options
 )
 def build(pretrained: bool | Path = False, tiny: bool = False, **options: Any) -> AntibertyBackbone:
