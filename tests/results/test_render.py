@@ -75,10 +75,7 @@ def test_mean_std_delta_and_published_match_a_hand_computation(tmp_path):
     assert abs(float(bitfit["mean"]) - 0.8) < 1e-12 and abs(float(bitfit["std"]) - 0.1) < 1e-12
     assert abs(float(bitfit["ci95_half_width"]) - 4.302653 * 0.1 / 3**0.5) < 1e-6
     assert abs(float(bitfit["ci95_low"]) - (0.8 - 0.248414)) < 1e-6 and bitfit["interval_method"].startswith("95% t")
-    assert (
-        bitfit["vs_baseline"] == ""
-        and bitfit["paired_test"] == "scored on validation rows (no test split): no paired test"
-    )
+    assert bitfit["vs_baseline"] == "" and bitfit["paired_test"] == "no per-example predictions recorded"
     assert records[("video_text", "bitfit")]["ci95_half_width"] == ""
     assert records[("video_text", "bitfit")]["interval_method"] == "one seed: no interval"
     assert abs(float(bitfit["delta_vs_baseline"]) + 0.125) < 1e-12 and bitfit["seeds"] == "3"
@@ -136,4 +133,4 @@ def test_marks_follow_the_paired_test_on_recorded_test_predictions(tmp_path):
     records = {r["method"]: r for r in csv.DictReader((tmp_path / "out" / "small.csv").open())}
     assert records["bitfit"]["vs_baseline"] == "better" and float(records["bitfit"]["delta_ci95_low"]) > 0
     assert records["adapter-tiny"]["vs_baseline"] == "worse" and float(records["adapter-tiny"]["delta_p_value"]) < 0.01
-    assert records["full"]["vs_baseline"] == "" and "3 seed(s), 300 rows" in records["bitfit"]["paired_test"]
+    assert records["full"]["vs_baseline"] == "" and "3 seed(s), 300 test rows" in records["bitfit"]["paired_test"]

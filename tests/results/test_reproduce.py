@@ -11,6 +11,8 @@ import pytest
 
 from tests.results.conftest import write_table
 from zoo.experiment import run_dir as runs
+from zoo.experiment.predictions import read_predictions
+from zoo.results.stats import metric_on_rows
 from zoo.train.reporting import read_metrics
 
 
@@ -45,6 +47,12 @@ def test_table_runs_its_cells_and_a_second_run_skips_every_one(zoo, small_table)
     assert runs.status(cell_dir) == "complete"  # a normal run directory
     assert json.loads((cell_dir / "result.json").read_text())["config_hash"] == lora["config_hash"]
     assert f"{lora['metric_value']:.4f}" in Path("res/small/tiny/small.md").read_text()  # the table shows the cell
+    # no test split: the validation rows at the best step, row by row, give back the reported metric
+    assert lora["predictions"] == {"val": "predictions/val.npz"}
+    predictions = read_predictions(cell_dir, "val")
+    assert predictions is not None and predictions.kind == "classification"
+    recomputed = metric_on_rows("accuracy", predictions, predictions.index[None, :])[0]
+    assert recomputed == pytest.approx(lora["metric_value"], abs=1e-6)
 
     code, out, err = zoo("reproduce", small_table, "--scale", "tiny", "--out", "res")
     assert code == 0, err
@@ -226,8 +234,7 @@ def test_a_table_records_test_predictions_and_renders_intervals_and_the_paired_t
 
     import numpy as np
 
-    from zoo.experiment.predictions import read_predictions
-    from zoo.results.stats import metric_on_rows, paired_bootstrap, t_interval
+    from zoo.results.stats import paired_bootstrap, t_interval
 
     code, out, err = zoo("reproduce", write_table(tmp_path, SEEDED, "seeded"), "--scale", "tiny", "--out", "res")
     assert code == 0, err

@@ -1,8 +1,9 @@
 """Per-example test outputs of a run: ``predictions/<split>.npz`` in its run directory.
 
 A paired test of two methods over test rows needs each run's outputs row by row, not only its
-metric. When a run's final evaluation scores the test split, the runner records what the task's
-``evaluate`` scored: for classification the class probabilities (N, C), for regression the
+metric. When a run's final evaluation scores the test split (with no test split: the validation
+split, again, with the best step's weights, which is what a result table then reports), the runner
+records what the task's ``evaluate`` scored: for classification the class probabilities (N, C), for regression the
 predicted value (N,), each with its target, keyed by the example's index in the split as loaded
 (``data.max_eval_examples`` included). Probabilities rather than correctness, so that metrics that
 are not a mean over rows (AUROC, Spearman) can be recomputed on a resample of the rows.

@@ -9,7 +9,8 @@
       metrics.jsonl, tensorboard events, checkpoints    written by the trainer while it runs
       adapter/            the final adapter (zoo.peft.save_adapter: adapter_config.json + safetensors)
       eval_results.json   validation metrics at the best step and the test metrics
-      predictions/test.npz  the test outputs row by row (zoo.experiment.predictions), for paired tests
+      predictions/test.npz  the test outputs row by row (zoo.experiment.predictions), for paired tests;
+                          val.npz instead, at the best step, where there is no test split
       README.md           the model card: metrics, trainable parameters, the command that made it
 
 Each file is written to a temporary name and renamed into place; ``run.json`` says

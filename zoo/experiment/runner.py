@@ -255,13 +255,18 @@ def _train(config, original, label, run_dir, command, resume, say, main, callbac
             memory = peak_memory(trainer.device, reset_worked)
             if trainer.resumed_from is not None:
                 say(f"  resumed from {trainer.resumed_from}")
-            test_metrics, test_outputs = None, None
-            if "test" in built.datasets:
-                from zoo.experiment.predictions import recording_outputs
+            from zoo.experiment.predictions import recording_outputs
 
+            test_metrics, outputs = None, None
+            if "test" in built.datasets:
                 with recording_outputs(built.task) as captured:  # row by row, for paired tests over test rows
                     test_metrics = trainer.evaluate(built.datasets["test"])
-                test_outputs = captured.predictions()
+                outputs = ("test", captured.predictions())
+            elif "val" in built.datasets and result.best_metrics and config.train.load_best_at_end:
+                # no test split: results report validation at the best step, whose weights these are
+                with recording_outputs(built.task) as captured:
+                    trainer.evaluate(built.datasets["val"])
+                outputs = ("val", captured.predictions())
             with trainer.full_weights():  # whole tensors on rank 0 under FSDP; every process must enter
                 if main:
                     _finish(
@@ -275,7 +280,7 @@ def _train(config, original, label, run_dir, command, resume, say, main, callbac
                         memory,
                         fingerprint,
                         can_forward=not getattr(trainer, "fsdp", False),
-                        test_outputs=test_outputs,
+                        outputs=outputs,
                     )
         except KeyboardInterrupt as interrupt:
             if main and runs.status(run_dir) != "complete":  # not when it came after the last line was written
@@ -289,9 +294,10 @@ def _train(config, original, label, run_dir, command, resume, say, main, callbac
 
 
 def _finish(
-    run_dir, built, report, result, test_metrics, changed, say, memory, fingerprint, can_forward=True, test_outputs=None
+    run_dir, built, report, result, test_metrics, changed, say, memory, fingerprint, can_forward=True, outputs=None
 ) -> None:
-    """Write the adapter, eval_results.json, predictions/test.npz, the model card, and run.json's whole record (last)."""
+    """Write the adapter, eval_results.json, predictions/<split>.npz (``outputs``: split and its predictions), the
+    model card, and run.json's whole record (last)."""
     import zoo.peft as zp
     from zoo.experiment.model_card import model_card
     from zoo.experiment.record import ReferenceOutputs, finished_record
@@ -316,10 +322,10 @@ def _finish(
             "note": weights,
         }
     runs.write_json(run_dir / runs.EVAL_FILE, results)
-    if test_outputs is not None:
+    if outputs is not None and outputs[1] is not None:
         from zoo.experiment.predictions import write_predictions
 
-        write_predictions(run_dir, "test", test_outputs)
+        write_predictions(run_dir, *outputs)
     if not can_forward:  # under FSDP rank 0 holds whole tensors for reading only
         reference = ReferenceOutputs(note="not taken: a strategy=fsdp run holds no whole model to run")
     else:

@@ -95,21 +95,22 @@ class Group:
         values = [r[key] for r in self.complete() if isinstance(r.get(key), (int, float))]
         return t_interval(values)[1] if values else None
 
-    def test_predictions(self) -> dict[int, Predictions]:
-        """Seed -> the test predictions of each complete run whose reported metric is on the test split."""
+    def split_predictions(self) -> dict[int, Predictions]:
+        """Seed -> the predictions each complete run recorded of the split its metric is reported on."""
         if self._predictions is None:  # read once: the baseline's are compared with every method's
-            self._predictions = self._read_test_predictions()
+            self._predictions = self._read_predictions()
         return self._predictions
 
-    def _read_test_predictions(self) -> dict[int, Predictions]:
+    def _read_predictions(self) -> dict[int, Predictions]:
         found = {}
         for row in self.complete():
-            if row.get("metric_split") != "test" or not row.get("run_dir") or not isinstance(row.get("seed"), int):
+            split = row.get("metric_split")
+            if not split or not row.get("run_dir") or not isinstance(row.get("seed"), int):
                 continue
             files = row.get("predictions")  # absent from rows made before rows named the run's predictions
-            if files is not None and "test" not in files:
+            if files is not None and split not in files:
                 continue
-            predictions = read_predictions(row["run_dir"], "test")
+            predictions = read_predictions(row["run_dir"], split)
             if predictions is not None:
                 found[row["seed"]] = predictions
         return found
@@ -121,11 +122,12 @@ def paired_test(g: Group, base: Group | None, metric: str | None) -> tuple[Paire
         return None, ""
     if metric not in METRICS:
         return None, f"no per-example recomputation of {metric}"
-    if any(r.get("metric_split") != "test" for r in g.complete() + base.complete()):
-        return None, "scored on validation rows (no test split): no paired test"
-    mine, theirs = g.test_predictions(), base.test_predictions()
+    splits = {r.get("metric_split") for r in g.complete() + base.complete()}
+    if len(splits) != 1:
+        return None, f"the runs report different splits ({', '.join(sorted(map(str, splits)))})"
+    mine, theirs = g.split_predictions(), base.split_predictions()
     if not mine or not theirs:
-        return None, "no test predictions recorded"
+        return None, "no per-example predictions recorded"
     try:
         return paired_bootstrap(mine, theirs, metric, greater_is_better(metric)), ""
     except ValueError as error:
@@ -196,7 +198,10 @@ def summarise(rows: list[dict[str, Any]], spec=None) -> list[dict[str, Any]]:
                 "vs_baseline": {BETTER: "better", WORSE: "worse", "": "no difference shown"}[test.mark]
                 if test
                 else None,
-                "paired_test": (f"{TEST_METHOD}, {test.seeds} seed(s), {test.rows} rows" if test else why_not) or None,
+                "paired_test": (
+                    f"{TEST_METHOD}, {test.seeds} seed(s), {test.rows} {'/'.join(splits)} rows" if test else why_not
+                )
+                or None,
                 "trainable_percent": g.mean_of("trainable_percent"),
                 "peak_memory_mib": memory / 2**20 if memory is not None else None,
                 "train_seconds": g.mean_of("train_seconds"),

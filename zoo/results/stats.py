@@ -5,8 +5,9 @@
 describes how the number moves with the seed; a cell with one seed has none.
 
 **Paired test against the baseline** (full fine-tuning) in the same domain and training-set size:
-a two-level paired bootstrap over seeds and test rows, from each run's per-example test outputs
-(``predictions/test.npz``, :mod:`zoo.experiment.predictions`). Seed ``s`` of the method is paired
+a two-level paired bootstrap over seeds and test rows, from each run's per-example outputs
+(``predictions/test.npz``, :mod:`zoo.experiment.predictions`; where a table reports validation at
+the best step for want of a test split, the validation rows of ``predictions/val.npz``). Seed ``s`` of the method is paired
 with seed ``s`` of the baseline. Each of :data:`RESAMPLES` resamples draws the seed pairs with
 replacement and the test rows with replacement, the same rows for both methods (and for every seed
 where all runs scored the same rows), recomputes the metric of each run on those rows, and takes
@@ -33,7 +34,7 @@ CONFIDENCE = 0.95
 RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
 INTERVAL_METHOD = "95% t-interval over seeds (Student t, n-1 df)"
-TEST_METHOD = f"paired bootstrap over seeds and test rows, {RESAMPLES:,} resamples, 95% percentile interval"
+TEST_METHOD = f"paired bootstrap over seeds and rows, {RESAMPLES:,} resamples, 95% percentile interval"
 BETTER, WORSE = "▲", "▼"
 _CHUNK = 200  # resamples scored at once: bounds the (resamples, rows) arrays of a large test split
 
