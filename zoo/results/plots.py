@@ -89,7 +89,7 @@ def plot_all(rows: list[dict[str, Any]], records: list[dict[str, Any]], folder: 
                     sizes_, means, halves, steps, step_halves = (list(column_) for column_ in zip(*line))
                     axes[0][column].errorbar(sizes_, means, yerr=halves, marker="o", capsize=3, label=method)
                     axes[1][column].errorbar(sizes_, steps, yerr=step_halves, marker="o", capsize=3, label=method)
-            for row, label in ((0, "metric"), (1, "steps to 95% of best val")):
+            for row, label in ((0, "metric, mean ± 95% CI"), (1, "steps to 95% of best val ± 95% CI")):
                 axes[row][column].set_xscale("log")
                 axes[row][column].set_xlabel("training examples")
                 axes[row][column].set_ylabel(label)
