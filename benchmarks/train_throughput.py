@@ -1,8 +1,18 @@
-"""Trainer throughput against a bare hand-written torch loop: same model, data, batch, one process.
+"""Trainer throughput against a bare hand-written torch loop, or against HF Trainer + peft on a real job.
 
     .venv/bin/python benchmarks/train_throughput.py             # BERT-style 4 x 256 + LoRA, CPU: ~1-2 minutes on 2 cores
     .venv/bin/python benchmarks/train_throughput.py --quick     # a smoke run
     .venv/bin/python benchmarks/train_throughput.py --device cuda --layers 12 --hidden 768 --batch 32
+    .venv/bin/python benchmarks/train_throughput.py --against hf   # MiniLM SST-2 LoRA: zoo vs transformers.Trainer
+
+``--against hf`` trains all-MiniLM-L6-v2 with LoRA on the first ``--rows`` rows of SST-2's train.tsv
+(``--sst2``, default $ZOO_DATA_DIR/sst2 or ../shared/data/sst2) for ``--epochs``, once through
+``zoo train text/sst2-lora`` and once through ``transformers.Trainer`` with a ``peft`` model, each in
+its own process with ``--threads`` threads, and scores both on the 872-sentence dev set; the job's
+settings are in ``benchmarks/against_hf.py``. It prints each side's training examples per second
+(wall) and per CPU-second of the training call, the dev accuracy, and the ratios zoo / HF.
+
+The rest of this text is about the default comparison against a bare loop.
 
 Both sides train a deep copy of one seeded model (transformers BertForSequenceClassification
 with random weights + zoo LoRA r=8 on query/value, the head trained) on the same synthetic
@@ -138,6 +148,74 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def run_against_hf(args) -> None:
+    """zoo and HF Trainer + peft on the same MiniLM SST-2 LoRA job, each in its own process (see against_hf.py)."""
+    import os
+    import resource
+    import subprocess
+
+    source = Path(
+        args.sst2 or Path(os.environ.get("ZOO_DATA_DIR", Path(__file__).resolve().parents[2] / "shared/data")) / "sst2"
+    )
+    side_script = Path(__file__).with_name("against_hf.py")
+    results: dict[str, list[dict]] = {"zoo": [], "hf": []}
+    with tempfile.TemporaryDirectory() as work:
+        data = Path(work) / "sst2"
+        data.mkdir()
+        lines = (source / "train.tsv").read_text(encoding="utf-8").splitlines(keepends=True)
+        (data / "train.tsv").write_text("".join(lines[: args.rows + 1]), encoding="utf-8")  # the header and rows
+        (data / "dev.tsv").write_bytes((source / "dev.tsv").read_bytes())
+        for round_index in range(args.rounds):
+            order = ["zoo", "hf"] if round_index % 2 == 0 else ["hf", "zoo"]
+            for side in order:
+                out = Path(work) / f"{side}-{round_index}.json"
+                command = [sys.executable, str(side_script), "--side", side, "--data", work, "--rows", str(args.rows)]
+                command += ["--epochs", str(args.epochs), "--threads", str(args.threads), "--out", str(out)]
+                command += ["--group-by-length"] if args.group_by_length == "on" else []
+                before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+                subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                result = json.loads(out.read_text())
+                result["job_wall"] = time.perf_counter() - start
+                result["job_cpu"] = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+                results[side].append(result)
+                print(f"round {round_index + 1} {side}: {json.dumps(result)}", flush=True)
+
+    def median(side: str, key: str) -> float:
+        return statistics.median(r[key] for r in results[side])
+
+    def rate(side: str, key: str) -> float:
+        return statistics.median(r["examples"] / r[key] for r in results[side])
+
+    print(
+        f"\nMiniLM-L6 + LoRA r=8 q/v, SST-2: {args.rows} train rows x {args.epochs} epoch(s), batch 32, max length 128, "
+        f"group_by_length {args.group_by_length}, {args.threads} threads, {args.rounds} round(s), dev 872 sentences"
+    )
+    print(
+        "| side | train examples/s (wall) | train examples per CPU-second | dev accuracy | whole job CPU-s | trainable |"
+    )
+    print("|---|---|---|---|---|---|")
+    for side in results:
+        print(
+            f"| {side} | {rate(side, 'train_wall'):.1f} | {rate(side, 'train_cpu'):.1f} | "
+            f"{median(side, 'accuracy'):.4f} | {median(side, 'job_cpu'):.0f} | {results[side][0]['trainable']} |"
+        )
+    wall_ratio, cpu_ratio = (
+        rate("zoo", "train_wall") / rate("hf", "train_wall"),
+        rate("zoo", "train_cpu") / rate("hf", "train_cpu"),
+    )
+    print(f"\nzoo / HF: {wall_ratio:.3f}x examples/s (wall), {cpu_ratio:.3f}x examples per CPU-second")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
+        json.dumps(
+            {"args": vars(args), "results": results, "ratio_wall": wall_ratio, "ratio_cpu": cpu_ratio,
+             "torch": torch.__version__, "machine": platform.platform()},
+            indent=2,
+        )
+    )  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -147,12 +225,24 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=8000)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=30, help="optimizer steps per timed run")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=None, help="default: 3 (--against hf: 1)")
     parser.add_argument("--log-every", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--quick", action="store_true", help="2 x 64 model, 64 tokens, 10 steps, 2 rounds")
-    parser.add_argument("--out", default=".bench/train_throughput.json")
+    parser.add_argument("--out", default=None, help="default: .bench/train_throughput[_hf].json")
+    parser.add_argument("--against", choices=["bare", "hf"], default="bare", help="what the trainer is compared with")
+    parser.add_argument("--rows", type=int, default=2000, help="--against hf: SST-2 training rows")
+    parser.add_argument("--epochs", type=int, default=1, help="--against hf: epochs")
+    parser.add_argument("--sst2", default=None, help="--against hf: folder with train.tsv and dev.tsv")
+    parser.add_argument("--group-by-length", choices=["on", "off"], default="on", help="--against hf: both sides")
     args = parser.parse_args()
+    if args.against == "hf":
+        args.out = args.out or ".bench/train_throughput_hf.json"
+        args.rounds = args.rounds or 1
+        run_against_hf(args)
+        return
+    args.out = args.out or ".bench/train_throughput.json"
+    args.rounds = args.rounds or 3
     if args.quick:
         args.layers, args.hidden, args.length, args.steps, args.rounds = 2, 64, 64, 10, 2
     torch.set_num_threads(args.threads)
