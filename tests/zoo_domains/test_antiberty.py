@@ -50,7 +50,17 @@ def test_real_features_equal_the_antiberty_runner(real_backbone, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     from antiberty import AntiBERTyRunner
 
-    runner = AntiBERTyRunner()
+    try:
+        runner = AntiBERTyRunner()
+    except AttributeError as error:  # the package's own PreTrainedModel subclass predates transformers 5
+        import transformers
+
+        if int(transformers.__version__.split(".")[0]) < 5:
+            raise
+        pytest.skip(
+            f"antiberty 0.1.3's own AntiBERTy model does not load on transformers {transformers.__version__} "
+            f"({error}); the reference runs on the locked transformers 4"
+        )
     runner.model, runner.device = runner.model.cpu(), torch.device("cpu")
     reference = runner.embed(HEAVY_CHAINS)  # per sequence: (L + 2, 512), [CLS] and [SEP] included
     batch = real_backbone.collate(HEAVY_CHAINS)

@@ -78,12 +78,14 @@ def antiberty_tokenizer(vocab_file: Path | None = None) -> Any:
     """``BertTokenizer(vocab_file, do_lower_case=False)``, as ``AntiBERTyRunner``; None: AntiBERTy's vocabulary."""
     from transformers import BertTokenizer
 
+    # the vocabulary file goes by position: transformers 5 ignores the vocab_file keyword and builds an empty
+    # vocabulary (every residue [UNK]); transformers 4 takes either
     if vocab_file is not None:
-        return BertTokenizer(vocab_file=str(vocab_file), do_lower_case=False)
+        return BertTokenizer(str(vocab_file), do_lower_case=False)
     with tempfile.TemporaryDirectory() as folder:  # the slow tokenizer reads its vocabulary from a file
         path = Path(folder) / "vocab.txt"
         path.write_text("\n".join(VOCABULARY) + "\n")
-        return BertTokenizer(vocab_file=str(path), do_lower_case=False)
+        return BertTokenizer(str(path), do_lower_case=False)
 
 
 def check_antibody_sequence(sequence: Any, where: str) -> str:
