@@ -113,7 +113,7 @@ class TaskInfo(HubModel):
 class BackboneInfo(HubModel):
     name: Text
     fingerprint: Annotated[str, StringConstraints(pattern=FINGERPRINT_PATTERN)]
-    """sha256 of the base weights the adapter was trained on (see :mod:`zoo.hub.fingerprint`)."""
+    """sha256 of the base weights the adapter was trained on (see :mod:`zoo.experiment.fingerprint`)."""
     source: str | None = None
     licence: str | None = None
     revision: str | None = None
