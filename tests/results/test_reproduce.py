@@ -184,6 +184,14 @@ def test_table_spec_errors_are_clear(zoo, tmp_path):
     )
     code, _, err = zoo("reproduce", tmp_path / "typo.yaml", "--dry-run")
     assert code == 2 and "cell text/lorra/seed0" in err and "'lora'" in err  # the unknown method, with close matches
+    write_table(
+        tmp_path,
+        'domains: {text: {recipe: "text/sst2-{method}", metric: accuracy}}\nmethods: [lora, bitfit]\n'
+        "baseline: null\nscales: {tiny: {methods: [lora, ia3]}}\n",
+        "scale_methods",
+    )
+    code, _, err = zoo("reproduce", tmp_path / "scale_methods.yaml", "--dry-run")
+    assert code == 2 and "scale tiny names methods ['ia3'] that the table lacks" in err
     code, _, err = zoo("reproduce", "cross-domain", "--scale", "paper", "--dry-run", "--shard", "3/2")
     assert code == 2 and "--shard" in err
 
@@ -203,16 +211,20 @@ def test_shipped_tables_are_valid_and_not_recipes():
     assert [m.label for m in scale.method_entries()] == ["full", "lora", "ia3", "bitfit", "prefix", "loreft", "adapter"]
 
 
-def test_cpu_scale_runs_three_seeds_of_the_real_domains(tmp_path):
+def test_cpu_scale_runs_three_seeds_of_the_real_domains(tmp_path, monkeypatch):
     from zoo.results.cells import plan
     from zoo.results.spec import load_table
+
+    monkeypatch.setenv("ZOO_MODELS_DIR", str(tmp_path / "models"))  # where ../shared/models would be
 
     cells = plan(load_table("cross-domain"), "cpu", tmp_path)
     seeds: dict[str, set[int]] = {}
     for cell in cells:
         seeds.setdefault(cell.domain, set()).add(cell.seed)
     assert seeds == {"text": {0, 1, 2}, "vision": {0, 1, 2}, "protein": {0, 1, 2}, "speech": {0}, "video_text": {0}}
-    assert len(cells) == 15 * (3 + 3 + 3 + 1 + 1)
+    methods = load_table("cross-domain").scale("cpu").methods
+    assert methods and {cell.method_label for cell in cells} == set(methods)
+    assert len(cells) == len(methods) * (3 + 3 + 3 + 1 + 1)
     assert {cell.seed for cell in plan(load_table("data-scale"), "cpu", tmp_path)} == {0, 1, 2}
 
 

@@ -276,6 +276,31 @@ def test_gb1_real_copy_three_vs_rest():
     assert len(protein_data.load_flip_gb1(SHARED_GB1, "val")[0][0]) == 265
 
 
+def test_gb1_residues_keeps_that_window_of_every_sequence(tmp_path):
+    folder = tmp_path / "flip" / "gb1"
+    protein_data.make_flip_gb1_fixture(folder)
+    whole = protein_data.load_flip_gb1(folder, "test")
+    window = protein_data.load_flip_gb1(folder, "test", residues="39-41")
+    assert len(window) == len(whole)
+    for index in range(len(whole)):
+        assert window[index][0] == whole[index][0][38:41] and torch.equal(window[index][1], whole[index][1])
+    for bad in ("41-39", "0-5", "a-b", "12"):
+        with pytest.raises(DataError, match="expected FIRST-LAST, 1-based"):
+            protein_data.load_flip_gb1(folder, "test", residues=bad)
+    with pytest.raises(DataError, match="is past the end"):
+        protein_data.load_flip_gb1(folder, "test", residues="900-901")
+
+
+@pytest.mark.shared_data
+@pytest.mark.skipif(not (SHARED_GB1 / "splits.zip").exists(), reason="no real FLIP GB1 copy")
+def test_gb1_real_copy_varies_only_inside_residues_1_to_56():
+    whole = protein_data.load_flip_gb1(SHARED_GB1, "test")
+    window = protein_data.load_flip_gb1(SHARED_GB1, "test", residues="1-56")
+    tails = {whole[i][0][56:] for i in range(len(whole))}
+    assert len(tails) == 1  # the fusion partner is the same in every variant: the window loses nothing
+    assert len({window[i][0] for i in range(len(window))}) == len({whole[i][0] for i in range(len(whole))})
+
+
 def test_missing_download_names_the_url(tmp_path):
     with pytest.raises(DataError, match="J-SNACKKB/FLIP/raw/main/splits/gb1/splits.zip"):
         load_dataset("flip_gb1", "train", root=tmp_path, allow_download=False)

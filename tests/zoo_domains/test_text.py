@@ -7,6 +7,7 @@ import csv
 import importlib.util
 import io
 import time
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -252,6 +253,25 @@ def test_sst2_reads_its_layout_without_downloading(tmp_path):
         val = load_dataset("sst2", "val", root=tmp_path, allow_download=False)
     assert train[0] == ("a gripping , beautifully acted film", 1) and len(train) == 6 and len(val) == 2
     assert train.label_names == ["negative", "positive"] and set(train.labels) == {0, 1}
+
+
+def test_sst2_val_rows_holds_out_the_last_training_lines_and_leaves_dev_to_test(tmp_path):
+    make_sst2_fixture(tmp_path / "sst2")
+    lines = (tmp_path / "sst2" / "train.tsv").read_text(encoding="utf-8").splitlines()[1:]
+    expected = [(line.split("\t")[0].strip(), int(line.split("\t")[1])) for line in lines]
+    dev = (tmp_path / "sst2" / "dev.tsv").read_text(encoding="utf-8").splitlines()[1:]
+    with pytest.warns(ChecksumWarning):
+        split = {s: load_dataset("sst2", s, root=tmp_path, allow_download=False, val_rows=2) for s in ("train", "val")}
+        test = load_dataset("sst2", "test", root=tmp_path, allow_download=False)
+        plain_val = load_dataset("sst2", "val", root=tmp_path, allow_download=False)
+    assert [split["train"][i] for i in range(len(split["train"]))] == expected[:-2]
+    assert [split["val"][i] for i in range(len(split["val"]))] == expected[-2:]
+    assert split["val"].selection == "the last 2 lines" and split["train"].selection == "all but the last 2 lines"
+    assert len(test) == len(dev) == len(plain_val) and test[0] == plain_val[0]  # dev.tsv, untouched by val_rows
+    for bad, message in ((6, "leaves no training lines"), (0, "positive number"), (True, "positive number")):
+        with pytest.raises(DataError, match=message), warnings.catch_warnings():
+            warnings.simplefilter("ignore", ChecksumWarning)
+            load_dataset("sst2", "val", root=tmp_path, allow_download=False, val_rows=bad)
 
 
 def test_sst2_downloads_and_unpacks_the_glue_archive(tmp_path, monkeypatch):

@@ -86,6 +86,8 @@ def plan(spec: TableSpec, scale: str, out: Path) -> list[Cell]:
     for domain, domain_entry in spec.domains.items():
         domain_seeds = entry.domain_seeds.get(domain, seeds)
         for method in spec.method_entries():
+            if entry.methods is not None and method.label not in entry.methods:
+                continue
             recipe, switch = _recipe_for(domain_entry.recipe, method.method, domain_entry.fallback)
             for size in sizes:
                 for seed in domain_seeds:

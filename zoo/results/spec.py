@@ -66,6 +66,7 @@ class ScaleEntry(_Strict):
     domains: dict[str, Overrides] = Field(default_factory=dict, description="Added to one domain's cells.")
     train_sizes: list[int | None] | None = Field(None, description="Replaces the table's training-set sizes.")
     seeds: list[int] | None = Field(None, description="Replaces the table's seeds.")
+    methods: list[str] | None = Field(None, description="Labels of the table's methods run at this scale; null: all.")
     domain_seeds: dict[str, list[int]] = Field(
         default_factory=dict, description="Replaces the seeds of one domain's cells (3 where a domain gives results)."
     )
@@ -176,7 +177,10 @@ def load_table(name: str | os.PathLike) -> TableSpec:
                 f"table {path}: published entry for {entry.method}/{entry.domain} names no row/column "
                 f"of the table (methods {', '.join(labels)}; domains {', '.join(spec.domains)})"
             )
-    for scale in spec.scales.values():
+    for name, scale in spec.scales.items():
+        strangers = sorted(set(scale.methods or ()) - set(labels))
+        if strangers:
+            raise ConfigError(f"table {path}: scale {name} names methods {strangers} that the table lacks ({labels})")
         unknown = (set(scale.domains) | set(scale.domain_seeds)) - set(spec.domains)
         if unknown:
             raise ConfigError(

@@ -153,13 +153,20 @@ def _split_file(directory: Path, name: str, split: str, files: dict[str, str]) -
 # the ones torchtext publishes for the archive and for each extracted file (no SHA-256 is published).
 SST2_URL = "https://dl.fbaipublicfiles.com/glue/data/SST-2.zip"
 SST2_ARCHIVE_MD5 = "9f81648d4199384278b86e315dac217c"
-SST2_FILES = {"train": "train.tsv", "val": "dev.tsv"}
+SST2_FILES = {"train": "train.tsv", "val": "dev.tsv", "test": "dev.tsv"}
 SST2_FILE_MD5 = {"train.tsv": "da409a0a939379ed32a470bc0f7fe99a", "dev.tsv": "268856b487b2a31a28c0a93daaff7288"}
 SST2_LABELS = ("negative", "positive")
 
 
-def load_sst2(directory: Path, split: str) -> TextClassification:
-    path = _split_file(directory, "sst2", split, SST2_FILES)
+def load_sst2(directory: Path, split: str, val_rows: int | None = None) -> TextClassification:
+    """train.tsv is train and dev.tsv val. ``val_rows=N`` holds the last N lines of train.tsv out as val instead,
+    so that a model is chosen on them and dev.tsv (also the test split) stays unseen until it is scored. GLUE's
+    train phrases are sub-phrases of each other, so held-out training lines select well but score too high:
+    report on dev.tsv."""
+    if val_rows is not None and (isinstance(val_rows, bool) or not isinstance(val_rows, int) or val_rows < 1):
+        raise DataError(f"dataset sst2: val_rows={val_rows!r}; expected a positive number of train.tsv lines")
+    from_train = val_rows is not None and split == "val"
+    path = _split_file(directory, "sst2", "train" if from_train else split, SST2_FILES)
     check_local_copy(path, None, "dataset sst2", md5=SST2_FILE_MD5[path.name])
     texts, labels = [], []
     for line_number, fields in read_tsv(path, columns=2):
@@ -170,6 +177,13 @@ def load_sst2(directory: Path, split: str) -> TextClassification:
         texts.append(fields[0].strip())
         labels.append(parse_label(fields[1], None, f"{path}, line {line_number}", num_classes=2))
     _non_empty(path, len(texts))
+    if val_rows is not None and path.name == "train.tsv":
+        if val_rows >= len(texts):
+            raise DataError(f"dataset sst2: val_rows={val_rows} leaves no training lines ({path} has {len(texts)})")
+        cut = len(texts) - val_rows
+        kept = slice(cut, None) if from_train else slice(None, cut)
+        which = f"the last {val_rows} lines" if from_train else f"all but the last {val_rows} lines"
+        return TextClassification(texts[kept], labels[kept], SST2_LABELS, path, selection=which)
     return TextClassification(texts, labels, SST2_LABELS, path)
 
 
@@ -202,12 +216,14 @@ register_dataset(
         files=tuple(
             RemoteFile(path=file, url=SST2_URL, md5=SST2_ARCHIVE_MD5, unpack="SST-2", split=split)
             for split, file in SST2_FILES.items()
+            if split != "test"  # dev.tsv once: it is val and test
         ),
-        splits=("train", "val"),
+        splits=("train", "val", "test"),
         num_classes=2,
         licence="research use (Stanford Sentiment Treebank; GLUE)",
         description="SST-2 binary sentiment of movie-review phrases: train = train.tsv (GLUE's 67,349 training "
-        "phrases), val = dev.tsv (GLUE's 872-sentence dev set)",
+        "phrases), val and test = dev.tsv (GLUE's 872-sentence dev set). Option val_rows=N: the last N lines of "
+        "train.tsv are val instead (select there, score on test)",
     )
 )
 
