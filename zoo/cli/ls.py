@@ -1,10 +1,15 @@
-"""``zoo ls [recipes|methods|backbones|datasets|tasks|structures] [PATTERN]``: what this installation provides."""
+"""``zoo ls [recipes|methods|backbones|datasets|tasks|structures|adapters] [PATTERN]``: what this installation
+provides, and the adapters of the hubs (``--format table|md|csv|json``; ``--page``: the model-zoo page)."""
 
 from __future__ import annotations
 
 import argparse
 
+from zoo.errors import ConfigError
+
 KINDS = ("recipes", "methods", "backbones", "datasets", "tasks", "structures", "adapters")
+FORMATS = ("table", "md", "csv", "json")
+"""Of ``zoo ls adapters``: table is the one-line listing; the others are the rows of zoo.hub.catalog_page."""
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -14,6 +19,16 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "pattern", nargs="?", default="*", help="shell-style filter on names, e.g. 'vision/*' or 'esm*'"
     )
     parser.add_argument("--hub", help="adapters: the hub to list (default: $ZOO_HUB, then zoo's own)")
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        help="adapters: table (default), or one row per adapter as a Markdown table, CSV or JSON",
+    )
+    parser.add_argument(
+        "--page",
+        action="store_true",
+        help="adapters: the whole model-zoo Markdown page (docs/zoo.md): a header saying how it is made, then the table",
+    )
     parser.set_defaults(run=run)
 
 
@@ -110,18 +125,29 @@ def _structures(pattern: str) -> None:
             print(name)
 
 
-def _adapters(pattern: str, hub: str | None) -> None:
+def _adapters(pattern: str, hub: str | None, output: str, page: bool) -> None:
     """Every hub searched; without --hub, one that cannot be read is skipped with a warning naming it."""
     import fnmatch
     import sys
 
-    from zoo.hub import list_adapters
+    from zoo.hub import catalog_page, list_adapters
+    from zoo.hub.locations import parse_hub
 
     def skip(hub_found, error) -> None:
         print(f"warning: skipping hub {hub_found}: {error}", file=sys.stderr)
 
     listed = list_adapters(hub, on_broken_hub=None if hub else skip)
     rows = [(h, e) for h, e in listed if fnmatch.fnmatch(e["name"], pattern)]
+    if page:
+        named = parse_hub(hub) if hub else None
+        sys.stdout.write(catalog_page.to_page(catalog_page.adapter_rows(rows), named, pattern))
+        return
+    if output != "table":
+        write = {"md": catalog_page.to_markdown, "csv": catalog_page.to_csv, "json": catalog_page.to_json}[output]
+        sys.stdout.write(write(catalog_page.adapter_rows(rows)))
+        if not rows:  # the output stays well-formed (a header, an empty list); the note goes to stderr
+            print(f"no adapters matching {pattern!r}", file=sys.stderr)
+        return
     if not rows:
         print(f"no adapters matching {pattern!r}")
     for hub_found, entry in rows:  # entries as zoo.hub.schema.HubEntry declares them
@@ -136,8 +162,14 @@ def _adapters(pattern: str, hub: str | None) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.what == "adapters":
-        _adapters(args.pattern, args.hub)
+        if args.page and args.format not in (None, "md"):
+            raise ConfigError(f"--page writes a Markdown page; drop --format {args.format} (or drop --page)")
+        _adapters(args.pattern, args.hub, args.format or "table", args.page)
         return 0
+    if args.format or args.page:
+        raise ConfigError(
+            f"--format and --page list adapters only: zoo ls adapters --format ..., not zoo ls {args.what}"
+        )
     {
         "recipes": _recipes,
         "methods": _methods,
