@@ -21,6 +21,7 @@ from zoo.cli import (
     eval,
     info,
     ls,
+    merge,
     predict,
     pull,
     push,
@@ -31,7 +32,7 @@ from zoo.cli import (
     validate,
 )
 
-SUBCOMMANDS = (ls, train, eval, validate, cp, info, demo, tune, reproduce, results, push, pull, predict, doctor)
+SUBCOMMANDS = (ls, train, eval, validate, cp, info, demo, tune, reproduce, results, push, pull, predict, merge, doctor)
 
 
 def build_parser() -> argparse.ArgumentParser:
