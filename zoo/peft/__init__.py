@@ -4,6 +4,8 @@
 >>> model = zp.apply(model, "lora", r=8, lora_alpha=16)      # freezes the rest
 >>> print(zp.parameter_report(model))
 >>> zp.save_adapter(model, "runs/adapter")
+>>> with zp.mixed(model, ["a", None, "b"]):                  # row i with adapter names[i]
+...     outputs = model(batch)
 """
 
 from zoo.errors import (
@@ -34,6 +36,7 @@ from zoo.peft.engine import (
 )
 from zoo.peft.exclusions import Exclusion, exclusion_for, list_exclusions, register_exclusion
 from zoo.peft.io import adapter_size_bytes, load_adapter, read_adapter_dir, save_adapter
+from zoo.peft.mixed import mixed
 from zoo.peft.registry import MethodSpec, get_method, list_methods, register_method
 from zoo.peft.report import ParameterReport, parameter_report
 from zoo.peft.structure import Structure, detect_structure, get_structure, list_structures, register_structure
@@ -71,6 +74,7 @@ __all__ = [
     "load_adapter",
     "merge",
     "merge_and_unload",
+    "mixed",
     "parameter_report",
     "read_adapter_dir",
     "register_exclusion",

@@ -28,6 +28,7 @@ from torch import nn
 from zoo.peft.config import ConfigError, MethodConfig, option, require_choice, require_positive
 from zoo.peft.engine import InjectionContext
 from zoo.peft.layers import WrappedLayer
+from zoo.peft.mixed import mixed_forward
 from zoo.peft.registry import register_method
 from zoo.peft.targeting import base_of
 from zoo.strict_model import Number
@@ -82,6 +83,7 @@ class BottleneckAdapter(WrappedLayer):
 
     adapter_groups = ("adapter_down", "adapter_up")
     adapter_settings = ("non_linearity",)
+    mixes_rows = True
 
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__(base_layer)
@@ -100,10 +102,14 @@ class BottleneckAdapter(WrappedLayer):
         self.non_linearity[name] = non_linearity
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if self.row_groups is not None:
+            return mixed_forward(self, x, args, kwargs)
         out = self.base_layer(x, *args, **kwargs)
         name = self.active
-        if name is None:
-            return out
+        return out if name is None else self.adapted_rows(name, x, out)
+
+    def adapted_rows(self, name: str, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Adapter ``name`` applied to the projection's output ``out`` (all rows, or its rows of a mixed batch)."""
         activation = ACTIVATIONS[self.non_linearity[name]]
         return out + self.adapter_up[name](activation(self.adapter_down[name](out)))
 

@@ -63,6 +63,7 @@ class AdaptFormerLayer(WrappedLayer):
 
     adapter_groups = ("down_proj", "up_proj")
     adapter_settings = ("scale", "dropout")
+    mixes_rows = True
 
     def __init__(self, base_layer: nn.Module, ffn_in: nn.Module) -> None:
         super().__init__(base_layer)
@@ -84,17 +85,32 @@ class AdaptFormerLayer(WrappedLayer):
         self.dropout[name] = config.adapter_dropout
 
     def _keep_ffn_input(self, module, args):
-        if self.active is not None:
+        if self.active is not None or self.row_groups is not None:
             self._ffn_input = args[0]
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         out = self.base_layer(x, *args, **kwargs)
-        name = self.active
-        if name is None:
+        name, groups = self.active, self.row_groups
+        if name is None and groups is None:
             return out
         ffn_input, self._ffn_input = self._ffn_input, None  # do not keep activations alive past this call
         if ffn_input is None:
             raise RuntimeError("adaptformer: the FFN's output layer ran without its input layer running first")
+        if groups is not None:  # a mixed batch: each adapter's rows get its bottleneck of their FFN input
+            axis = groups.axis(self)
+            return groups.replace(
+                out,
+                self.adapter_names(),
+                lambda row_name, index: self.adapted_rows(
+                    row_name, ffn_input.index_select(axis, index), out.index_select(axis, index)
+                ),
+                self,
+                axis,
+            )
+        return self.adapted_rows(cast(str, name), ffn_input, out)
+
+    def adapted_rows(self, name: str, ffn_input: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Adapter ``name``'s output for rows whose FFN input is ``ffn_input`` and base output ``out``."""
         hidden = F.dropout(F.relu(self.down_proj[name](ffn_input)), self.dropout[name], self.training)
         return out + self.scale[name] * self.up_proj[name](hidden)
 

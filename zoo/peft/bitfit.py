@@ -29,8 +29,9 @@ from torch.func import functional_call
 from zoo.peft.config import ConfigError, MethodConfig
 from zoo.peft.engine import InjectionContext, adapter_modules
 from zoo.peft.layers import WrappedLayer
+from zoo.peft.mixed import mixed_forward, mixed_multihead_forward
 from zoo.peft.registry import register_method
-from zoo.peft.targeting import _skip, base_of, match_modules
+from zoo.peft.targeting import _skip, base_of, innermost_path, match_modules
 
 
 class BitFitConfig(MethodConfig):
@@ -41,6 +42,7 @@ class BitFitLayer(WrappedLayer):
     """Calls the wrapped module with ``bias + bias_delta[active]``."""
 
     adapter_groups: tuple[str, ...] = ("bias_delta",)
+    mixes_rows = True
 
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__(base_layer)
@@ -55,6 +57,8 @@ class BitFitLayer(WrappedLayer):
         self.merged_adapter = name
 
     def forward(self, x, *args, **kwargs):
+        if self.row_groups is not None:
+            return mixed_forward(self, x, args, kwargs)
         name = self.active
         base = self.base_layer
         if name is None:
@@ -71,7 +75,18 @@ class BitFitLayer(WrappedLayer):
             if forward is nn.Conv2d.forward:
                 conv = cast(nn.Conv2d, base)
                 return conv._conv_forward(x, conv.weight, bias)
-        return functional_call(base, {_innermost_path(base, "bias"): bias}, (x, *args), kwargs)
+        return functional_call(base, {innermost_path(base, "bias"): bias}, (x, *args), kwargs)
+
+    def adapted_rows(self, name: str, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """One adapter's rows of a mixed batch, ``out`` their base output: Linear, LayerNorm and Conv2d
+        add their bias last, so the rows add the delta; another module is called again on them."""
+        forward, delta = type(self.base_layer).forward, self.bias_delta[name]
+        if forward is nn.Linear.forward or forward is nn.LayerNorm.forward:
+            return out + delta
+        if forward is nn.Conv2d.forward:
+            return out + delta.view(-1, 1, 1)
+        bias = _bias_of(self.base_layer) + delta
+        return functional_call(self.base_layer, {innermost_path(self.base_layer, "bias"): bias}, (x,), {})
 
 
 class BitFitMultiheadAttention(BitFitLayer):
@@ -98,25 +113,23 @@ class BitFitMultiheadAttention(BitFitLayer):
         self.merged_adapter = name
 
     def forward(self, *args, **kwargs):
+        if self.row_groups is not None:
+            return mixed_multihead_forward(self, args, kwargs)
         name = self.active
         if name is None:
             return self.base_layer(*args, **kwargs)
-        replaced = {
-            _innermost_path(self.base_layer, path): bias + getattr(self, path.replace(".", "_") + "_delta")[name]
+        return functional_call(self.base_layer, self.adapted_tensors(name), args, kwargs)
+
+    def adapted_tensors(self, name: str) -> dict[str, torch.Tensor]:
+        """What the module is called with under adapter ``name``: each bias plus its delta."""
+        return {
+            innermost_path(self.base_layer, path): bias + getattr(self, path.replace(".", "_") + "_delta")[name]
             for path, bias in self._biases().items()
         }
-        return functional_call(self.base_layer, replaced, args, kwargs)
 
 
 def _bias_of(module: nn.Module) -> torch.Tensor:
     return cast(torch.Tensor, module.bias)  # bitfit wraps only modules with a bias tensor
-
-
-def _innermost_path(module: nn.Module, path: str) -> str:
-    prefix = ""
-    while hasattr(module, "base_layer"):
-        module, prefix = cast(nn.Module, module.base_layer), prefix + "base_layer."
-    return prefix + path
 
 
 def _adapter_owned(model: nn.Module) -> set[int]:

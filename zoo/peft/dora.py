@@ -37,20 +37,18 @@ from typing import cast
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 
 from zoo.peft.engine import InjectionContext
 from zoo.peft.lora import (
     LoraConfig,
     LoraLayer,
     LoraMultiheadAttention,
-    _param_path,
     inject_lora_layers,
     lora_from_peft,
     lora_to_peft,
 )
 from zoo.peft.registry import register_method
-from zoo.peft.targeting import base_of
+from zoo.peft.targeting import innermost_path
 
 
 class DoraConfig(LoraConfig):
@@ -118,21 +116,28 @@ class DoraLayer(LoraLayer):
         self.merged_adapter = name
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        name = self.active
+        name = self.active  # None in a mixed batch, whose rows LoraLayer.forward hands to adapted_rows
         if name is None or name not in self.lora_magnitude_vector:
             return super().forward(x, *args, **kwargs)
         if not args and not kwargs and type(self.base_layer).forward is nn.Linear.forward:
             return self._rescale_in_place(x, name)
         base = self._base()
-        bias = base.bias
-        if bias is not None and not args and not kwargs and type(self.base_layer).forward is nn.Conv2d.forward:
+        if base.bias is not None and not args and not kwargs and type(self.base_layer).forward is nn.Conv2d.forward:
             # The base product without its bias: the bias is then added back as a constant, so
             # the backward pass skips reducing the gradient of (1 - scale) * bias over the batch.
-            out = cast(nn.Conv2d, base)._conv_forward(x, base.weight, None)
-            bias_free = True
-        else:
-            out = self.base_layer(x, *args, **kwargs)
-            bias_free = False
+            return self._rescaled(name, x, cast(nn.Conv2d, base)._conv_forward(x, base.weight, None), bias_free=True)
+        return self._rescaled(name, x, self.base_layer(x, *args, **kwargs), bias_free=False)
+
+    def adapted_rows(self, name: str, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Adapter ``name``'s output for inputs ``x`` whose base output (with bias) is ``out``."""
+        if name not in self.lora_magnitude_vector:
+            return super().adapted_rows(name, x, out)
+        return self._rescaled(name, x, out, bias_free=False)
+
+    def _rescaled(self, name: str, x: torch.Tensor, out: torch.Tensor, bias_free: bool) -> torch.Tensor:
+        """``m / ||W + dW||_c * (W x + dW x) + bias`` from the base output ``out`` (``bias_free``: without its bias)."""
+        base = self._base()
+        bias = base.bias
         scale = self.dora_scale(name)
         dropped = self.lora_dropout[name](x)
         scaling = self.scaling[name]
@@ -216,12 +221,11 @@ class DoraMultiheadAttention(LoraMultiheadAttention):
             self._keep_original("base_layer.in_proj_weight").copy_(adapted)
         self.merged_adapter = name
 
-    def forward(self, *args, **kwargs):
-        name = self.active
-        if name is None or name not in self.lora_magnitude_vector:
-            return super().forward(*args, **kwargs)
-        path = _param_path(self.base_layer, base_of(self.base_layer), "in_proj_weight")
-        return functional_call(self.base_layer, {path: self.adapted_weight(name)}, args, kwargs)
+    def adapted_tensors(self, name: str) -> dict[str, torch.Tensor]:
+        """What the module is called with under adapter ``name`` (LoraMultiheadAttention.forward calls it)."""
+        if name not in self.lora_magnitude_vector:
+            return super().adapted_tensors(name)
+        return {innermost_path(self.base_layer, "in_proj_weight"): self.adapted_weight(name)}
 
 
 class _DoraColumnsInPlace(torch.autograd.Function):

@@ -29,9 +29,9 @@ from torch.func import functional_call
 from zoo.peft.config import ConfigError, MethodConfig, option
 from zoo.peft.engine import InjectionContext, adapter_modules
 from zoo.peft.layers import WrappedLayer, logical_path
-from zoo.peft.lora import _param_path, _slice_bounds
+from zoo.peft.mixed import mixed_forward, mixed_multihead_forward
 from zoo.peft.registry import register_method
-from zoo.peft.targeting import FUSED_SLICE_NAMES, base_of, match_modules
+from zoo.peft.targeting import FUSED_SLICE_NAMES, base_of, innermost_path, match_modules, slice_bounds
 
 
 class IA3Config(MethodConfig):
@@ -50,6 +50,7 @@ class IA3Layer(WrappedLayer):
 
     adapter_groups = ("ia3_l",)
     adapter_settings = ("is_feedforward", "slices")
+    mixes_rows = True
     weight_name, bias_name = "weight", "bias"
     """The base module's attributes holding the rescaled weight and bias."""
 
@@ -62,7 +63,7 @@ class IA3Layer(WrappedLayer):
     def add_adapter(self, name: str, config: IA3Config, slices: tuple[str, ...] | None, feedforward: bool) -> None:
         weight = getattr(base_of(self.base_layer), self.weight_name)
         out_features, in_features = weight.shape
-        bounds = _slice_bounds(out_features, slices)
+        bounds = slice_bounds(out_features, slices)
         if bounds and feedforward:
             raise ConfigError(
                 "ia3: a fused q/k/v slice target scales outputs; it cannot also be in feedforward_modules"
@@ -106,6 +107,8 @@ class IA3Layer(WrappedLayer):
         self.merged_adapter = name
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if self.row_groups is not None:
+            return mixed_forward(self, x, args, kwargs)
         name = self.active
         if name is None:
             return self.base_layer(x, *args, **kwargs)
@@ -113,6 +116,13 @@ class IA3Layer(WrappedLayer):
         if self.is_feedforward[name]:
             return self.base_layer(x * scale, *args, **kwargs)
         return self.base_layer(x, *args, **kwargs) * scale
+
+    def adapted_rows(self, name: str, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """One adapter's rows of a mixed batch, ``out`` their base output: rescaled outputs, or for a
+        feed-forward layer the layer called again on the rescaled inputs."""
+        if self.is_feedforward[name]:
+            return self.base_layer(x * self.scale_vector(name))
+        return out * self.scale_vector(name)
 
 
 class IA3MultiheadAttention(IA3Layer):
@@ -137,15 +147,21 @@ class IA3MultiheadAttention(IA3Layer):
         super().add_adapter(name, config, slices or FUSED_SLICE_NAMES, feedforward=False)
 
     def forward(self, *args, **kwargs):
+        if self.row_groups is not None:
+            return mixed_multihead_forward(self, args, kwargs)
         name = self.active
         if name is None:
             return self.base_layer(*args, **kwargs)
+        return functional_call(self.base_layer, self.adapted_tensors(name), args, kwargs)
+
+    def adapted_tensors(self, name: str) -> dict[str, torch.Tensor]:
+        """What the module is called with under adapter ``name``: rescaled rows of its in-projection."""
         base = cast(nn.MultiheadAttention, base_of(self.base_layer))
         scale = self.scale_vector(name)
-        tensors = {_param_path(self.base_layer, base, "in_proj_weight"): base.in_proj_weight * scale[:, None]}
+        tensors = {innermost_path(self.base_layer, "in_proj_weight"): base.in_proj_weight * scale[:, None]}
         if base.in_proj_bias is not None:
-            tensors[_param_path(self.base_layer, base, "in_proj_bias")] = base.in_proj_bias * scale
-        return functional_call(self.base_layer, tensors, args, kwargs)
+            tensors[innermost_path(self.base_layer, "in_proj_bias")] = base.in_proj_bias * scale
+        return tensors
 
 
 def _feedforward_names(context: InjectionContext, config: IA3Config) -> set[str]:

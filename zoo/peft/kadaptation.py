@@ -33,9 +33,9 @@ from torch.func import functional_call
 from zoo.peft.config import ConfigError, MethodConfig, option, require_int_positive, require_positive
 from zoo.peft.engine import InjectionContext
 from zoo.peft.layers import AdapterModule, DeltaWeightLayer
-from zoo.peft.lora import _param_path, _slice_bounds
+from zoo.peft.mixed import mixed_forward, mixed_multihead_forward
 from zoo.peft.registry import register_method
-from zoo.peft.targeting import FUSED_SLICE_NAMES, base_of
+from zoo.peft.targeting import FUSED_SLICE_NAMES, base_of, innermost_path, slice_bounds
 from zoo.strict_model import Number
 
 SHARED_NAME = "zoo_kadaptation"
@@ -63,6 +63,7 @@ class SharedKroneckerFactors(AdapterModule):
     """The slow weights A_1..A_n of each adapter, shared by all its layers."""
 
     adapter_groups = ("kadaptation_A",)
+    mixes_rows = True  # the layers use these factors; this module computes nothing
 
     def __init__(self) -> None:
         super().__init__()
@@ -84,6 +85,7 @@ class SharedKroneckerFactors(AdapterModule):
 class KAdaptationLayer(DeltaWeightLayer):
     adapter_groups = ("kadaptation_u", "kadaptation_v")
     adapter_settings = ("scaling", "slices", "shared")
+    mixes_rows = True
 
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__(base_layer)
@@ -102,7 +104,7 @@ class KAdaptationLayer(DeltaWeightLayer):
     ) -> None:
         weight = self.projection_weight()
         out_features, in_features = weight.shape
-        bounds = _slice_bounds(out_features, slices)
+        bounds = slice_bounds(out_features, slices)
         rows = out_features // 3 if bounds else out_features  # q, k and v slices have equal size
         n = config.n
         for label, size in (
@@ -152,10 +154,14 @@ class KAdaptationLayer(DeltaWeightLayer):
         return delta
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if self.row_groups is not None:
+            return mixed_forward(self, x, args, kwargs)
         out = self.base_layer(x, *args, **kwargs)
         name = self.active
-        if name is None:
-            return out
+        return out if name is None else self.adapted_rows(name, x, out)
+
+    def adapted_rows(self, name: str, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Adapter ``name``'s output for inputs ``x`` whose base output is ``out``: ``out`` plus the update."""
         update = self.update(name, x)
         if not self.slices[name]:
             return out + update[..., 0, :]
@@ -183,12 +189,17 @@ class KAdaptationMultiheadAttention(KAdaptationLayer):
         super().add_adapter(name, config, slices or FUSED_SLICE_NAMES, shared, where)
 
     def forward(self, *args, **kwargs):
+        if self.row_groups is not None:
+            return mixed_multihead_forward(self, args, kwargs)
         name = self.active
         if name is None:
             return self.base_layer(*args, **kwargs)
+        return functional_call(self.base_layer, self.adapted_tensors(name), args, kwargs)
+
+    def adapted_tensors(self, name: str) -> dict[str, torch.Tensor]:
+        """What the module is called with under adapter ``name``: ``in_proj_weight + dW``."""
         weight = self.projection_weight() + self.delta_weight(name)
-        path = _param_path(self.base_layer, base_of(self.base_layer), self.weight_name)
-        return functional_call(self.base_layer, {path: weight}, args, kwargs)
+        return {innermost_path(self.base_layer, self.weight_name): weight}
 
 
 def _layer_class(module: nn.Module) -> type[KAdaptationLayer]:

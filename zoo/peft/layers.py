@@ -13,10 +13,13 @@ PEFT does, so that a module's logical path is its name with ``.base_layer`` remo
 from __future__ import annotations
 
 import copy
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from zoo.peft.mixed import RowGroups
 
 
 def check_shapes(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], where: str) -> None:
@@ -39,6 +42,10 @@ class AdapterModule(nn.Module):
     adapter_settings: tuple[str, ...] = ()
     """Other attributes keyed by adapter name and not saved (dicts, sets, parameter-free
     ``nn.ModuleDict``s): deleting an adapter removes its entry from these too."""
+    mixes_rows = False
+    """The forward computes each row of a mixed batch with that row's adapter (see zoo.peft.mixed)."""
+    row_groups: RowGroups | None = None
+    """Set while a mixed batch runs: which adapter each row uses."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -62,8 +69,13 @@ class AdapterModule(nn.Module):
 
     @property
     def active(self) -> str | None:
-        """The active adapter if this module has it and it is not merged, else None."""
-        return self.active_adapter if self.merged_adapter is None else None
+        """The active adapter if this module has it and it is not merged, else None; None in a mixed
+        batch, where no adapter computes every row."""
+        return self.active_adapter if self.merged_adapter is None and self.row_groups is None else None
+
+    def mixed_refusal(self, names: set[str | None]) -> str | None:
+        """Why this module cannot compute a batch whose rows use the adapters ``names`` (None: it can)."""
+        return None if self.mixes_rows else f"{type(self).__name__} has no per-row path"
 
     def adapter_parameters(self, name: str) -> Iterator[nn.Parameter]:
         for group in self.adapter_groups:
@@ -198,6 +210,7 @@ class HeadCopy(AdapterModule):
     """
 
     adapter_groups = ("modules_to_save",)
+    mixes_rows = True
 
     def __init__(self, original_module: nn.Module) -> None:
         super().__init__()
@@ -211,6 +224,16 @@ class HeadCopy(AdapterModule):
         self.modules_to_save[name] = head
 
     def forward(self, *args, **kwargs):
+        if self.row_groups is not None:
+            # Each row through its adapter's head: the original head's output, those rows replaced.
+            (x, *rest), axis = args, self.row_groups.axis(self)
+            return self.row_groups.replace(
+                self.original_module(*args, **kwargs),
+                self.adapter_names(),
+                lambda name, index: self.modules_to_save[name](x.index_select(axis, index), *rest, **kwargs),
+                self,
+                axis,
+            )
         if self.active_adapter is not None:
             return self.modules_to_save[self.active_adapter](*args, **kwargs)
         return self.original_module(*args, **kwargs)

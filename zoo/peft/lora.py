@@ -36,8 +36,9 @@ from zoo.peft.config import (
 )
 from zoo.peft.engine import InjectionContext, adapter_modules
 from zoo.peft.layers import DeltaWeightLayer, logical_path
+from zoo.peft.mixed import mixed_forward, mixed_multihead_forward
 from zoo.peft.registry import register_method
-from zoo.peft.targeting import FUSED_SLICE_NAMES, base_of
+from zoo.peft.targeting import FUSED_SLICE_NAMES, base_of, innermost_path, slice_bounds
 from zoo.strict_model import Number
 
 
@@ -58,15 +59,6 @@ class LoraConfig(MethodConfig):
         return self.lora_alpha / (math.sqrt(self.r) if self.use_rslora else self.r)
 
 
-def _slice_bounds(out_features: int, slices: tuple[str, ...] | None) -> dict[str, tuple[int, int]]:
-    if slices is None:
-        return {}
-    if out_features % len(FUSED_SLICE_NAMES):
-        raise ConfigError(f"a fused q/k/v projection needs out_features divisible by 3, got {out_features}")
-    size = out_features // len(FUSED_SLICE_NAMES)
-    return {s: (i * size, (i + 1) * size) for i, s in enumerate(FUSED_SLICE_NAMES) if s in slices}
-
-
 def _init_pair(a: nn.Linear | nn.Conv2d, b: nn.Linear | nn.Conv2d) -> None:
     # As in the reference implementation: A like a default Linear, B zero so the update starts at 0.
     nn.init.kaiming_uniform_(a.weight, a=math.sqrt(5))
@@ -78,6 +70,7 @@ class LoraLayer(DeltaWeightLayer):
 
     adapter_groups: tuple[str, ...] = ("lora_A", "lora_B")
     adapter_settings = ("lora_dropout", "scaling", "slices")
+    mixes_rows = True
 
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__(base_layer)
@@ -131,7 +124,7 @@ class LoraLayer(DeltaWeightLayer):
 
     def add_adapter(self, name: str, config: LoraConfig, slices: tuple[str, ...] | None) -> None:
         base = self._base()
-        self.slices[name] = _slice_bounds(base.weight.shape[0], slices)
+        self.slices[name] = slice_bounds(base.weight.shape[0], slices)
         if self.slices[name]:
             if isinstance(base, nn.Conv2d):
                 raise ConfigError("slice selectors like 'qkv[q,v]' apply to a fused Linear, not a Conv2d")
@@ -169,12 +162,17 @@ class LoraLayer(DeltaWeightLayer):
         return delta * self.scaling[name]
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if self.row_groups is not None:
+            return mixed_forward(self, x, args, kwargs)
         name = self.active
         if name is not None and not args and not kwargs and _is_unobserved_linear(self.base_layer):
             return self._add_in_place(x, name)
         out = self.base_layer(x, *args, **kwargs)
-        if name is None:
-            return out
+        return out if name is None else self.adapted_rows(name, x, out)
+
+    def adapted_rows(self, name: str, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Adapter ``name``'s output for inputs ``x`` whose base output is ``out`` (all rows, or one
+        adapter's rows of a mixed batch): ``out + (lora_alpha / r) B A dropout(x)``."""
         dropped = self.lora_dropout[name](x)
         scaling = self.scaling[name]
         bounds = self.slices[name]
@@ -287,7 +285,7 @@ class LoraMultiheadAttention(LoraLayer):
             )
         embed = base.embed_dim
         slices = slices or FUSED_SLICE_NAMES
-        self.slices[name] = _slice_bounds(3 * embed, slices)
+        self.slices[name] = slice_bounds(3 * embed, slices)
         device, dtype = base.in_proj_weight.device, base.in_proj_weight.dtype
         pairs = {}
         for slice_name in self.slices[name]:
@@ -312,23 +310,17 @@ class LoraMultiheadAttention(LoraLayer):
         return delta * self.scaling[name]
 
     def forward(self, *args, **kwargs):
+        if self.row_groups is not None:
+            return mixed_multihead_forward(self, args, kwargs)
         name = self.active
         if name is None:
             return self.base_layer(*args, **kwargs)
-        base = self._attention()
-        weight = base.in_proj_weight + self.delta_weight(name)
-        return functional_call(
-            self.base_layer, {_param_path(self.base_layer, base, "in_proj_weight"): weight}, args, kwargs
-        )
+        return functional_call(self.base_layer, self.adapted_tensors(name), args, kwargs)
 
-
-def _param_path(outer: nn.Module, inner: nn.Module, parameter: str) -> str:
-    path = []
-    module = outer
-    while module is not inner:
-        path.append("base_layer")
-        module = cast(nn.Module, module.base_layer)
-    return ".".join(path + [parameter])
+    def adapted_tensors(self, name: str) -> dict[str, torch.Tensor]:
+        """What the module is called with under adapter ``name``: ``in_proj_weight + dW``."""
+        weight = self._attention().in_proj_weight + self.delta_weight(name)
+        return {innermost_path(self.base_layer, "in_proj_weight"): weight}
 
 
 def inject_lora_layers(

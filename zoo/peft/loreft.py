@@ -105,6 +105,7 @@ class LoreftIntervention(AdapterModule):
 
     adapter_groups = ("rotate_layer", "learned_source")
     adapter_settings = ("spans",)
+    mixes_rows = True
 
     def __init__(self, model: nn.Module, block: nn.Module) -> None:
         super().__init__()
@@ -139,24 +140,36 @@ class LoreftIntervention(AdapterModule):
             mask = next((a["attention_mask"] for a in args if isinstance(a, Mapping) and "attention_mask" in a), None)
         self._attention_mask = mask if torch.is_tensor(mask) and mask.dim() == 2 else None
 
-    def intervene(self, name: str, hidden: torch.Tensor) -> torch.Tensor:
+    def intervene(self, name: str, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         rotate, source = self.rotate_layer[name], self.learned_source[name]
         edit = (source(hidden) - rotate(hidden)) @ rotate.weight  # R^T (W h + b - R h), h as a row vector
         span = self.spans[name]
         if span is not None:
             batch, tokens = hidden.shape[:2]
-            edit = edit * position_mask(span, batch, tokens, self._attention_mask, hidden.device).unsqueeze(-1).to(
-                edit.dtype
-            )
+            edit = edit * position_mask(span, batch, tokens, attention_mask, hidden.device).unsqueeze(-1).to(edit.dtype)
         return hidden + edit
 
     def _edit(self, block, args, output):
-        name = self.active
-        if name is None:
+        name, groups = self.active, self.row_groups
+        if name is None and groups is None:
             return None
-        if isinstance(output, tuple):
-            return (self.intervene(name, output[0]), *output[1:])
-        return self.intervene(name, output)
+        hidden, mask = output[0] if isinstance(output, tuple) else output, self._attention_mask
+        if groups is not None:  # a mixed batch: each adapter edits its rows (their mask rows place positions)
+            axis = groups.axis(self)
+            edited = groups.replace(
+                hidden,
+                self.adapter_names(),
+                lambda row_name, index: self.intervene(
+                    row_name,
+                    hidden.index_select(axis, index),
+                    None if mask is None else mask.index_select(0, index.to(mask.device)),
+                ),
+                self,
+                axis,
+            )
+        else:
+            edited = self.intervene(cast(str, name), hidden, mask)
+        return (edited, *output[1:]) if isinstance(output, tuple) else edited
 
     def remove_hooks(self) -> None:
         for handle in self._handles:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import cast
+from typing import Callable, cast
 
 import torch
 from torch import nn
@@ -34,7 +34,15 @@ from torch import nn
 from zoo.peft.config import ConfigError, MethodConfig, option, require_int_positive
 from zoo.peft.engine import InjectionContext
 from zoo.peft.layers import AdapterModule
-from zoo.peft.prefix_attention import join_prefix, prefix_forward, prepend_attended, supported
+from zoo.peft.mixed import RowGroup, RowGroups, in_row_order
+from zoo.peft.prefix_attention import (
+    join_prefix,
+    prefix_forward,
+    prepend_attended,
+    row_splitter,
+    supported,
+    supported_rows,
+)
 from zoo.peft.registry import register_method
 from zoo.peft.targeting import base_of
 
@@ -88,6 +96,7 @@ class PrefixTuning(AdapterModule):
 
     adapter_groups = ("prompt_embeddings",)
     adapter_settings = ("num_virtual_tokens",)
+    mixes_rows = True
 
     def __init__(self, model: nn.Module, attentions: list[nn.Module], hidden: int) -> None:
         super().__init__()
@@ -96,6 +105,7 @@ class PrefixTuning(AdapterModule):
         self.num_layers, self.hidden = len(attentions), hidden
         self._handles: list = []
         self._patched: list[nn.Module] = []
+        self._forwards: list[Callable] = []  # the prefix-aware forward of each patched attention
         try:
             for index, attention in enumerate(attentions):
                 self._attach(index, attention)
@@ -128,8 +138,9 @@ class PrefixTuning(AdapterModule):
                 f"prefix: cannot insert prefixes into {type(attention).__name__}: it is neither an HF attention "
                 f"taking attention_mask and a key/value cache ({' or '.join(CACHE_ARGUMENTS)}) nor one of {supported()}"
             )
-        attention.forward = functools.partial(forward, self, index, attention)
+        attention.forward = functools.partial(self._attend, forward, index, attention)
         self._patched.append(attention)
+        self._forwards.append(forward)
 
     def add_adapter(self, name: str, config: PrefixTuningConfig, reference: torch.Tensor) -> None:
         shape = (config.num_virtual_tokens, self.num_layers * 2 * self.hidden)
@@ -143,20 +154,68 @@ class PrefixTuning(AdapterModule):
         return table[:, 2 * index], table[:, 2 * index + 1]
 
     def current_prefix(self, index: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Keys and values of layer ``index`` for the active adapter; None when none is active."""
-        name = self.active
+        """Keys and values of layer ``index`` for the active adapter (in a mixed batch: the adapter of
+        the rows of this call, see ``_attend``); None when there is none."""
+        name = self.active if self.row_groups is None else self.row_groups.single(self.num_virtual_tokens)
         return None if name is None else self.layer_prefix(name, index)
+
+    # -- mixed batches ------------------------------------------------------------
+    def mixed_refusal(self, names: set[str | None]) -> str | None:
+        used = names & set(self.num_virtual_tokens)
+        if not used:
+            return None
+        unsplit = [type(a).__name__ for a, f in zip(self._patched, self._forwards) if row_splitter(f) is None]
+        if unsplit:
+            return f"zoo splits attention calls by rows for {supported_rows()}, not for {unsplit[0]}"
+        counts = {self.num_virtual_tokens[n] if n is not None and n in used else 0 for n in names}
+        if not self._patched and len(counts) > 1:
+            return (
+                f"on HF attention a prefix of P tokens also numbers the positions from P, and the embeddings take one "
+                f"offset for the whole batch: every row must use a prefix adapter, all with the same "
+                f"num_virtual_tokens (these rows have {sorted(counts)}; 0: other adapters or None)"
+            )
+        return None
+
+    def _attend(self, forward, index, attention, *args, **kwargs):
+        """The patched attention forward. In a mixed batch whose rows use different prefixes (or none),
+        the call is split by adapter, each part run with its rows' prefix."""
+        groups = self.row_groups
+        if groups is None or len({n if n in self.num_virtual_tokens else None for n in groups.names}) == 1:
+            return forward(self, index, attention, *args, **kwargs)
+
+        def call(part_args: tuple, part_kwargs: dict):  # one adapter's rows: current_prefix finds it
+            return forward(self, index, attention, *part_args, **part_kwargs)
+
+        split = cast(Callable, row_splitter(forward))  # mixed_refusal made sure there is one
+        return split(attention, groups, self.num_virtual_tokens, call, args, kwargs, self)
+
+    def _row_prefix(self, index: int, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's keys and values of layer ``index``, (batch, P, hidden) each, for HF attention in a
+        mixed batch (every row a prefix adapter with the same P, see mixed_refusal)."""
+        groups = cast("RowGroups", self.row_groups)
+
+        def rows_prefix(group: RowGroup) -> torch.Tensor:
+            keys, values = self.layer_prefix(cast(str, group.name), index)
+            return torch.stack([keys, values]).unsqueeze(1).expand(-1, len(group.rows), -1, -1)
+
+        parts = groups.run(self.num_virtual_tokens, hidden.shape[0], hidden.device, rows_prefix, self)
+        keys_and_values = in_row_order(parts, dim=1)
+        return keys_and_values[0], keys_and_values[1]
 
     # -- HF attention -------------------------------------------------------------
     def _cache_hook(self, index, mask_index, cache_argument, module, args, kwargs):
-        name = self.active
+        name = self._batch_adapter()
         if name is None:
             return None
         if any(kwargs.get(argument) is not None for argument in CACHE_ARGUMENTS):
             raise RuntimeError(
                 "prefix tuning supplies the attention's past keys/values itself; call the model without a cache (use_cache=False)"
             )
-        kwargs[cache_argument] = _PrefixKeyValues(*self.layer_prefix(name, index))
+        if self.row_groups is None:
+            kwargs[cache_argument] = _PrefixKeyValues(*self.layer_prefix(name, index))
+        else:
+            hidden = args[0] if args else kwargs["hidden_states"]
+            kwargs[cache_argument] = _PrefixKeyValues(*self._row_prefix(index, hidden))
         count = self.num_virtual_tokens[name]
         if "attention_mask" in kwargs or mask_index is None or len(args) <= mask_index:
             kwargs["attention_mask"] = prepend_attended(kwargs.get("attention_mask"), count)
@@ -165,10 +224,18 @@ class PrefixTuning(AdapterModule):
         return args, kwargs
 
     def _position_hook(self, offset_argument, module, args, kwargs):
-        if self.active is not None:
-            kwargs[offset_argument] = self.num_virtual_tokens[self.active]
+        name = self._batch_adapter()
+        if name is not None:
+            kwargs[offset_argument] = self.num_virtual_tokens[name]
             return args, kwargs
         return None
+
+    def _batch_adapter(self) -> str | None:
+        """The active adapter; in a mixed batch through HF attention, one of the rows' adapters (all
+        have the same number of prefix tokens, see mixed_refusal), or None when no row uses one."""
+        if self.row_groups is None:
+            return self.active
+        return next((n for n in self.row_groups.names if n is not None and n in self.num_virtual_tokens), None)
 
     # -- removal --------------------------------------------------------------------
     def remove_hooks(self) -> None:
@@ -178,6 +245,7 @@ class PrefixTuning(AdapterModule):
         for attention in self._patched:
             attention.__dict__.pop("forward", None)
         self._patched.clear()
+        self._forwards.clear()
 
     def unwrap(self) -> nn.Module | None:
         return None

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo.peft.config import ConfigError
+from zoo.peft.mixed import in_row_order, multihead_by_rows
 
 
 def prepend_attended(mask: torch.Tensor | None, count: int) -> torch.Tensor | None:
@@ -50,10 +51,13 @@ def prepend_attended(mask: torch.Tensor | None, count: int) -> torch.Tensor | No
 
 
 def join_prefix(prefix: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
-    """[prefix; states] along the token axis: prefix (P, hidden), states (batch, heads, tokens, head_dim)."""
+    """[prefix; states] along the token axis: prefix (P, hidden), or (batch, P, hidden) with each row's
+    own (a mixed batch), states (batch, heads, tokens, head_dim)."""
     batch, heads, _, head_dim = states.shape
-    prefix = prefix.to(states.dtype).view(-1, heads, head_dim).transpose(0, 1)
-    return torch.cat([prefix.unsqueeze(0).expand(batch, -1, -1, -1), states], dim=2)
+    prefix = prefix.to(states.dtype)
+    if prefix.dim() == 2:
+        prefix = prefix.unsqueeze(0).expand(batch, -1, -1)
+    return torch.cat([prefix.view(batch, -1, heads, head_dim).transpose(1, 2), states], dim=2)
 
 
 # -- timm Attention ---------------------------------------------------------------------
@@ -77,6 +81,25 @@ def timm_forward(prefixes, index, attn, x, attn_mask=None, is_causal=False):
     if gate is not None:
         x = x * gate
     return attn.proj_drop(attn.proj(x))
+
+
+def timm_rows(attn, groups, held, call, args, kwargs, module):
+    """timm's Attention called once per adapter of a mixed batch's rows (x and a per-row mask split)."""
+    arguments = dict(zip(("x", "attn_mask", "is_causal"), args), **kwargs)
+    x, mask = arguments["x"], arguments.get("attn_mask")
+
+    def rows_of(group):
+        sub = dict(arguments, x=x.index_select(0, group.index))
+        if mask is not None and mask.dim() == 4 and mask.shape[0] > 1:  # (batch, heads or 1, tokens, keys)
+            sub["attn_mask"] = mask.index_select(0, group.index)
+        return call((), sub)
+
+    return in_row_order(groups.run(held, x.shape[0], x.device, rows_of, module))
+
+
+def multihead_rows(attn, groups, held, call, args, kwargs, module):
+    """torch's nn.MultiheadAttention called once per adapter of a mixed batch's rows."""
+    return multihead_by_rows(attn, groups, held, lambda name, arguments: call((), arguments), args, kwargs, module)
 
 
 # -- torch nn.MultiheadAttention --------------------------------------------------------
@@ -174,6 +197,7 @@ def _library_class(module: str, name: str) -> type[nn.Module] | None:
 # (module, class name, forward, configuration check), in registration order.
 _KINDS: list[tuple[str, str, Callable, Callable[[nn.Module], None] | None]] = []
 _DESCRIPTIONS: list[str] = []
+_ROW_SPLITTERS: dict[Callable, Callable] = {}
 
 
 def register_prefix_attention(
@@ -182,15 +206,31 @@ def register_prefix_attention(
     forward: Callable,
     check: Callable[[nn.Module], None] | None = None,
     description: str | None = None,
+    rows: Callable | None = None,
 ) -> None:
     """Teach prefix tuning an attention class that takes no key/value cache.
 
     ``module`` and ``class_name`` locate the class (its library is never imported here); ``forward``
     is ``forward(prefixes, index, attn, *args, **kwargs)``, computing what the class's forward does
     plus the prefixes; ``check(attn)`` raises ConfigError for a configuration it cannot handle.
+    ``rows(attn, groups, held, call, args, kwargs, module)`` lets rows of a mixed batch use different
+    prefixes: it calls ``call(args, kwargs)`` with the arguments of each group of rows
+    (:meth:`zoo.peft.mixed.RowGroups.run`) and puts the outputs back in row order.
     """
     _KINDS.append((module, class_name, forward, check))
     _DESCRIPTIONS.append(description or f"{module}.{class_name}")
+    if rows is not None:
+        _ROW_SPLITTERS[forward] = rows
+
+
+def supported_rows() -> str:
+    """The attention classes whose calls split by rows, for error messages."""
+    return ", ".join(d for d, (_, _, forward, _) in zip(_DESCRIPTIONS, _KINDS) if forward in _ROW_SPLITTERS)
+
+
+def row_splitter(forward: Callable) -> Callable | None:
+    """How to split a call of the prefix-aware ``forward`` by the rows of a mixed batch (None: unknown)."""
+    return _ROW_SPLITTERS.get(forward)
 
 
 def supported() -> str:
@@ -198,9 +238,16 @@ def supported() -> str:
     return ", ".join(_DESCRIPTIONS)
 
 
-register_prefix_attention("timm.layers.attention", "Attention", timm_forward, description="timm's Attention")
 register_prefix_attention(
-    "torch.nn", "MultiheadAttention", multihead_forward, _check_multihead, description="torch's nn.MultiheadAttention"
+    "timm.layers.attention", "Attention", timm_forward, description="timm's Attention", rows=timm_rows
+)
+register_prefix_attention(
+    "torch.nn",
+    "MultiheadAttention",
+    multihead_forward,
+    _check_multihead,
+    description="torch's nn.MultiheadAttention",
+    rows=multihead_rows,
 )
 
 

@@ -66,6 +66,7 @@ _NOT_METHODS = frozenset(
         "exclusions",
         "io",
         "layers",
+        "mixed",
         "prefix_attention",
         "registry",
         "report",

@@ -35,8 +35,9 @@ from torch.func import functional_call
 from zoo.peft.config import ConfigError, MethodConfig, option, require_choice
 from zoo.peft.engine import InjectionContext
 from zoo.peft.layers import WrappedLayer
+from zoo.peft.mixed import mixed_forward
 from zoo.peft.registry import register_method
-from zoo.peft.targeting import base_of, match_modules, no_default_targets
+from zoo.peft.targeting import base_of, innermost_path, match_modules, no_default_targets
 from zoo.strict_model import Number
 
 SELECTIONS = ("magnitude", "gradient", "random")
@@ -85,6 +86,7 @@ class SparseDelta(nn.Module):
 class SparseLayer(WrappedLayer):
     adapter_groups = ("sparse_delta",)
     adapter_settings = ("needs_indices",)
+    mixes_rows = True
 
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__(base_layer)
@@ -122,9 +124,19 @@ class SparseLayer(WrappedLayer):
         self.merged_adapter = name
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if self.row_groups is not None:
+            return mixed_forward(self, x, args, kwargs)
         name = self.active
         if name is None:
             return self.base_layer(x, *args, **kwargs)
+        return self.with_weight(name, x, *args, **kwargs)
+
+    def adapted_rows(self, name: str, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """One adapter's rows of a mixed batch: the layer called on them with that adapter's weight."""
+        return self.with_weight(name, x)
+
+    def with_weight(self, name: str, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """The layer called with ``W + scatter(indices, delta)`` of adapter ``name``."""
         if name in self.needs_indices:
             raise ConfigError(
                 f"sparse adapter {name!r} uses selection='gradient' but was applied without calibration: pass "
@@ -134,10 +146,7 @@ class SparseLayer(WrappedLayer):
         base = self.base_layer
         if type(base).forward is nn.Linear.forward and not args and not kwargs:
             return F.linear(x, weight, cast(nn.Linear, base).bias)
-        path, module = "weight", base
-        while hasattr(module, "base_layer"):
-            module, path = cast(nn.Module, module.base_layer), "base_layer." + path
-        return functional_call(base, {path: weight}, (x, *args), kwargs)
+        return functional_call(base, {innermost_path(base, "weight"): weight}, (x, *args), kwargs)
 
 
 def _targets(context: InjectionContext, config: SparseConfig) -> list[tuple[str, nn.Linear]]:

@@ -145,3 +145,22 @@ def base_of(module: nn.Module) -> nn.Module:
     while isinstance(inner, nn.Module):
         module, inner = inner, getattr(inner, "base_layer", None)
     return module
+
+
+def innermost_path(module: nn.Module, path: str) -> str:
+    """``path`` (a tensor of :func:`base_of` ``(module)``) as seen from ``module``, through its wrappers."""
+    prefix = ""
+    inner = getattr(module, "base_layer", None)
+    while isinstance(inner, nn.Module):
+        inner, prefix = getattr(inner, "base_layer", None), prefix + "base_layer."
+    return prefix + path
+
+
+def slice_bounds(out_features: int, slices: tuple[str, ...] | None) -> dict[str, tuple[int, int]]:
+    """The output rows ``(start, end)`` of each selected slice of a fused q/k/v projection."""
+    if slices is None:
+        return {}
+    if out_features % len(FUSED_SLICE_NAMES):
+        raise ConfigError(f"a fused q/k/v projection needs out_features divisible by 3, got {out_features}")
+    size = out_features // len(FUSED_SLICE_NAMES)
+    return {s: (i * size, (i + 1) * size) for i, s in enumerate(FUSED_SLICE_NAMES) if s in slices}

@@ -28,6 +28,7 @@ from torch import nn
 from zoo.peft.config import ConfigError, MethodConfig, option, require_choice, require_int_positive, require_probability
 from zoo.peft.engine import InjectionContext
 from zoo.peft.layers import AdapterModule
+from zoo.peft.mixed import RowGroup, RowGroups, in_row_order
 from zoo.peft.registry import register_method
 from zoo.peft.targeting import base_of
 from zoo.strict_model import Number
@@ -80,6 +81,7 @@ class VisualPrompts(AdapterModule):
 
     adapter_groups = ("prompt_embeddings",)
     adapter_settings = ("deep", "dropout")
+    mixes_rows = True
 
     def __init__(self, blocks: list[nn.Module], cls_tokens: int) -> None:
         super().__init__()
@@ -111,13 +113,49 @@ class VisualPrompts(AdapterModule):
         prompts = F.dropout(self.prompt_embeddings[name][index], self.dropout[name], self.training)
         return prompts.to(like.dtype).unsqueeze(0).expand(batch, -1, -1)
 
+    def prompt_count(self, name: str | None) -> int:
+        """How many prompt tokens the rows of adapter ``name`` get (0: not a vpt adapter of this model)."""
+        return self.prompt_embeddings[name].shape[1] if name is not None and name in self.deep else 0
+
+    def mixed_refusal(self, names: set[str | None]) -> str | None:
+        counts = {self.prompt_count(n) for n in names}
+        if max(counts) and len(counts) > 1:
+            return (
+                f"its prompts lengthen each row's sequence by num_prompts, and these rows would get "
+                f"{sorted(counts)} prompt tokens (0: rows of other adapters or None); one batch holds sequences "
+                f"of one length, so mix vpt adapters with the same num_prompts only"
+            )
+        return None
+
+    def _row_prompts(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
+        """A mixed batch (every row a vpt adapter with the same prompt count): each row's prompts for
+        block ``index``; at a later block the rows of a shallow adapter keep what is in the sequence."""
+        groups, start = cast("RowGroups", self.row_groups), self.cls_tokens
+
+        def rows_prompts(group: RowGroup) -> torch.Tensor:
+            name = cast(str, group.name)
+            if index > 0 and not self.deep[name]:
+                count = self.prompt_embeddings[name].shape[1]
+                return hidden[:, start : start + count].index_select(0, group.index)
+            return self._prompts(name, index if self.deep[name] else 0, len(group.rows), hidden)
+
+        return in_row_order(groups.run(self.deep, hidden.shape[0], hidden.device, rows_prompts, self))
+
     def _make_pre_hook(self, index: int):
         def hook(module, args, kwargs):
             name = self.active
+            if self.row_groups is not None:
+                if not any(self.prompt_count(n) for n in self.row_groups.names):
+                    return None
+                hidden, args, kwargs = _take_hidden(args, kwargs)
+                prompts, start = self._row_prompts(index, hidden), self.cls_tokens
+                after = start + prompts.shape[1] if index > 0 else start
+                args = (torch.cat([hidden[:, :start], prompts, hidden[:, after:]], dim=1), *args)
+                return _extend_mask(prompts.shape[1], self.cls_tokens, args, kwargs)
             if name is None:
                 return None
             if index > 0 and not self.deep[name]:  # shallow: the prompts are already in the sequence
-                return _extend_mask(self, name, args, kwargs)
+                return _extend_mask(self.prompt_embeddings[name].shape[1], self.cls_tokens, args, kwargs)
             hidden, args, kwargs = _take_hidden(args, kwargs)
             count, start = self.prompt_embeddings[name].shape[1], self.cls_tokens
             prompts = self._prompts(name, index if self.deep[name] else 0, hidden.shape[0], hidden)
@@ -126,12 +164,14 @@ class VisualPrompts(AdapterModule):
             else:  # deep: fresh prompts replace the previous block's prompt outputs
                 hidden = torch.cat([hidden[:, :start], prompts, hidden[:, start + count :]], dim=1)
             args = (hidden, *args)
-            return _extend_mask(self, name, args, kwargs)
+            return _extend_mask(count, self.cls_tokens, args, kwargs)
 
         return hook
 
     def _strip(self, module, args, output):
         name = self.active
+        if self.row_groups is not None:  # every row has the same prompt count (mixed_refusal)
+            name = next((n for n in self.row_groups.names if self.prompt_count(n)), None)
         if name is None:
             return None
         count, start = self.prompt_embeddings[name].shape[1], self.cls_tokens
@@ -158,18 +198,17 @@ def _take_hidden(args, kwargs):
     raise RuntimeError("vpt: cannot find the hidden states among the block's arguments")
 
 
-def _extend_mask(prompts: VisualPrompts, name: str, args: tuple, kwargs: dict):
-    """Blocks get the mask over the original tokens; extend it to cover the prompts."""
-    count = prompts.prompt_embeddings[name].shape[1]
+def _extend_mask(count: int, cls_tokens: int, args: tuple, kwargs: dict):
+    """Blocks get the mask over the original tokens; extend it to cover the ``count`` prompts."""
     hidden = args[0] if args else kwargs.get("hidden_states", kwargs.get("x"))
     if hidden is None:
         raise RuntimeError("vpt: cannot find the hidden states among the block's arguments")
     tokens = hidden.shape[1] - count
     for key in ("attention_mask", "attn_mask"):
         if kwargs.get(key) is not None:
-            kwargs[key] = insert_attended(kwargs[key], prompts.cls_tokens, count, tokens)
+            kwargs[key] = insert_attended(kwargs[key], cls_tokens, count, tokens)
     if len(args) > 1 and torch.is_tensor(args[1]):  # HF encoders pass the mask second, positionally
-        args = (args[0], insert_attended(args[1], prompts.cls_tokens, count, tokens), *args[2:])
+        args = (args[0], insert_attended(args[1], cls_tokens, count, tokens), *args[2:])
     position = kwargs.get("cache_position")
     if torch.is_tensor(position) and position.shape[-1] == tokens:
         # transformers 4's T5 sizes its relative position bias by cache_position, so it must count the prompts too
