@@ -19,6 +19,7 @@ from zoo.cli import (
     demo,
     doctor,
     eval,
+    export,
     info,
     ls,
     merge,
@@ -32,7 +33,24 @@ from zoo.cli import (
     validate,
 )
 
-SUBCOMMANDS = (ls, train, eval, validate, cp, info, demo, tune, reproduce, results, push, pull, predict, merge, doctor)
+SUBCOMMANDS = (
+    ls,
+    train,
+    eval,
+    validate,
+    cp,
+    info,
+    demo,
+    tune,
+    reproduce,
+    results,
+    push,
+    pull,
+    predict,
+    merge,
+    export,
+    doctor,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

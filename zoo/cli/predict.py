@@ -16,6 +16,7 @@ import argparse
 import csv
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from zoo.errors import DataError
@@ -38,6 +39,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--force", action="store_true", help="load an adapter even if the base weights' fingerprint differs"
     )
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--runtime",
+        choices=("torch", "onnx"),
+        default="torch",
+        help="onnx: the outputs from the file zoo export wrote, through onnxruntime (default torch)",
+    )
+    parser.add_argument("--onnx", type=Path, help="with --runtime onnx: the exported file (default: ./<name>.onnx)")
     parser.set_defaults(run=run)
 
 
@@ -97,7 +105,18 @@ def run(args: argparse.Namespace) -> int:
             f"no inputs given: pass what to predict on after {args.model} (inputs, files, a folder, or '-' to read "
             f"standard input; zoo predict --help lists what each domain reads)"
         )
+    if args.onnx is not None and args.runtime != "onnx":
+        raise DataError("--onnx names the file for --runtime onnx; pass --runtime onnx too")
+    if args.runtime == "onnx":
+        from zoo.hub.onnx_export import require_onnx
+
+        require_onnx()
     predictor = load(args.model, hub=args.hub, backbone_weights=args.backbone_weights, force=args.force)
+    if args.runtime == "onnx":
+        from zoo.cli.export import default_out
+        from zoo.hub.onnx_export import OnnxPredictor
+
+        predictor = OnnxPredictor(predictor, args.onnx or default_out(args.model))
     data_options = predictor.config.data.options if predictor.config is not None else None
     inputs, names = read_inputs(
         predictor.domain, args.inputs, predictor.name, task_kind=predictor.task_kind, data_options=data_options
