@@ -282,3 +282,24 @@ def test_a_table_records_test_predictions_and_renders_intervals_and_the_paired_t
     assert bitfit["vs_baseline"] == {"▲": "better", "▼": "worse", "": "no difference shown"}[expected.mark]
     assert records[("protein", "bitfit")]["delta_p_value"] != ""  # Spearman, recomputed on each resample
     assert records[("vision", "full")]["delta_ci95_low"] == ""  # the baseline is not tested against itself
+
+
+def test_a_published_entry_shows_only_in_the_scales_it_names():
+    from zoo.results.spec import TableSpec, load_table
+
+    spec = TableSpec.model_validate(
+        {
+            "name": "published",
+            "domains": {"text": {"recipe": "text/sst2-{method}", "metric": "accuracy"}},
+            "methods": ["full"],
+            "published": [
+                {"method": "full", "domain": "text", "value": 0.948, "citation": "RoBERTa", "scales": ["paper"]},
+                {"method": "full", "domain": "text", "value": 0.915, "citation": "MiniLM", "scales": ["cpu"]},
+            ],
+        }
+    )
+    assert spec.published_for("full", "text", None, "cpu").citation == "MiniLM"
+    assert spec.published_for("full", "text", None, "paper").citation == "RoBERTa"
+    assert spec.published_for("full", "text", None, "tiny") is None
+    cross = load_table("cross-domain")
+    assert cross.published_for("full", "text", None, "cpu").value == 0.915  # MiniLM's own, not RoBERTa's

@@ -79,6 +79,10 @@ class Published(_Strict):
     value: float = Field(description="In the same units as our metric (accuracy as a fraction, not %).")
     citation: str
     train_size: int | None = None
+    scales: list[str] | None = Field(
+        None,
+        description="The scales whose tables show it (a published backbone matches one scale's); null: every scale.",
+    )
     note: str = ""
 
 
@@ -108,10 +112,13 @@ class TableSpec(_Strict):
             )
         return self.scales[scale]
 
-    def published_for(self, method: str, domain: str, train_size: int | None) -> Published | None:
+    def published_for(
+        self, method: str, domain: str, train_size: int | None, scale: str | None = None
+    ) -> Published | None:
         for entry in self.published:
             if entry.method == method and entry.domain == domain and entry.train_size in (None, train_size):
-                return entry
+                if entry.scales is None or scale is None or scale in entry.scales:
+                    return entry
         return None
 
 
