@@ -22,6 +22,7 @@ WITH_BASE_ROWS = [
     "adapter",
     "adaptformer",
     "bitfit",
+    "clip_adapter",
     "dora",
     "ia3",
     "kadaptation",

@@ -21,6 +21,8 @@ from zoo.peft.config import ConfigError
 # but "block" are fields of Structure. "block" means every module inside the blocks.
 ROLES = ("query", "key", "value", "attention_out", "ffn_in", "ffn_out", "block")
 BLOCK = "block"
+TOWERS = ("image", "text")
+"""Keys of :attr:`Structure.embeddings`: the encoders whose pooled embedding a structure can point to."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,15 @@ class Structure:
     target_patterns: dict[str, str] = field(default_factory=dict)
     """Per role, a regex (relative to a block) used for default targets instead of the role's path,
     where a role has more than one module per block (e.g. self- and cross-attention)."""
+    embeddings: dict[str, str] = field(default_factory=dict)
+    """Per tower (:data:`TOWERS`), a regex (full match over module names) of the module whose output is that
+    tower's pooled embedding, one row per input: where feature adapters (clip_adapter) go. Empty where the
+    backbone pools in code, so that no module returns the embedding."""
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.embeddings) - set(TOWERS))
+        if unknown:
+            raise ValueError(f"structure {self.name!r}: unknown embedding tower(s) {unknown}; towers are {TOWERS}")
 
     # -- helpers -----------------------------------------------------------------
     def block_names(self, model: nn.Module) -> list[str]:
@@ -161,6 +172,9 @@ BERT_STYLE = register_structure(
         ffn_in="intermediate.dense",
         ffn_out="output.dense",
         heads=("classifier", "score", "qa_outputs", "head"),
+        # HF's BertFor* models have a pooler exactly when their head reads it (sequence classification, multiple
+        # choice); zoo's own BERT-style backbones pool in code, so nothing matches there.
+        embeddings={"text": r"(.*\.)?bert\.pooler"},
     )
 )
 
@@ -175,5 +189,8 @@ VIT_STYLE = register_structure(
         ffn_in="mlp.fc1",
         ffn_out="mlp.fc2",
         heads=("head",),
+        # forward_head calls fc_norm (an Identity, or the LayerNorm of average pooling) on the pooled tokens;
+        # its output is what the head reads, in timm's classifiers and in zoo's vision backbones alike.
+        embeddings={"image": r"(.*\.)?fc_norm"},
     )
 )

@@ -30,6 +30,7 @@ from torch import nn
 
 from zoo.catalog.backbones import PretrainedUnavailable, PretrainedWeights, register_backbone
 from zoo.catalog.datasets import DataError
+from zoo.peft.exclusions import register_exclusion
 from zoo.peft.structure import Structure, register_structure
 
 FAIR_ESM_URL = "https://dl.fbaipublicfiles.com/fair-esm/models/{name}.pt"
@@ -63,6 +64,13 @@ ESM2_STRUCTURE = register_structure(
         heads=("head",),
         cls_tokens=1,
     )
+)
+register_exclusion(
+    "clip_adapter",
+    ESM2_STRUCTURE.name,
+    reason="ESM-2 backbones average the residue features in `pool()`, so no module returns the pooled embedding "
+    "that a feature adapter refines",
+    error=r"declares no pooled embedding",
 )
 
 

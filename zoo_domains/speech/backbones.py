@@ -23,6 +23,7 @@ from torch import nn
 
 from zoo.catalog.backbones import PretrainedUnavailable, PretrainedWeights, register_backbone
 from zoo.catalog.datasets import DataError
+from zoo.peft.exclusions import register_exclusion
 from zoo.peft.structure import Structure, register_structure
 
 SAMPLE_RATE = 16_000
@@ -47,6 +48,13 @@ TORCHAUDIO_WAV2VEC2 = register_structure(
         heads=("head",),
         cls_tokens=0,  # frames only, no [CLS]: prompts go in front of the first frame
     )
+)
+register_exclusion(
+    "clip_adapter",
+    TORCHAUDIO_WAV2VEC2.name,
+    reason="the speech backbones average the frame features of real audio in `pool()`, so no module returns the "
+    "pooled embedding that a feature adapter refines",
+    error=r"declares no pooled embedding",
 )
 
 # A small model of the same architecture for tests: 3 conv layers (stride 20, receptive

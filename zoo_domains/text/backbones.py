@@ -86,6 +86,21 @@ register_exclusion(
     "them, and the model is an encoder-decoder: there is no place for prefix keys and values",
     error=r"cannot insert prefixes into T5Attention",
 )
+register_exclusion(
+    "clip_adapter",
+    T5_STRUCTURE.name,
+    reason="zoo's T5 backbones pool the encoder's token features in `pool()` (mean or first token), so no module "
+    "returns the pooled embedding that a feature adapter refines",
+    error=r"declares no pooled embedding",
+)
+register_exclusion(
+    "clip_adapter",
+    BERT_TASK_STRUCTURE.name,
+    reason="zoo's BERT-style backbones (the text encoders, AntiBERTy) pool the last hidden states in `pool()`, so "
+    "no module returns the embedding their head reads (HF's `BertForSequenceClassification`, whose head reads "
+    "`bert.pooler`, does take the method)",
+    error=r"no module of \w+ returns the text embedding",
+)
 
 
 TOKEN_CACHE_SIZE = 2_000_000

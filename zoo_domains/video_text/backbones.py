@@ -67,6 +67,9 @@ OPEN_CLIP_VIT = register_structure(
         ffn_out="mlp.c_proj",
         heads=("head", "temperature"),
         cls_tokens=1,
+        # Per-frame image embeddings (the tower's output, before the mean over frames), and the caption
+        # embedding after CLIP's text projection (see ClipVideoBackbone.text_embedding).
+        embeddings={"image": r"(.*\.)?visual", "text": r"(.*\.)?text_embedding"},
     )
 )
 register_exclusion(
@@ -98,6 +101,9 @@ class ClipVideoBackbone(nn.Module):
         self.context_length = context_length
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        # open_clip projects the text tower's pooled token with a bare matrix product, so no module returns
+        # the caption embedding; this one does, for feature adapters (clip_adapter) to follow.
+        self.text_embedding = nn.Identity()
 
     @property
     def has_text_tower(self) -> bool:
@@ -109,6 +115,7 @@ class ClipVideoBackbone(nn.Module):
             setattr(self.clip, name, None)
         for name in ("positional_embedding", "text_projection"):
             self.clip.register_parameter(name, None)
+        self.register_module("text_embedding", None)  # the embedding's marker goes with its tower
 
     # -- Backbone protocol ------------------------------------------------------------
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -131,7 +138,7 @@ class ClipVideoBackbone(nn.Module):
             )
         if "input_ids" not in batch:
             raise ValueError("the batch has no captions (input_ids); collate (frames, caption) pairs to encode text")
-        return self.clip.encode_text(batch["input_ids"])
+        return self.text_embedding(self.clip.encode_text(batch["input_ids"]))
 
     def collate(self, examples: list[Any]) -> dict[str, torch.Tensor]:
         """Batch (frames, caption) pairs or bare frame stacks; frames (F, C, H, W) in [0, 1].
