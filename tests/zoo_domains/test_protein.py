@@ -16,6 +16,7 @@ import zoo.peft as zp
 from zoo.catalog.backbones import BACKBONES, PretrainedUnavailable, create_backbone
 from zoo.catalog.datasets import DATASETS, DataError, load_dataset
 from zoo.catalog.registry import UnknownNameError
+from zoo.errors import ConfigError
 from zoo.tasks.heads import IGNORE_INDEX, TaskModel
 from zoo_domains.protein import backbones as protein_backbones
 from zoo_domains.protein import data as protein_data
@@ -280,22 +281,48 @@ def test_gb1_residues_keeps_that_window_of_every_sequence(tmp_path):
     folder = tmp_path / "flip" / "gb1"
     protein_data.make_flip_gb1_fixture(folder)
     whole = protein_data.load_flip_gb1(folder, "test")
-    window = protein_data.load_flip_gb1(folder, "test", residues="39-41")
+    assert all(len(sequence) == 80 for sequence, _ in whole)  # GB1 (1-56) and the start of its fusion partner
+    window = load_dataset("flip_gb1", "test", root=tmp_path, allow_download=False, residues="39-41")
     assert len(window) == len(whole)
     for index in range(len(whole)):
         assert window[index][0] == whole[index][0][38:41] and torch.equal(window[index][1], whole[index][1])
+    # the window is an input transform: the loader reads whole sequences, the items are cut
+    assert window.input_transform.as_record() == {"name": "residue_window", "parameters": {"residues": "39-41"}}
     for bad in ("41-39", "0-5", "a-b", "12"):
-        with pytest.raises(DataError, match="expected FIRST-LAST, 1-based"):
-            protein_data.load_flip_gb1(folder, "test", residues=bad)
-    with pytest.raises(DataError, match="is past the end"):
-        protein_data.load_flip_gb1(folder, "test", residues="900-901")
+        with pytest.raises(ConfigError, match="expected FIRST-LAST, 1-based"):
+            load_dataset("flip_gb1", "test", root=tmp_path, allow_download=False, residues=bad)
+    # a sequence shorter than the window's end is an error when the split is loaded, naming the file and item
+    with pytest.raises(
+        DataError, match=r"three_vs_rest.csv \(test\) item 0: 80 residues, but inputs are cut to residues 70-81"
+    ):
+        load_dataset("flip_gb1", "test", root=tmp_path, allow_download=False, residues="70-81")
+
+
+def test_a_window_that_a_hub_or_recipe_names_is_checked_by_the_registered_transform():
+    from zoo.catalog.input_transforms import input_transform
+
+    window = input_transform("residue_window", {"residues": " 01-56"})
+    assert window.parameters == {"residues": "1-56"} and window("M" * 60 + "W", "x") == "M" * 56
+    assert window.description == "inputs are cut to residues 1-56 before the model sees them"
+    for parameters, message in (
+        ({}, "needs residues=FIRST-LAST"),
+        ({"residues": "1-56", "shift": 2}, "unknown parameter 'shift'"),
+        ({"residues": 56}, "must be a string FIRST-LAST"),
+        ({"residues": "56-1"}, "FIRST <= LAST"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            input_transform("residue_window", parameters)
+    with pytest.raises(ConfigError, match=r"unknown input transform 'residue_windw'. Did you mean 'residue_window'"):
+        input_transform("residue_windw", {"residues": "1-56"})
+    with pytest.raises(DataError, match=r"typed: 5 residues, but inputs are cut to residues 1-56"):
+        window("MKTAY", "typed")
 
 
 @pytest.mark.shared_data
 @pytest.mark.skipif(not (SHARED_GB1 / "splits.zip").exists(), reason="no real FLIP GB1 copy")
 def test_gb1_real_copy_varies_only_inside_residues_1_to_56():
     whole = protein_data.load_flip_gb1(SHARED_GB1, "test")
-    window = protein_data.load_flip_gb1(SHARED_GB1, "test", residues="1-56")
+    window = load_dataset("flip_gb1", "test", root=SHARED_GB1.parents[1], allow_download=False, residues="1-56")
     tails = {whole[i][0][56:] for i in range(len(whole))}
     assert len(tails) == 1  # the fusion partner is the same in every variant: the window loses nothing
     assert len({window[i][0] for i in range(len(window))}) == len({whole[i][0] for i in range(len(whole))})

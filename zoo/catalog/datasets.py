@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 
 from zoo.cache import cache_dir
 from zoo.catalog.download import ChecksumWarning, check_local_copy, download, sha256_of
+from zoo.catalog.input_transforms import TransformOptions, split_transform_options, with_input_transform
 from zoo.catalog.registry import Registry
 from zoo.errors import DataError, MissingDataError
 
@@ -68,6 +69,10 @@ class DatasetSpec:
     licence: str = ""
     description: str = ""
     extras: dict[str, Any] = field(default_factory=dict)
+    input_transform: TransformOptions | None = None
+    """Options that choose a transform of every input rather than what is read (``residues=1-56``): not
+    passed to ``load``; the items are wrapped instead, and the transform is recorded with the run and applied
+    to every input the model is given afterwards (:mod:`zoo.catalog.input_transforms`)."""
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
@@ -177,7 +182,8 @@ def load_dataset(
         raise MissingDataError(
             f"dataset {name}: folder {directory} does not exist; set data.root / ZOO_DATA_DIR correctly"
         )
-    return spec.load(directory, split, **options)
+    transform, options = split_transform_options(spec.input_transform, options, f"dataset {name}")
+    return with_input_transform(spec.load(directory, split, **options), transform)
 
 
 # -- what was read ----------------------------------------------------------------------

@@ -39,6 +39,7 @@ from zoo.catalog.datasets import (
     local_copy_present,
 )
 from zoo.catalog.download import ChecksumWarning, DownloadError
+from zoo.catalog.input_transforms import InputTransform, split_transform_options, with_input_transform
 from zoo.catalog.registry import UnknownNameError
 from zoo.errors import ConfigError, MissingDataError
 from zoo.experiment.config import RunConfig
@@ -60,6 +61,9 @@ class Resolved:
     dataset: DatasetSpec
     task_kind: str
     builder: TaskBuilder
+    input_transform: InputTransform | None = None
+    """What every input goes through before the model sees it, as the dataset's options ask
+    (``data.options.residues=1-56``): applied to each split here and recorded with the run."""
 
 
 @dataclass
@@ -102,7 +106,8 @@ def resolve(config: RunConfig) -> Resolved:
                 f"data.{key}={split!r}: dataset {dataset.name} has the splits {', '.join(dataset.splits)}"
                 + ("" if role == "train" else f"; use null for no {role} split")
             )
-    return Resolved(backbone, dataset, kind, builder)
+    transform, _ = split_transform_options(dataset.input_transform, config.data.options)
+    return Resolved(backbone, dataset, kind, builder, transform)
 
 
 # -- data ------------------------------------------------------------------------------
@@ -155,7 +160,8 @@ def load_split(config: RunConfig, resolved: Resolved, split: str) -> tuple[Datas
 def load_split_source(config: RunConfig, resolved: Resolved, split: str) -> tuple[Dataset, Path | None, SplitSource]:
     """The split, its folder, and what it was read from."""
     spec = resolved.dataset
-    options = dict(config.data.options)
+    # the options that choose the input transform are not the loader's; resolved.input_transform is applied
+    _, options = split_transform_options(spec.input_transform, config.data.options)
     directory: Path | None
     try:
         if config.tiny:
@@ -163,12 +169,14 @@ def load_split_source(config: RunConfig, resolved: Resolved, split: str) -> tupl
             with warnings.catch_warnings():  # a synthetic fixture is never the canonical file; no need to say so
                 warnings.simplefilter("ignore", ChecksumWarning)
                 dataset = spec.load(directory, split, **options)
-            return dataset, directory, describe_split(spec, dataset, split, directory)
+            source = describe_split(spec, dataset, split, directory)
+            return with_input_transform(dataset, resolved.input_transform), directory, source
         directory = dataset_dir(spec, config.data.root) if spec.folder or config.data.root else None
         dataset, differing = load_noting_checksums(
             lambda: load_dataset(spec.name, split, config.data.root, allow_download=config.data.download, **options)
         )
-        return dataset, directory, describe_split(spec, dataset, split, directory, differing)
+        source = describe_split(spec, dataset, split, directory, differing)
+        return with_input_transform(dataset, resolved.input_transform), directory, source
     except TypeError as error:
         if "unexpected keyword" not in str(error):
             raise

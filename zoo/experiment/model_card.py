@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from zoo.experiment.config import RunConfig
-from zoo.experiment.record import BackboneRecord, RunRecord, SplitRecord, TrainingRecord, WeightsRecord
+from zoo.experiment.record import (
+    BackboneRecord,
+    InputTransformRecord,
+    RunRecord,
+    SplitRecord,
+    TrainingRecord,
+    WeightsRecord,
+)
 
 
 def _number(value: Any) -> str:
@@ -108,6 +115,18 @@ def _data_read(splits: dict[str, SplitRecord], full_digest: bool) -> list[str]:
         note = "differs from the canonical file" if split.canonical is False else ""
         lines.append(f"| {label} | {where} | {rows} | {digest} | {note} |")
     return lines
+
+
+def _input_transform_row(transform: InputTransformRecord | None) -> list[str]:
+    """The row that says what every input goes through; none when the model sees inputs as they are given."""
+    if transform is None:
+        return []
+    parameters = ", ".join(f"{k}={v}" for k, v in transform.parameters.items())
+    said = transform.description or f"inputs go through `{transform.name}` before the model sees them"
+    return [
+        f"| Inputs | {said} (input transform `{transform.name}`, {parameters}); `zoo predict` and `zoo eval` "
+        f"do the same to every input, so give inputs as the dataset holds them |"
+    ]
 
 
 def _training_row(settings: Any, training: TrainingRecord) -> str:
@@ -276,6 +295,7 @@ def model_card(
         f"| Backbone | {_backbone_row(record.backbone, published)} |",
         f"| Data | {dataset} |",
         f"| Task | {record.task.kind}; model selection on validation `{main_metric}` |",
+        *_input_transform_row(record.input_transform),
         f"| Method | `{method.name}` ({options}) |",
         f"| Trainable parameters | {report.trainable:,} of {report.total or 0:,} ({100 * report.trainable_fraction:.4f}%), "
         f"{report.parameter_reduction_percent:.2f}% fewer than full fine-tuning |",

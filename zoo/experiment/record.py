@@ -88,6 +88,16 @@ class DataRecord(RecordModel):
     """By role: train, val, test."""
 
 
+class InputTransformRecord(RecordModel):
+    """What every input went through before the model saw it (:mod:`zoo.catalog.input_transforms`);
+    predictions and evaluations of the run's model apply the same."""
+
+    name: str
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    description: str | None = None
+    """In words: ``inputs are cut to residues 1-56 before the model sees them``."""
+
+
 class ParameterCounts(RecordModel):
     trainable: int
     total: int | None = None
@@ -156,6 +166,8 @@ class RunRecord(RecordModel):
     task: TaskRecord | None = None
     backbone: BackboneRecord | None = None
     data: DataRecord | None = None
+    input_transform: InputTransformRecord | None = None
+    """None: the model sees inputs as they are given."""
     parameters: ParameterCounts | None = None
     training: TrainingRecord | None = None
     memory: MemoryRecord | None = None
@@ -316,6 +328,7 @@ def finished_record(
         if role in built.datasets
     }
     memory = memory or {}
+    transform = resolved.input_transform
     return progress.model_copy(
         update={
             "record_version": RECORD_VERSION,
@@ -346,6 +359,9 @@ def finished_record(
                 directory=str(built.data_dir) if built.data_dir else None,
                 splits=splits,
             ),
+            "input_transform": InputTransformRecord(**transform.as_record(), description=transform.description)
+            if transform is not None
+            else None,
             "parameters": ParameterCounts(
                 trainable=report.trainable,
                 total=report.total,

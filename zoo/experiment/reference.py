@@ -26,7 +26,11 @@ def held_out_inputs(datasets: dict[str, Any], count: int = REFERENCE_COUNT) -> t
     """(the role read: test, else val; up to ``count`` raw inputs spread over it; a note on what was left out).
 
     Only inputs that are JSON strings are kept (texts, protein sequences): an image array or an audio
-    tensor is not what ``zoo predict`` reads from a command line, so it is not stored."""
+    tensor is not what ``zoo predict`` reads from a command line, so it is not stored. The inputs are as a
+    user gives them, before the dataset's input transform (whole sequences, not their window), since a
+    pulled copy is checked by predicting on them as given."""
+    from zoo.catalog.input_transforms import given_input
+
     role = next((r for r in ("test", "val") if r in datasets), None)
     if role is None:
         return None, [], "no held-out split (test or val) to take reference inputs from"
@@ -36,7 +40,7 @@ def held_out_inputs(datasets: dict[str, Any], count: int = REFERENCE_COUNT) -> t
         return role, [], f"the {role} split is empty"
     wanted = min(count, size)
     indices = sorted({round(i * (size - 1) / max(wanted - 1, 1)) for i in range(wanted)})
-    inputs = [dataset[i][0] for i in indices]
+    inputs = [given_input(dataset, i) for i in indices]
     kept = [item for item in inputs if isinstance(item, str)]
     if len(kept) < len(inputs):
         kind = type(next(item for item in inputs if not isinstance(item, str))).__name__
@@ -60,8 +64,11 @@ def model_outputs(
     return torch.cat(chunks) if chunks else torch.empty(0)
 
 
-def reference_outputs(model: nn.Module, datasets: dict[str, Any]) -> ReferenceOutputs:
-    """The outputs of ``model`` (with its adapter, as saved) on a few held-out inputs of ``datasets``.
+def reference_outputs(
+    model: nn.Module, datasets: dict[str, Any], input_transform: Callable[[Any, str], Any] | None = None
+) -> ReferenceOutputs:
+    """The outputs of ``model`` (with its adapter, as saved) on a few held-out inputs of ``datasets``, each
+    through ``input_transform`` first (the run's, as a prediction applies it).
 
     A model on an accelerator is copied to the CPU first: the reference is what a user's CPU computes,
     and the last bits of a GPU's float32 (TF32 convolutions) would differ by more than the check allows."""
@@ -74,7 +81,12 @@ def reference_outputs(model: nn.Module, datasets: dict[str, Any]) -> ReferenceOu
     copied.eval()
     try:
         backbone = cast("Backbone", copied.backbone)  # nn.Module types its attributes as Tensor | Module
-        outputs = model_outputs(copied, backbone.collate, inputs, batch_size=len(inputs))
+        seen = (
+            [input_transform(item, f"reference input {n}") for n, item in enumerate(inputs)]
+            if input_transform
+            else inputs
+        )
+        outputs = model_outputs(copied, backbone.collate, seen, batch_size=len(inputs))
     finally:
         copied.train(was_training)
     return ReferenceOutputs(role=role, inputs=inputs, outputs=outputs.tolist(), note=note)

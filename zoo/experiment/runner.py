@@ -330,7 +330,7 @@ def _finish(
         reference = ReferenceOutputs(note="not taken: a strategy=fsdp run holds no whole model to run")
     else:
         try:
-            reference = reference_outputs(built.model, built.datasets)
+            reference = reference_outputs(built.model, built.datasets, built.resolved.input_transform)
         except Exception as error:  # a model whose forward needs more than inputs (generation): none stored
             reference = ReferenceOutputs(note=f"the model could not be run on held-out inputs ({error})")
     record = finished_record(

@@ -2,7 +2,9 @@
 
 The dataset is the one the adapter was trained on (or ``--dataset``, another registered one
 with the same classes), read from ``--data-root`` (else ``$ZOO_DATA_DIR``); the whole split is
-used (no ``data.max_eval_examples`` subset), so the numbers can differ from the hub's.
+used (no ``data.max_eval_examples`` subset), so the numbers can differ from the hub's. Every input
+goes through the adapter's input transform (``residue_window``, say: residues 1-56 of each sequence),
+whichever dataset it is read from, as its training data did.
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ import argparse
 
 
 def run(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from zoo.catalog.input_transforms import split_transform_options
     from zoo.errors import ConfigError
     from zoo.experiment.build import load_split, resolve
     from zoo.hub.predict import load
@@ -20,11 +25,13 @@ def run(args: argparse.Namespace) -> int:
     if predictor.config is None or predictor.task is None:
         raise ConfigError(f"{args.run_dir}: cannot be evaluated (no configuration)")
     config = predictor.config
+    # the options that chose the adapter's input transform are not the loader's: the transform is applied itself
+    _, config.data.options = split_transform_options(resolve(config).dataset.input_transform, config.data.options)
     if args.dataset:
         config.data.name = args.dataset
     config.data.root = args.data_root or None
     config.data.download = False
-    resolved = resolve(config)
+    resolved = dataclasses.replace(resolve(config), input_transform=predictor.input_transform)
     if args.split not in resolved.dataset.splits:
         raise ConfigError(
             f"--split {args.split!r}: dataset {resolved.dataset.name} has the splits {', '.join(resolved.dataset.splits)}"

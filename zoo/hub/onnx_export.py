@@ -297,6 +297,7 @@ class OnnxPredictor(Predictor):
             predictor.name,
             predictor.task,
             predictor.config,
+            predictor.input_transform,
         )
         described = metadata_path(onnx_path)
         if not onnx_path.is_file() or not described.is_file():
@@ -311,9 +312,9 @@ class OnnxPredictor(Predictor):
             )
         self.runner = session(onnx_path)
 
-    def outputs(self, inputs: Sequence[Any], batch_size: int = 32) -> torch.Tensor:
+    def model_outputs(self, model_inputs: Sequence[Any], batch_size: int = 32) -> torch.Tensor:
         batches = [
-            run_session(self.runner, self.collate(list(inputs[start : start + batch_size])))
-            for start in range(0, len(inputs), batch_size)
+            run_session(self.runner, self.collate(list(model_inputs[start : start + batch_size])))
+            for start in range(0, len(model_inputs), batch_size)
         ]
         return torch.cat(batches) if batches else torch.empty(0)

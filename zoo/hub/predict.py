@@ -12,6 +12,10 @@ A pulled adapter is untrusted data, read in this order: its ``config.yaml`` thro
 :func:`zoo.hub.pulled_config.read_pulled_config` (backbone options only from the backbone's allow-list,
 no path of the hub's used), then the base backbone built from the user's weights and
 fingerprinted, and only when the fingerprint matches is the adapter's safetensors file opened.
+
+Every input goes through the input transform the model's training data went through (a run's
+``data.options.residues=1-56`` cuts each sequence to residues 1-56; :mod:`zoo.catalog.input_transforms`),
+so inputs are given whole, as the dataset holds them, and an input it does not fit is an error naming it.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from zoo.hub.locations import say_to_stderr
 
 if TYPE_CHECKING:
     from zoo.catalog.backbones import Backbone
+    from zoo.catalog.input_transforms import InputTransform
 
 
 def choose_weights(config, backbone_weights: str | os.PathLike | None) -> tuple[bool | Path, str]:
@@ -65,21 +70,39 @@ class Predictor:
         name: str,
         task=None,
         config=None,
+        input_transform: InputTransform | None = None,
     ) -> None:
         self.model, self.collate, self.task_kind = model.eval(), collate, task_kind
         self.task, self.config = task, config
         """The TrainTask (for evaluation) and the RunConfig the adapter was trained with."""
+        self.input_transform = input_transform
+        """What every input goes through before the model sees it, as its training data did (None: nothing)."""
         from zoo.experiment.labels import registered_class_names
 
         self.labels = [str(label) for label in labels] if labels else registered_class_names(config)
         """Class names by index: the entry's (recorded at push), else the dataset registry's; None: indices."""
         self.domain, self.name = domain, name
 
+    def model_inputs(self, inputs: Sequence[Any], names: Sequence[str] | None = None) -> list[Any]:
+        """``inputs`` as the model sees them: through the input transform its training data went through (a
+        DataError names an input that does not fit it, by ``names`` when given)."""
+        if self.input_transform is None:
+            return list(inputs)
+        shown = list(names) if names is not None and len(names) == len(inputs) else None
+        return [
+            self.input_transform(item, shown[number] if shown else f"input {number + 1}")
+            for number, item in enumerate(inputs)
+        ]
+
     def outputs(self, inputs: Sequence[Any], batch_size: int = 32) -> torch.Tensor:
-        """The model's raw outputs (logits), batch by batch."""
+        """The model's raw outputs (logits) on inputs as given, batch by batch."""
+        return self.model_outputs(self.model_inputs(inputs), batch_size)
+
+    def model_outputs(self, model_inputs: Sequence[Any], batch_size: int = 32) -> torch.Tensor:
+        """The raw outputs on inputs already as the model sees them (:meth:`model_inputs`)."""
         from zoo.experiment.reference import model_outputs
 
-        return model_outputs(self.model, self.collate, inputs, batch_size)
+        return model_outputs(self.model, self.collate, model_inputs, batch_size)
 
     def predict(
         self, inputs: Sequence[Any], batch_size: int = 32, names: Sequence[str] | None = None
@@ -90,10 +113,11 @@ class Predictor:
         the inputs by ``names``."""
         if isinstance(inputs, (str, bytes)):
             raise TypeError("predict takes a list of inputs; wrap a single one as [input]")
+        seen = self.model_inputs(inputs, names)
         against_each_other = getattr(self.model, "predict_inputs", None)
         if against_each_other is not None:
-            return against_each_other(list(inputs), batch_size, names)
-        return read_outputs(self.outputs(inputs, batch_size), self.task_kind, self.labels)
+            return against_each_other(seen, batch_size, names)
+        return read_outputs(self.model_outputs(seen, batch_size), self.task_kind, self.labels)
 
 
 def read_outputs(outputs: torch.Tensor, task_kind: str, labels: Sequence[str] | None) -> list[dict[str, Any]]:
@@ -172,6 +196,7 @@ def from_pulled(pulled, backbone_weights=None, force: bool = False, log=say_to_s
         pulled.name,
         train_task,
         config,
+        resolved.input_transform,  # the entry's, checked against config.yaml's by read_pulled_config
     )
 
 
@@ -192,6 +217,7 @@ def from_run_dir(run_dir: str | os.PathLike, log=say_to_stderr) -> Predictor:
         str(run_dir),
         built.task,
         built.config,
+        built.resolved.input_transform,
     )
 
 

@@ -5,7 +5,8 @@ hub may not use it to make zoo read anything: backbone options are only those th
 from a hub (``register_backbone(..., hub_options=...)``: sizes, pooling, lengths; never a file, URL,
 checkpoint, cache folder or ``pretrained_cfg``), no option names a path or URL, and the paths it
 carries (``backbone.pretrained``, ``data.root``) are never used. It must also agree with its index
-entry (backbone, method, scale, domain). Nothing is built or loaded here.
+entry (backbone, method, scale, domain, and the input transform every input goes through: a registered
+transform by name, with parameters that transform accepts, never code). Nothing is built or loaded here.
 """
 
 from __future__ import annotations
@@ -94,7 +95,38 @@ def read_pulled_config(folder: Path, entry: dict[str, Any], label: str):
         ("task", config.task.options),
     ):
         _refuse_paths(options, f"{section}.options", where)
+    entry_input_transform(entry, config, label)
     if isinstance(config.backbone.pretrained, str):
         config.backbone.pretrained = True  # a path on the publisher's machine: the weights are found here instead
     config.data.root = None
     return config
+
+
+def entry_input_transform(entry: dict[str, Any], config, label: str):
+    """The input transform of a pulled adapter (an :class:`zoo.catalog.input_transforms.InputTransform`, or
+    None): the one its index entry names, a registered transform whose own check accepts the parameters,
+    and the same one its ``config.yaml``'s data options ask for (what :func:`zoo.experiment.build.resolve`
+    applies). An entry from before input transforms were recorded names none: its configuration's stands."""
+    from zoo.catalog.datasets import DATASETS
+    from zoo.catalog.input_transforms import input_transform, split_transform_options
+    from zoo.errors import ConfigError, UnknownNameError
+
+    named = entry.get("input_transform")
+    try:
+        from_entry = input_transform(named["name"], named.get("parameters") or {}) if named else None
+    except ConfigError as error:
+        raise HubError(
+            f"{label}: the index entry's input_transform is not one this zoo applies ({error}); refused"
+        ) from None
+    try:
+        declared = DATASETS.get(config.data.name).input_transform
+        from_config, _ = split_transform_options(declared, config.data.options)
+    except (ConfigError, UnknownNameError) as error:
+        raise HubError(f"{label}: config.yaml: {error}; refused") from None
+    if named and from_entry != from_config:
+        said = from_config.label() if from_config else "none"
+        raise HubError(
+            f"{label}: the index entry's input_transform is {from_entry.label() if from_entry else 'none'}, the one "
+            f"config.yaml's data options ask for is {said}; they must agree. Refused"
+        )
+    return from_config

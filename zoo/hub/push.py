@@ -155,6 +155,11 @@ def describe_run(
                 for role, split in splits.items()
             },
         },
+        **(
+            {"input_transform": record.input_transform.model_dump(include={"name", "parameters"})}
+            if record.input_transform
+            else {}
+        ),
         "metrics": metrics,
         "recipe": run.recipe,
         "command": command,

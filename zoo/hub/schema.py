@@ -42,6 +42,7 @@ ALLOWED_SUFFIXES = (".json", ".safetensors", ".yaml", ".md")
 """What an entry may list: no pickles (``.bin``, ``.pt``, ``.pkl``), no code."""
 MAX_FILE_BYTES = 8 << 30
 MAX_REFERENCE_PREDICTIONS = 32
+MAX_TRANSFORM_PARAMETERS = 16
 
 
 def check_name(name: Any) -> str:
@@ -143,6 +144,15 @@ class DatasetInfo(HubModel):
     splits: dict[str, SplitRecord] = Field(default_factory=dict)
 
 
+class InputTransformInfo(HubModel):
+    """What every input goes through before the model sees it: a transform registered with zoo, by name,
+    with its parameters (never code). :func:`zoo.hub.pulled_config.entry_input_transform` checks the
+    parameters as the transform allows them."""
+
+    name: Text
+    parameters: dict[str, str | int | float | bool] = Field(default_factory=dict, max_length=MAX_TRANSFORM_PARAMETERS)
+
+
 class MetricRecord(HubModel):
     split: str | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
@@ -209,6 +219,8 @@ class HubEntry(HubModel):
     backbone: BackboneInfo
     method: MethodInfo
     dataset: DatasetInfo
+    input_transform: InputTransformInfo | None = None
+    """None: the model sees inputs as they are given."""
     metrics: dict[str, MetricRecord] = Field(default_factory=dict)
     licence: str | None = None
     published: str | None = None

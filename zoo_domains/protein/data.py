@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import Dataset
 
 from zoo.catalog.datasets import DataError, DatasetSpec, RemoteFile, register_dataset
+from zoo.catalog.input_transforms import TransformOptions
 from zoo.tasks.heads import IGNORE_INDEX
 from zoo_domains.protein.backbones import check_sequence
 from zoo_domains.protein.files import (
@@ -38,6 +39,7 @@ from zoo_domains.protein.files import (
     read_zip_text,
     zip_members,
 )
+from zoo_domains.protein.transforms import WINDOW_PARAMETERS
 
 FLIP_GB1_URL = "https://github.com/J-SNACKKB/FLIP/raw/main/splits/gb1/splits.zip"
 FLIP_SECONDARY_STRUCTURE_URL = "https://github.com/J-SNACKKB/FLIP/raw/main/splits/secondary_structure/splits.zip"
@@ -107,26 +109,15 @@ def _class_index(value: str, where: str, num_classes: int | None) -> int:
 # -- FLIP GB1 ----------------------------------------------------------------------
 
 
-def _residue_window(residues: str | None) -> slice:
-    """``"FIRST-LAST"`` (1-based, inclusive) as a slice; None: the whole sequence."""
-    if residues is None:
-        return slice(None)
-    first, _, last = str(residues).partition("-")
-    if not (first.isdigit() and last.isdigit()) or not 1 <= int(first) <= int(last):
-        raise DataError(f"dataset flip_gb1: residues={residues!r}; expected FIRST-LAST, 1-based, e.g. 1-56")
-    return slice(int(first) - 1, int(last))
-
-
-def load_flip_gb1(
-    directory: Path, split: str, split_name: str = "three_vs_rest", residues: str | None = None
-) -> SequenceDataset:
+def load_flip_gb1(directory: Path, split: str, split_name: str = "three_vs_rest") -> SequenceDataset:
     """FLIP GB1 (Wu et al. 2016 fitness of 4-site variants): ``splits.zip`` holds
     ``splits/<split_name>.csv`` with columns ``sequence,target,set,validation``. FLIP's sequences are
     265 residues: GB1 (1-56, where the four sites V39, D40, G41 and V54 lie) fused to a partner that
-    no variant changes. ``residues="1-56"`` keeps that window only: the same information for a
-    fifth of the compute, though not FLIP's input as published."""
+    no variant changes. The dataset's option ``residues="1-56"`` keeps that window only (the same
+    information for a fifth of the compute, though not FLIP's input as published): it is the input
+    transform ``residue_window`` (:mod:`zoo_domains.protein.transforms`), applied to the whole sequences
+    read here and, with the run recorded, to every sequence its model is given."""
     _check_split(split)
-    window = _residue_window(residues)
     archive = Path(directory) / "splits.zip"
     members = zip_members(archive)
     available = sorted(n[: -len(".csv")] for n in members if n.endswith(".csv"))
@@ -142,12 +133,14 @@ def load_flip_gb1(
         row_where = f"{where} line {line}"
         if not _in_split(split, row["set"], row.get("validation"), row_where):
             continue
-        sequence = check_sequence(row["sequence"], row_where)[window]
-        if not sequence:
-            raise DataError(f"{row_where}: residues={residues!r} is past the end of its {len(row['sequence'])}")
-        sequences.append(sequence)
+        sequences.append(check_sequence(row["sequence"], row_where))
         labels.append(torch.tensor(_float(row["target"], row_where), dtype=torch.float32))
     return SequenceDataset(sequences, labels, f"{where} ({split})")
+
+
+GB1_FIXTURE_PARTNER = "LEVLFQGPLDPNSMATYEVLCEVA"
+"""The start of the partner FLIP's GB1 is fused to (residues 57-80 of its sequences): fixture sequences are
+whole as FLIP's are, longer than the GB1 window 1-56."""
 
 
 def _gb1_rows(count: int = 16) -> list[tuple[str, float]]:
@@ -158,7 +151,7 @@ def _gb1_rows(count: int = 16) -> list[tuple[str, float]]:
         sequence = list(wild_type)
         for j, site in enumerate(sites[: i % 4 + 1] if i else ()):
             sequence[site] = residues[(7 * i + 3 * j) % 20]
-        rows.append(("".join(sequence), round(1.0 - 0.06 * i, 4)))
+        rows.append(("".join(sequence) + GB1_FIXTURE_PARTNER, round(1.0 - 0.06 * i, 4)))
     return rows
 
 
@@ -388,8 +381,10 @@ register_dataset(
         licence="AFL-3.0 (FLIP splits); raw data CC BY 4.0 (Wu et al. 2016)",
         description="FLIP GB1: binding fitness of 4-site variants of protein G domain B1; Spearman rho. "
         "Option split_name: " + ", ".join(GB1_SPLIT_NAMES) + " (default three_vs_rest); residues=FIRST-LAST "
-        "keeps that window of each sequence (1-56: GB1 without its fusion partner)",
+        "keeps that window of each sequence (1-56: GB1 without its fusion partner), for training and for every "
+        "sequence the model is given afterwards",
         extras={"metric": "spearman", "split_names": GB1_SPLIT_NAMES},
+        input_transform=TransformOptions("residue_window", WINDOW_PARAMETERS),
     )
 )
 
