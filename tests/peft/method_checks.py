@@ -73,6 +73,7 @@ SMALL_OPTIONS = {
     "kadaptation": {"n": 4},
     "vpt": {"num_prompts": 2},
     "prefix": {"num_virtual_tokens": 2},
+    "unipelt": {"num_virtual_tokens": 2},
 }
 """Options that keep a method small on the tiny backbones of the test matrices (defaults otherwise)."""
 

@@ -81,7 +81,7 @@ class BottleneckAdapterConfig(MethodConfig):
 class BottleneckAdapter(WrappedLayer):
     """A projection followed by serial bottleneck adapters, one per adapter name."""
 
-    adapter_groups = ("adapter_down", "adapter_up")
+    adapter_groups: tuple[str, ...] = ("adapter_down", "adapter_up")
     adapter_settings = ("non_linearity",)
     mixes_rows = True
 
@@ -110,12 +110,24 @@ class BottleneckAdapter(WrappedLayer):
 
     def adapted_rows(self, name: str, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """Adapter ``name`` applied to the projection's output ``out`` (all rows, or its rows of a mixed batch)."""
+        return out + self.bottleneck(name, out)
+
+    def bottleneck(self, name: str, y: torch.Tensor) -> torch.Tensor:
+        """What adapter ``name`` adds to the projection's output ``y``: W_up act(W_down y + b_down) + b_up."""
         activation = ACTIVATIONS[self.non_linearity[name]]
-        return out + self.adapter_up[name](activation(self.adapter_down[name](out)))
+        return self.adapter_up[name](activation(self.adapter_down[name](y)))
 
 
 @register_method("adapter", BottleneckAdapterConfig, needs_structure=True, starts_at_identity=True)
 def inject_adapter(context: InjectionContext, config: BottleneckAdapterConfig) -> None:
+    inject_adapter_layers(context, config)
+
+
+def inject_adapter_layers(
+    context: InjectionContext, config: BottleneckAdapterConfig, layer_class: type[BottleneckAdapter] = BottleneckAdapter
+) -> None:
+    """Shared by adapter and unipelt (whose ``layer_class`` gates the bottleneck): wrap each projection
+    the variant names and add the adapter to it."""
     structure = context.require_structure()
     places = [structure.attention_out, structure.ffn_out] if config.variant == "houlsby" else [structure.ffn_out]
     for block in context.block_names():
@@ -125,5 +137,5 @@ def inject_adapter(context: InjectionContext, config: BottleneckAdapterConfig) -
                 raise ConfigError(
                     f"adapter: {block}.{place} is a {type(projection).__name__}; bottleneck adapters follow an nn.Linear projection"
                 )
-            layer = context.wrap(f"{block}.{place}", BottleneckAdapter, BottleneckAdapter)
+            layer = context.wrap(f"{block}.{place}", layer_class, layer_class)
             layer.add_adapter(context.adapter_name, config.bottleneck(projection.out_features), config.non_linearity)

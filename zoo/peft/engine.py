@@ -313,9 +313,10 @@ def _mergeable_spec(model: nn.Module, adapter_name: str | None) -> tuple[str, Me
         raise ConfigError(f"no adapter named {name!r}; adapters on this model: {', '.join(state.adapters)}")
     spec = get_method(state.adapters[name].method)
     if not spec.mergeable:
+        reason = spec.merge_refusal or "adds computation that cannot be folded into the base weights"
         raise ConfigError(
-            f"adapter {name!r} uses {spec.name}, which adds computation that cannot be folded into the base "
-            f"weights; merge works for {', '.join(m for m in list_methods() if get_method(m).mergeable)}"
+            f"adapter {name!r} uses {spec.name}, which {reason}; "
+            f"merge works for {', '.join(m for m in list_methods() if get_method(m).mergeable)}"
         )
     return name, spec
 

@@ -174,7 +174,7 @@ class LoraLayer(DeltaWeightLayer):
         """Adapter ``name``'s output for inputs ``x`` whose base output is ``out`` (all rows, or one
         adapter's rows of a mixed batch): ``out + (lora_alpha / r) B A dropout(x)``."""
         dropped = self.lora_dropout[name](x)
-        scaling = self.scaling[name]
+        scaling = self.branch_scaling(name, x)
         bounds = self.slices[name]
         # Scaling the rank-r activations costs far less than scaling the full-width update.
         if not bounds:
@@ -191,6 +191,12 @@ class LoraLayer(DeltaWeightLayer):
             b[start:end, column : column + part.shape[0]] = self._factor_weights(name, slice_name)[1]
             column += part.shape[0]
         return out + F.linear(F.linear(dropped, a) * scaling, b)
+
+    def branch_scaling(self, name: str, x: torch.Tensor) -> float | torch.Tensor:
+        """What adapter ``name`` multiplies its rank-r activations of input ``x`` by in ``adapted_rows``:
+        lora_alpha / r. A subclass may make it depend on the input (unipelt's gate); the in-place path
+        of ``forward`` reads ``scaling`` itself, so such a subclass must not take it."""
+        return self.scaling[name]
 
     def _add_in_place(self, x: torch.Tensor, name: str) -> torch.Tensor:
         """A plain Linear base: its backward keeps no output, so the update is added into that

@@ -42,6 +42,7 @@ from zoo.peft.prefix_attention import (
     row_splitter,
     supported,
     supported_rows,
+    takes_row_prefixes,
 )
 from zoo.peft.registry import register_method
 from zoo.peft.targeting import base_of
@@ -95,13 +96,16 @@ class PrefixTuning(AdapterModule):
     """All layers' prefixes of every adapter, attached to the model root; hooks put them in."""
 
     adapter_groups = ("prompt_embeddings",)
-    adapter_settings = ("num_virtual_tokens",)
+    adapter_settings = ("num_virtual_tokens", "prefix_scales")
     mixes_rows = True
 
     def __init__(self, model: nn.Module, attentions: list[nn.Module], hidden: int) -> None:
         super().__init__()
         self.prompt_embeddings = nn.ParameterDict()
         self.num_virtual_tokens: dict[str, int] = {}
+        self.prefix_scales: dict[str, Callable[[int], torch.Tensor]] = {}
+        """Per adapter that has one (unipelt): ``scale(index)``, one factor per row of the current call of
+        layer ``index``, by which its prefix keys and values are multiplied (each row gets its own)."""
         self.num_layers, self.hidden = len(attentions), hidden
         self._handles: list = []
         self._patched: list[nn.Module] = []
@@ -149,9 +153,15 @@ class PrefixTuning(AdapterModule):
         self.num_virtual_tokens[name] = config.num_virtual_tokens
 
     def layer_prefix(self, name: str, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values (each (P, hidden)) of layer ``index``."""
+        """Keys and values (each (P, hidden)) of layer ``index``; (batch, P, hidden) each, one per row, for
+        an adapter with a scale in ``prefix_scales``."""
         table = self.prompt_embeddings[name].view(self.num_virtual_tokens[name], self.num_layers * 2, self.hidden)
-        return table[:, 2 * index], table[:, 2 * index + 1]
+        keys, values = table[:, 2 * index], table[:, 2 * index + 1]
+        scale = self.prefix_scales.get(name)
+        if scale is None:
+            return keys, values
+        factor = scale(index)[:, None, None]
+        return factor * keys, factor * values
 
     def current_prefix(self, index: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Keys and values of layer ``index`` for the active adapter (in a mixed batch: the adapter of
@@ -238,6 +248,11 @@ class PrefixTuning(AdapterModule):
         return next((n for n in self.row_groups.names if n is not None and n in self.num_virtual_tokens), None)
 
     # -- removal --------------------------------------------------------------------
+    def without_row_prefixes(self) -> list[str]:
+        """The attention classes here whose prefix-aware forward takes one (P, hidden) prefix for the whole
+        batch only (see :func:`~zoo.peft.prefix_attention.takes_row_prefixes`); HF attention takes both."""
+        return [type(a).__name__ for a, f in zip(self._patched, self._forwards) if not takes_row_prefixes(f)]
+
     def remove_hooks(self) -> None:
         for handle in self._handles:
             handle.remove()

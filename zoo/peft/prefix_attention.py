@@ -18,6 +18,8 @@ Domain packages register the attention classes of their own libraries with
 Every forward takes the owning :class:`~zoo.peft.prefix.PrefixTuning` (``prefixes``) and the
 layer index; ``prefixes.current_prefix(index)`` gives (keys, values), each (P, hidden), or
 None when no prefix adapter is active, in which case the original forward runs unchanged.
+A forward registered with ``row_prefixes=True`` also takes (batch, P, hidden) prefixes, one per
+row (unipelt gates each example's prefix): :func:`join_prefix` does, and P is ``shape[-2]``.
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ def timm_forward(prefixes, index, attn, x, attn_mask=None, is_causal=False):
     k, v = join_prefix(prefix[0], k), join_prefix(prefix[1], v)
     if is_causal:  # tokens see every prefix and the tokens before them
         attn_mask = torch.ones(tokens, tokens, dtype=torch.bool, device=x.device).tril()
-    attn_mask = prepend_attended(attn_mask, prefix[0].shape[0])
+    attn_mask = prepend_attended(attn_mask, prefix[0].shape[-2])
     x = F.scaled_dot_product_attention(
         q, k, v, attn_mask=attn_mask, dropout_p=attn.attn_drop.p if attn.training else 0.0
     )
@@ -158,7 +160,7 @@ def multihead_forward(
     if key_padding_mask is not None:  # (batch, keys)
         padding = _additive(key_padding_mask, q.dtype)[:, None, None, :]
         mask = padding if mask is None else mask + padding
-    mask = prepend_attended(mask, prefix[0].shape[0])
+    mask = prepend_attended(mask, prefix[0].shape[-2])
     dropout = attn.dropout if attn.training else 0.0
     if need_weights:
         scores = q @ k.transpose(-1, -2) * head_dim**-0.5
@@ -198,6 +200,7 @@ def _library_class(module: str, name: str) -> type[nn.Module] | None:
 _KINDS: list[tuple[str, str, Callable, Callable[[nn.Module], None] | None]] = []
 _DESCRIPTIONS: list[str] = []
 _ROW_SPLITTERS: dict[Callable, Callable] = {}
+_ROW_PREFIXES: set[Callable] = set()
 
 
 def register_prefix_attention(
@@ -207,6 +210,7 @@ def register_prefix_attention(
     check: Callable[[nn.Module], None] | None = None,
     description: str | None = None,
     rows: Callable | None = None,
+    row_prefixes: bool = False,
 ) -> None:
     """Teach prefix tuning an attention class that takes no key/value cache.
 
@@ -216,11 +220,19 @@ def register_prefix_attention(
     ``rows(attn, groups, held, call, args, kwargs, module)`` lets rows of a mixed batch use different
     prefixes: it calls ``call(args, kwargs)`` with the arguments of each group of rows
     (:meth:`zoo.peft.mixed.RowGroups.run`) and puts the outputs back in row order.
+    ``row_prefixes=True`` says that ``forward`` also takes (batch, P, hidden) prefixes, one per row.
     """
     _KINDS.append((module, class_name, forward, check))
     _DESCRIPTIONS.append(description or f"{module}.{class_name}")
     if rows is not None:
         _ROW_SPLITTERS[forward] = rows
+    if row_prefixes:
+        _ROW_PREFIXES.add(forward)
+
+
+def takes_row_prefixes(forward: Callable) -> bool:
+    """Whether the prefix-aware ``forward`` takes (batch, P, hidden) prefixes, one per row."""
+    return forward in _ROW_PREFIXES
 
 
 def supported_rows() -> str:
@@ -239,7 +251,12 @@ def supported() -> str:
 
 
 register_prefix_attention(
-    "timm.layers.attention", "Attention", timm_forward, description="timm's Attention", rows=timm_rows
+    "timm.layers.attention",
+    "Attention",
+    timm_forward,
+    description="timm's Attention",
+    rows=timm_rows,
+    row_prefixes=True,
 )
 register_prefix_attention(
     "torch.nn",
@@ -248,6 +265,7 @@ register_prefix_attention(
     _check_multihead,
     description="torch's nn.MultiheadAttention",
     rows=multihead_rows,
+    row_prefixes=True,
 )
 
 

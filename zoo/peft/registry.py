@@ -33,6 +33,8 @@ class MethodSpec:
     inject: Callable[["InjectionContext", MethodConfig], None]
     mergeable: bool = False
     """Reparameterisation methods whose update can be folded into the base weights."""
+    merge_refusal: str | None = None
+    """Why a method that is not mergeable cannot be, where more is to be said than that it adds computation."""
     trains_base: bool = False
     """Full fine-tuning: base weights are trained in place (no separate adapter tensors)."""
     needs_structure: bool = False

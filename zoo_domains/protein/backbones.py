@@ -72,6 +72,14 @@ register_exclusion(
     "that a feature adapter refines",
     error=r"declares no pooled embedding",
 )
+register_exclusion(
+    "unipelt",
+    ESM2_STRUCTURE.name,
+    reason="fair-esm's attention spreads one prefix table over the whole batch (and runs sequence-first inside "
+    "blocks that take batch-first input), while unipelt's gates scale each example's prefix, LoRA update and "
+    "adapter output by a value of its own",
+    error=r"takes one prefix table for the whole batch",
+)
 
 
 def check_sequence(sequence: Any, where: str) -> str:

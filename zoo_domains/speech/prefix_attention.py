@@ -20,7 +20,7 @@ def torchaudio_forward(prefixes, index, attn, x, attention_mask=None, position_b
     shape = (batch, length, attn.num_heads, attn.head_dim)
     q, k, v = (projection(x).view(*shape).transpose(2, 1) for projection in (attn.q_proj, attn.k_proj, attn.v_proj))
     k, v = join_prefix(prefix[0], k), join_prefix(prefix[1], v)
-    mask = prepend_attended(attention_mask, prefix[0].shape[0])  # additive (batch, 1, frames, frames)
+    mask = prepend_attended(attention_mask, prefix[0].shape[-2])  # additive (batch, 1, frames, frames)
     dropout = attn.dropout if attn.training else 0.0
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
     return attn.out_proj(out.transpose(1, 2).reshape(batch, length, -1)), None
@@ -31,4 +31,5 @@ register_prefix_attention(
     "SelfAttention",
     torchaudio_forward,
     description="torchaudio's wav2vec2 SelfAttention",
+    row_prefixes=True,
 )

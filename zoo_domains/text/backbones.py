@@ -87,6 +87,13 @@ register_exclusion(
     error=r"cannot insert prefixes into T5Attention",
 )
 register_exclusion(
+    "unipelt",
+    T5_STRUCTURE.name,
+    reason="its prefix-tuning part does not fit T5, whose attention adds a relative position bias over the keys and "
+    "takes no key/value cache in front of them (as for prefix)",
+    error=r"its prefix tuning does not fit: prefix: cannot insert prefixes into T5Attention",
+)
+register_exclusion(
     "clip_adapter",
     T5_STRUCTURE.name,
     reason="zoo's T5 backbones pool the encoder's token features in `pool()` (mean or first token), so no module "

@@ -80,6 +80,13 @@ register_exclusion(
     "projection to follow",
     error=r"ls_1 is a Identity",
 )
+register_exclusion(
+    "unipelt",
+    OPEN_CLIP_VIT.name,
+    reason="open_clip's q and v projections are slices of `nn.MultiheadAttention`'s `in_proj_weight`, so LoRA adds "
+    "one update to that weight for the whole batch, which unipelt's per-example LoRA gate cannot scale",
+    error=r"whose q and v projections are read from its in_proj_weight",
+)
 
 
 @functools.lru_cache(maxsize=4)
