@@ -130,7 +130,7 @@ def test_shards_partition_the_table(tmp_path):
     from zoo.results.spec import load_table
 
     cells = plan(load_table("cross-domain"), "tiny", tmp_path)
-    assert len(cells) == 15 * 5
+    assert len(cells) == 15 * 6  # text twice: SST-2 and AG News
     ids = [cell.id for cell in cells]
     parts = [[cell.id for cell in shard(cells, index, 4)] for index in range(1, 5)]
     assert sorted(sum(parts, [])) == sorted(ids)  # every cell once
@@ -221,10 +221,11 @@ def test_cpu_scale_runs_three_seeds_of_the_real_domains(tmp_path, monkeypatch):
     seeds: dict[str, set[int]] = {}
     for cell in cells:
         seeds.setdefault(cell.domain, set()).add(cell.seed)
-    assert seeds == {"text": {0, 1, 2}, "vision": {0, 1, 2}, "protein": {0, 1, 2}, "speech": {0}, "video_text": {0}}
+    real = {domain: {0, 1, 2} for domain in ("text", "agnews", "vision", "protein")}
+    assert seeds == {**real, "speech": {0}, "video_text": {0}}
     methods = load_table("cross-domain").scale("cpu").methods
     assert methods and {cell.method_label for cell in cells} == set(methods)
-    assert len(cells) == len(methods) * (3 + 3 + 3 + 1 + 1)
+    assert len(cells) == len(methods) * (3 + 3 + 3 + 3 + 1 + 1)
     assert {cell.seed for cell in plan(load_table("data-scale"), "cpu", tmp_path)} == {0, 1, 2}
 
 
@@ -303,3 +304,5 @@ def test_a_published_entry_shows_only_in_the_scales_it_names():
     assert spec.published_for("full", "text", None, "tiny") is None
     cross = load_table("cross-domain")
     assert cross.published_for("full", "text", None, "cpu").value == 0.915  # MiniLM's own, not RoBERTa's
+    shown = [cross.published_for("full", "agnews", None, scale) is not None for scale in ("tiny", "cpu", "paper")]
+    assert shown == [False, True, True]  # BERT-base on AG News sits beside the cpu and paper tables
