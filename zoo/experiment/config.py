@@ -46,6 +46,8 @@ SCALES = ("default", "tiny")
 SECTIONS = ("backbone", "data", "task", "method", "train")
 FREE_FORM = ("options",)
 """Keys holding a dict passed through to a builder; their contents are checked by that builder."""
+TYPED_SUBSECTIONS = ("privacy",)
+"""Keys holding a typed mapping of their own (``train.privacy``), set one key at a time: ``train.privacy.epsilon=8``."""
 FILE_ONLY_KEYS = ("defaults", "tiny", "search")
 """Keys a recipe file may have that are consumed while reading it (not part of the resolved config)."""
 
@@ -243,10 +245,10 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
             raise ConfigError(f"{parts[0]!r} can only be set in a recipe file, not from the command line")
         if len(parts) > 1 and parts[0] not in SECTIONS:
             raise unknown_key(key, ["description", "scale", *SECTIONS], " (command line)", "", parts[0])
-        if len(parts) > 3 or (len(parts) == 3 and parts[1] not in FREE_FORM):
+        if len(parts) > 3 or (len(parts) == 3 and parts[1] not in FREE_FORM + TYPED_SUBSECTIONS):
             raise ConfigError(
-                f"override key {key!r} is too deep: write section.key (e.g. method.r=16), or section.options.key "
-                f"for builder options (e.g. backbone.options.img_size=384)"
+                f"override key {key!r} is too deep: write section.key (e.g. method.r=16), section.options.key "
+                f"for builder options (e.g. backbone.options.img_size=384), or train.privacy.key"
             )
         nested = with_dotted_keys(nested, {key: parse_value(text)})
     return nested

@@ -9,6 +9,7 @@ root), rows and sha256, never by a folder of the machine that read it.
 
 from __future__ import annotations
 
+import math
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from zoo.experiment.config import RunConfig
 from zoo.experiment.record import (
     BackboneRecord,
     InputTransformRecord,
+    PrivacyRecord,
     RunRecord,
     SplitRecord,
     TrainingRecord,
@@ -139,6 +141,22 @@ def _training_row(settings: Any, training: TrainingRecord) -> str:
         + (", stopped early" if training.stopped_early else "")
         + (f", {training.seconds:.1f} s" if training.seconds else "")
         + " |"
+    )
+
+
+def _privacy_row(privacy: PrivacyRecord) -> str:
+    calibrated = f"; noise calibrated to ε = {privacy.target_epsilon:g}" if privacy.target_epsilon is not None else ""
+    expected = (
+        f" (expected batch {privacy.expected_batch_size} of {privacy.train_examples:,} examples)"
+        if privacy.expected_batch_size and privacy.train_examples
+        else ""
+    )
+    return (
+        f"| Differential privacy | (ε = {math.ceil(privacy.epsilon * 1000) / 1000:.3f}, δ = {privacy.delta:.3g})-DP "
+        f"for each training example "
+        f"(DP-SGD through Opacus, {privacy.accountant} accountant): noise multiplier {privacy.noise_multiplier:.4g}, "
+        f"each example's gradient clipped to norm {privacy.max_grad_norm:g}, {privacy.steps} steps of Poisson "
+        f"samples at rate {privacy.sample_rate:.4g}{expected}{calibrated} |"
     )
 
 
@@ -302,7 +320,10 @@ def model_card(
     ]
     if report.adapter_bytes is not None:
         lines.append(f"| Adapter size | {report.adapter_bytes / 1024:.1f} KiB |")
-    lines += [_training_row(config.train, record.training or TrainingRecord()), ""]
+    lines.append(_training_row(config.train, record.training or TrainingRecord()))
+    if record.privacy is not None:
+        lines.append(_privacy_row(record.privacy))
+    lines.append("")
     if splits:
         lines += ["## Data read", "", *_data_read(splits, published is not None), ""]
     lines += ["## Results", "", *_metrics_table(results, main_metric), ""]

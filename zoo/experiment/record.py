@@ -123,6 +123,26 @@ class TrainingRecord(RecordModel):
     best_step: int | None = None
 
 
+class PrivacyRecord(RecordModel):
+    """What a run trained with ``train.privacy`` spent: (epsilon, delta)-DP for each training example (added or
+    removed), by the accountant named, for the mechanism below (:mod:`zoo.train.privacy`)."""
+
+    epsilon: float
+    delta: float
+    accountant: str
+    noise_multiplier: float
+    max_grad_norm: float
+    """The per-example clipping norm C."""
+    sample_rate: float
+    """Each example's chance to be in a step's Poisson sample (batch_size / train_examples)."""
+    steps: int
+    expected_batch_size: int | None = None
+    train_examples: int | None = None
+    target_epsilon: float | None = None
+    """The epsilon the noise was calibrated to; None when the noise multiplier was given."""
+    planned_steps: int | None = None
+
+
 class MemoryRecord(RecordModel):
     peak_bytes: int | None = None
     kind: str | None = None
@@ -176,6 +196,8 @@ class RunRecord(RecordModel):
     changed: list[str] = Field(default_factory=list)
     """Overrides that changed what the recipe's description speaks of (method, backbone, dataset)."""
     reference: ReferenceOutputs | None = None
+    privacy: PrivacyRecord | None = None
+    """The privacy a ``train.privacy`` run spent; None for ordinary training."""
 
     @property
     def main_metric(self) -> str | None:
@@ -383,5 +405,6 @@ def finished_record(
             "layer_selection": built.layer_selection,
             "changed": list(changed),
             "reference": reference,
+            "privacy": PrivacyRecord.model_validate(result.privacy) if getattr(result, "privacy", None) else None,
         }
     )

@@ -218,6 +218,11 @@ def _train(config, original, label, run_dir, command, resume, say, main, callbac
     from zoo.train.task import dataset_size
 
     built = build_run(config)
+    privacy = None
+    if config.train.privacy is not None:  # a target that cannot be met is refused before the run directory is made
+        from zoo.train.privacy import check_private_run
+
+        privacy = check_private_run(config.train, dataset_size(built.datasets["train"]), built.resolved.task_kind)
     report = zp.parameter_report(built.model)
     fingerprint = None
     if main:
@@ -230,6 +235,8 @@ def _train(config, original, label, run_dir, command, resume, say, main, callbac
             f"{config.data.name} ({sizes})"
         )
         say(f"  {report}")
+        if privacy is not None:
+            say(f"  {privacy}")
         say(f"  run directory: {run_dir}{' (resuming)' if resume else ''}")
         runs.start(run_dir, config, label, command, resume)
         if built.layer_selection:

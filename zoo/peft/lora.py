@@ -165,7 +165,13 @@ class LoraLayer(DeltaWeightLayer):
         if self.row_groups is not None:
             return mixed_forward(self, x, args, kwargs)
         name = self.active
-        if name is not None and not args and not kwargs and _is_unobserved_linear(self.base_layer):
+        if (
+            name is not None
+            and not args
+            and not kwargs
+            and _is_unobserved_linear(self.base_layer)
+            and not self._factors_observed(name)
+        ):
             return self._add_in_place(x, name)
         out = self.base_layer(x, *args, **kwargs)
         return out if name is None else self.adapted_rows(name, x, out)
@@ -179,6 +185,14 @@ class LoraLayer(DeltaWeightLayer):
         # Scaling the rank-r activations costs far less than scaling the full-width update.
         if not bounds:
             return out + self.lora_B[name](self.lora_A[name](dropped) * scaling)
+        if self._factors_observed(name):  # each slice's A and B called as modules, on the batch, for the hooks
+            pieces, column = [], 0
+            for slice_name, (start, end) in sorted(bounds.items(), key=lambda item: item[1]):
+                down, up = self._factors(name, slice_name)
+                pieces += [out.new_zeros((*out.shape[:-1], start - column)), up(down(dropped) * scaling)]
+                column = end
+            pieces.append(out.new_zeros((*out.shape[:-1], out.shape[-1] - column)))
+            return out + torch.cat(pieces, -1)
         # Another base layer may need its output in backward: one block matrix holds every
         # slice's B (zero rows for the slices left out), so the update is one matmul and one
         # out-of-place add; writing each slice into ``out`` through autograd made backward
@@ -197,6 +211,12 @@ class LoraLayer(DeltaWeightLayer):
         lora_alpha / r. A subclass may make it depend on the input (unipelt's gate); the in-place path
         of ``forward`` reads ``scaling`` itself, so such a subclass must not take it."""
         return self.scaling[name]
+
+    def _factors_observed(self, name: str) -> bool:
+        """Whether hooks watch adapter ``name``'s A or B (Opacus' per-example gradients do): then they are called
+        as modules on the batch, which the faster paths that read their weights would bypass."""
+        factors = [*self.lora_A[name].modules(), *self.lora_B[name].modules()]
+        return any(module._forward_hooks or module._backward_hooks for module in factors)
 
     def _add_in_place(self, x: torch.Tensor, name: str) -> torch.Tensor:
         """A plain Linear base: its backward keeps no output, so the update is added into that

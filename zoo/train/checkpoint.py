@@ -37,7 +37,7 @@ FORMAT_VERSION = 1
 DIGEST_KEY = "content_sha256"
 
 # Settings that may differ between a run and its resume without changing what it computes.
-ADDED_SETTINGS = {"group_by_length": False, "threads": None}
+ADDED_SETTINGS = {"group_by_length": False, "threads": None, "privacy": None}
 """Settings newer than some checkpoints, with the value that a checkpoint without them ran with."""
 RESUME_MAY_CHANGE = frozenset(
     {"log_every", "num_workers", "eval_batch_size", "checkpoint_every", "device", "load_best_at_end", "threads"}

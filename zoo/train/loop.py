@@ -29,6 +29,8 @@ from zoo.train import checkpoint as ckpt
 from zoo.train import distributed as dist_utils
 from zoo.train.devices import move_to_device, quiet_worker, set_threads
 from zoo.train.divergence import DivergenceWatch, first_batch_loss
+from zoo.train.privacy import PrivacyPlan, trainer_plan
+from zoo.train.private_training import PrivateTraining
 from zoo.train.progress import RunProgress
 from zoo.train.recompute import enable_gradient_checkpointing
 from zoo.train.reporting import RunReporter
@@ -101,6 +103,9 @@ class Trainer:
         self.micro_batches_per_epoch = self.sampler.batches_per_epoch(self.local_batch_size)
         self.steps_per_epoch = math.ceil(self.micro_batches_per_epoch / settings.grad_accum)
         self.total_steps = settings.max_steps or settings.epochs * self.steps_per_epoch
+        self.privacy: PrivacyPlan | None = trainer_plan(settings, dataset_size(train_set), self.total_steps)
+        """DP-SGD's noise, clipping and sampling (train.privacy), fixed before training; None: ordinary training."""
+        self.private: PrivateTraining | None = None
         self.fsdp = self.distributed and settings.strategy == "fsdp"
         self.progress = RunProgress()
         self.window_loss = torch.zeros((), device=self.device)
@@ -131,6 +136,10 @@ class Trainer:
         self.trainable = [(name, p) for name, p in self.model.named_parameters() if p.requires_grad]
         self.optimizer = adamw(self.trainable, self.settings.lr, self.settings.weight_decay)
         self.scheduler = warmup_cosine(self.optimizer, self.total_steps, self.settings.warmup_ratio)
+        if self.privacy is not None:  # the scheduler keeps AdamW's parameter groups, which DPOptimizer shares
+            self.private = PrivateTraining(self.model, self.optimizer, self.privacy, self.device)
+            self.private.check(self.task, self.train_set)  # refuses a model without true per-example gradients
+            self.optimizer = self.private.optimizer
 
     def _prepared_optimizer(self) -> torch.optim.Optimizer:
         if self.optimizer is None:
@@ -141,11 +150,14 @@ class Trainer:
         # Own generator: worker seeds come from it instead of the global RNG, which would
         # otherwise be advanced once per epoch and make a mid-epoch resume diverge.
         generator = torch.Generator().manual_seed(self.settings.seed * 1_000_003 + epoch)
+        batching: dict[str, Any] = {"batch_size": self.local_batch_size, "sampler": self.sampler}
+        if self.private is not None:  # one Poisson sample per step, as the privacy accounting assumes
+            steps_left = self.micro_batches_per_epoch - self.progress.micro
+            batching = {"batch_sampler": self.private.batches(self.progress.step, steps_left)}
         return DataLoader(
             self.train_set,
-            batch_size=self.local_batch_size,
-            sampler=self.sampler,
-            collate_fn=self.task.collate,
+            **batching,
+            collate_fn=self.private.collate(self.task) if self.private is not None else self.task.collate,
             num_workers=self.settings.num_workers,
             pin_memory=self.device.type == "cuda",
             generator=generator,
@@ -219,6 +231,8 @@ class Trainer:
             self._train(reporter)
         finally:
             reporter.close()
+            if self.private is not None:
+                self.private.close()
         if self.settings.load_best_at_end and self.progress.best_step is not None:
             dist_utils.barrier()  # rank 0 wrote best.pt; every rank reads it
             best = ckpt.load(self.checkpoint_dir / ckpt.BEST_NAME)["trainable"]
@@ -239,6 +253,9 @@ class Trainer:
                 group = min(settings.grad_accum, self.micro_batches_per_epoch - progress.micro)
                 for index in range(group):
                     batch, labels = next(batches)
+                    if batch is None and self.private is not None:  # an empty Poisson sample; logged as loss 0
+                        self.private.empty_batch()
+                        continue
                     batch, labels = move_to_device(batch, self.device), move_to_device(labels, self.device)
                     with self._gradient_sync(index == group - 1):
                         with self._autocast():
@@ -247,7 +264,9 @@ class Trainer:
                     self.window_loss += loss.detach().float()  # no .item() here: it would wait for the GPU every step
                 progress.window_micro += group
                 progress.micro += group
-                if settings.max_grad_norm is not None:
+                if self.private is not None:  # each example's gradient is clipped instead (train.privacy)
+                    self.private.before_step(progress.step)
+                elif settings.max_grad_norm is not None:
                     torch.nn.utils.clip_grad_norm_([p for _, p in self.trainable], settings.max_grad_norm)
                 optimizer.step()
                 self.scheduler.step()
@@ -345,7 +364,8 @@ class Trainer:
         )
         if improved:
             self._save_best(metrics)
-        reporter.log_eval(progress.step, self._epochs_done(), metrics, name, improved)
+        spent = {"epsilon": self.privacy.epsilon(progress.step)} if self.privacy is not None else None
+        reporter.log_eval(progress.step, self._epochs_done(), metrics, name, improved, spent)
 
     @contextlib.contextmanager
     def full_weights(self) -> Iterator[nn.Module]:
@@ -382,6 +402,7 @@ class Trainer:
                 "optimizer": optimizer,
                 "scheduler": self.scheduler.state_dict(),
                 "per_process": per_process,
+                "privacy": self.private.state() if self.private is not None else None,
             },
             self.checkpoint_dir,
         )
@@ -398,6 +419,8 @@ class Trainer:
         ckpt.load_optimizer(self.model, self._prepared_optimizer(), payload["optimizer"], self.fsdp)
         self.scheduler.load_state_dict(payload["scheduler"])
         self.progress = RunProgress(**payload["progress"])
+        if self.private is not None:
+            self.private.restore(payload.get("privacy"), self.progress.step)
         self.window_loss.fill_(
             ckpt.restore_process_state(
                 payload["per_process"], self.world_size, self.rank, self.settings.seed, self.progress.step
@@ -406,4 +429,7 @@ class Trainer:
 
     def _result(self, seconds: float) -> TrainResult:
         best_path = self.checkpoint_dir / ckpt.BEST_NAME
-        return self.progress.result(self.task.main_metric, self._epochs_done(), best_path, self.run_dir, seconds)
+        result = self.progress.result(self.task.main_metric, self._epochs_done(), best_path, self.run_dir, seconds)
+        if self.privacy is not None:
+            result.privacy = self.privacy.spent(self.progress.step)
+        return result

@@ -89,15 +89,25 @@ class RunReporter:
                 f"{examples_per_second:.1f} examples/s, {self._timing(step)}"
             )
 
-    def log_eval(self, step: int, epoch: float, metrics: dict[str, float], main_metric: str, is_best: bool) -> None:
+    def log_eval(
+        self,
+        step: int,
+        epoch: float,
+        metrics: dict[str, float],
+        main_metric: str,
+        is_best: bool,
+        privacy: dict[str, float] | None = None,
+    ) -> None:
+        """``privacy``: what a private run has spent so far (``{"epsilon": ...}``), logged beside the metrics."""
         if not self.enabled:
             return
-        self._append(
-            {"split": "val", "step": step, "epoch": round(epoch, 4), **metrics, "best": is_best, "time": time.time()}
-        )
+        record = {"split": "val", "step": step, "epoch": round(epoch, 4), **metrics, "best": is_best}
+        self._append({**record, **(privacy or {}), "time": time.time()})
         if self.writer is not None:
             for name, value in metrics.items():
                 self.writer.add_scalar(f"val/{name}", value, step)
+            for name, value in (privacy or {}).items():
+                self.writer.add_scalar(f"privacy/{name}", value, step)
             self.writer.flush()
         if main_metric in metrics:
             self.postfix[f"val_{main_metric}"] = f"{metrics[main_metric]:.4g}"

@@ -31,3 +31,5 @@ class TrainResult:
     run_dir: Path | None = None
     train_seconds: float = 0.0
     """Wall time of this process's fit() call (not summed over resumes)."""
+    privacy: dict[str, Any] | None = None
+    """A private run's epsilon spent and its mechanism (:meth:`zoo.train.privacy.PrivacyPlan.spent`); else None."""

@@ -6,16 +6,71 @@ strict pydantic model types both, so a recipe's ``train.<field>`` is checked onc
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 
 from zoo.errors import ConfigError
-from zoo.strict_model import StrictModel
+from zoo.strict_model import Number, StrictModel
 
 PRECISIONS = ("fp32", "bf16")
 STRATEGIES = ("ddp", "fsdp")
 DEVICES = ("auto", "cpu", "cuda")
+ACCOUNTANTS = ("prv", "rdp")
+"""Opacus' accountants that bound epsilon; ``gdp`` (a central-limit approximation, not a bound) is left out."""
+
+
+class PrivacySettings(StrictModel):
+    """``train.privacy``: differentially private training (DP-SGD through Opacus; :mod:`zoo.train.privacy`).
+
+    Each step takes a Poisson sample of the training set (every example with probability
+    ``batch_size / n_train``), clips each example's gradient to ``max_grad_norm`` and adds Gaussian
+    noise of standard deviation ``noise_multiplier * max_grad_norm`` to their sum. Give ``epsilon``
+    (the noise is calibrated to reach it at ``delta`` after the run's steps) or ``noise_multiplier``.
+    """
+
+    epsilon: Number | None = Field(
+        None, description="Target epsilon at delta after all steps; the noise multiplier is calibrated to it."
+    )
+    noise_multiplier: Number | None = Field(
+        None, description="Noise std / clipping norm, instead of epsilon (the epsilon it gives is recorded)."
+    )
+    delta: Number | None = Field(None, description="The delta of (epsilon, delta)-DP; null: 1 / (10 n_train).")
+    max_grad_norm: Number = Field(1.0, description="Per-example clipping norm C of the trainable parameters' gradient.")
+    accountant: str = Field("prv", description="prv (Gopi et al. 2021, Opacus' default, tighter) or rdp.")
+    max_noise_multiplier: Number = Field(
+        10.0, description="Refuse an epsilon that needs more noise than this (it would drown the gradient)."
+    )
+
+    error_prefix: ClassVar[str] = "train.privacy"
+
+    def check(self) -> None:
+        if (self.epsilon is None) == (self.noise_multiplier is None):
+            raise ConfigError(
+                "train.privacy needs exactly one of epsilon (the noise is calibrated to it) and noise_multiplier, "
+                f"got epsilon={self.epsilon!r}, noise_multiplier={self.noise_multiplier!r}; e.g. train.privacy.epsilon=8"
+            )
+        for name in ("epsilon", "noise_multiplier", "max_grad_norm", "max_noise_multiplier"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"train.privacy.{name}={value!r} must be > 0")
+        if self.delta is not None and not 0 < self.delta < 1:
+            raise ConfigError(f"train.privacy.delta={self.delta!r} must be in (0, 1), or null for 1 / (10 n_train)")
+        if self.accountant not in ACCOUNTANTS:
+            raise ConfigError(
+                f"train.privacy.accountant={self.accountant!r} is not allowed; choose one of {', '.join(ACCOUNTANTS)}"
+            )
+
+
+def _privacy_section(value: Any) -> PrivacySettings | None:
+    # Typed by its own model, so that its errors name train.privacy.<key>.
+    if value is None or isinstance(value, PrivacySettings):
+        return value
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f"train.privacy must be a mapping (e.g. train.privacy.epsilon=8) or null for ordinary training, got {value!r}"
+        )
+    return PrivacySettings(**value)
 
 
 class TrainSettings(StrictModel):
@@ -63,6 +118,11 @@ class TrainSettings(StrictModel):
     load_best_at_end: bool = Field(
         True, description="After training, put the best validation weights back into the model."
     )
+    privacy: Annotated[PrivacySettings | None, BeforeValidator(_privacy_section)] = Field(
+        None,
+        description="Differentially private training (epsilon or noise_multiplier, delta, max_grad_norm, accountant); "
+        "null: ordinary training. Needs the privacy extra.",
+    )
 
     error_prefix: ClassVar[str] = "train"
 
@@ -87,6 +147,38 @@ class TrainSettings(StrictModel):
                 raise ConfigError(
                     f"train.{name}={getattr(self, name)!r} is not allowed; choose one of {', '.join(allowed)}"
                 )
+        if self.privacy is not None:
+            self._check_private()
+
+    def _check_private(self) -> None:
+        """What DP-SGD as implemented here cannot do, refused with the reason and the fix."""
+        refusals = {
+            "grad_accum": (
+                self.grad_accum != 1,
+                "a private step is one Poisson-sampled batch; set train.grad_accum=1 and raise train.batch_size",
+            ),
+            "group_by_length": (
+                self.group_by_length,
+                "batches of similar length are not Poisson samples, which the privacy accounting assumes; set "
+                "train.group_by_length=false",
+            ),
+            "precision": (
+                self.precision != "fp32",
+                "per-example gradients and their clipping norms are computed in fp32; set train.precision=fp32",
+            ),
+            "gradient_checkpointing": (
+                self.gradient_checkpointing,
+                "recomputing blocks in backward runs the per-example gradient hooks twice; set "
+                "train.gradient_checkpointing=false",
+            ),
+            "strategy": (
+                self.strategy != "ddp",
+                "sharded parameters have no per-example gradients here; set train.strategy=ddp (and one process)",
+            ),
+        }
+        for name, (refused, fix) in refusals.items():
+            if refused:
+                raise ConfigError(f"train.{name}={getattr(self, name)!r} with train.privacy: {fix}")
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump()
