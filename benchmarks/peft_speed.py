@@ -9,7 +9,11 @@ Everything is a ratio against a peer measured in the same run:
 - zoo lora / floor, where the floor is the frozen backbone's own forward + backward with
   only the head and the output of the input embedding trainable (so backward runs
   through every block, as it must for LoRA, but no adapter exists);
-- latency of the model returned by ``zoo.peft.merge_and_unload`` / the base model's.
+- latency of the model returned by ``zoo.peft.merge_and_unload`` / the base model's;
+- with ``--lst``, instead of all the above: zoo's ladder side-tuning (LST, reduction 8, side
+  network initialised from the pruned blocks) against zoo LoRA, full fine-tuning and the floor,
+  peak memory and step time. LST never backpropagates through the backbone, so its memory may
+  sit below the floor, which does.
 
 Models: a BERT-base-sized ``BertForSequenceClassification`` (random weights) on
 token batches and timm's ``vit_small_patch16_224`` (``pretrained=False``) on images.
@@ -36,6 +40,7 @@ activations kept for backward and allocator overhead.
 
     python benchmarks/peft_speed.py            # defaults: about 6 minutes on 2 idle cores
     python benchmarks/peft_speed.py --quick    # small models, a smoke run
+    python benchmarks/peft_speed.py --lst      # LST against LoRA, full fine-tuning and the floor
 """
 
 from __future__ import annotations
@@ -135,6 +140,10 @@ def loss_of(family: str, model: torch.nn.Module, batch: dict[str, torch.Tensor])
     return F.cross_entropy(forward(family, model, batch), batch["labels"])
 
 
+LST_VARIANTS = ["floor", "full", "zoo_lora", "zoo_lst"]
+"""What ``--lst`` measures: ladder side-tuning against the frozen floor, full fine-tuning and LoRA."""
+
+
 def variants_for(family: str) -> list[str]:
     """Names are ``<library>_<method>[_qv]``; ``_qv`` adapts only the q and v slices of fused qkv."""
     names = ["floor", "zoo_lora", "peft_lora", "zoo_dora", "peft_dora"]
@@ -162,6 +171,11 @@ def prepare(family: str, variant: str, model: torch.nn.Module, s: Settings) -> t
         embedding = model.bert.embeddings if family == "bert" else model.patch_embed
         embedding.register_forward_hook(lambda module, args, output: output.requires_grad_())
         return model
+    if variant in ("full", "zoo_lst"):
+        import zoo.peft as zp
+
+        # lst: reduction 8, the side network pruned from the blocks, its own copy of the head (as LoRA's)
+        return zp.apply(model, "full") if variant == "full" else zp.apply(model, "lst", modules_to_save=[HEAD[family]])
     library, method, *slices = variant.split("_")
     targets = ["qkv[q,v]"] if slices else FULL_TARGETS[family]
     if library == "zoo":
@@ -366,6 +380,20 @@ def measure_memory(family: str, names: list[str], s: Settings) -> dict[str, dict
 
 
 # -- report -------------------------------------------------------------------------
+def lst_comparisons() -> list[tuple]:
+    """``--lst``: ladder side-tuning's memory and step time over its peers' (the paper: 69% less memory than
+    full fine-tuning on T5, i.e. about 0.31x)."""
+    rows = [("lst/full: memory", "zoo_lst", "full", "memory", "(paper, T5: ~0.31x)", None)]
+    rows += [
+        (f"lst/{peer}: memory", "zoo_lst", name, "memory", "", None)
+        for peer, name in (("lora", "zoo_lora"), ("floor", "floor"))
+    ]
+    rows += [("lora/full (context): memory", "zoo_lora", "full", "memory", "", None)]
+    for peer, name in (("full", "full"), ("lora", "zoo_lora"), ("floor", "floor")):
+        rows.append((f"lst/{peer}: step", "zoo_lst", name, "step", "", None))
+    return rows
+
+
 def comparisons(family: str) -> list[tuple]:
     """``(label, numerator, denominator, kind, target, (low, high) or None)`` for one model."""
     # (zoo variant, note against peft, note alone): on ViT zoo runs with qkv[q,v] and with qkv
@@ -395,14 +423,14 @@ def comparisons(family: str) -> list[tuple]:
     return rows
 
 
-def ratio_rows(family: str, result: dict) -> list[dict]:
+def ratio_rows(family: str, result: dict, lst: bool = False) -> list[dict]:
     rows = []
-    for label, numerator, denominator, kind, target, bounds in comparisons(family):
+    for label, numerator, denominator, kind, target, bounds in lst_comparisons() if lst else comparisons(family):
         source = {
             "step": result["train"],
             "above_floor": result["train"],
             "memory": result["memory"],
-            "inference": result["inference"],
+            "inference": result.get("inference", {}),
         }[kind]
         top, bottom = source.get(numerator, {}), source.get(denominator, {})
         floor = source.get("floor", {}) if kind == "above_floor" else {}
@@ -478,8 +506,8 @@ def markdown(rows: list[dict], results: dict) -> str:
                 f"| {family} | {name} | {timing['median_ms']:.0f} | {timing['min_ms']:.0f} | {timing['p25_ms']:.0f}-{timing['p75_ms']:.0f} "
                 f"| {peak} | {timing['trainable_parameters']:,} |"
             )
-        inference = result["inference"]
-        for name in ("base", "merged", "unmerged"):
+        inference = result.get("inference", {})
+        for name in ("base", "merged", "unmerged") if inference else ():  # --lst measures no inference
             lines.append(
                 f"| {family} | inference {name} | {inference[name]['median_ms']:.1f} | {inference[name]['min_ms']:.1f} "
                 f"| {inference[name]['p25_ms']:.1f}-{inference[name]['p75_ms']:.1f} | | |"
@@ -520,7 +548,7 @@ class OtherLoad:
         }
 
 
-def describe(s: Settings, dora: bool) -> str:
+def describe(s: Settings, dora: bool, lst: bool = False) -> str:
     import peft
     import timm
     import transformers
@@ -537,6 +565,12 @@ def describe(s: Settings, dora: bool) -> str:
         f"eval for inference).\nmemory: separate process per variant, peak RSS (VmHWM, reset after building "
         f"model and batch) after {s.memory_steps} train steps minus RSS after building model and batch."
         + ("" if dora else "\nzoo dora: not available (zoo/peft/dora.py missing).")
+        + (
+            "\n--lst: floor, full fine-tuning (every weight, AdamW), zoo lora and zoo lst (reduction_factor 8, "
+            "gate_temperature 0.1, init pruned, head as modules_to_save); no peft, dora or inference rows."
+            if lst
+            else ""
+        )
     )
 
 
@@ -548,6 +582,9 @@ def main() -> None:
     parser.add_argument("--bert-layers", type=int, help="Override the number of BERT layers.")
     parser.add_argument("--vit-depth", type=int, help="Override the ViT depth.")
     parser.add_argument("--rounds", type=int, help="Override the number of interleaved timing rounds.")
+    parser.add_argument(
+        "--lst", action="store_true", help="Only ladder side-tuning against LoRA, full fine-tuning and the floor."
+    )
     parser.add_argument("--out", default=".bench/peft_speed.json", help="Where to write the JSON results.")
     parser.add_argument("--memory-worker", help=argparse.SUPPRESS)
     parser.add_argument("--settings-json", help=argparse.SUPPRESS)
@@ -570,17 +607,16 @@ def main() -> None:
     results, rows = {}, []
     for family in args.models.split(","):
         names = [n for n in variants_for(family) if dora or "dora" not in n.split("_")[1:2]]
+        names = LST_VARIANTS if args.lst else names
         memory = measure_memory(family, names, s)
-        results[family] = {
-            "train": time_training(family, names, s),
-            "memory": memory,
-            "inference": time_inference(family, s),
-        }
-        rows += ratio_rows(family, results[family])
+        results[family] = {"train": time_training(family, names, s), "memory": memory}
+        if not args.lst:
+            results[family]["inference"] = time_inference(family, s)
+        rows += ratio_rows(family, results[family], lst=args.lst)
     elapsed = time.perf_counter() - started
     contention = load.report(elapsed)
 
-    print(describe(s, dora))
+    print(describe(s, dora, args.lst))
     print()
     print(markdown(rows, results))
     print(
@@ -597,7 +633,8 @@ def main() -> None:
                 "settings": asdict(s),
                 "quick": args.quick,
                 "dora_available": dora,
-                "description": describe(s, dora),
+                "lst": args.lst,
+                "description": describe(s, dora, args.lst),
                 "ratios": rows,
                 "results": results,
                 "wall_time_s": elapsed,

@@ -29,6 +29,7 @@ WITH_BASE_ROWS = [
     "linear",
     "lora",
     "loreft",
+    "lst",
     "sparse",
 ]
 SECOND_OPTIONS = {
@@ -39,6 +40,7 @@ SECOND_OPTIONS = {
     "kadaptation": {"n": 2, "r": 2},
     "lora": {"r": 2, "lora_alpha": 4},
     "loreft": {"positions": "f1+l2"},
+    "lst": {"reduction_factor": 4, "init": "random"},
     "sparse": {"density": 0.5, "selection": "random"},
     "vpt": {"deep": True},
 }
