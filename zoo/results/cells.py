@@ -54,9 +54,21 @@ class Cell:
         return validate(self.config, f" (cell {self.id})")
 
 
+def _without_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _without_nulls(item) for key, item in value.items() if item is not None}
+    if isinstance(value, list):
+        return [_without_nulls(item) for item in value]
+    return value
+
+
 def config_hash(config_dict: dict[str, Any]) -> str:
-    """sha256 of the resolved configuration (canonical JSON), first 16 hex digits."""
-    text = json.dumps(config_dict, sort_keys=True, default=str)
+    """sha256 of the resolved configuration (canonical JSON), first 16 hex digits.
+
+    Null settings are left out: a resolved configuration names every field, and a null one means "off",
+    so a field added later with a null default (``train.privacy``) leaves the hash of the runs made
+    before it unchanged, and their records still count as done."""
+    text = json.dumps(_without_nulls(config_dict), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
