@@ -130,7 +130,7 @@ def test_shards_partition_the_table(tmp_path):
     from zoo.results.spec import load_table
 
     cells = plan(load_table("cross-domain"), "tiny", tmp_path)
-    assert len(cells) == 15 * 6  # text twice: SST-2 and AG News
+    assert len(cells) == 18 * 6  # 18 method rows; text twice: SST-2 and AG News
     ids = [cell.id for cell in cells]
     parts = [[cell.id for cell in shard(cells, index, 4)] for index in range(1, 5)]
     assert sorted(sum(parts, [])) == sorted(ids)  # every cell once
