@@ -131,18 +131,27 @@ class RowGroups:
         row_output: Callable[[str, torch.Tensor], torch.Tensor],
         module: nn.Module,
         dim: int = 0,
+        owned: bool = False,
     ) -> torch.Tensor:
         """``out`` (every row's base output, batch along ``dim``) with the rows of each adapter in
         ``held`` replaced by ``row_output(name, index)``, computed in a view of those rows.
-        Out of place: the base output may be needed by autograd or by its producer."""
+
+        The rows are written into one copy of ``out`` (the base output may be needed by autograd or
+        by its producer), or, where ``owned`` says that nothing else holds ``out`` and autograd
+        records nothing, into ``out`` itself; then ``row_output`` must read no rows of ``out`` but
+        its own, which no other group writes. One copy, not one per adapter: with 8 adapters on
+        CPU, copying the whole output for each took 10-22 % of a mixed LoRA forward."""
         self.check(out.shape[dim], module)
+        written = None
         for group in self.by_adapter(held, out.device):
             if group.name is None:
                 continue
             with self.narrowed(group.rows):
                 rows_out = row_output(group.name, group.index)
-            out = out.index_copy(dim, group.index, rows_out.to(out.dtype))
-        return out
+            if written is None:
+                written = out if owned and not torch.is_grad_enabled() else out.clone()
+            written.index_copy_(dim, group.index, rows_out.to(out.dtype))
+        return out if written is None else written
 
     def run(
         self, held: Collection[str], size: int, device: torch.device, call: Callable[[RowGroup], T], module: nn.Module
@@ -178,6 +187,14 @@ def mixed_forward(layer: Any, x: torch.Tensor, args: tuple, kwargs: dict) -> tor
         lambda name, index: layer.adapted_rows(name, x.index_select(axis, index), out.index_select(axis, index)),
         layer,
         axis,
+        owned=_returns_new_tensor(layer.base_layer),
+    )
+
+
+def _returns_new_tensor(module: nn.Module) -> bool:
+    """A plain Linear or Conv2d without hooks: its output is a new tensor that only the caller holds."""
+    return type(module).forward in (nn.Linear.forward, nn.Conv2d.forward) and not (
+        module._forward_hooks or module._forward_pre_hooks
     )
 
 
