@@ -197,6 +197,38 @@ def test_a_pushed_vision_adapter_records_and_prints_class_names(runs, capsys, tm
     assert_classified(rows, model_outputs(runs["vision"].dir, arrays), ["normal", "pneumonia"])
 
 
+def test_a_pushed_vision_adapter_keeps_image_references_that_its_pulled_copy_must_reproduce(
+    runs, tmp_path, isolated_cache
+):
+    import json
+
+    import numpy as np
+
+    import zoo.hub
+    from zoo.errors import HubError
+    from zoo.hub.pull import pull
+    from zoo.hub.push import push
+    from zoo.hub.reference import check_reference_predictions
+
+    hub = tmp_path / "hub"
+    entry = push(runs["vision"].dir, hub, log=None)
+    references = entry["reference_predictions"]
+    assert len(references) >= 4 and "reference_predictions_note" not in entry  # the tiny test split's rows, up to 8
+    first = references[0]["input"]
+    assert first["dtype"] == "uint8" and np.asarray(first["array"]).shape == tuple(first["shape"])
+    name = entry["name"]
+    predictor = zoo.hub.load(name, hub=hub, log=None)
+    assert check_reference_predictions(predictor, pull(name, hub, log=None).entry) == len(references)
+    # the stored outputs are the model's own on those arrays: the run rebuilt gives the same labels
+    arrays = [np.asarray(r["input"]["array"], dtype=np.uint8) for r in references]
+    logits = model_outputs(runs["vision"].dir, arrays)
+    assert [r["output"]["index"] for r in references] == logits.argmax(-1).tolist()
+    tampered = json.loads(json.dumps(pull(name, hub, log=None).entry))
+    tampered["reference_predictions"][0]["input"]["shape"] = [1, 2]
+    with pytest.raises(HubError, match="has shape"):
+        check_reference_predictions(predictor, tampered)
+
+
 def test_the_dataset_registry_names_classes_an_entry_lacks(runs):
     import zoo
     from zoo.hub.predict import Predictor

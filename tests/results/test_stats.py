@@ -138,3 +138,28 @@ def test_predictions_file_round_trip(tmp_path):
     assert read_predictions(tmp_path, "val") is None
     with pytest.raises(ValueError, match="one index, target and output per row"):
         Predictions("classification", np.arange(3), np.arange(2), np.zeros((3, 2)))
+
+
+def test_the_row_interval_of_one_run_matches_scipy_bootstrap_and_the_binomial_interval():
+    """One adapter's interval over its test rows: the percentile bootstrap of scipy.stats.bootstrap
+    (an independent implementation, its own draws) and, for accuracy, the normal binomial interval."""
+    from scipy.stats import bootstrap
+
+    from zoo.results.stats import row_interval
+
+    rng = np.random.default_rng(3)
+    n = 2000
+    target = rng.integers(0, 2, n)
+    correct = rng.random(n) < 0.8
+    predicted = np.where(correct, target, 1 - target)
+    output = np.stack([1.0 - predicted, predicted.astype(float)], axis=1) * 0.8 + 0.1
+    predictions = Predictions("classification", np.arange(n), target, output)
+    low, high = row_interval(predictions, "accuracy")
+    accuracy = correct.mean()
+    reference = bootstrap((correct.astype(float),), np.mean, method="percentile", n_resamples=4000, random_state=0)
+    assert low == pytest.approx(reference.confidence_interval.low, abs=0.004)
+    assert high == pytest.approx(reference.confidence_interval.high, abs=0.004)
+    half = 1.96 * np.sqrt(accuracy * (1 - accuracy) / n)
+    assert low == pytest.approx(accuracy - half, abs=0.004) and high == pytest.approx(accuracy + half, abs=0.004)
+    with pytest.raises(ValueError, match="at least two rows"):
+        row_interval(Predictions("classification", np.arange(1), target[:1], output[:1]), "accuracy")

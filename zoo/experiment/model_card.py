@@ -80,6 +80,8 @@ class Published:
     """The base weights' fingerprint, which the adapter is checked against when it is loaded."""
     example: str | None = None
     """An input to show ``zoo predict`` with (a reference input of the entry)."""
+    interval: str | None = None
+    """A sentence stating the test metric's interval (:func:`zoo.hub.push._interval_text`), or None."""
 
 
 def _backbone_row(backbone: BackboneRecord, published: Published | None) -> str:
@@ -140,6 +142,7 @@ def _training_row(settings: Any, training: TrainingRecord) -> str:
         f"seed {settings.seed}"
         + (", stopped early" if training.stopped_early else "")
         + (f", {training.seconds:.1f} s" if training.seconds else "")
+        + (f" on {training.machine}" if training.machine else "")
         + " |"
     )
 
@@ -327,6 +330,8 @@ def model_card(
     if splits:
         lines += ["## Data read", "", *_data_read(splits, published is not None), ""]
     lines += ["## Results", "", *_metrics_table(results, main_metric), ""]
+    if published is not None and published.interval:
+        lines += [published.interval, ""]
     if published is None:
         return "\n".join(lines + _use_locally(command, run_dir))
     held_out = next((role for role in ("test", "val") if role in results), None)

@@ -121,6 +121,8 @@ class TrainingRecord(RecordModel):
     seconds: float | None = None
     best_metric: float | None = None
     best_step: int | None = None
+    machine: str | None = None
+    """What trained it (:func:`zoo.experiment.machine.machine_text`): the GPU, or the threads and CPU cores."""
 
 
 class PrivacyRecord(RecordModel):
@@ -316,6 +318,15 @@ def data_file(source: Any, data_dir: Path | None) -> str | None:
     return source.file.name
 
 
+def _machine(model: Any) -> str:
+    import torch
+
+    from zoo.experiment.machine import machine_text
+
+    device = next((str(p.device) for p in model.parameters()), "cpu") if model is not None else "cpu"
+    return machine_text(device, torch.get_num_threads())
+
+
 def finished_record(
     progress: RunRecord,
     built: Any,
@@ -397,6 +408,7 @@ def finished_record(
                 seconds=round(result.train_seconds, 3),
                 best_metric=result.best_metric,
                 best_step=result.best_step,
+                machine=_machine(built.model),
             ),
             "memory": MemoryRecord(peak_bytes=memory.get("peak_memory_bytes"), kind=memory.get("peak_memory_kind"))
             if memory

@@ -20,13 +20,43 @@ if TYPE_CHECKING:
     from zoo.catalog.backbones import Backbone
 
 REFERENCE_COUNT = 8
+MAX_ARRAY_ELEMENTS = 4096
+"""The largest array input stored as a reference (a 28x28 image is 784 values; a 64x64 RGB one, 12,288, is not)."""
+
+
+def json_input(item: Any) -> Any | None:
+    """An input as an index entry stores it: a text as itself; a small numeric array (a MedMNIST image) as
+    ``{"array": nested list, "dtype", "shape"}``; None for anything else (audio, a large image, a tensor)."""
+    import numpy as np
+
+    if isinstance(item, str):
+        return item
+    if isinstance(item, np.ndarray) and item.size <= MAX_ARRAY_ELEMENTS and item.dtype.kind in "biuf":
+        return {"array": item.tolist(), "dtype": str(item.dtype), "shape": list(item.shape)}
+    return None
+
+
+def from_json_input(item: Any) -> Any:
+    """The input :func:`json_input` stored, as the model was given it: an array dict becomes the array
+    again (its dtype and shape checked, so a tampered entry is an error rather than another input)."""
+    import numpy as np
+
+    if not (isinstance(item, dict) and "array" in item):
+        return item
+    try:
+        array = np.asarray(item["array"], dtype=np.dtype(item["dtype"]))
+    except (TypeError, ValueError, KeyError) as error:
+        raise ValueError(f"a reference array input cannot be read ({type(error).__name__}: {error})") from None
+    if list(array.shape) != list(item.get("shape", [])) or array.size > MAX_ARRAY_ELEMENTS:
+        raise ValueError(f"a reference array input has shape {list(array.shape)}, its entry says {item.get('shape')}")
+    return array
 
 
 def held_out_inputs(datasets: dict[str, Any], count: int = REFERENCE_COUNT) -> tuple[str | None, list[Any], str]:
     """(the role read: test, else val; up to ``count`` raw inputs spread over it; a note on what was left out).
 
-    Only inputs that are JSON strings are kept (texts, protein sequences): an image array or an audio
-    tensor is not what ``zoo predict`` reads from a command line, so it is not stored. The inputs are as a
+    Only inputs that :func:`json_input` can store are kept (texts, protein sequences, small images as
+    arrays); an audio tensor or a large image is left out, and the note says so. The inputs are as a
     user gives them, before the dataset's input transform (whole sequences, not their window), since a
     pulled copy is checked by predicting on them as given."""
     from zoo.catalog.input_transforms import given_input
@@ -41,10 +71,17 @@ def held_out_inputs(datasets: dict[str, Any], count: int = REFERENCE_COUNT) -> t
     wanted = min(count, size)
     indices = sorted({round(i * (size - 1) / max(wanted - 1, 1)) for i in range(wanted)})
     inputs = [given_input(dataset, i) for i in indices]
-    kept = [item for item in inputs if isinstance(item, str)]
+    kept = [item for item in inputs if json_input(item) is not None]
     if len(kept) < len(inputs):
-        kind = type(next(item for item in inputs if not isinstance(item, str))).__name__
-        return role, kept, f"{len(inputs) - len(kept)} {role} inputs are {kind} values, not text; not stored"
+        kind = type(next(item for item in inputs if json_input(item) is None)).__name__
+        return (
+            role,
+            kept,
+            (
+                f"{len(inputs) - len(kept)} {role} inputs are {kind} values, neither text nor an array of at most "
+                f"{MAX_ARRAY_ELEMENTS} numbers; not stored"
+            ),
+        )
     return role, kept, ""
 
 
@@ -89,4 +126,4 @@ def reference_outputs(
         outputs = model_outputs(copied, backbone.collate, seen, batch_size=len(inputs))
     finally:
         copied.train(was_training)
-    return ReferenceOutputs(role=role, inputs=inputs, outputs=outputs.tolist(), note=note)
+    return ReferenceOutputs(role=role, inputs=[json_input(i) for i in inputs], outputs=outputs.tolist(), note=note)

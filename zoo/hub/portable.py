@@ -11,6 +11,7 @@ true``: the installed package, the cache, ``--backbone-weights``; checked agains
 
 from __future__ import annotations
 
+import re
 import shlex
 from pathlib import Path
 from typing import Any, Sequence
@@ -53,8 +54,10 @@ def portable_command(command: str | None, recipe: str | None, name: str) -> tupl
     ``data.root=...`` is dropped (the data root is ``$ZOO_DATA_DIR``, or ``data.root=`` added by the user),
     a ``backbone.pretrained`` path becomes ``true`` (the weights by name, checked by fingerprint), the
     output folder is ``runs/<name>``, ``--resume`` goes, and a recipe given as a file becomes the
-    published ``config.yaml``."""
-    words = shlex.split(command) if command else []
+    published ``config.yaml``. A cell of ``zoo reproduce`` (``... # cell NAME: RECIPE OVERRIDES``) is the
+    ``zoo train`` of its recipe and overrides."""
+    cell = re.match(r"zoo reproduce .*?# cell \S+: (.+)$", command or "")
+    words = ["zoo", "train", *shlex.split(cell.group(1))] if cell else shlex.split(command) if command else []
     if words[:2] != ["zoo", "train"] or len(words) < 3:
         words = ["zoo", "train", recipe or "config.yaml"]
     kept, left, skip = ["zoo", "train"], [], False

@@ -97,6 +97,33 @@ def complete_run(run_dir: Path):
     return run
 
 
+def _test_interval(run_dir: Path, metric: str) -> dict[str, Any] | None:
+    """The main metric's bootstrap interval over the run's test rows (``predictions/test.npz``), where the
+    run recorded them and the metric can be recomputed row by row; else None."""
+    from zoo.experiment.predictions import read_predictions
+    from zoo.results.stats import METRICS, ROW_INTERVAL_METHOD, row_interval
+
+    predictions = read_predictions(run_dir, "test")
+    if predictions is None or metric not in METRICS or len(predictions.target) < 2:
+        return None
+    try:
+        low, high = row_interval(predictions, metric)
+    except ValueError:
+        return None
+    return {"metric": metric, "low": round(low, 6), "high": round(high, 6), "method": ROW_INTERVAL_METHOD}
+
+
+def _interval_text(interval: dict[str, Any] | None, test: dict[str, Any] | None) -> str | None:
+    if not interval or not test:
+        return None
+    value = test["metrics"].get(interval["metric"])
+    shown = f"{value:.4f} " if value is not None else ""
+    return (
+        f"Test {interval['metric']} {shown}(95% interval {interval['low']:.4f} to {interval['high']:.4f}, "
+        f"{interval['method'].removeprefix('95% ')}, {test.get('examples') or '?'} rows)."
+    )
+
+
 def default_name(run) -> str:
     """``<domain>/<dataset>-<method>`` of a run."""
     return f"{run.record.backbone.domain}/{run.config.data.name}-{run.config.method.name}"
@@ -122,6 +149,9 @@ def describe_run(
             "note": result.get("note"),
             "examples": splits[role].rows_used if role in splits else None,
         }
+    interval = _test_interval(run_dir, record.task.main_metric)
+    if interval and "test" in metrics:
+        metrics["test"]["interval"] = interval
     origin = record.backbone.weights
     command, paths_left = portable_command(record.command, run.recipe, name)
     if paths_left:
@@ -174,6 +204,7 @@ def describe_run(
         command=command,
         fingerprint=record.backbone.fingerprint,
         example=_card_example(references),
+        interval=_interval_text(interval, metrics.get("test")),
     )
     card = model_card(config, record, run_dir, published, results=run.results)
     contents = {relative: (run_dir / relative).read_bytes() for relative in ADAPTER_FILES}

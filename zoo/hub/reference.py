@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from zoo.errors import HubError
-from zoo.experiment.reference import REFERENCE_COUNT  # noqa: F401  (how many a run records)
+from zoo.experiment.reference import REFERENCE_COUNT, from_json_input  # noqa: F401  (how many a run records)
 
 SCORE_TOLERANCE = 1e-4
 """Scores and values may differ by this much (absolute, and relative for large values): another BLAS,
@@ -69,7 +69,11 @@ def check_reference_predictions(predictor: Any, entry: dict[str, Any], tolerance
     references = entry.get("reference_predictions") or []
     if not references:
         raise HubError(f"{label}: the index entry records no reference predictions to check against")
-    actual = predictor.predict([item["input"] for item in references], batch_size=len(references))
+    try:
+        inputs = [from_json_input(item["input"]) for item in references]
+    except ValueError as error:
+        raise HubError(f"{label}: {error}") from None
+    actual = predictor.predict(inputs, batch_size=len(references))
     problems = compare_predictions([item["output"] for item in references], actual, tolerance)
     if problems:
         raise HubError(

@@ -153,11 +153,21 @@ class InputTransformInfo(HubModel):
     parameters: dict[str, str | int | float | bool] = Field(default_factory=dict, max_length=MAX_TRANSFORM_PARAMETERS)
 
 
+class MetricInterval(HubModel):
+    """The main metric's interval on the split's rows (:func:`zoo.results.stats.row_interval`)."""
+
+    metric: Text
+    low: float
+    high: float
+    method: Text
+
+
 class MetricRecord(HubModel):
     split: str | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
     note: str | None = None
     examples: int | None = None
+    interval: MetricInterval | None = None
 
 
 class _Output(BaseModel):

@@ -14,12 +14,12 @@ import functools
 import json
 import math
 import os
-import platform
 import subprocess
 from pathlib import Path
 from typing import Any
 
 from zoo import __version__
+from zoo.experiment.machine import hardware
 
 CONVERGENCE_FRACTION = 0.95
 
@@ -45,34 +45,6 @@ def git_state() -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError):
         return {"git_commit": None, "git_dirty": None}
     return {"git_commit": commit, "git_dirty": dirty}
-
-
-@functools.cache
-def hardware() -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "machine": platform.machine(),
-        "system": platform.system(),
-        "cpus": os.cpu_count(),
-        "cpu": platform.processor() or None,
-        "host": platform.node(),
-    }
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
-        info["memory_gib"] = round(pages * size / 2**30, 1)
-    except (OSError, ValueError):
-        pass
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    except ImportError:
-        pass
-    return info
 
 
 def provenance(source: str, versions: dict[str, str] | None = None) -> dict[str, Any]:

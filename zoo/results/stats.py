@@ -127,6 +127,26 @@ def metric_on_rows(metric: str, predictions: Predictions, rows: np.ndarray) -> n
     return np.concatenate([score(predictions, rows[i : i + _CHUNK]) for i in range(0, len(rows), _CHUNK)])
 
 
+ROW_INTERVAL_METHOD = f"95% percentile bootstrap over the test rows, {RESAMPLES:,} resamples"
+
+
+def row_interval(
+    predictions: Predictions, metric: str, resamples: int = RESAMPLES, seed: int = BOOTSTRAP_SEED
+) -> tuple[float, float]:
+    """The 95% percentile bootstrap interval of one run's ``metric`` over its rows (what a single
+    adapter's card states: how much the number would move on another draw of as many test rows)."""
+    n = len(predictions.target)
+    if n < 2:
+        raise ValueError(f"a bootstrap over rows needs at least two rows; the predictions have {n}")
+    rows = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    values = metric_on_rows(metric, predictions, rows)
+    values = values[np.isfinite(values)]
+    if len(values) == 0:
+        raise ValueError(f"{metric} is undefined on every resample of the rows")
+    low, high = np.percentile(values, [2.5, 97.5])
+    return float(low), float(high)
+
+
 @dataclass(frozen=True)
 class PairedResult:
     """The method minus the baseline: observed, its 95% interval, the p-value, and the mark."""
