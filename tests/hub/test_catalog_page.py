@@ -32,6 +32,8 @@ KEYS = [
     "adapter_size",
     "metric",
     "value",
+    "interval_low",
+    "interval_high",
     "measured_as",
     "dataset",
     "split",
@@ -63,6 +65,9 @@ def zoo_hub(hub_copy):
     protein = copy.deepcopy(pushed)
     protein.update(name="protein/gb1-ia3", domain="protein")
     protein["method"].update(name="ia3", trainable_parameters=None)
+    gb1 = "MQYKLILNGKTLKGETTTEAVDAATAEKVFKQYANDNGVDGEWTYDDATKTFTVTE"  # a sequence as its references hold
+    protein["reference_predictions"] = [{"input": gb1, "output": {"value": 0.5}}]
+    vision["reference_predictions"] = []
     for entry in (second, vision, protein):
         add_entry(index, entry)
     (hub_copy / "index.json").write_text(dump_index(index))
@@ -138,6 +143,21 @@ def test_csv_gives_each_adapter_at_its_latest_version_with_the_values_of_its_ent
     assert rows["text/sst2-lora@2"]["measured_as"] == "val"  # the newer version has no test results
 
 
+def test_the_interval_of_the_measured_split_is_carried_to_every_format(zoo_hub, capsys):
+    index = json.loads((zoo_hub / "index.json").read_text())
+    metrics = index["adapters"]["vision/xray-lora"]["versions"]["1"]["metrics"]
+    test = metrics["test"] if "test" in metrics else metrics["val"]  # the split a row shows
+    test["interval"] = {"metric": "accuracy", "low": 0.25, "high": 0.75, "method": "a bootstrap"}
+    (zoo_hub / "index.json").write_text(json.dumps(index))
+    _, out, _ = run_cli(capsys, "ls", "adapters", "--hub", zoo_hub, "--format", "json")
+    rows = {row["adapter"]: row for row in json.loads(out)}
+    assert (rows["vision/xray-lora@1"]["interval_low"], rows["vision/xray-lora@1"]["interval_high"]) == (0.25, 0.75)
+    assert rows["protein/gb1-ia3@1"]["interval_low"] is None  # its entry records none
+    _, out, _ = run_cli(capsys, "ls", "adapters", "--hub", zoo_hub, "--format", "md")
+    vision = next(line for line in out.splitlines() if "vision/xray-lora@1" in line)
+    assert f"accuracy {test['metrics']['accuracy']:.4f} (95% CI 0.250-0.750)" in vision
+
+
 def test_json_has_the_same_rows_under_stable_keys(zoo_hub, capsys):
     _, out, _ = run_cli(capsys, "ls", "adapters", "--hub", zoo_hub, "--format", "json")
     rows = json.loads(out)
@@ -170,6 +190,11 @@ def test_each_row_says_how_to_try_the_adapter_with_an_input_of_its_domain(zoo_hu
     assert tries["vision/xray-lora"][3:-2] == ["xray.png"]
     assert re.fullmatch(r"[ACDEFGHIKLMNPQRSTVWY]{20,}", tries["protein/gb1-ia3"][3])
     assert " " in tries["text/sst2-lora"][3]  # one sentence, quoted as one argument
+    # the example is one of the adapter's own reference inputs where it has a short one
+    index = json.loads((zoo_hub / "index.json").read_text())
+    latest = index["adapters"]["text/sst2-lora"]["versions"]["2"]
+    assert tries["text/sst2-lora"][3] == latest["reference_predictions"][0]["input"]
+    assert tries["protein/gb1-ia3"][3] == "MQYKLILNGKTLKGETTTEAVDAATAEKVFKQYANDNGVDGEWTYDDATKTFTVTE"
     # the shipped adapters come from the default hub, which needs no --hub
     _, out, _ = run_cli(capsys, "ls", "adapters", "--hub", DEFAULT_HUB, "--format", "json")
     assert all("--hub" not in row["try"] for row in json.loads(out))

@@ -30,6 +30,8 @@ COLUMNS = (
     "adapter_size",
     "metric",
     "value",
+    "interval_low",
+    "interval_high",
     "measured_as",
     "dataset",
     "split",
@@ -66,8 +68,16 @@ def human_size(size: int) -> str:
     return f"{value:.1f} {unit}"
 
 
+MAX_EXAMPLE_CHARACTERS = 120
+"""A reference input longer than this is not shown as the example (the domain's stock input is)."""
+
+
 def _try_line(entry: dict[str, Any], hub: Hub) -> str:
-    inputs = EXAMPLE_INPUTS.get(entry["domain"], ("INPUT",))
+    """``zoo predict NAME INPUT``: a short text reference input of the entry (a sentence of its own data),
+    else the domain's stock input."""
+    texts = [r["input"] for r in entry.get("reference_predictions") or [] if isinstance(r["input"], str)]
+    shown = next((t for t in texts if 0 < len(t) <= MAX_EXAMPLE_CHARACTERS and t.strip() == t and "\n" not in t), None)
+    inputs = (shown,) if shown else EXAMPLE_INPUTS.get(entry["domain"], ("INPUT",))
     if entry["domain"] == "video_text" and entry["task"]["kind"] == "retrieval":
         inputs = (*inputs, RETRIEVAL_QUERY)
     on_hub = [] if _is_default(hub) else ["--hub", hub.url]
@@ -81,6 +91,9 @@ def adapter_row(hub: Hub, entry: dict[str, Any]) -> dict[str, Any]:
     metric = entry["task"]["main_metric"] or next(iter(measured["metrics"]), None)
     adapter_bytes = sum(item["size"] for item in entry["files"] if item["path"].startswith("adapter/"))
     backbone = entry["backbone"]
+    interval = measured.get("interval") or {}
+    if interval.get("metric") != metric:
+        interval = {}
     return {
         "adapter": f"{entry['name']}@{entry['version']}",
         "domain": entry["domain"],
@@ -93,6 +106,8 @@ def adapter_row(hub: Hub, entry: dict[str, Any]) -> dict[str, Any]:
         "adapter_size": human_size(adapter_bytes),
         "metric": metric if metric in measured["metrics"] else None,
         "value": measured["metrics"].get(metric) if metric else None,
+        "interval_low": interval.get("low"),
+        "interval_high": interval.get("high"),
         "measured_as": measured_as,
         "dataset": entry["dataset"]["name"],
         "split": measured["split"],
@@ -159,6 +174,8 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
             weights += f" (local copy {_code(row['local_copy'])})"
         parameters = row["trainable_parameters"]
         metric = f"{row['metric']} {row['value']:.4f}" if row["metric"] is not None else "not recorded"
+        if row["interval_low"] is not None and row["metric"] is not None:
+            metric += f" (95% CI {row['interval_low']:.3f}-{row['interval_high']:.3f})"
         cells = [
             _code(row["adapter"]),
             _cell(row["domain"]),
@@ -202,7 +219,9 @@ records them. This page is generated: do not edit it by hand, run from the repos
 backbone's pretrained source (and the package holding a local copy of it, where one is recorded), which
 `zoo predict` fingerprints before it loads the adapter. The adapter size is that of its `adapter/` files.
 The metric is the task's main one, from the adapter's test results where it has them, else from its val
-results; the split is the dataset's own split those results were measured on. `zoo pull NAME` fetches an
+results, with its 95% bootstrap interval over the test rows where the entry records one; the split is
+the dataset's own split those results were measured on; the example input is one of the adapter's
+reference inputs where it has a short one. `zoo pull NAME` fetches an
 adapter; `zoo ls adapters --format csv` (or `json`) gives the same rows to scripts."""
     command = f"```bash\n{shlex.join(words)} > docs/zoo.md\n```"
     paragraphs = ["# Model zoo", _wrap(made), command, _wrap(explained)]
