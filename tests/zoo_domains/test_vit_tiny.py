@@ -153,13 +153,39 @@ def test_collate_resizes_to_the_chosen_size_with_this_models_mean_and_std(size):
     )
 
 
+def test_pretrained_true_offline_reads_the_copy_under_zoo_models_dir(tmp_path, monkeypatch):
+    """``$ZOO_MODELS_DIR/vit_tiny_patch16_224/`` is where ``pretrained=true`` (training, and zoo predict on a
+    pulled adapter) finds the weights offline, before the Hugging Face cache."""
+    import timm
+    from huggingface_hub import constants
+    from safetensors.torch import save_file
+
+    from zoo.catalog.backbones import BACKBONES, models_dir_weights
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("ZOO_MODELS_DIR", str(tmp_path / "models"))
+    assert models_dir_weights(BACKBONES.get("vit_ti16")) is None  # no folder yet
+    torch.manual_seed(1)
+    other = timm.create_model("vit_tiny_patch16_224", num_classes=1000).eval()
+    (tmp_path / "models" / "vit_tiny_patch16_224").mkdir(parents=True)
+    save_file(other.state_dict(), tmp_path / "models" / "vit_tiny_patch16_224" / "model.safetensors")
+    with pytest.warns(ChecksumWarning):  # not the known file: loads, and says so
+        backbone = create_backbone("vit_ti16", pretrained=True).eval()
+    pixels = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(backbone({"pixel_values": pixels}), other.forward_features(pixels))
+
+
 def test_pretrained_offline_without_a_file_says_how_to_pass_one(tmp_path, monkeypatch):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("ZOO_MODELS_DIR", raising=False)
     with pytest.raises(PretrainedUnavailable) as caught:
         create_backbone("vit_ti16", pretrained=True)
     message = str(caught.value)
     assert "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k" in message
     assert "pretrained=/path/to/model.safetensors" in message and "scale=tiny" in message
+    assert "--backbone-weights PATH" in message and "$ZOO_MODELS_DIR/vit_tiny_patch16_224/model.safetensors" in message

