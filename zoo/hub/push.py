@@ -97,44 +97,23 @@ def complete_run(run_dir: Path):
     return run
 
 
-def _test_interval(run_dir: Path, metric: str) -> dict[str, Any] | None:
-    """The main metric's bootstrap interval over the run's test rows (``predictions/test.npz``), where the
-    run recorded them and the metric can be recomputed row by row; else None."""
-    from zoo.experiment.predictions import read_predictions
-    from zoo.results.stats import METRICS, ROW_INTERVAL_METHOD, row_interval
-
-    predictions = read_predictions(run_dir, "test")
-    if predictions is None or metric not in METRICS or len(predictions.target) < 2:
-        return None
-    try:
-        low, high = row_interval(predictions, metric)
-    except ValueError:
-        return None
-    return {"metric": metric, "low": round(low, 6), "high": round(high, 6), "method": ROW_INTERVAL_METHOD}
-
-
-def _interval_text(interval: dict[str, Any] | None, test: dict[str, Any] | None) -> str | None:
-    if not interval or not test:
-        return None
-    value = test["metrics"].get(interval["metric"])
-    shown = f"{value:.4f} " if value is not None else ""
-    return (
-        f"Test {interval['metric']} {shown}(95% interval {interval['low']:.4f} to {interval['high']:.4f}, "
-        f"{interval['method'].removeprefix('95% ')}, {test.get('examples') or '?'} rows)."
-    )
-
-
 def default_name(run) -> str:
     """``<domain>/<dataset>-<method>`` of a run."""
     return f"{run.record.backbone.domain}/{run.config.data.name}-{run.config.method.name}"
 
 
 def describe_run(
-    run_dir: Path, name: str | None, version: str, licence: str | None, log: Callable[[str], None]
+    run_dir: Path,
+    name: str | None,
+    version: str,
+    licence: str | None,
+    log: Callable[[str], None],
+    baseline: Path | None = None,
 ) -> tuple[dict[str, Any], dict[str, bytes]]:
     """The index entry of a finished run and the published files' contents, by hub path."""
     from zoo.experiment.model_card import Published, model_card
     from zoo.hub.portable import machine_path_markers, machine_paths, portable_command, portable_config
+    from zoo.hub.push_metrics import baseline_comparison, comparison_text, interval_text, test_interval
 
     run = complete_run(run_dir)
     config, record = run.config, run.record
@@ -149,9 +128,10 @@ def describe_run(
             "note": result.get("note"),
             "examples": splits[role].rows_used if role in splits else None,
         }
-    interval = _test_interval(run_dir, record.task.main_metric)
+    interval = test_interval(run_dir, record.task.main_metric)
     if interval and "test" in metrics:
         metrics["test"]["interval"] = interval
+    compared = baseline_comparison(run, complete_run(baseline), baseline) if baseline is not None else None
     origin = record.backbone.weights
     command, paths_left = portable_command(record.command, run.recipe, name)
     if paths_left:
@@ -197,6 +177,7 @@ def describe_run(
         "path": f"{name}/{version}",
         "reference_predictions": references,
         **({"reference_predictions_note": note} if note else {}),
+        **({"compared_with": compared} if compared else {}),
     }
     published = Published(
         name=name,
@@ -204,7 +185,8 @@ def describe_run(
         command=command,
         fingerprint=record.backbone.fingerprint,
         example=_card_example(references),
-        interval=_interval_text(interval, metrics.get("test")),
+        interval=" ".join(t for t in (interval_text(interval, metrics.get("test")), comparison_text(compared)) if t)
+        or None,
     )
     card = model_card(config, record, run_dir, published, results=run.results)
     contents = {relative: (run_dir / relative).read_bytes() for relative in ADAPTER_FILES}
@@ -222,7 +204,7 @@ def describe_run(
     return entry, contents
 
 
-def _describe(run_dir, name, version, licence, index, log):
+def _describe(run_dir, name, version, licence, index, log, baseline=None):
     """The entry, with the version checked against the index before anything is written."""
     if name is None:
         name = default_name(complete_run(run_dir))
@@ -232,7 +214,7 @@ def _describe(run_dir, name, version, licence, index, log):
         raise HubError(
             f"{name}@{version} is already published on this hub and is never overwritten; push with another --version"
         )
-    return describe_run(run_dir, name, version, licence, log)
+    return describe_run(run_dir, name, version, licence, log, baseline)
 
 
 def push(
@@ -242,12 +224,16 @@ def push(
     version: str | None = None,
     licence: str | None = None,
     log: Callable[[str], None] | None = say_to_stderr,
+    baseline: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Publish ``run_dir``'s adapter on ``hub`` (a folder or ``hf://org/repo``) as ``name@version``
-    (default: ``<domain>/<dataset>-<method>``, the next free integer version); returns the entry."""
+    (default: ``<domain>/<dataset>-<method>``, the next free integer version); returns the entry.
+    ``baseline``: a run of full fine-tuning on the same data and test rows, which the entry and the card
+    compare the adapter with (:func:`zoo.hub.push_metrics.baseline_comparison`)."""
     log = log or (lambda _message: None)
     run_dir = Path(run_dir)
     target = parse_hub(hub)
-    entry = target.publish(lambda index: _describe(run_dir, name, version, licence, index, log), log)
+    baseline_dir = Path(baseline) if baseline is not None else None
+    entry = target.publish(lambda index: _describe(run_dir, name, version, licence, index, log, baseline_dir), log)
     log(f"pushed {entry['name']}@{entry['version']} to {target} ({len(entry['files'])} files)")
     return entry

@@ -162,6 +162,22 @@ class MetricInterval(HubModel):
     method: Text
 
 
+class Comparison(HubModel):
+    """The adapter's test metric against full fine-tuning on the same data (:mod:`zoo.hub.push_metrics`)."""
+
+    method: Text
+    seed: int | None = None
+    metric: Text
+    value: float | None = None
+    difference: float
+    low: float
+    high: float
+    p_value: float
+    rows: int
+    test: Text
+    verdict: Literal["not separated", "better", "worse"]
+
+
 class MetricRecord(HubModel):
     split: str | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
@@ -238,6 +254,7 @@ class HubEntry(HubModel):
     recipe: str | None = None
     command: str | None = None
     reference_predictions: list[ReferencePrediction] | None = Field(None, max_length=MAX_REFERENCE_PREDICTIONS)
+    compared_with: Comparison | None = None
 
     @field_validator("name")
     @classmethod
