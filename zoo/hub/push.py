@@ -97,6 +97,20 @@ def complete_run(run_dir: Path):
     return run
 
 
+def table_cell_machine(run_dir: Path, threads: int | None) -> str | None:
+    """The machine of a ``zoo reproduce`` cell whose run.json predates the record's ``machine``: the hardware
+    its ``result.json`` row recorded when the cell ended (:mod:`zoo.results.rows`); None for any other run."""
+    import json
+
+    from zoo.experiment.machine import machine_text
+
+    try:
+        hardware = json.loads((run_dir / "result.json").read_text()).get("hardware")
+    except (OSError, ValueError):
+        return None
+    return machine_text("cpu", threads, hardware) if isinstance(hardware, dict) and not hardware.get("gpus") else None
+
+
 def default_name(run) -> str:
     """``<domain>/<dataset>-<method>`` of a run."""
     return f"{run.record.backbone.domain}/{run.config.data.name}-{run.config.method.name}"
@@ -117,6 +131,8 @@ def describe_run(
 
     run = complete_run(run_dir)
     config, record = run.config, run.record
+    if record.training is not None and record.training.machine is None:
+        record.training.machine = table_cell_machine(run_dir, config.train.threads)
     name = check_name(name or default_name(run))
     splits = record.data.splits
     metrics = {}
