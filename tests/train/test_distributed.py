@@ -104,6 +104,8 @@ def test_an_interrupted_launch_leaves_no_rank_running(tmp_path, monkeypatch):
     started: killing torchrun alone would leave the ranks running, each holding a core."""
     monkeypatch.chdir(REPO)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    # Ctrl-C as Python handles it by default, whatever an earlier test's server left installed
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     pids: list[int] = []
 
     def interrupt_once_both_ranks_run():
@@ -116,8 +118,11 @@ def test_an_interrupted_launch_leaves_no_rank_running(tmp_path, monkeypatch):
 
     watcher = threading.Thread(target=interrupt_once_both_ranks_run, daemon=True)
     watcher.start()
-    with pytest.raises(KeyboardInterrupt):
-        launch(2, [str(tmp_path)], module="tests.train.sleeping_rank")
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            launch(2, [str(tmp_path)], module="tests.train.sleeping_rank")
+    finally:
+        signal.signal(signal.SIGINT, previous)
     watcher.join()
     assert len(pids) == 2
     assert [pid for pid in pids if _alive(pid)] == []
