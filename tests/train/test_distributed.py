@@ -106,6 +106,7 @@ def test_an_interrupted_launch_leaves_no_rank_running(tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     # Ctrl-C as Python handles it by default, whatever an earlier test's server left installed
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    blocked = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # and not blocked in this thread
     pids: list[int] = []
 
     def interrupt_once_both_ranks_run():
@@ -123,6 +124,7 @@ def test_an_interrupted_launch_leaves_no_rank_running(tmp_path, monkeypatch):
             launch(2, [str(tmp_path)], module="tests.train.sleeping_rank")
     finally:
         signal.signal(signal.SIGINT, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     watcher.join()
     assert len(pids) == 2
     assert [pid for pid in pids if _alive(pid)] == []
