@@ -134,3 +134,25 @@ def test_marks_follow_the_paired_test_on_recorded_test_predictions(tmp_path):
     assert records["bitfit"]["vs_baseline"] == "better" and float(records["bitfit"]["delta_ci95_low"]) > 0
     assert records["adapter-tiny"]["vs_baseline"] == "worse" and float(records["adapter-tiny"]["delta_p_value"]) < 0.01
     assert records["full"]["vs_baseline"] == "" and "3 seed(s), 300 test rows" in records["bitfit"]["paired_test"]
+
+
+def test_a_whole_training_set_comes_after_the_sizes_with_its_rows_and_convergence_curves(tmp_path):
+    from zoo.results.plots import seed_band
+    from zoo.results.render import render
+
+    curves = {0: [[5, 0.5], [10, 0.7], [15, 0.8]], 1: [[5, 0.6], [10, 0.9], [15, 0.7]]}
+    rows = [
+        row(m, "sst2", seed, v, train_size=n, train_rows=n or 5000, steps_to_95pct_best_val=10, val_curve=curves[seed])
+        for m in ("full", "lora")
+        for n, v in ((None, 0.9), (100, 0.6))
+        for seed in (0, 1)
+    ]
+    names = {p.name for p in render(rows, tmp_path, None)}
+    assert {"results-data-scale.png", "results-convergence.png"} <= names
+    markdown = (tmp_path / "results.md").read_text()
+    assert markdown.index("## 100 training examples") < markdown.index("## All training examples (sst2 5,000)")
+    assert "| sst2 | full | all (5000) | 2 |" in markdown
+    # by hand: the mean and range of the two seeds at each step both evaluated
+    steps, mean, low, high = seed_band([curves[0], curves[1][:2]])
+    assert steps == [5, 10] and low == [0.5, 0.7] and high == [0.6, 0.9]
+    assert [round(m, 12) for m in mean] == [0.55, 0.8]

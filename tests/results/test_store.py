@@ -166,3 +166,22 @@ def test_rebuild_says_when_the_previous_store_cannot_tell_what_was_added_from_ou
     assert code == 0, err
     assert stored_run_dirs("res") == [str(inside)]
     assert "the previous store could not be read" in err and "zoo results add RUN_DIR --out res" in err
+
+
+def test_rebuild_fills_the_fields_an_older_result_json_lacks_from_its_run(zoo):
+    from zoo.results.store import LATER_FIELDS
+    from zoo.train.reporting import read_metrics
+
+    run = tiny_run(zoo, "res/run")
+    assert zoo("results", "add", run, "--out", "res")[0] == 0
+    result = Path(run) / "result.json"
+    older = {k: v for k, v in json.loads(result.read_text()).items() if k not in LATER_FIELDS}
+    result.write_text(json.dumps(older))
+    assert zoo("results", "rebuild", "res")[0] == 0
+    with ResultsStore("res", create=False) as store:
+        (row,) = store.rows()
+    metric = row["main_metric"]
+    logged = [[r["step"], r[metric]] for r in read_metrics(Path(run)) if r.get("split") == "val" and metric in r]
+    assert logged and row["val_curve"] == logged
+    assert row["train_rows"] == json.loads((Path(run) / "run.json").read_text())["data"]["splits"]["train"]["rows"]
+    assert row["metric_value"] == older["metric_value"]  # the rest as recorded

@@ -4,7 +4,9 @@
 - ``<name>-memory-time.png``: peak memory and training time per method;
 - ``<name>-data-scale.png`` (tables with several training-set sizes): the metric and the steps to reach
   95% of the best validation metric against the training-set size, one line per method, with the 95%
-  t-interval over seeds as error bars.
+  t-interval over seeds as error bars (a whole training set sits at its number of rows);
+- ``<name>-convergence.png`` (the same tables): the validation metric against the step, one panel per domain
+  and training-set size, one line per method: the mean over seeds with the seeds' range shaded.
 """
 
 from __future__ import annotations
@@ -66,14 +68,14 @@ def plot_all(rows: list[dict[str, Any]], records: list[dict[str, Any]], folder: 
         left.legend(fontsize=6)
         figure.tight_layout()
         written.append(_save(figure, folder / f"{name}-memory-time.png", plt))
-    sizes = sorted({r["train_size"] for r in records if r["train_size"] is not None})
+    sizes = list(dict.fromkeys(r["train_size"] for r in records))
     if len(sizes) > 1:
         figure, axes = plt.subplots(2, len(domains), figsize=(4 * len(domains), 6), squeeze=False)
         for column, domain in enumerate(domains):
             for method in methods:
                 line = sorted(
                     (
-                        r["train_size"],
+                        _size_of(r),
                         r["mean"],
                         r["ci95_half_width"] or 0,
                         r["steps_to_95pct_best_val"] or 0,
@@ -82,7 +84,7 @@ def plot_all(rows: list[dict[str, Any]], records: list[dict[str, Any]], folder: 
                     for r in records
                     if r["domain"] == domain
                     and r["method"] == method
-                    and r["train_size"] is not None
+                    and _size_of(r) is not None
                     and r["mean"] is not None
                 )
                 if line:  # error bars: the 95% t-interval over seeds (none with one seed)
@@ -97,7 +99,55 @@ def plot_all(rows: list[dict[str, Any]], records: list[dict[str, Any]], folder: 
         axes[0][-1].legend(fontsize=6)
         figure.tight_layout()
         written.append(_save(figure, folder / f"{name}-data-scale.png", plt))
+        written.append(_convergence(complete, domains, methods, sizes, folder / f"{name}-convergence.png", plt))
     return written
+
+
+def _size_of(record: dict[str, Any]) -> int | None:
+    """Where a table record sits on the training-examples axis: its size, or the rows of a whole training set."""
+    return record["train_size"] if record["train_size"] is not None else record.get("train_rows")
+
+
+def seed_band(curves: list[list[list[float]]]) -> tuple[list[int], list[float], list[float], list[float]]:
+    """Steps every seed evaluated at, and the mean, lowest and highest of the seeds' values there."""
+    by_step = [{int(step): value for step, value in curve} for curve in curves]
+    steps = sorted(set.intersection(*(set(curve) for curve in by_step)))
+    values = [[curve[step] for curve in by_step] for step in steps]
+    return steps, [sum(v) / len(v) for v in values], [min(v) for v in values], [max(v) for v in values]
+
+
+def _convergence(rows, domains, methods, sizes, path: Path, plt) -> Path:
+    """The validation metric against the step: mean over seeds (line) and the seeds' range (shaded)."""
+    figure, axes = plt.subplots(
+        len(sizes), len(domains), figsize=(4 * len(domains), 2.8 * len(sizes)), squeeze=False, sharex="col"
+    )
+    for column, domain in enumerate(domains):
+        for row_index, size in enumerate(sizes):
+            axis = axes[row_index][column]
+            for method in methods:
+                curves = [
+                    r["val_curve"]
+                    for r in rows
+                    if r["domain"] == domain
+                    and r["method_label"] == method
+                    and r["train_size"] == size
+                    and r.get("val_curve")
+                ]
+                if not curves:
+                    continue
+                steps, mean, low, high = seed_band(curves)
+                axis.plot(steps, mean, marker=".", label=f"{method} ({len(curves)} seeds)")
+                if len(curves) > 1:
+                    axis.fill_between(steps, low, high, alpha=0.2)
+            metric = next((r["metric"] for r in rows if r["domain"] == domain and r.get("metric")), "metric")
+            axis.set_title(f"{domain}, {'all' if size is None else f'{size:,}'} training examples", fontsize=9)
+            axis.set_ylabel(f"val {metric}", fontsize=8)
+            if row_index == len(sizes) - 1:
+                axis.set_xlabel("step")
+            if axis.lines:
+                axis.legend(fontsize=6)
+    figure.tight_layout()
+    return _save(figure, path, plt)
 
 
 def _save(figure, path: Path, plt) -> Path:

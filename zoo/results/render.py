@@ -38,6 +38,7 @@ FIELDS = (
     "domain",
     "method",
     "train_size",
+    "train_rows",
     "metric",
     "split",
     "seeds",
@@ -146,10 +147,15 @@ def group(rows: list[dict[str, Any]], spec=None) -> list[Group]:
         order = lambda g: (
             domains.index(g.domain) if g.domain in domains else 99,  # noqa: E731
             methods.index(g.method) if g.method in methods else 99,
-            g.train_size or 0,
+            *_size_order(g.train_size),
         )
         return sorted(groups.values(), key=order)
-    return sorted(groups.values(), key=lambda g: (str(g.domain), str(g.method), g.train_size or 0))
+    return sorted(groups.values(), key=lambda g: (str(g.domain), str(g.method), *_size_order(g.train_size)))
+
+
+def _size_order(train_size: int | None) -> tuple[bool, int]:
+    """Training-set sizes ascending, the whole set (``None``) after them."""
+    return train_size is None, train_size or 0
 
 
 def summarise(rows: list[dict[str, Any]], spec=None) -> list[dict[str, Any]]:
@@ -179,6 +185,7 @@ def summarise(rows: list[dict[str, Any]], spec=None) -> list[dict[str, Any]]:
                 "domain": g.domain,
                 "method": g.method,
                 "train_size": g.train_size,
+                "train_rows": _one_value(r.get("train_rows") for r in g.complete()),
                 "metric": metric,
                 "split": "/".join(splits),
                 "seeds": len(g.values()),
@@ -217,6 +224,19 @@ def summarise(rows: list[dict[str, Any]], spec=None) -> list[dict[str, Any]]:
             }
         )
     return records
+
+
+def _one_value(values) -> Any:
+    """The value every item shares, or None where they differ or there are none."""
+    distinct = set(v for v in values if v is not None)
+    return distinct.pop() if len(distinct) == 1 else None
+
+
+def _size_text(record: dict[str, Any]) -> str:
+    """The train-size column: the size asked for, or "all (N)" for a whole training set of N rows."""
+    if record["train_size"] is not None:
+        return str(record["train_size"])
+    return f"all ({record['train_rows']})" if record["train_rows"] is not None else ""
 
 
 def _number(value: Any, digits: int = 4) -> str:
@@ -296,7 +316,15 @@ def to_markdown(records: list[dict[str, Any]], spec=None, scale: str = "", comma
     split_of = {d: next((r["split"] for r in records if r["domain"] == d and r["split"]), "") for d in domains}
     for size in sizes:
         if size is not None:
-            lines += [f"## {size} training examples", ""]
+            lines += [f"## {size:,} training examples", ""]
+        elif len(sizes) > 1:
+            whole = [
+                f"{d} {r['train_rows']:,}"
+                for d in domains
+                if (r := next((x for x in records if x["domain"] == d and x["train_size"] is None), None))
+                and r["train_rows"] is not None
+            ]
+            lines += ["## All training examples" + (f" ({', '.join(whole)})" if whole else ""), ""]
         header = ["method"] + [f"{d} ({metric_of[d]}, {split_of[d]})" for d in domains]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for method in methods:
@@ -329,7 +357,7 @@ def to_markdown(records: list[dict[str, Any]], spec=None, scale: str = "", comma
                 [
                     str(r["domain"]),
                     str(r["method"]),
-                    _number(r["train_size"]),
+                    _size_text(r),
                     str(r["seeds"]),
                     mean_interval_text(r),
                     _delta_text(r),

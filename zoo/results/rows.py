@@ -60,16 +60,21 @@ def provenance(source: str, versions: dict[str, str] | None = None) -> dict[str,
     }
 
 
+def validation_curve(history: list[dict[str, Any]], metric: str) -> list[tuple[int, float]]:
+    """``(step, value)`` of every validation evaluation of ``metric``, in the order they were logged."""
+    return [
+        (row["step"], row[metric])
+        for row in history
+        if row.get("split") == "val" and isinstance(row.get(metric), (int, float)) and math.isfinite(row[metric])
+    ]
+
+
 def steps_to_fraction_of_best(
     history: list[dict[str, Any]], metric: str, greater_is_better: bool, fraction: float = CONVERGENCE_FRACTION
 ) -> int | None:
     """The first evaluated step whose ``metric`` is within ``1 - fraction`` of the run's best value (relative to
     its magnitude, so it works for negative Spearman and lower-is-better losses alike)."""
-    points = [
-        (row["step"], row[metric])
-        for row in history
-        if row.get("split") == "val" and isinstance(row.get(metric), (int, float)) and math.isfinite(row[metric])
-    ]
+    points = validation_curve(history, metric)
     if not points:
         return None
     values = [value for _, value in points]
@@ -88,6 +93,14 @@ def _predictions_files(run_dir: Path) -> dict[str, str]:
     folder = run_dir / PREDICTIONS_DIR
     files = sorted(path for path in folder.glob("*.npz") if ".partial" not in path.name)
     return {path.stem: path.relative_to(run_dir).as_posix() for path in files}
+
+
+def _train_rows(record: Any) -> int | None:
+    """How many training examples the run drew from (the split's rows after any ``max_train_examples``)."""
+    split = record.data.splits.get("train") if record.data else None
+    if split is None:
+        return None
+    return split.rows_used if split.rows_used is not None else split.rows
 
 
 def _adapter_bytes(run_dir: Path) -> int | None:
@@ -159,6 +172,8 @@ def row_from_run(run_dir: str | os.PathLike, cell: dict[str, Any] | None = None,
         "main_metric": main_metric,
         "best_val_metric": training.best_metric if training else None,
         "steps": training.steps if training else None,
+        "val_curve": [list(point) for point in validation_curve(history, main_metric)] if main_metric else [],
+        "train_rows": _train_rows(record),
         "steps_to_95pct_best_val": (
             steps_to_fraction_of_best(history, main_metric, better) if main_metric and better is not None else None
         ),

@@ -169,6 +169,10 @@ class ResultsStore:
         return [(key, json.loads(text)) for key, text in found]
 
 
+LATER_FIELDS = frozenset({"val_curve", "train_rows"})
+"""Row fields derived from a run directory that older ``result.json`` files lack."""
+
+
 def _result_row(directory: Path) -> dict[str, Any] | None:
     """A folder's ``result.json`` row, brought up to date when its run has changed status since; None without one."""
     from zoo.experiment import run_dir as runs
@@ -184,6 +188,10 @@ def _result_row(directory: Path) -> dict[str, Any] | None:
             **row_from_run(directory, source="rebuild"),
             **{k: row[k] for k in ("table", "scale", "cell", "domain", "method_label", "metric") if k in row},
         }
+    elif runs.is_run_dir(directory) and not LATER_FIELDS <= row.keys():
+        # a result.json written before these fields existed: read them from the run, keep the rest as recorded
+        current = row_from_run(directory, source="rebuild")
+        row.update({k: current[k] for k in LATER_FIELDS - row.keys()})
     return row
 
 
