@@ -290,3 +290,52 @@ def test_lora_and_dora_adapters_share_a_layer(bert, token_batch):
 def test_bad_options_name_the_option(bert, options, name):
     with pytest.raises(ConfigError, match=rf"dora: {name}="):
         zp.apply(bert, "dora", **options)
+
+
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+def test_the_norm_kept_between_inference_calls_follows_every_change_of_the_weights(mode):
+    """Without gradient the norm is kept from call to call; an in-place write to B, to the base weight,
+    a load_state_dict or a training step must each give the dense equation of the new weights."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5))
+    zp.apply(model, "dora", r=2, lora_alpha=6, target_modules=["0"], modules_to_save=[])
+    randomise_trainable(model)
+    layer, x = model[0], torch.randn(3, 6)
+    context = torch.no_grad if mode == "no_grad" else torch.inference_mode
+
+    def dense():
+        weight = dense_dora_weight(
+            layer.base_layer.weight,
+            layer.lora_A["default"].weight,
+            layer.lora_B["default"].weight,
+            layer.lora_magnitude_vector["default"],
+            3.0,
+        )
+        return F.linear(x, weight, layer.base_layer.bias)
+
+    calls = []
+    compute = layer._weight_norm
+    layer._weight_norm = lambda name: calls.append(name) or compute(name)
+    with context():
+        first = model(x)
+        torch.testing.assert_close(model(x), first)
+    assert calls == ["default"]  # the second call read the kept norm
+    with torch.no_grad():
+        torch.testing.assert_close(first, dense())
+        layer.lora_B["default"].weight.mul_(3)
+    with context():
+        torch.testing.assert_close(model(x), dense())
+    with torch.no_grad():
+        layer.base_layer.weight.add_(0.5)
+    with context():
+        torch.testing.assert_close(model(x), dense())
+    state = {k: v + 0.1 for k, v in model.state_dict().items()}
+    model.load_state_dict(state)
+    with context():
+        torch.testing.assert_close(model(x), dense())
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    model(x).square().sum().backward()
+    optimizer.step()
+    with context():
+        torch.testing.assert_close(model(x), dense())
+    assert len(calls) == 6  # once per change, once for the training forward (gradients on: nothing kept)

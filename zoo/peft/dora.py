@@ -73,6 +73,9 @@ class DoraLayer(LoraLayer):
 
     def weight_norm(self, name: str) -> torch.Tensor:
         """``||W + dW||_c`` without gradient, shaped like the magnitude of adapter ``name``."""
+        return cached_norm(self, name, self._weight_norm)
+
+    def _weight_norm(self, name: str) -> torch.Tensor:
         base = self._base()
         with torch.no_grad():
             weight = base.weight
@@ -197,6 +200,9 @@ class DoraMultiheadAttention(LoraMultiheadAttention):
 
     def weight_norm(self, name: str) -> torch.Tensor:
         """``||W + dW||_c`` of the adapted rows, in slice order, without gradient."""
+        return cached_norm(self, name, self._weight_norm)
+
+    def _weight_norm(self, name: str) -> torch.Tensor:
         with torch.no_grad():
             adapted = self._attention().in_proj_weight + self.delta_weight(name)
             return torch.cat([adapted[start:end].norm(dim=1) for start, end in self.slices[name].values()])
@@ -226,6 +232,30 @@ class DoraMultiheadAttention(LoraMultiheadAttention):
         if name not in self.lora_magnitude_vector:
             return super().adapted_tensors(name)
         return {innermost_path(self.base_layer, "in_proj_weight"): self.adapted_weight(name)}
+
+
+def cached_norm(layer: LoraLayer, name: str, compute) -> torch.Tensor:
+    """``compute(name)``, kept while nothing it reads has changed, when gradients are off.
+
+    Without gradient (inference, ``zoo serve``'s mixed batches) the weights stay put from batch to
+    batch, and ``||W + dW||_c`` (an ``out x r x in`` product per adapter and layer) would otherwise
+    be most of what an unmerged DoRA adds to a forward. The key is the storage and in-place version
+    counter of every tensor it reads (the base layer's and the adapter's factors), plus the scaling:
+    an optimizer step, ``load_state_dict``, a merge or any in-place write moves a version. (A write
+    through ``.data`` moves none; with gradients on nothing is kept, so training never reads it.)"""
+    if torch.is_grad_enabled():
+        layer.__dict__.pop("_norm_cache", None)
+        return compute(name)
+    tensors = [*layer.base_layer.parameters(), *layer.lora_A[name].parameters(), *layer.lora_B[name].parameters()]
+    try:
+        key = (tuple((t.data_ptr(), t._version) for t in tensors), layer.scaling[name])
+    except RuntimeError:  # tensors made under inference_mode keep no version counter: nothing to key on
+        return compute(name)
+    cache = layer.__dict__.setdefault("_norm_cache", {})
+    if name in cache and cache[name][0] == key:
+        return cache[name][1]
+    cache[name] = (key, compute(name))
+    return cache[name][1]
 
 
 class _DoraColumnsInPlace(torch.autograd.Function):
