@@ -93,3 +93,23 @@ def test_bad_input_is_refused_before_anything_is_built(zoo, runs, tmp_path):
         code, _, err = zoo("merge", *args)
         assert code == 2 and message in err, (args, err)
     assert not (tmp_path / "x").exists()
+
+
+def test_options_that_leave_the_weights_alone_may_differ_where_the_fingerprints_agree(zoo, runs, tmp_path):
+    """A tokenizer's max_length is a backbone option; with the same recorded weights the runs merge, each task
+    keeping its own; without a recorded fingerprint on one side the options must agree."""
+    import yaml
+
+    longer = shutil.copytree(runs["sst2"], tmp_path / "sst2-longer")
+    config = yaml.safe_load((longer / "config.yaml").read_text())
+    config["backbone"]["options"]["max_length"] = 48
+    (longer / "config.yaml").write_text(yaml.safe_dump(config))
+    code, _, err = zoo("merge", runs["agnews"], longer, "--weights", "1,1", "--out", "merged")
+    assert code == 0, err
+    merged = yaml.safe_load((tmp_path / "merged" / "sst2" / "config.yaml").read_text())
+    assert merged["backbone"]["options"]["max_length"] == 48
+    record = json.loads((longer / "run.json").read_text())
+    record["backbone"]["fingerprint"] = None
+    (longer / "run.json").write_text(json.dumps(record))
+    code, _, err = zoo("merge", runs["agnews"], longer, "--weights", "1,1", "--out", "again")
+    assert code == 2 and "different backbones" in err and not (tmp_path / "again").exists()

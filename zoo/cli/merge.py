@@ -118,8 +118,11 @@ def check_same_backbone(inputs: list[MergeInput]) -> None:
     first = _backbone(inputs[0])
     for item in inputs[1:]:
         other = _backbone(item)
-        fingerprints_differ = first[3] is not None and other[3] is not None and first[3] != other[3]
-        if other[:3] != first[:3] or fingerprints_differ:
+        both_recorded = first[3] is not None and other[3] is not None
+        # Equal recorded fingerprints are the same weights, whatever options read them (a tokenizer's
+        # max_length): each task keeps its own configuration. Without both, the options must agree.
+        same = first[3] == other[3] and (first[0], first[2]) == (other[0], other[2])
+        if not (same if both_recorded else other[:3] == first[:3]):
             raise ConfigError(
                 f"adapters made on different backbones cannot be merged: {inputs[0].given} was trained on "
                 f"{first[0]} ({first[2]} scale, weights {first[3] or 'unrecorded'}), {item.given} on {other[0]} "
