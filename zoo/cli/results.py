@@ -1,4 +1,5 @@
-"""``zoo results add RUN_DIR | rebuild [DIR] | table TABLE | show``: the results store (SQLite in the output folder)."""
+"""``zoo results add RUN_DIR | rebuild [DIR] | table TABLE | show``: the results store (SQLite in the output folder);
+``zoo results merge-table ADAPTER ADAPTER ... --out DIR``: the merge table (:mod:`zoo.results.merge_table`)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,18 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     table.add_argument("--out", type=Path, default=Path("results"), help="folder holding results.sqlite")
     table.add_argument("--to", type=Path, default=None, help="where to write (default OUT/TABLE/SCALE)")
     table.add_argument("--no-plots", action="store_true")
+    merges = actions.add_parser(
+        "merge-table",
+        help="each task's test metric for its own adapter and for linear, TIES, DARE and SVD merges of them all",
+    )
+    merges.add_argument(
+        "adapters", nargs="+", help="one adapter per task: hub names, pulled folders or run directories"
+    )
+    merges.add_argument("--out", type=Path, required=True, help="folder for the merges and evaluations (resumable)")
+    merges.add_argument("--to", type=Path, default=None, help="where to write merge.md and merge.csv (default OUT)")
+    merges.add_argument("--hub", help="the hub to pull names from (default: $ZOO_HUB, then zoo's own)")
+    merges.add_argument("--data-root", help="the folder holding the datasets (default: $ZOO_DATA_DIR)")
+    merges.add_argument("--backbone-weights", help="a local checkpoint of the base backbone (as for zoo predict)")
     show = actions.add_parser("show", help="list the store's rows")
     show.add_argument("--out", type=Path, default=Path("results"))
     show.add_argument("--table", default=None)
@@ -69,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
         for run, why in rebuilt.dropped:
             print(f"zoo results rebuild: dropped {run}: {why}", file=sys.stderr)
         return 0
+    if args.action == "merge-table":
+        return _merge_table(args)
     if args.action == "table":
         for path in render_table(args.table, args.scale, args.out, args.to, not args.no_plots):
             print(f"wrote {path}")
@@ -79,4 +94,24 @@ def run(args: argparse.Namespace) -> int:
                 f"{row.get('table') or '-':<14} {row.get('scale') or '-':<6} {row.get('cell') or row['run_dir']:<40} "
                 f"{row['status']:<10} {row.get('metric') or ''} {row.get('metric_value')}"
             )
+    return 0
+
+
+def _merge_table(args: argparse.Namespace) -> int:
+    import shlex
+
+    from zoo.experiment.machine import machine_text
+    from zoo.results.merge_table import measure, render
+
+    measured = measure(
+        args.adapters, args.out, hub=args.hub, data_root=args.data_root, backbone_weights=args.backbone_weights
+    )
+    command = getattr(args, "command_line", "") or "zoo results merge-table " + " ".join(
+        map(shlex.quote, args.adapters)
+    )
+    import torch
+
+    notes = [f"Made with `{command}` on {machine_text(threads=torch.get_num_threads())}, torch {torch.__version__}."]
+    for path in render(measured, args.to or args.out, "# Merging " + ", ".join(args.adapters), notes):
+        print(f"wrote {path}")
     return 0
