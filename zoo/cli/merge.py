@@ -57,7 +57,7 @@ def _weights(text: str) -> list[float]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from zoo.experiment.merging import merge_runs
+    from zoo.hub.merging import merge_runs
 
     out = Path(args.out)
     merged, details, tasks = merge_runs(

@@ -1,5 +1,5 @@
 """``zoo results add RUN_DIR | rebuild [DIR] | table TABLE | show``: the results store (SQLite in the output folder);
-``zoo results merge-table ADAPTER ADAPTER ... --out DIR``: the merge table (:mod:`zoo.results.merge_table`)."""
+``zoo results merge-table ADAPTER ADAPTER ... --out DIR``: the merge table (:mod:`zoo.hub.merge_table`)."""
 
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ def _merge_table(args: argparse.Namespace) -> int:
     import shlex
 
     from zoo.experiment.machine import machine_text
-    from zoo.results.merge_table import measure, render
+    from zoo.hub.merge_table import measure, render
 
     measured = measure(
         args.adapters, args.out, hub=args.hub, data_root=args.data_root, backbone_weights=args.backbone_weights

@@ -102,7 +102,7 @@ def merge_runs(
     seed: int = 0,
     hub: str | None = None,
     backbone_weights: str | os.PathLike | None = None,
-    command: str = "zoo.experiment.merging.merge_runs",
+    command: str = "zoo.hub.merging.merge_runs",
 ) -> tuple[MergedAdapter, dict[str, Any], list[str]]:
     """Merge ``adapters`` into the new folder ``out``; returns the merge, its details (``run.json``'s
     ``merge``) and the tasks that got a run directory of their own (none when the heads are shared)."""

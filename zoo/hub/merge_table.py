@@ -2,7 +2,7 @@
 
 ``merge_table(["text/sst2-lora", "text/agnews-lora"], out)`` evaluates every input adapter on its own
 task's test split (the single-task row), merges all of them with each :class:`MergeSetting` (one merge
-per seed for DARE's random drop; :func:`zoo.experiment.merging.merge_runs`), evaluates each merged
+per seed for DARE's random drop; :func:`zoo.hub.merging.merge_runs`), evaluates each merged
 task head on the same rows, and writes ``merge.md`` and ``merge.csv``: each task's metric, its 95%
 interval, and the difference from the single-task adapter with the paired bootstrap's interval over
 the test rows (and the seeds, for DARE). Every merge and every evaluation is kept under ``out``
@@ -110,8 +110,8 @@ def measure(
 ) -> list[Measured]:
     """Every evaluation of the table (reusing what ``out`` already holds)."""
     from zoo.errors import ConfigError
-    from zoo.experiment.merging import merge_runs
     from zoo.hub.evaluate import evaluate
+    from zoo.hub.merging import merge_runs
 
     if len(adapters) < 2:
         raise ConfigError("a merge table needs at least two adapters")

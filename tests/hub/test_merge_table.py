@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from zoo.results.merge_table import SINGLE, MergeSetting, measure, render, summarise
+from zoo.hub.merge_table import SINGLE, MergeSetting, measure, render, summarise
 
 SETTINGS = (
     MergeSetting("average", "linear", 0.5),
@@ -77,7 +77,7 @@ def test_a_second_call_reuses_every_merge_and_evaluation(runs, tmp_path, monkeyp
     def refuse(*args, **kwargs):
         raise AssertionError("merged or evaluated again")
 
-    monkeypatch.setattr("zoo.experiment.merging.merge_runs", refuse)
+    monkeypatch.setattr("zoo.hub.merging.merge_runs", refuse)
     monkeypatch.setattr("zoo.hub.evaluate.evaluate", refuse)
     again = measure(runs, tmp_path / "table", SETTINGS[:1], log=lambda _: None)
     assert [(m.setting, m.task, m.value) for m in again] == [(m.setting, m.task, m.value) for m in first]
@@ -97,6 +97,6 @@ def test_the_evaluations_alone_render_the_table_again(runs, tmp_path, monkeypatc
 
     first = measure(runs, tmp_path / "table", SETTINGS[:1], log=lambda _: None)
     shutil.rmtree(tmp_path / "table" / "merges")  # the adapters' weights are not kept with the records
-    monkeypatch.setattr("zoo.experiment.merging.merge_runs", lambda *a, **k: pytest.fail("merged again"))
+    monkeypatch.setattr("zoo.hub.merging.merge_runs", lambda *a, **k: pytest.fail("merged again"))
     again = measure(runs, tmp_path / "table", SETTINGS[:1], log=lambda _: None)
     assert [m.value for m in again] == [m.value for m in first]
