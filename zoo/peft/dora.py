@@ -98,6 +98,19 @@ class DoraLayer(LoraLayer):
         """``m / ||W + dW||_c``: gradient reaches m, not the norm."""
         return self.lora_magnitude_vector[name] / self.weight_norm(name)
 
+    def output_scale(self, name: str) -> torch.Tensor | None:
+        if name not in self.lora_magnitude_vector or isinstance(self._base(), nn.Conv2d):
+            return None
+        with torch.no_grad():
+            scale = self.dora_scale(name)
+            if not self.slices[name]:
+                return scale
+            full, offset = scale.new_ones(self._base().weight.shape[0]), 0
+            for start, end in self.slices[name].values():
+                full[start:end] = scale[offset : offset + end - start]
+                offset += end - start
+            return full
+
     def merge(self, name: str) -> None:
         if name not in self.lora_magnitude_vector:
             return super().merge(name)

@@ -38,6 +38,7 @@ from zoo.peft.engine import InjectionContext, adapter_modules
 from zoo.peft.layers import DeltaWeightLayer, logical_path
 from zoo.peft.mixed import mixed_forward, mixed_multihead_forward
 from zoo.peft.registry import register_method
+from zoo.peft.stacked_rows import stacked_forward
 from zoo.peft.targeting import FUSED_SLICE_NAMES, base_of, innermost_path, slice_bounds
 from zoo.strict_model import Number
 
@@ -71,6 +72,8 @@ class LoraLayer(DeltaWeightLayer):
     adapter_groups: tuple[str, ...] = ("lora_A", "lora_B")
     adapter_settings = ("lora_dropout", "scaling", "slices")
     mixes_rows = True
+    stacks_rows = True
+    """Mixed batches may take the stacked path (zoo.peft.stacked_rows): the update is ``scaling * B A x``."""
 
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__(base_layer)
@@ -163,7 +166,8 @@ class LoraLayer(DeltaWeightLayer):
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if self.row_groups is not None:
-            return mixed_forward(self, x, args, kwargs)
+            stacked = stacked_forward(self, x, args, kwargs)
+            return stacked if stacked is not None else mixed_forward(self, x, args, kwargs)
         name = self.active
         if (
             name is not None
@@ -205,6 +209,11 @@ class LoraLayer(DeltaWeightLayer):
             b[start:end, column : column + part.shape[0]] = self._factor_weights(name, slice_name)[1]
             column += part.shape[0]
         return out + F.linear(F.linear(dropped, a) * scaling, b)
+
+    def output_scale(self, name: str) -> torch.Tensor | None:
+        """What adapter ``name`` multiplies each output column of ``W x + dW x`` by (None: nothing; DoRA's
+        magnitude over the norm), full width, for the stacked mixed path (zoo.peft.stacked_rows)."""
+        return None
 
     def branch_scaling(self, name: str, x: torch.Tensor) -> float | torch.Tensor:
         """What adapter ``name`` multiplies its rank-r activations of input ``x`` by in ``adapted_rows``:

@@ -43,7 +43,8 @@ from torch import nn
 from torch.func import functional_call
 
 from zoo.peft.config import ConfigError
-from zoo.peft.engine import PeftState, _state_or_error, adapter_modules
+from zoo.peft.engine import PeftState, _state_or_error
+from zoo.peft.layers import AdapterModule
 from zoo.peft.registry import get_method
 from zoo.peft.targeting import base_of
 
@@ -64,7 +65,7 @@ class RowGroups:
 
     def __init__(self, names: Sequence[str | None], module_names: dict[int, str], axes: dict[int, int]) -> None:
         self._views: list[list[str | None]] = [list(names)]
-        self._groups: list[dict[tuple, list[RowGroup]]] = [{}]  # per view: by_adapter's answers, by held rows
+        self._groups: list[dict[tuple, Any]] = [{}]  # per view: by_adapter's and slots' answers
         self._module_names = module_names
         self._axes = axes
 
@@ -103,6 +104,16 @@ class RowGroups:
         groups = [RowGroup(name, found, torch.tensor(found, device=device)) for name, found in ordered]
         self._groups[-1][(row_adapters, device)] = groups
         return groups
+
+    def slots(self, held: tuple[str, ...], device: torch.device) -> torch.Tensor:
+        """Each row's adapter as its index in ``held`` (``len(held)``: an adapter not held, or None)."""
+        key = ("slots", held, device)
+        cached = self._groups[-1].get(key)
+        if cached is None:
+            slot_of: dict[str | None, int] = {name: slot for slot, name in enumerate(held)}
+            cached = torch.tensor([slot_of.get(name, len(held)) for name in self.names], device=device)
+            self._groups[-1][key] = cached
+        return cached
 
     def single(self, held: Collection[str]) -> str | None:
         """The one adapter of ``held`` that the rows in view use (None: none does); for a call made
@@ -278,7 +289,9 @@ def _checked_names(adapters: Collection[str], adapter_names: Any) -> list[str | 
     return list(adapter_names)
 
 
-def _batch_axes(model: nn.Module, state: PeftState, modules: Sequence[tuple[str, nn.Module]]) -> dict[int, int]:
+def _batch_axes(
+    model: nn.Module, state: PeftState, modules: Sequence[tuple[str, nn.Module]], module_names: list[str]
+) -> dict[int, int]:
     """Axis 1 for the modules inside blocks that take (tokens, batch, ...), as the structure tells;
     a model without a structure description is taken to be batch-first."""
     structure = state.structure
@@ -286,7 +299,7 @@ def _batch_axes(model: nn.Module, state: PeftState, modules: Sequence[tuple[str,
         return {}
     sequence_first = tuple(
         f"{block}."
-        for block in structure.block_names(model)
+        for block in structure.blocks_among(module_names)
         if structure.attention is not None
         and not structure.is_batch_first(
             model.get_submodule(block), base_of(structure.submodule(model, block, structure.attention))
@@ -307,7 +320,9 @@ def mixed(model: nn.Module, adapter_names: Sequence[str | None]) -> Iterator[nn.
                 f"adapter {adapter!r} is full fine-tuning: it changed the base weights in place, so every row "
                 f"computes with it and rows cannot use other adapters or the base model"
             )
-    modules = list(adapter_modules(model))
+    # one walk over the model per batch (a server enters mixed() for every batch it runs)
+    every_module = list(model.named_modules())
+    modules = [(name, module) for name, module in every_module if isinstance(module, AdapterModule)]
     used = set(names)
     for module_name, module in modules:
         if module.merged_adapter is not None:
@@ -324,7 +339,11 @@ def mixed(model: nn.Module, adapter_names: Sequence[str | None]) -> Iterator[nn.
                 f"{'/'.join(methods) or type(module).__name__} at {module_name or 'the model root'} cannot run a "
                 f"mixed batch: {reason}"
             )
-    groups = RowGroups(names, {id(module): name for name, module in modules}, _batch_axes(model, state, modules))
+    groups = RowGroups(
+        names,
+        {id(module): name for name, module in modules},
+        _batch_axes(model, state, modules, [name for name, _ in every_module]),
+    )
     for _, module in modules:
         module.row_groups = groups
     try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Iterable
 
 from torch import nn
 
@@ -70,8 +71,12 @@ class Structure:
 
     # -- helpers -----------------------------------------------------------------
     def block_names(self, model: nn.Module) -> list[str]:
+        return self.blocks_among(n for n, _ in model.named_modules())
+
+    def blocks_among(self, module_names: Iterable[str]) -> list[str]:
+        """The names of blocks among ``module_names`` (a model's, in order)."""
         regex = re.compile(self.blocks)
-        return [n for n, _ in model.named_modules() if n and regex.fullmatch(n) and "zoo_" not in n]
+        return [n for n in module_names if n and regex.fullmatch(n) and "zoo_" not in n]
 
     def submodule(self, model: nn.Module, block: str, relative: str | None) -> nn.Module:
         if relative is None:

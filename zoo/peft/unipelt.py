@@ -107,6 +107,7 @@ class GatedLoraLayer(LoraLayer):
 
     adapter_groups = (*LoraLayer.adapter_groups, "lora_gate")
     batch_axis = 0
+    stacks_rows = False  # the update is scaled by a gate of the input, which the stacked path does not compute
 
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__(base_layer)
