@@ -100,3 +100,21 @@ def test_the_evaluations_alone_render_the_table_again(runs, tmp_path, monkeypatc
     monkeypatch.setattr("zoo.hub.merging.merge_runs", lambda *a, **k: pytest.fail("merged again"))
     again = measure(runs, tmp_path / "table", SETTINGS[:1], log=lambda _: None)
     assert [m.value for m in again] == [m.value for m in first]
+
+
+def test_an_out_folder_of_other_adapters_is_refused_and_kept(runs, tmp_path):
+    from zoo.errors import ConfigError
+
+    measure(runs, tmp_path / "table", SETTINGS[:1], log=lambda _: None)
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "table").rglob("*"))
+    with pytest.raises(ConfigError, match="holds the merge table of"):
+        measure(runs[::-1], tmp_path / "table", SETTINGS[:1], log=lambda _: None)
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "table").rglob("*")) == before
+    (tmp_path / "table" / "table.json").unlink()
+    with pytest.raises(ConfigError, match="no table.json"):
+        measure(runs, tmp_path / "table", SETTINGS[:1], log=lambda _: None)
+    # a name that fails after the first adapter was scored leaves nothing that blocks the corrected call
+    with pytest.raises(Exception, match="neither a run directory nor"):
+        measure([runs[0], str(tmp_path)], tmp_path / "again", SETTINGS[:1], log=lambda _: None)
+    assert not (tmp_path / "again" / "table.json").exists()
+    assert len(measure(runs, tmp_path / "again", SETTINGS[:1], log=lambda _: None)) == 4

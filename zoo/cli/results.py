@@ -100,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
 def _merge_table(args: argparse.Namespace) -> int:
     import shlex
 
+    import torch
+
     from zoo.experiment.machine import machine_text
     from zoo.hub.merge_table import measure, render
 
@@ -109,8 +111,6 @@ def _merge_table(args: argparse.Namespace) -> int:
     command = getattr(args, "command_line", "") or "zoo results merge-table " + " ".join(
         map(shlex.quote, args.adapters)
     )
-    import torch
-
     notes = [f"Made with `{command}` on {machine_text(threads=torch.get_num_threads())}, torch {torch.__version__}."]
     for path in render(measured, args.to or args.out, "# Merging " + ", ".join(args.adapters), notes):
         print(f"wrote {path}")

@@ -99,6 +99,34 @@ def _evaluated(
     return result.dataset, result.main_metric, value, result.examples, result.predictions
 
 
+MANIFEST = "table.json"
+"""In ``out``: the adapters its merges and evaluations are of, so a table of others is never read from them."""
+
+
+def _claim(out: Path, adapters: list[str], write: bool = False) -> None:
+    """Refuse an ``out`` that holds another table's work; with ``write``, record that it holds ``adapters``'."""
+    from zoo.errors import ConfigError
+    from zoo.files import atomic_write_text
+
+    manifest = out / MANIFEST
+    if manifest.is_file():
+        held = json.loads(manifest.read_text()).get("adapters")
+        if held != adapters:
+            raise ConfigError(
+                f"{out} holds the merge table of {held}, not of {adapters}: its merges and evaluations would be "
+                f"reused for other adapters; give another --out"
+            )
+        return
+    # the single-task evaluations are kept by adapter name and safe to reuse; merges are written after the claim
+    merged_work = [p for p in (out / "evaluations").glob("*") if p.name != "single"] + list((out / "merges").glob("*"))
+    if not write and merged_work:
+        raise ConfigError(f"{out} holds merges but no {MANIFEST} saying of which adapters; give another --out")
+    if not write:
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(manifest, json.dumps({"adapters": adapters}, indent=2) + "\n")
+
+
 def measure(
     adapters: Sequence[str],
     out: str | os.PathLike,
@@ -116,6 +144,7 @@ def measure(
     if len(adapters) < 2:
         raise ConfigError("a merge table needs at least two adapters")
     out = Path(out)
+    _claim(out, list(adapters))
 
     def evaluate_one(target: str | os.PathLike) -> Any:
         return evaluate(target, "test", data_root, hub=hub, backbone_weights=backbone_weights, log=None)
@@ -130,6 +159,7 @@ def measure(
     tasks = [m.task for m in measured]
     if len(set(tasks)) != len(tasks):
         raise ConfigError(f"a merge table takes one adapter per task; the adapters' tasks are {tasks}")
+    _claim(out, list(adapters), write=True)  # once every adapter has been read and scored
     for setting in settings:
         for seed in setting.seeds:
             name = f"{setting.key}-seed{seed}" if len(setting.seeds) > 1 else setting.key
