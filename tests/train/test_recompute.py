@@ -94,3 +94,23 @@ def test_models_without_blocks_get_a_clear_error(tmp_path):
     settings = TrainSettings(max_steps=1, gradient_checkpointing=True, device="cpu")
     with pytest.raises(ConfigError, match="train.gradient_checkpointing=true: TinyClassifier"):
         Trainer(TinyClassifier(), PointsTask(), PointsDataset(8), None, settings, tmp_path).fit()
+
+
+def test_transformers_models_are_switched_by_the_name_they_support():
+    """transformers 5.24 renamed gradient_checkpointing_enable to activation_checkpointing_enable (the old
+    name warns, and goes in v6): the new one is called where it exists, the old one otherwise."""
+    calls = []
+
+    class Old(torch.nn.Module):
+        supports_gradient_checkpointing = True
+
+        def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
+            calls.append(("gradient", gradient_checkpointing_kwargs))
+
+    class New(Old):
+        def activation_checkpointing_enable(self, activation_checkpointing_kwargs=None):
+            calls.append(("activation", activation_checkpointing_kwargs))
+
+    assert "activation checkpointing on <model>" in enable_gradient_checkpointing(New())
+    enable_gradient_checkpointing(Old())
+    assert calls == [("activation", {"use_reentrant": False}), ("gradient", {"use_reentrant": False})]

@@ -1,6 +1,7 @@
 """Gradient (activation) checkpointing: keep fewer activations, recompute them in backward.
 
-Hugging Face models switch it on themselves (``gradient_checkpointing_enable``). Any other
+Hugging Face models switch it on themselves (``activation_checkpointing_enable``; before transformers 5.24,
+``gradient_checkpointing_enable``, a deprecated alias since, to be removed in v6). Any other
 model is handled through its block structure (:mod:`zoo.peft.structure`): each block's
 ``forward`` runs under :func:`torch.utils.checkpoint.checkpoint` while training.
 """
@@ -26,10 +27,13 @@ def enable_gradient_checkpointing(model: nn.Module) -> str:
     if hf_models:
         for _name, module in hf_models:
             # non-reentrant: works with frozen inputs (PEFT) and keyword arguments
-            module.gradient_checkpointing_enable(  # type: ignore[operator]  # a transformers model (hasattr above)
-                gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
-        return "transformers gradient_checkpointing_enable on " + ", ".join(name or "<model>" for name, _ in hf_models)
+            if hasattr(module, "activation_checkpointing_enable"):
+                module.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})  # type: ignore[operator]
+            else:
+                module.gradient_checkpointing_enable(  # type: ignore[operator]  # a transformers model (hasattr above)
+                    gradient_checkpointing_kwargs={"use_reentrant": False}
+                )
+        return "transformers activation checkpointing on " + ", ".join(name or "<model>" for name, _ in hf_models)
     state = peft_state(model)
     structure = state.structure if state is not None and state.structure is not None else detect_structure(model)
     blocks = structure.block_names(model) if structure is not None else []
@@ -49,7 +53,9 @@ def _outermost_hf_models(model: nn.Module) -> list[tuple[str, nn.Module]]:
     for name, module in model.named_modules():
         if not getattr(module, "supports_gradient_checkpointing", False):
             continue
-        if not hasattr(module, "gradient_checkpointing_enable"):
+        if not hasattr(module, "activation_checkpointing_enable") and not hasattr(
+            module, "gradient_checkpointing_enable"
+        ):
             continue
         if any(name.startswith(outer + ".") or outer == "" for outer, _ in found):
             continue
