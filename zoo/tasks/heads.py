@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zoo.errors import ConfigError
 from zoo.tasks import metrics
 
 IGNORE_INDEX = -100
@@ -66,17 +67,29 @@ TASKS: dict[str, TaskSpec] = {
 }
 
 
+HEAD_INITS = ("default", "zeros")
+"""``task.options.head_init``: PyTorch's Linear initialisation, or zeros, so that every output starts at 0
+whatever the features' mean. Private training (train.privacy) learns a random head's offset slowly under
+clipping and noise; De et al. 2022 (arXiv:2204.13650) and Mehta et al. 2022 (arXiv:2205.02973) start
+private fine-tuning from a zero head."""
+
+
 class TaskModel(nn.Module):
     """A backbone with a linear head for classification, regression or per-token labels."""
 
-    def __init__(self, backbone: nn.Module, task: str, num_outputs: int) -> None:
+    def __init__(self, backbone: nn.Module, task: str, num_outputs: int, head_init: str = "default") -> None:
         super().__init__()
         if task not in TASKS:
             raise ValueError(f"task {task!r} is not allowed; choose one of {', '.join(TASKS)}")
+        if head_init not in HEAD_INITS:
+            raise ConfigError(f"task.options.head_init={head_init!r}: choose one of {', '.join(HEAD_INITS)}")
         self.backbone = backbone
         self.task = TASKS[task]
         # backbone: a module with zoo.catalog.backbones.Backbone's members, which nn.Module types as Tensor | Module
         self.head = nn.Linear(backbone.hidden_size, num_outputs)  # type: ignore[arg-type]
+        if head_init == "zeros":
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
         features = self.backbone(batch)

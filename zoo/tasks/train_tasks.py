@@ -170,8 +170,8 @@ def _task_model_builder(
     kind: str, label_dtype: torch.dtype
 ) -> Callable[[nn.Module, TaskRequest], tuple[nn.Module, ModelTask]]:
     def build(backbone: nn.Module, request: TaskRequest) -> tuple[nn.Module, ModelTask]:
-        _check_options(kind, request.options)
-        model = TaskModel(backbone, kind, request.num_outputs or 1)
+        _check_options(kind, request.options, ("head_init",))
+        model = TaskModel(backbone, kind, request.num_outputs or 1, request.options.get("head_init", "default"))
         collate = backbone.collate  # a zoo.catalog.backbones.Backbone's; nn.Module types it as Tensor | Module
         lengths = getattr(backbone, "input_lengths", None)  # text backbones measure their inputs
         return model, ModelTask(collate, TASKS[kind], request.main_metric or "", label_dtype, lengths)  # type: ignore[arg-type]
