@@ -8,6 +8,7 @@ import torch
 
 import zoo.peft as zp
 import zoo.peft.lora as lora_module
+import zoo.peft.stacked_rows as stacked_rows
 from tests.peft.test_mixed_batch import (
     BACKBONES,
     HIDDEN,
@@ -99,3 +100,16 @@ def test_training_dropout_takes_the_general_path(monkeypatch):
     with torch.no_grad(), zp.mixed(model, ["a", "b", None, "a", "b", "a"]):
         run("bert", model, make_batch("bert"))
     assert general
+
+
+def test_the_stack_is_counted_for_a_memory_bound_and_dropped_with_an_adapter(stacked_only):
+    model = add_adapters(BACKBONES["bert"]().eval(), adapters("lora", "bert"))
+    batch = make_batch("bert")
+    check_rows(model, lambda: run("bert", model, batch), MIXED_ROWS)
+    layers = [m for _, m in model.named_modules() if isinstance(m, lora_module.LoraLayer)]
+    assert layers and all("_stack" in layer.__dict__ for layer in layers)
+    factors = sum(p.numel() * 4 for n, p in model.named_parameters() if ".lora_A.a." in n or ".lora_B.a." in n)
+    assert stacked_rows.stack_bytes(model, "a") == factors > 0
+    zp.delete_adapter(model, "b")
+    assert not any("_stack" in layer.__dict__ for layer in layers)
+    check_rows(model, lambda: run("bert", model, batch), ["a", "c", None, "c", "a", "a"])

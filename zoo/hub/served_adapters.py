@@ -13,8 +13,8 @@ classes, 4 classes). One forward pass over rows of several adapters runs them to
 predict one request at a time.
 
 The memory of the loaded adapters is counted as the bytes of their tensors: each shared backbone
-once (its task model without adapters), plus what each adapter adds to it (its modules and its
-head); an adapter that keeps its own model counts all of it. Past the bound, the least recently
+once (its task model without adapters), plus what each adapter adds to it (its modules, its head,
+and the copy of its LoRA/DoRA factors that mixed batches stack, zoo.peft.stacked_rows); an adapter that keeps its own model counts all of it. Past the bound, the least recently
 used adapters are evicted (a backbone goes with its last adapter) once a load has finished, so
 the server holds at most the bound plus the adapter being loaded, and one adapter larger than the
 bound alone is still served.
@@ -40,6 +40,7 @@ from zoo.hub.locations import say_to_stderr
 from zoo.hub.predict import Predictor, from_pulled, read_outputs
 from zoo.peft.engine import peft_state
 from zoo.peft.layers import HeadCopy
+from zoo.peft.stacked_rows import stack_bytes
 from zoo.tasks.heads import TaskModel
 
 ROWS_PER_FORWARD = 64
@@ -114,7 +115,7 @@ class SharedBackbone:
             raise
         self.model.eval()  # the modules just added start in training mode (dropout on)
         self.heads[key] = head.eval()
-        return tensor_bytes(self.model) - before + tensor_bytes(head)
+        return tensor_bytes(self.model) - before + tensor_bytes(head) + stack_bytes(self.model, key)
 
     def remove(self, key: str) -> None:
         self.heads.pop(key)

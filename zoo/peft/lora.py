@@ -210,6 +210,10 @@ class LoraLayer(DeltaWeightLayer):
             column += part.shape[0]
         return out + F.linear(F.linear(dropped, a) * scaling, b)
 
+    def delete_adapter(self, name: str) -> None:
+        super().delete_adapter(name)
+        self.__dict__.pop("_stack", None)  # the stacked factors of a mixed batch (zoo.peft.stacked_rows) held it
+
     def output_scale(self, name: str) -> torch.Tensor | None:
         """What adapter ``name`` multiplies each output column of ``W x + dW x`` by (None: nothing; DoRA's
         magnitude over the norm), full width, for the stacked mixed path (zoo.peft.stacked_rows)."""

@@ -8,6 +8,8 @@ None) would compute it alone. Each adapted layer groups the rows by adapter: it 
 base output for the whole batch once, then replaces the rows of each adapter it holds by what
 that adapter makes of them (LoRA adds ``B A x`` to them, (IA)^3 rescales them, ...); the rows of
 adapters it does not hold keep the base output, which is what those adapters compute there.
+LoRA and DoRA on a Linear do better where gradients are off: each row gathers its own adapter's
+stacked factors and the layer runs two batched products for the whole batch (zoo.peft.stacked_rows).
 Modules whose adapted computation is a whole call (``nn.MultiheadAttention`` called with an
 adapted ``in_proj_weight``, attention over a prefix) are called once per adapter on its rows,
 and the results put back in row order. A layer that calls inner adapted layers on some rows

@@ -155,3 +155,18 @@ def stacked_forward(layer: LoraLayer, x: torch.Tensor, args: tuple, kwargs: dict
         return out.add_(update).mul_(scale)
     # s * (W x + dW x) + bias, from out = W x + bias: rows of scale 1 come back unchanged
     return out.add_(update).sub_(base.bias).mul_(scale).add_(base.bias)
+
+
+def stack_bytes(model: nn.Module, name: str) -> int:
+    """The bytes that mixed batches keep for adapter ``name`` in stacked copies of its factors (at its own
+    rank; a stack pads to the largest of the layer's adapters), for a server's memory bound."""
+    from zoo.peft.engine import adapter_modules
+
+    total = 0
+    for _, module in adapter_modules(model):
+        if getattr(module, "stacks_rows", False) and name in module.adapter_names():
+            layer = cast("LoraLayer", module)
+            if type(layer.base_layer).forward is nn.Linear.forward:
+                for factor in _factor_modules(layer, name):
+                    total += sum(t.numel() * t.element_size() for t in factor._parameters.values() if t is not None)
+    return total
