@@ -169,6 +169,43 @@ def test_with_no_noise_the_step_gradient_is_the_sum_of_hand_clipped_per_example_
     private.close()
 
 
+def test_per_tensor_clipping_clips_each_tensor_by_hand_to_its_share_and_keeps_the_noise():
+    model = PrivateFriendly()
+    task, data = PointsTask(), PointsDataset(6)
+    examples = [data[i] for i in range(6)]
+    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    alone = []
+    for example in examples:
+        batch, labels = task.collate([example])
+        alone.append(torch.autograd.grad(F.cross_entropy(model(batch), labels), [p for _, p in trainable]))
+    clip = 0.5
+    share = clip / math.sqrt(len(trainable))  # each tensor's norm, so that the whole stays within clip
+    expected = [
+        sum(grads[k] * min(1.0, share / grads[k].norm().item()) for grads in alone) for k in range(len(trainable))
+    ]
+    assert any(grads[k].norm() > share for grads in alone for k in range(len(trainable)))  # some are clipped
+
+    settings = PrivacySettings(noise_multiplier=1.0, max_grad_norm=clip, accountant="rdp", clipping="per_tensor")
+    plan = plan_privacy(settings, 6, 6, 1)
+    assert plan.clipping == "per_tensor" and plan.spent(1)["clipping"] == "per_tensor"
+    quiet = type(plan)(**{**plan.__dict__, "noise_multiplier": 0.0})
+    optimizer = torch.optim.SGD([p for _, p in trainable], lr=1.0)
+    private = PrivateTraining(model, optimizer, quiet, torch.device("cpu"))
+    batch, labels = task.collate(examples)
+    task.loss(model, batch, labels).backward()
+    private.optimizer.pre_step()
+    for (name, parameter), want in zip(trainable, expected):
+        torch.testing.assert_close(parameter.grad * plan.expected_batch_size, want, atol=1e-6, rtol=1e-5, msg=name)
+    private.close()
+    # the noise is drawn for the whole clipping norm, as with flat clipping: the privacy spent is the same
+    other = PrivateFriendly()
+    noisy = PrivateTraining(other, torch.optim.SGD(other.parameters(), lr=1.0), plan, torch.device("cpu"))
+    assert noisy.optimizer.max_grad_norm == pytest.approx(clip)
+    noisy.close()
+    with pytest.raises(ConfigError, match="clipping='per_layer': choose flat"):
+        PrivacySettings(epsilon=8, clipping="per_layer")
+
+
 def test_poisson_batches_are_independent_draws_that_any_step_repeats():
     whole = list(PoissonBatches(200, 0.1, secret=7, first_step=0, steps=400))
     sizes = torch.tensor([len(batch) for batch in whole], dtype=torch.float)

@@ -125,13 +125,16 @@ class PrivacyPlan:
     """``train.privacy.epsilon`` when the noise was calibrated to it; None when the noise was given."""
     planned_epsilon: float
     """Epsilon after all planned steps."""
+    clipping: str = "flat"
+    """flat: each example's whole gradient clipped to ``max_grad_norm``; per_tensor: each trainable tensor's to
+    ``max_grad_norm / sqrt(n)``."""
 
     def __str__(self) -> str:
         target = f", calibrated to epsilon {self.target_epsilon:g}" if self.target_epsilon is not None else ""
         return (
             f"train.privacy: (epsilon {self.planned_epsilon:.4g}, delta {self.delta:.3g})-DP after {self.steps} steps "
             f"({self.accountant} accountant{target}): noise multiplier {self.noise_multiplier:.4g}, per-example "
-            f"clipping norm {self.max_grad_norm:g}, Poisson sample rate {self.sample_rate:.4g} "
+            f"clipping norm {self.max_grad_norm:g} ({self.clipping}), Poisson sample rate {self.sample_rate:.4g} "
             f"(batch {self.expected_batch_size} of {self.train_examples} examples)"
         )
 
@@ -195,6 +198,7 @@ def plan_privacy(privacy: PrivacySettings, train_examples: int, batch_size: int,
         accountant=privacy.accountant,
         target_epsilon=target,
         planned_epsilon=planned,
+        clipping=privacy.clipping or "flat",
     )
     logger.info("%s", plan)
     return plan

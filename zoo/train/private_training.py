@@ -89,7 +89,7 @@ class PrivateTraining:
         require_opacus()
         from opacus.accountants import create_accountant
         from opacus.grad_sample import GradSampleHooks
-        from opacus.optimizers import DPOptimizer
+        from opacus.optimizers import DPOptimizer, DPPerLayerOptimizer
 
         self.model, self.plan = model, plan
         # A LoRA factor's input (a frozen layer's output) needs no gradient, which torch warns of at every
@@ -104,14 +104,18 @@ class PrivateTraining:
                 f"({str(problems[0]).strip()}{' and others' if len(problems) > 1 else ''}); {FIX}"
             ) from None
         self.noise = torch.Generator(device=device)
-        self.optimizer = DPOptimizer(
-            optimizer,
-            noise_multiplier=plan.noise_multiplier,
-            max_grad_norm=plan.max_grad_norm,
-            expected_batch_size=plan.expected_batch_size,
-            loss_reduction="mean",
-            generator=self.noise,
-        )
+        options: dict[str, Any] = {
+            "noise_multiplier": plan.noise_multiplier,
+            "expected_batch_size": plan.expected_batch_size,
+            "loss_reduction": "mean",
+            "generator": self.noise,
+        }
+        if plan.clipping == "per_tensor":  # the norms' root sum of squares is max_grad_norm: the noise is unchanged
+            tensors = sum(1 for group in optimizer.param_groups for p in group["params"] if p.requires_grad)
+            share = plan.max_grad_norm / tensors**0.5
+            self.optimizer: DPOptimizer = DPPerLayerOptimizer(optimizer, max_grad_norm=[share] * tensors, **options)
+        else:
+            self.optimizer = DPOptimizer(optimizer, max_grad_norm=plan.max_grad_norm, **options)
         self.accountant = create_accountant(mechanism=plan.accountant)
         self.optimizer.attach_step_hook(self.accountant.get_optimizer_hook_fn(plan.sample_rate))
         self.secret = secrets.randbits(62)

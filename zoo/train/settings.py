@@ -17,6 +17,7 @@ PRECISIONS = ("fp32", "bf16")
 STRATEGIES = ("ddp", "fsdp")
 DEVICES = ("auto", "cpu", "cuda")
 ACCOUNTANTS = ("prv", "rdp")
+CLIPPINGS = (None, "flat", "per_tensor")
 """Opacus' accountants that bound epsilon; ``gdp`` (a central-limit approximation, not a bound) is left out."""
 
 
@@ -38,6 +39,13 @@ class PrivacySettings(StrictModel):
     delta: Number | None = Field(None, description="The delta of (epsilon, delta)-DP; null: 1 / (10 n_train).")
     max_grad_norm: Number = Field(1.0, description="Per-example clipping norm C of the trainable parameters' gradient.")
     accountant: str = Field("prv", description="prv (Gopi et al. 2021, Opacus' default, tighter) or rdp.")
+    clipping: str | None = Field(
+        None,
+        description="flat (null): an example's whole gradient clipped to max_grad_norm; per_tensor: each of the n "
+        "trainable tensors clipped to max_grad_norm / sqrt(n) (Opacus' per-layer clipping; the whole stays within "
+        "max_grad_norm, the noise and the privacy spent are the same), so a small tensor such as a head's bias keeps "
+        "its share of the signal.",
+    )
     max_noise_multiplier: Number = Field(
         10.0, description="Refuse an epsilon that needs more noise than this (it would drown the gradient)."
     )
@@ -56,6 +64,8 @@ class PrivacySettings(StrictModel):
                 raise ConfigError(f"train.privacy.{name}={value!r} must be > 0")
         if self.delta is not None and not 0 < self.delta < 1:
             raise ConfigError(f"train.privacy.delta={self.delta!r} must be in (0, 1), or null for 1 / (10 n_train)")
+        if self.clipping not in CLIPPINGS:
+            raise ConfigError(f"train.privacy.clipping={self.clipping!r}: choose flat (or null) or per_tensor")
         if self.accountant not in ACCOUNTANTS:
             raise ConfigError(
                 f"train.privacy.accountant={self.accountant!r} is not allowed; choose one of {', '.join(ACCOUNTANTS)}"
