@@ -382,7 +382,18 @@ def test_tiny_lora_run_trains_privately_end_to_end_and_its_record_and_card_carry
     assert f"ε = {math.ceil(reached * 1000) / 1000:.3f}" in row and "δ = 0.0167" in row
     assert f"noise multiplier {spent['noise_multiplier']:.4g}" in row and "clipped to norm 1" in row
     assert "4 steps of Poisson samples at rate 0.6667" in row and "prv accountant" in row
-    assert record["config"]["train"]["privacy"]["epsilon"] == 8
+    assert record["config"]["train"]["privacy"]["epsilon"] == 8 and spent["clipping"] == "flat"
+
+
+def test_a_per_tensor_run_records_and_shows_its_clipping(tmp_path, fixture_cache):
+    from zoo.cli.main import main
+
+    out = tmp_path / "run"
+    overrides = ["scale=tiny", "train.privacy.epsilon=8", "train.privacy.clipping=per_tensor"]
+    assert main(["train", "text/sst2-lora", *overrides, "--out", str(out)]) == 0
+    assert json.loads((out / "run.json").read_text())["privacy"]["clipping"] == "per_tensor"
+    row = next(line for line in (out / "README.md").read_text().splitlines() if "Differential privacy" in line)
+    assert "each trainable tensor of each example's gradient clipped to its share of norm 1" in row
 
 
 def test_an_unattainable_run_is_refused_before_its_directory_is_made(tmp_path, fixture_cache):

@@ -147,6 +147,15 @@ def _training_row(settings: Any, training: TrainingRecord) -> str:
     )
 
 
+def _clipping_text(privacy: PrivacyRecord) -> str:
+    if getattr(privacy, "clipping", None) == "per_tensor":  # records read back from before the choice lack it
+        return (
+            f"each trainable tensor of each example's gradient clipped to its share of norm {privacy.max_grad_norm:g} "
+            f"(norm / sqrt(tensors))"
+        )
+    return f"each example's gradient clipped to norm {privacy.max_grad_norm:g}"
+
+
 def _privacy_row(privacy: PrivacyRecord) -> str:
     calibrated = f"; noise calibrated to ε = {privacy.target_epsilon:g}" if privacy.target_epsilon is not None else ""
     expected = (
@@ -158,7 +167,7 @@ def _privacy_row(privacy: PrivacyRecord) -> str:
         f"| Differential privacy | (ε = {math.ceil(privacy.epsilon * 1000) / 1000:.3f}, δ = {privacy.delta:.3g})-DP "
         f"for each training example "
         f"(DP-SGD through Opacus, {privacy.accountant} accountant): noise multiplier {privacy.noise_multiplier:.4g}, "
-        f"each example's gradient clipped to norm {privacy.max_grad_norm:g}, {privacy.steps} steps of Poisson "
+        f"{_clipping_text(privacy)}, {privacy.steps} steps of Poisson "
         f"samples at rate {privacy.sample_rate:.4g}{expected}{calibrated} |"
     )
 

@@ -143,6 +143,8 @@ class PrivacyRecord(RecordModel):
     target_epsilon: float | None = None
     """The epsilon the noise was calibrated to; None when the noise multiplier was given."""
     planned_steps: int | None = None
+    clipping: str | None = None
+    """flat (None in records made before the choice existed) or per_tensor (train.privacy.clipping)."""
 
 
 class MemoryRecord(RecordModel):
