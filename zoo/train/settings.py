@@ -43,8 +43,7 @@ class PrivacySettings(StrictModel):
         None,
         description="flat (null): an example's whole gradient clipped to max_grad_norm; per_tensor: each of the n "
         "trainable tensors clipped to max_grad_norm / sqrt(n) (Opacus' per-layer clipping; the whole stays within "
-        "max_grad_norm, the noise and the privacy spent are the same), so a small tensor such as a head's bias keeps "
-        "its share of the signal.",
+        "max_grad_norm, the noise and the privacy spent are the same), so every tensor keeps its own share.",
     )
     max_noise_multiplier: Number = Field(
         10.0, description="Refuse an epsilon that needs more noise than this (it would drown the gradient)."
