@@ -15,17 +15,16 @@ from zoo.train import Trainer, TrainSettings
 from zoo.train.reporting import read_metrics
 
 
-def reference_training(dataset, lr, epochs, batch_size, warmup_ratio, weight_decay, max_grad_norm, seed):
-    """AdamW + linear warmup + cosine decay + clipping, written out by hand (no zoo.train code)."""
+def reference_training(dataset, lr, epochs, batch_size, warmup_ratio, weight_decay, max_grad_norm, seed, sgd=False):
+    """AdamW (or SGD with momentum 0.9) + linear warmup + cosine decay + clipping, written out by hand (no
+    zoo.train code)."""
     model = TinyClassifier()
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": weight_decay},
-            {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
-        ],
-        lr=lr,
-    )
+    groups = [
+        {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.SGD(groups, lr=lr, momentum=0.9) if sgd else torch.optim.AdamW(groups, lr=lr)
     per_epoch = math.ceil(len(dataset) / batch_size)
     total = epochs * per_epoch
     warmup = math.ceil(total * warmup_ratio)
@@ -62,6 +61,29 @@ def test_updates_equal_a_hand_written_loop(tmp_path):
     expected = trainable_state(reference)
     for name, value in trainable_state(model).items():
         torch.testing.assert_close(value, expected[name], rtol=0, atol=1e-7, msg=name)
+
+
+def test_sgd_updates_equal_a_hand_written_loop(tmp_path):
+    dataset = PointsDataset(40)
+    reference = reference_training(dataset, 0.2, 2, 8, 0.25, 0.05, 0.5, seed=3, sgd=True)
+    model = TinyClassifier()
+    settings = TrainSettings(
+        lr=0.2,
+        epochs=2,
+        batch_size=8,
+        warmup_ratio=0.25,
+        weight_decay=0.05,
+        max_grad_norm=0.5,
+        seed=3,
+        device="cpu",
+        optimizer="sgd",
+    )
+    Trainer(model, PointsTask(), dataset, None, settings, tmp_path).fit()
+    expected = trainable_state(reference)
+    for name, value in trainable_state(model).items():
+        torch.testing.assert_close(value, expected[name], rtol=0, atol=1e-7, msg=name)
+    with pytest.raises(ConfigError, match="train.optimizer='adam': choose adamw"):
+        TrainSettings(optimizer="adam")
 
 
 def test_gradient_accumulation_equals_the_larger_batch(tmp_path):

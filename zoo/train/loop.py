@@ -36,7 +36,7 @@ from zoo.train.recompute import enable_gradient_checkpointing
 from zoo.train.reporting import RunReporter
 from zoo.train.result import TrainResult
 from zoo.train.sampler import ResumableDistributedSampler
-from zoo.train.schedule import adamw, warmup_cosine
+from zoo.train.schedule import make_optimizer, warmup_cosine
 from zoo.train.settings import TrainSettings
 from zoo.train.task import TrainTask, dataset_size, example_lengths
 
@@ -134,7 +134,9 @@ class Trainer:
             self.training_model = dist_utils.wrap_ddp(self.model, self.device)
         # Collected after sharding, which replaces the parameter objects.
         self.trainable = [(name, p) for name, p in self.model.named_parameters() if p.requires_grad]
-        self.optimizer = adamw(self.trainable, self.settings.lr, self.settings.weight_decay)
+        self.optimizer = make_optimizer(
+            self.trainable, self.settings.lr, self.settings.weight_decay, self.settings.optimizer
+        )
         self.scheduler = warmup_cosine(self.optimizer, self.total_steps, self.settings.warmup_ratio)
         if self.privacy is not None:  # the scheduler keeps AdamW's parameter groups, which DPOptimizer shares
             self.private = PrivateTraining(self.model, self.optimizer, self.privacy, self.device)

@@ -9,14 +9,19 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 
-def adamw(trainable: list[tuple[str, nn.Parameter]], lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW over the ``(name, parameter)`` pairs of ``trainable``, with weight decay on matrices only."""
+def make_optimizer(
+    trainable: list[tuple[str, nn.Parameter]], lr: float, weight_decay: float, kind: str | None = None
+) -> torch.optim.Optimizer:
+    """AdamW (``kind`` adamw or None) or SGD with momentum 0.9 (sgd) over the ``(name, parameter)`` pairs of
+    ``trainable``, with weight decay on matrices only."""
     # No decay on vectors: biases, norms and multiplicative scales ((IA)^3, DoRA magnitudes)
     # would be pulled towards 0, which for a scale initialised at 1 is a wrong prior.
     groups = [
         {"params": [p for _, p in trainable if p.ndim >= 2], "weight_decay": weight_decay},
         {"params": [p for _, p in trainable if p.ndim < 2], "weight_decay": 0.0},
     ]
+    if kind == "sgd":
+        return torch.optim.SGD([g for g in groups if g["params"]], lr=lr, momentum=0.9)
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
 
 

@@ -92,6 +92,11 @@ class TrainSettings(StrictModel):
 
     lr: float = Field(1e-3, description="Peak learning rate of AdamW.")
     weight_decay: float = Field(0.01, description="AdamW decoupled weight decay.")
+    optimizer: str | None = Field(
+        None,
+        description="adamw (null) or sgd (momentum 0.9, the same weight decay on matrices): DP-SGD's own "
+        "optimizer, whose step follows the noisy mean gradient rather than Adam's per-coordinate scale.",
+    )
     epochs: int = Field(3, description="Passes over the training set (max_steps wins when set).")
     max_steps: int | None = Field(None, description="Optimizer steps to run; None: epochs decide.")
     batch_size: int = Field(32, description="Global micro-batch, split over processes.")
@@ -136,6 +141,8 @@ class TrainSettings(StrictModel):
     error_prefix: ClassVar[str] = "train"
 
     def check(self) -> None:
+        if self.optimizer not in (None, "adamw", "sgd"):
+            raise ConfigError(f"train.optimizer={self.optimizer!r}: choose adamw (or null) or sgd")
         for name in ("lr", "eval_batch_size", "batch_size", "grad_accum", "log_every", "epochs"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"train.{name}={getattr(self, name)!r} must be > 0")
