@@ -138,6 +138,27 @@ def test_the_core_does_not_import_opacus():
 
 
 # -- clipping and sampling ----------------------------------------------------------------------
+def gradients_alone(model, task, examples, trainable):
+    """Each example's gradient over the trainable parameters, computed by itself (no Opacus)."""
+    alone = []
+    for example in examples:
+        batch, labels = task.collate([example])
+        alone.append(torch.autograd.grad(F.cross_entropy(model(batch), labels), [p for _, p in trainable]))
+    return alone
+
+
+def noiseless_step_gradients(model, task, examples, trainable, plan):
+    """The trainable parameters' gradients (times the expected batch) after one private step of ``plan`` without
+    noise: what Opacus' clipping and sum made of ``examples``."""
+    quiet = type(plan)(**{**plan.__dict__, "noise_multiplier": 0.0})
+    private = PrivateTraining(model, torch.optim.SGD([p for _, p in trainable], lr=1.0), quiet, torch.device("cpu"))
+    batch, labels = task.collate(examples)
+    task.loss(model, batch, labels).backward()
+    private.optimizer.pre_step()  # clip, sum, add (no) noise, divide by the expected batch size
+    private.close()
+    return [parameter.grad * plan.expected_batch_size for _, parameter in trainable]
+
+
 def test_with_no_noise_the_step_gradient_is_the_sum_of_hand_clipped_per_example_gradients():
     model = PrivateFriendly()
     task, data = PointsTask(), PointsDataset(6)
@@ -145,11 +166,7 @@ def test_with_no_noise_the_step_gradient_is_the_sum_of_hand_clipped_per_example_
     trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
 
     # by hand: each example alone, its gradient over all trainable parameters, scaled to norm at most C
-    alone = []
-    for example in examples:
-        batch, labels = task.collate([example])
-        grads = torch.autograd.grad(F.cross_entropy(model(batch), labels), [p for _, p in trainable])
-        alone.append(grads)
+    alone = gradients_alone(model, task, examples, trainable)
     norms = torch.tensor([math.sqrt(sum(g.pow(2).sum().item() for g in grads)) for grads in alone])
     clip = float(norms.median())  # some examples are clipped, some are not
     assert (norms > clip).any() and (norms < clip).any()
@@ -158,15 +175,9 @@ def test_with_no_noise_the_step_gradient_is_the_sum_of_hand_clipped_per_example_
     ]
 
     plan = plan_privacy(PrivacySettings(noise_multiplier=1.0, max_grad_norm=clip, accountant="rdp"), 6, 6, 1)
-    plan = type(plan)(**{**plan.__dict__, "noise_multiplier": 0.0})  # no noise: the clipped sum alone
-    optimizer = torch.optim.SGD([p for _, p in trainable], lr=1.0)
-    private = PrivateTraining(model, optimizer, plan, torch.device("cpu"))
-    batch, labels = task.collate(examples)
-    task.loss(model, batch, labels).backward()
-    private.optimizer.pre_step()  # clip, sum, add (no) noise, divide by the expected batch size
-    for (name, parameter), want in zip(trainable, expected):
-        torch.testing.assert_close(parameter.grad * plan.expected_batch_size, want, atol=1e-6, rtol=1e-5, msg=name)
-    private.close()
+    got = noiseless_step_gradients(model, task, examples, trainable, plan)
+    for (name, _), step, want in zip(trainable, got, expected):
+        torch.testing.assert_close(step, want, atol=1e-6, rtol=1e-5, msg=name)
 
 
 def test_per_tensor_clipping_clips_each_tensor_by_hand_to_its_share_and_keeps_the_noise():
@@ -174,10 +185,7 @@ def test_per_tensor_clipping_clips_each_tensor_by_hand_to_its_share_and_keeps_th
     task, data = PointsTask(), PointsDataset(6)
     examples = [data[i] for i in range(6)]
     trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    alone = []
-    for example in examples:
-        batch, labels = task.collate([example])
-        alone.append(torch.autograd.grad(F.cross_entropy(model(batch), labels), [p for _, p in trainable]))
+    alone = gradients_alone(model, task, examples, trainable)
     clip = 0.5
     share = clip / math.sqrt(len(trainable))  # each tensor's norm, so that the whole stays within clip
     expected = [
@@ -188,15 +196,9 @@ def test_per_tensor_clipping_clips_each_tensor_by_hand_to_its_share_and_keeps_th
     settings = PrivacySettings(noise_multiplier=1.0, max_grad_norm=clip, accountant="rdp", clipping="per_tensor")
     plan = plan_privacy(settings, 6, 6, 1)
     assert plan.clipping == "per_tensor" and plan.spent(1)["clipping"] == "per_tensor"
-    quiet = type(plan)(**{**plan.__dict__, "noise_multiplier": 0.0})
-    optimizer = torch.optim.SGD([p for _, p in trainable], lr=1.0)
-    private = PrivateTraining(model, optimizer, quiet, torch.device("cpu"))
-    batch, labels = task.collate(examples)
-    task.loss(model, batch, labels).backward()
-    private.optimizer.pre_step()
-    for (name, parameter), want in zip(trainable, expected):
-        torch.testing.assert_close(parameter.grad * plan.expected_batch_size, want, atol=1e-6, rtol=1e-5, msg=name)
-    private.close()
+    got = noiseless_step_gradients(model, task, examples, trainable, plan)
+    for (name, _), step, want in zip(trainable, got, expected):
+        torch.testing.assert_close(step, want, atol=1e-6, rtol=1e-5, msg=name)
     # the noise is drawn for the whole clipping norm, as with flat clipping: the privacy spent is the same
     other = PrivateFriendly()
     noisy = PrivateTraining(other, torch.optim.SGD(other.parameters(), lr=1.0), plan, torch.device("cpu"))

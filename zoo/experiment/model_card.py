@@ -148,7 +148,7 @@ def _training_row(settings: Any, training: TrainingRecord) -> str:
 
 
 def _clipping_text(privacy: PrivacyRecord) -> str:
-    if getattr(privacy, "clipping", None) == "per_tensor":  # records read back from before the choice lack it
+    if privacy.clipping == "per_tensor":
         return (
             f"each trainable tensor of each example's gradient clipped to its share of norm {privacy.max_grad_norm:g} "
             f"(norm / sqrt(tensors))"
